@@ -1,0 +1,72 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Shared settings, named once. Swift 5 language mode: tensors are raw buffers handed between device
+// threads by the runtime, whose ordering (not the type system) guarantees exclusive access.
+let settings: [SwiftSetting] = [
+  .swiftLanguageMode(.v5),
+  .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+]
+
+let package = Package(
+  name: "hydra-mpi",
+  products: [
+    .executable(name: "hydra-mpi", targets: ["hydra-mpi"]),
+    .executable(name: "hydra-bench", targets: ["hydra-bench"]),
+    .library(name: "HydraCore", targets: ["HydraCore"]),
+    .library(name: "HydraRuntime", targets: ["HydraRuntime"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+  ],
+  targets: [
+    // C shims over system libraries.
+    .systemLibrary(
+      name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+      providers: [.apt(["libopenblas-dev"])]),
+    .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+
+    // The maths of one shard.
+    .target(name: "HydraCore", dependencies: ["CZlib"], swiftSettings: settings),
+    // Built-in kernels plugins.
+    .target(
+      name: "HydraKernelsReference", dependencies: ["HydraCore"], path: "Plugins/Kernels/Reference",
+      swiftSettings: settings),
+    .target(
+      name: "HydraKernelsCPU", dependencies: ["HydraCore", "CBLAS"], path: "Plugins/Kernels/CPU",
+      swiftSettings: settings),
+
+    // job.toml: decoding, validation, sweep expansion.
+    .target(
+      name: "HydraConfig", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")],
+      swiftSettings: settings),
+    // Protocols, registry, the step loop, output folder.
+    .target(name: "HydraRuntime", dependencies: ["HydraCore", "HydraConfig"], swiftSettings: settings),
+
+    .executableTarget(
+      name: "hydra-mpi",
+      dependencies: [
+        "HydraRuntime", "HydraConfig", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ],
+      swiftSettings: settings),
+    .executableTarget(
+      name: "hydra-bench",
+      dependencies: ["HydraRuntime", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference", "CBLAS"],
+      swiftSettings: settings),
+
+    .testTarget(
+      name: "HydraCoreTests", dependencies: ["HydraCore", "HydraKernelsReference"],
+      resources: [.copy("Fixtures")], swiftSettings: settings),
+    .testTarget(
+      name: "KernelsTests", dependencies: ["HydraCore", "HydraKernelsReference", "HydraKernelsCPU"],
+      swiftSettings: settings),
+    .testTarget(
+      name: "HydraConfigTests", dependencies: ["HydraConfig"], swiftSettings: settings),
+    .testTarget(
+      name: "HydraRuntimeTests",
+      dependencies: ["HydraRuntime", "HydraCore", "HydraKernelsReference", "HydraKernelsCPU"],
+      swiftSettings: settings),
+  ]
+)

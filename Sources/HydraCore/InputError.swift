@@ -1,0 +1,21 @@
+/// Bad input from the user: a config, a data file, a checkpoint, a plugin. The command-line tool
+/// prints the message and exits with code 2; everything else that goes wrong exits with 1.
+///
+/// The message names the file and, where there is one, the line (or row and column):
+/// `data/digits.csv:12: column 3: "x1" is not a number`.
+public struct InputError: Error, CustomStringConvertible, Sendable {
+  public let file: String
+  public let line: Int?
+  public let message: String
+
+  public init(file: String, line: Int? = nil, _ message: String) {
+    self.file = file
+    self.line = line
+    self.message = message
+  }
+
+  public var description: String {
+    if let line { return "\(file):\(line): \(message)" }
+    return "\(file): \(message)"
+  }
+}

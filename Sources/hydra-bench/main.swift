@@ -1,0 +1,1 @@
+print("hydra-bench: not built yet")

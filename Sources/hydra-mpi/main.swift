@@ -1,0 +1,1 @@
+print("hydra-mpi: not built yet")
