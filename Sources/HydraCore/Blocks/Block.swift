@@ -1,0 +1,102 @@
+/// A named tensor a block trains, with its gradient and its optimizer state: the three move together
+/// when a shard moves.
+public final class Parameter {
+  /// The checkpoint name: Hugging Face GPT-2 names for `gpt`, `nn.Sequential` names for `mlp`.
+  public let name: String
+  public let value: Tensor
+  public let grad: Tensor
+  /// Optimizer state (momentum, or AdamW's m and v), allocated by the optimizer on its first step.
+  public var state: [Tensor] = []
+  /// Weight decay applies to matrices (embeddings included), never to biases and norm gains.
+  public let decays: Bool
+  /// Set when this is a replica of another block's parameter (the `gpt` head's copy of the token
+  /// embedding). A replica has no optimizer state: before its block's forward the runtime copies
+  /// the owner's value in, and after its block's backward it adds the replica's gradient to the
+  /// owner's, which then steps once.
+  public let replicaOf: String?
+
+  public init(name: String, shape: [Int], memory: DeviceMemory, decays: Bool, replicaOf: String? = nil) throws {
+    self.name = name
+    self.value = try Tensor(shape: shape, memory: memory)
+    self.grad = try Tensor(shape: shape, memory: memory)
+    self.decays = decays
+    self.replicaOf = replicaOf
+  }
+
+  public var shape: [Int] { value.shape }
+  public var count: Int { value.count }
+}
+
+/// What a partitioner needs to know about a block, from its shapes alone.
+public struct BlockCosts: Sendable, Equatable {
+  /// Parameter bytes (gradients take as many again).
+  public var parameterBytes: Int
+  /// Bytes of the values the forward keeps for the backward, and the block output, per sample.
+  public var activationBytesPerSample: Int
+  /// Bytes of scratch the backward needs per sample (freed between tasks in principle).
+  public var workspaceBytesPerSample: Int
+  /// Multiply-adds x 2 of one forward pass, per sample. A backward costs about twice as much.
+  public var forwardFlopsPerSample: Int
+
+  public init(parameterBytes: Int, activationBytesPerSample: Int, workspaceBytesPerSample: Int, forwardFlopsPerSample: Int) {
+    self.parameterBytes = parameterBytes
+    self.activationBytesPerSample = activationBytesPerSample
+    self.workspaceBytesPerSample = workspaceBytesPerSample
+    self.forwardFlopsPerSample = forwardFlopsPerSample
+  }
+
+  /// Parameters + gradients + optimizer state (`stateCopies` tensors the size of the parameters).
+  public func stateBytes(stateCopies: Int) -> Int { parameterBytes * (2 + stateCopies) }
+}
+
+/// The input of a block's forward: the previous block's output, or (for the first block) nothing
+/// but the batch itself.
+public struct BlockInput {
+  public var activation: Tensor?
+  public var batch: Batch
+  public init(activation: Tensor?, batch: Batch) {
+    self.activation = activation
+    self.batch = batch
+  }
+}
+
+/// The unit a model is cut at. Each block writes out its forward and backward, keeps what its
+/// backward needs in buffers it owns (sized on first use for the largest batch seen, reused after),
+/// and accumulates its parameters' gradients.
+///
+/// Lifetime rule: the tensor a forward returns stays valid until this block's next forward; the
+/// tensor a backward returns stays valid until this block's next backward.
+public protocol Block: AnyObject {
+  /// "wte" for the embedding, "h.3" for a transformer block, "head", "0" for an `mlp` layer.
+  var name: String { get }
+  var parameters: [Parameter] { get }
+  var costs: BlockCosts { get }
+  func forward(_ input: BlockInput, kernels: Kernels) throws -> Tensor
+  /// `dOutput` is nil for the last block, which takes its gradient from `LossBlock.loss`.
+  /// Returns the gradient of the input activation, or nil for the first block.
+  func backward(_ dOutput: Tensor?, kernels: Kernels) throws -> Tensor?
+}
+
+/// The last block of a model: turns its forward output into a loss against the batch's targets.
+public protocol LossBlock: Block {
+  /// Mean loss over the batch's predictions, and how many were right. With `keepGradient` the
+  /// block stores dLoss/dOutput for its next `backward(nil)`.
+  func loss(targets: [Int32], kernels: Kernels, keepGradient: Bool) throws -> (loss: Double, correct: Int, count: Int)
+}
+
+/// A buffer a block sizes on first use and regrows only when a larger batch arrives.
+struct Buffer {
+  private(set) var tensor: Tensor?
+
+  mutating func get(_ shape: [Int], kernels: Kernels) throws -> Tensor {
+    let need = shape.reduce(1, *)
+    if let t = tensor, t.capacity >= need {
+      t.reshape(shape)
+      return t
+    }
+    tensor = nil  // release before charging the larger one
+    let t = try kernels.allocate(shape)
+    tensor = t
+    return t
+  }
+}

@@ -1,0 +1,46 @@
+/// y(rows, out) = x(rows, in) W + b, the shared step of every dense layer.
+///
+/// `weightIsOutByIn` picks the stored layout: PyTorch's `nn.Linear` keeps W as (out, in), GPT-2's
+/// `Conv1D` as (in, out). Both are products with one transpose flag, never a copy.
+struct Dense {
+  let inputs: Int
+  let outputs: Int
+  let weightIsOutByIn: Bool
+
+  func forward(x: UnsafePointer<Float>, rows: Int, weight: Parameter, bias: Parameter?, y: UnsafeMutablePointer<Float>, kernels: Kernels) {
+    kernels.gemm(
+      transA: false, transB: weightIsOutByIn, m: rows, n: outputs, k: inputs, alpha: 1,
+      a: x, lda: inputs, b: weight.value.data, ldb: weightIsOutByIn ? inputs : outputs,
+      beta: 0, c: y, ldc: outputs)
+    if let bias { kernels.addBias(y, bias: bias.value.data, rows: rows, cols: outputs) }
+  }
+
+  /// dW += x^T dy (in the stored layout), db += sum dy, and, if `dx` is given, dx = dy W^T.
+  func backward(
+    x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, weight: Parameter, bias: Parameter?,
+    dx: UnsafeMutablePointer<Float>?, kernels: Kernels
+  ) {
+    if weightIsOutByIn {
+      // dW(out, in) += dy^T x
+      kernels.gemm(
+        transA: true, transB: false, m: outputs, n: inputs, k: rows, alpha: 1,
+        a: dy, lda: outputs, b: x, ldb: inputs, beta: 1, c: weight.grad.data, ldc: inputs)
+    } else {
+      // dW(in, out) += x^T dy
+      kernels.gemm(
+        transA: true, transB: false, m: inputs, n: outputs, k: rows, alpha: 1,
+        a: x, lda: inputs, b: dy, ldb: outputs, beta: 1, c: weight.grad.data, ldc: outputs)
+    }
+    if let bias { kernels.accumulateBiasGradient(dy, rows: rows, cols: outputs, into: bias.grad.data) }
+    if let dx {
+      kernels.gemm(
+        transA: false, transB: !weightIsOutByIn, m: rows, n: inputs, k: outputs, alpha: 1,
+        a: dy, lda: outputs, b: weight.value.data, ldb: weightIsOutByIn ? inputs : outputs,
+        beta: 0, c: dx, ldc: inputs)
+    }
+  }
+
+  var flopsPerRow: Int { 2 * inputs * outputs }
+}
+
+let floatBytes = MemoryLayout<Float>.stride

@@ -1,0 +1,80 @@
+import Foundation
+
+/// The architecture of one model, from which its blocks are built.
+public enum ModelSpec: Sendable, Equatable {
+  /// GPT-2: embedding block, `layers` transformer blocks, head (blocks = layers + 2).
+  case gpt(GPTShape)
+  /// `nn.Sequential(Linear(inputs, hidden[0]), ReLU, ..., Linear(hidden.last, classes))`:
+  /// one block per Linear (blocks = hidden.count + 1).
+  case mlp(inputs: Int, hidden: [Int], classes: Int)
+
+  public var blockCount: Int {
+    switch self {
+    case .gpt(let s): return s.layers + 2
+    case .mlp(_, let hidden, _): return hidden.count + 1
+    }
+  }
+
+  /// Builds block `index`, its parameters charged to `memory` and zero until `initialize`.
+  public func makeBlock(_ index: Int, memory: DeviceMemory) throws -> Block {
+    switch self {
+    case .gpt(let s):
+      if index == 0 { return try EmbeddingBlock(shape: s, memory: memory) }
+      if index == s.layers + 1 { return try GPTHead(shape: s, memory: memory) }
+      return try TransformerBlock(index: index - 1, shape: s, memory: memory)
+    case .mlp(let inputs, let hidden, let classes):
+      let widths = [inputs] + hidden + [classes]
+      return try LinearBlock(
+        sequentialIndex: 2 * index, inputs: widths[index], outputs: widths[index + 1],
+        relu: index < hidden.count, isFirst: index == 0, memory: memory)
+    }
+  }
+
+  /// Sets a block's parameters to their initial values. Each parameter draws from its own
+  /// generator, seeded by the model seed and the parameter's name, so a block initialises the same
+  /// wherever it is built and whatever else is built beside it.
+  ///
+  /// gpt (GPT-2): weights ~ N(0, 0.02), the two residual projections (`c_proj`) ~ N(0, 0.02 / sqrt(2
+  /// layers)), biases 0, LayerNorm gains 1. mlp (PyTorch `nn.Linear`): weight and bias
+  /// ~ U(-1/sqrt(in), 1/sqrt(in)).
+  public func initialize(_ block: Block, seed: UInt64) {
+    for p in block.parameters where p.replicaOf == nil {
+      var rng = SplitMix64(seed: derivedSeed(seed, stableHash(p.name)))
+      let values = p.value.buffer
+      switch self {
+      case .gpt(let s):
+        let name = p.name
+        if name.hasSuffix("ln_1.weight") || name.hasSuffix("ln_2.weight") || name == "ln_f.weight" {
+          for i in values.indices { values[i] = 1 }
+        } else if name.hasSuffix(".bias") {
+          for i in values.indices { values[i] = 0 }
+        } else {
+          let std = name.hasSuffix("c_proj.weight") ? 0.02 / (2 * Double(s.layers)).squareRoot() : 0.02
+          for i in values.indices { values[i] = Float(rng.nextNormal() * std) }
+        }
+      case .mlp:
+        let fanIn = block.parameters[0].shape[1]
+        let bound = 1 / Double(fanIn).squareRoot()
+        for i in values.indices { values[i] = Float((rng.nextUnit() * 2 - 1) * bound) }
+      }
+    }
+  }
+}
+
+/// The model FLOPs of one training step, as the benchmarks define them:
+/// 6 x parameters x tokens (+ 12 x layers x batch x context^2 x d_model for `gpt` attention).
+public func modelFlopsPerStep(_ spec: ModelSpec, batch: Int) -> Double {
+  switch spec {
+  case .gpt(let s):
+    let C = s.channels
+    let params = s.vocab * C + s.context * C + s.layers * (12 * C * C + 13 * C) + 2 * C
+    let tokens = batch * s.context
+    return 6 * Double(params) * Double(tokens)
+      + 12 * Double(s.layers * batch * s.context * s.context * C)
+  case .mlp(let inputs, let hidden, let classes):
+    let widths = [inputs] + hidden + [classes]
+    var params = 0
+    for i in 0..<(widths.count - 1) { params += widths[i] * widths[i + 1] + widths[i + 1] }
+    return 6 * Double(params) * Double(batch)
+  }
+}
