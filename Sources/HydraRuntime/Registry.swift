@@ -1,0 +1,31 @@
+import HydraCore
+
+/// Makes the kernels of one device: its compute threads and its memory accounting.
+public typealias KernelsFactory = @Sendable (_ threads: Int, _ memory: DeviceMemory) throws -> Kernels
+
+/// The one registry of plugins, keyed by the names `job.toml` uses. Built-ins are registered by the
+/// command-line tool at start-up; shared libraries loaded through the C ABI will register here too.
+public final class PluginRegistry: @unchecked Sendable {
+  public private(set) var kernels: [String: KernelsFactory] = [:]
+
+  public init() {}
+
+  public func registerKernels(_ name: String, _ factory: @escaping KernelsFactory) {
+    kernels[name] = factory
+  }
+
+  public var kernelsNames: [String] { kernels.keys.sorted() }
+
+  public func makeKernels(_ name: String, threads: Int, memory: DeviceMemory) throws -> Kernels {
+    guard let factory = kernels[name] else {
+      throw RuntimeError("kernels \"\(name)\" is not registered; registered: \(kernelsNames.joined(separator: ", "))")
+    }
+    return try factory(threads, memory)
+  }
+}
+
+/// A failure that is not the user's input: exits 1.
+public struct RuntimeError: Error, CustomStringConvertible, Sendable {
+  public let description: String
+  public init(_ description: String) { self.description = description }
+}
