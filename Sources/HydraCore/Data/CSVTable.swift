@@ -69,10 +69,8 @@ struct CSVTable {
           }
           let k = Int(value)
           guard k >= 0 && (spec.classes <= 0 || k < spec.classes) else {
-            let range = spec.classes > 0 ? "0..<\(spec.classes)" : ">= 0"
-            throw InputError(
-              file: file, line: line.number,
-              "column \(c + 1): label \(k) is not in \(range)")
+            let rule = spec.classes > 0 ? "is not in 0..<\(spec.classes)" : "is negative"
+            throw InputError(file: file, line: line.number, "column \(c + 1): label \(k) \(rule)")
           }
           labels.append(Int32(k))
         } else {

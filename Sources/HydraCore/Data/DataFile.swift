@@ -41,9 +41,11 @@ enum DataFile {
     var buffer = [UInt8](repeating: 0, count: chunk)
     while true {
       let n = buffer.withUnsafeMutableBytes { gzread(file, $0.baseAddress, UInt32(chunk)) }
-      if n < 0 {
-        var code: Int32 = 0
-        let message = gzerror(file, &code).map { String(cString: $0) } ?? "unknown error"
+      // A truncated stream is not an n < 0 but an end of file with Z_BUF_ERROR left in gzerror.
+      var code: Int32 = Z_OK
+      var message = gzerror(file, &code).map { String(cString: $0) } ?? "unknown error"
+      if message.hasPrefix(path + ": ") { message.removeFirst(path.count + 2) }  // zlib names the file
+      if n < 0 || (code != Z_OK && code != Z_STREAM_END) {
         throw InputError(file: path, "corrupt gzip data (\(message))")
       }
       if n == 0 { break }

@@ -97,11 +97,11 @@ public final class Dataset: @unchecked Sendable {
       let validation = Int((Double(table.rows) * fraction).rounded(.down))
       let train = table.rows - validation
       guard train >= 1 else {
-        throw InputError(file: file, "\(table.rows) rows leave no training row (validation fraction \(fraction))")
+        throw InputError(file: file, "\(table.rows) row(s) leave no training row (validation fraction \(fraction))")
       }
       guard validation >= 1 || fraction == 0 else {
         throw InputError(
-          file: file, "\(table.rows) rows leave no validation row (validation fraction \(fraction))")
+          file: file, "\(table.rows) row(s) leave no validation row (validation fraction \(fraction))")
       }
       return Dataset(spec: spec, storage: .table(table), trainCount: train, validationCount: validation, trainTokens: 0)
     }
