@@ -1,0 +1,3 @@
+import HydraCore
+
+extension Dataset: BatchSource {}
