@@ -1,0 +1,142 @@
+import Foundation
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
+extension SafeTensorsFile {
+  /// Writes `tensors` (all F32, laid out contiguously in the given order) and `metadata` to `path`,
+  /// atomically: the bytes go to a temporary file in the same folder, which is fsynced and renamed
+  /// over `path`. On any failure the temporary file is removed and an existing file at `path` is left
+  /// untouched. The header is padded with spaces so that the data buffer starts 8-byte aligned.
+  ///
+  /// Throws `InputError` for tensors that cannot be written (values that disagree with the shape,
+  /// duplicate or reserved names, negative dims) and for I/O failures (the message names `path`).
+  public static func write(
+    _ tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)],
+    metadata: [String: String], to path: String
+  ) throws {
+    let header = try headerBytes(tensors.map { ($0.name, $0.shape, $0.values.count) }, metadata: metadata, path: path)
+
+    let dir = (path as NSString).deletingLastPathComponent
+    let base = (path as NSString).lastPathComponent
+    let tmp = (dir.isEmpty ? "" : dir + "/") + ".\(base).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+    guard fd >= 0 else {
+      throw InputError(file: path, "cannot create temporary file \(tmp): \(String(cString: strerror(errno)))")
+    }
+    var closed = false
+    do {
+      var length = UInt64(header.count).littleEndian
+      try withUnsafeBytes(of: &length) { try writeFully(fd: fd, $0, tmp: tmp, path: path) }
+      try header.withUnsafeBytes { try writeFully(fd: fd, $0, tmp: tmp, path: path) }
+      for t in tensors {
+        #if _endian(big)
+          let le = t.values.map { $0.bitPattern.littleEndian }
+          try le.withUnsafeBytes { try writeFully(fd: fd, $0, tmp: tmp, path: path) }
+        #else
+          try writeFully(fd: fd, UnsafeRawBufferPointer(t.values), tmp: tmp, path: path)
+        #endif
+      }
+      guard fsync(fd) == 0 else {
+        throw InputError(file: path, "fsync of \(tmp) failed: \(String(cString: strerror(errno)))")
+      }
+      closed = true
+      guard close(fd) == 0 else {
+        throw InputError(file: path, "close of \(tmp) failed: \(String(cString: strerror(errno)))")
+      }
+      guard rename(tmp, path) == 0 else {
+        throw InputError(file: path, "cannot rename \(tmp) over it: \(String(cString: strerror(errno)))")
+      }
+    } catch {
+      if !closed { close(fd) }
+      unlink(tmp)
+      throw error
+    }
+    // Make the rename itself durable; best effort (some file systems refuse fsync on folders).
+    let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_CLOEXEC)
+    if dfd >= 0 {
+      _ = fsync(dfd)
+      close(dfd)
+    }
+  }
+
+  /// The JSON header, padded with spaces to make 8 + its length a multiple of 8. Checks the tensors.
+  static func headerBytes(_ tensors: [(name: String, shape: [Int], count: Int)], metadata: [String: String], path: String)
+    throws -> [UInt8]
+  {
+    var json = "{"
+    if !metadata.isEmpty {
+      json += "\"__metadata__\":{"
+      json += metadata.sorted { $0.key < $1.key }.map { "\(quote($0.key)):\(quote($0.value))" }.joined(separator: ",")
+      json += "}"
+    }
+    var seen = Set<String>()
+    var offset = 0
+    for t in tensors {
+      func fail(_ message: String) -> InputError { InputError(file: path, "cannot write tensor \"\(t.name)\": \(message)") }
+      guard t.name != "__metadata__" else { throw fail("the name is reserved for metadata") }
+      guard seen.insert(t.name).inserted else { throw fail("duplicate name") }
+      var count = 1
+      for d in t.shape {
+        guard d >= 0 else { throw fail("shape \(t.shape) has a negative dimension") }
+        let (p, overflow) = count.multipliedReportingOverflow(by: d)
+        guard !overflow else { throw fail("shape \(t.shape) overflows") }
+        count = p
+      }
+      guard count == t.count else {
+        throw fail("shape \(t.shape) needs \(count) values, the buffer holds \(t.count)")
+      }
+      let end = offset + 4 * count
+      if json.count > 1 { json += "," }
+      let shape = t.shape.map(String.init).joined(separator: ",")
+      json += "\(quote(t.name)):{\"dtype\":\"F32\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(end)]}"
+      offset = end
+    }
+    json += "}"
+    var bytes = Array(json.utf8)
+    while (8 + bytes.count) % 8 != 0 { bytes.append(UInt8(ascii: " ")) }
+    return bytes
+  }
+
+  /// A JSON string literal for `s`.
+  static func quote(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+      switch u {
+      case "\"": out += "\\\""
+      case "\\": out += "\\\\"
+      case "\n": out += "\\n"
+      case "\r": out += "\\r"
+      case "\t": out += "\\t"
+      case _ where u.value < 0x20:
+        let hex = String(u.value, radix: 16)
+        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+      default: out.unicodeScalars.append(u)
+      }
+    }
+    return out + "\""
+  }
+
+  private static func writeFully(fd: Int32, _ buf: UnsafeRawBufferPointer, tmp: String, path: String) throws {
+    guard let base = buf.baseAddress else { return }
+    var done = 0
+    while done < buf.count {
+      let n = posixWrite(fd, base + done, buf.count - done)
+      if n < 0 {
+        if errno == EINTR { continue }
+        throw InputError(file: path, "write to \(tmp) failed: \(String(cString: strerror(errno)))")
+      }
+      done += n
+    }
+  }
+}
+
+/// The C `write`, out of reach of `SafeTensorsFile.write`'s name inside the extension.
+private func posixWrite(_ fd: Int32, _ buf: UnsafeRawPointer, _ count: Int) -> Int {
+  write(fd, buf, count)
+}
