@@ -1,0 +1,163 @@
+import Foundation
+import HydraConfig
+import HydraCore
+
+/// Runs a whole job: loads its data, builds every member, trains them on the job's devices and
+/// writes the output folder. Everything that can be wrong with the input is checked before the
+/// output folder is touched.
+public final class JobRunner {
+  public let config: JobConfig
+  public let registry: PluginRegistry
+  public var log: (String) -> Void = { print($0) }
+  /// Print a progress line every this many steps of a model (evaluations always print).
+  public var logEvery = 50
+
+  public init(config: JobConfig, registry: PluginRegistry) {
+    self.config = config
+    self.registry = registry
+  }
+
+  /// The per-model results, in member order.
+  public struct Result {
+    public var makespan: Double
+    public var runs: [ModelRun]
+    public var output: String
+  }
+
+  public func run() throws -> Result {
+    let cluster = config.cluster
+    // Every model's blocks live in one accounting for now: device budgets and spilling come with
+    // the shard store.
+    let memory = DeviceMemory(label: "host")
+    let devices = try (0..<cluster.devices).map { d in
+      Device(index: d, kernels: try registry.makeKernels(cluster.kernels, threads: cluster.threadsPerDevice, memory: memory))
+    }
+    let runs = try buildRuns(memory: memory)
+    let output = try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML())
+    let lock = NSLock()
+    let coordinator = Coordinator(runs: runs, devices: devices)
+    coordinator.afterStep = { [self] run, device in
+      let evaluate = run.evaluationDue || run.status.name == "diverged"
+      let rate = run.settings.optimizer.learningRate(step: max(run.step - 1, 0))
+      let now = coordinator.elapsed()
+      var e: Evaluation?
+      if evaluate && run.status.name != "diverged" {
+        e = try run.evaluate(kernels: device.kernels)
+        coordinator.recordEvaluation(of: run, on: device, start: now)
+      }
+      let checkpoint = run.checkpointDue && run.status.name != "diverged"
+      if checkpoint { try Checkpoint.write(run, to: output.checkpointFolder(run.id)) }
+      lock.lock()
+      defer { lock.unlock() }
+      if let loss = run.trainLosses.last {
+        output.record(model: run.id, step: run.step, split: "train", loss: loss, accuracy: nil, lr: rate, seconds: now)
+      }
+      if let e {
+        output.record(model: run.id, step: e.step, split: "val", loss: e.loss, accuracy: e.accuracy, lr: rate, seconds: now)
+      }
+      if case .diverged(let step) = run.status {
+        log("\(run.id) diverged at step \(step): loss \(run.trainLosses.last ?? .nan)")
+      } else if e != nil || run.step % logEvery == 0 {
+        var line = "\(run.id) step \(run.step)/\(run.settings.steps) loss \(String(format: "%.4f", run.trainLosses.last ?? .nan))"
+        if let e { line += String(format: " val %.4f acc %.4f", e.loss, e.accuracy) }
+        line += String(format: " (%.1f s)", now)
+        log(line)
+      }
+    }
+    let makespan = try coordinator.run()
+    try output.writeTrace(coordinator.trace, devices: devices.count)
+    try output.writeSummary(job: config.job.name, makespan: makespan, models: runs.map { summary($0) })
+    return Result(makespan: makespan, runs: runs, output: output.path)
+  }
+
+  private func summary(_ run: ModelRun) -> [String: Any] {
+    let member = config.members[run.index]
+    var overrides: [String: Any] = [:]
+    for o in member.overrides { overrides[o.key] = jsonValue(o.value) }
+    var s: [String: Any] = [
+      "id": run.id, "overrides": overrides, "status": run.status.name, "steps": run.step,
+      "seconds": run.seconds, "shards": run.shards.map { [$0.lowerBound, $0.upperBound] },
+      "seed": run.seed,
+    ]
+    if case .diverged(let step) = run.status { s["diverged_at_step"] = step }
+    s["train_loss"] = run.trainLosses.last.map { $0.isFinite ? $0 : nil } ?? nil as Any?
+    if let e = run.evaluations.last {
+      s["val_loss"] = e.loss
+      if case .mlp = run.spec { s["val_accuracy"] = e.accuracy } else { s["val_token_accuracy"] = e.accuracy }
+    }
+    return s.compactMapValues { $0 is NSNull ? nil : $0 }
+  }
+
+  private func jsonValue(_ v: ConfigValue) -> Any {
+    switch v {
+    case .int(let i): return i
+    case .double(let d): return d
+    case .string(let s): return s
+    case .bool(let b): return b
+    case .array(let a): return a.map(jsonValue)
+    }
+  }
+
+  /// Loads the data (once per distinct window length) and builds every member.
+  func buildRuns(memory: DeviceMemory) throws -> [ModelRun] {
+    var datasets: [Int: Dataset] = [:]
+    var runs: [ModelRun] = []
+    for (i, member) in config.members.enumerated() {
+      let spec = try modelSpec(member.model, dataFeatures: { try self.dataset(&datasets, member).featureCount })
+      let data = try dataset(&datasets, member)
+      try check(spec, against: data, member: member)
+      let t = member.train
+      let optimizer = Optimizer(
+        kind: t.optimizer == "sgd" ? .sgd : .adamw, lr: Float(t.lr), weightDecay: Float(t.weightDecay),
+        momentum: Float(t.momentum), beta1: Float(t.betas.0), beta2: Float(t.betas.1), eps: Float(t.eps),
+        schedule: t.schedule == "constant" ? .constant : .cosine, warmupSteps: t.warmupSteps,
+        totalSteps: t.steps)
+      let settings = TrainSettings(
+        steps: t.steps, batchSize: t.batchSize, shuffle: t.shuffle, evalEvery: t.evalEvery,
+        evalBatches: t.evalBatches, checkpointEvery: t.checkpointEvery, optimizer: optimizer)
+      let run = try ModelRun(
+        index: i, id: member.id, spec: spec, seed: member.seed, settings: settings, data: data,
+        shards: [0..<spec.blockCount], memory: memory)
+      if let initPath = member.model.initPath { try Checkpoint.load(into: run, from: initPath) }
+      runs.append(run)
+    }
+    return runs
+  }
+
+  private func dataset(_ cache: inout [Int: Dataset], _ member: ModelMember) throws -> Dataset {
+    let context = member.model.kind == "gpt" ? member.model.context : 0
+    if let d = cache[context] { return d }
+    let d = config.data
+    let spec = DataSpec(
+      format: DataFormat(rawValue: d.format)!, path: d.path, validationFraction: d.validationFraction,
+      context: max(context, 1), vocab: member.model.kind == "gpt" ? member.model.vocab : 256,
+      labelColumn: d.labelColumn, featureScale: Float(d.featureScale), header: d.header,
+      classes: member.model.kind == "mlp" ? member.model.classes : 0)
+    let loaded = try Dataset.load(spec)
+    cache[context] = loaded
+    return loaded
+  }
+
+  private func modelSpec(_ m: ModelSection, dataFeatures: () throws -> Int) throws -> ModelSpec {
+    if m.kind == "gpt" {
+      return .gpt(GPTShape(layers: m.layers, channels: m.dModel, heads: m.heads, context: m.context, vocab: m.vocab))
+    }
+    let features = try dataFeatures()
+    if let inputs = m.inputs, inputs != features {
+      throw InputError(file: config.file, "[model] inputs = \(inputs), but the data has \(features) feature columns")
+    }
+    return .mlp(inputs: features, hidden: m.hidden, classes: m.classes)
+  }
+
+  private func check(_ spec: ModelSpec, against data: Dataset, member: ModelMember) throws {
+    switch (spec, data.spec.format) {
+    case (.gpt, .csv):
+      throw InputError(file: config.file, "[model] kind = \"gpt\" needs text or tokens data, not csv")
+    case (.mlp, .text), (.mlp, .tokens):
+      throw InputError(file: config.file, "[model] kind = \"mlp\" needs csv data")
+    case (.gpt(let s), .text) where s.vocab < 256:
+      throw InputError(file: config.file, "\(member.id): text data has 256 byte values but vocab = \(s.vocab)")
+    default: break
+    }
+  }
+}

@@ -1,0 +1,65 @@
+import Foundation
+import HydraCore
+
+/// The job's output folder: `job.toml` (resolved), `metrics.csv` (appended as training goes, so an
+/// interrupted run keeps what it measured), `summary.json`, `trace.json` and `checkpoints/<model>/`.
+public final class OutputFolder {
+  public let path: String
+  private let metrics: FileHandle
+
+  /// Creates the folder (and parents) and starts `metrics.csv`. Called only after the job has been
+  /// validated and its data loaded, so that bad input leaves nothing behind.
+  public init(path: String, resolvedJob: String) throws {
+    self.path = path
+    do {
+      try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+      try writeAtomically(resolvedJob, to: path + "/job.toml")
+      let csv = path + "/metrics.csv"
+      FileManager.default.createFile(atPath: csv, contents: Data("model,step,split,loss,accuracy,lr,seconds\n".utf8))
+      guard let handle = FileHandle(forWritingAtPath: csv) else { throw RuntimeError("cannot open \(csv)") }
+      handle.seekToEndOfFile()
+      metrics = handle
+    } catch let error as RuntimeError {
+      throw error
+    } catch {
+      throw RuntimeError("cannot create the output folder \(path): \(error.localizedDescription)")
+    }
+  }
+
+  deinit { try? metrics.close() }
+
+  public func checkpointFolder(_ model: String) -> String { path + "/checkpoints/" + model }
+
+  /// One row of `metrics.csv`. `accuracy` is empty where it does not apply (train rows).
+  public func record(model: String, step: Int, split: String, loss: Double, accuracy: Double?, lr: Float, seconds: Double) {
+    let acc = accuracy.map { String(format: "%.6f", $0) } ?? ""
+    let line = "\(model),\(step),\(split),\(String(format: "%.6f", loss)),\(acc),\(lr),\(String(format: "%.3f", seconds))\n"
+    metrics.write(Data(line.utf8))
+  }
+
+  /// `summary.json`: the job, its makespan (training time without start-up and data loading) and
+  /// per model its id, overrides, status, steps, last train loss, last validation loss and
+  /// accuracy, seconds and shards.
+  public func writeSummary(job: String, makespan: Double, models: [[String: Any]]) throws {
+    let summary: [String: Any] = ["job": job, "makespan_seconds": makespan, "models": models]
+    let data = try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
+    try writeAtomically(String(decoding: data, as: UTF8.self) + "\n", to: path + "/summary.json")
+  }
+
+  /// `trace.json` in Chrome's trace-event format: one lane (tid) per device, one complete event
+  /// ("ph": "X", microseconds) per shard task. Opens in Perfetto and chrome://tracing.
+  public func writeTrace(_ events: [TraceEvent], devices: Int) throws {
+    var items: [[String: Any]] = (0..<devices).map { d in
+      ["name": "thread_name", "ph": "M", "pid": 0, "tid": d, "args": ["name": "device \(d)"]]
+    }
+    for e in events {
+      items.append([
+        "name": "\(e.model) \(e.name)", "cat": e.name == "eval" ? "eval" : "shard", "ph": "X",
+        "pid": 0, "tid": e.device, "ts": (e.start * 1e6).rounded(), "dur": ((e.end - e.start) * 1e6).rounded(),
+        "args": ["model": e.model, "task": e.name, "step": e.step],
+      ])
+    }
+    let data = try JSONSerialization.data(withJSONObject: ["traceEvents": items, "displayTimeUnit": "ms"], options: [.sortedKeys])
+    try writeAtomically(String(decoding: data, as: UTF8.self), to: path + "/trace.json")
+  }
+}

@@ -1,0 +1,90 @@
+import ArgumentParser
+import Foundation
+import HydraConfig
+import HydraCore
+import HydraRuntime
+
+@main
+struct HydraMPI: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "hydra-mpi",
+    abstract: "Train many models at once with shard parallelism.",
+    discussion: """
+      Exit codes: 0 done (models that diverged are reported, not fatal), 2 bad input (a config,
+      data file or checkpoint; the message names the file and line), 1 anything else.
+      """,
+    subcommands: [Run.self, Validate.self, Plugins.self],
+    defaultSubcommand: Run.self)
+}
+
+/// Options every command that reads a job shares.
+struct JobOptions: ParsableArguments {
+  @Argument(help: "The job file.")
+  var job: String
+
+  @Option(name: .customLong("set"), help: ArgumentHelp("Override a key of the job file, e.g. --set train.lr=0.01.", valueName: "key=value"))
+  var overrides: [String] = []
+
+  func load(_ registry: PluginRegistry) throws -> JobConfig {
+    try JobConfig.load(path: job, known: Builtins.known(registry), overrides: overrides)
+  }
+}
+
+struct Run: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Train every model of a job (the default command).")
+  @OptionGroup var options: JobOptions
+
+  func run() throws {
+    try reportingErrors {
+      let registry = Builtins.registry()
+      let config = try options.load(registry)
+      let runner = JobRunner(config: config, registry: registry)
+      print("hydra-mpi: job \(config.job.name): \(config.members.count) model(s) on \(config.cluster.devices) device(s), kernels \(config.cluster.kernels)")
+      let result = try runner.run()
+      print(Report.ranking(result.runs))
+      print(String(format: "makespan %.2f s; output in %@", result.makespan, result.output))
+    }
+  }
+}
+
+struct Validate: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Check a job file and print its models, blocks and costs.")
+  @OptionGroup var options: JobOptions
+
+  func run() throws {
+    try reportingErrors {
+      let registry = Builtins.registry()
+      let config = try options.load(registry)
+      print(try Report.validation(config))
+    }
+  }
+}
+
+struct Plugins: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "List the registered plugins.")
+  func run() throws {
+    let known = Builtins.known(Builtins.registry())
+    print("backends:     \(known.backends.joined(separator: ", "))")
+    print("kernels:      \(known.kernels.joined(separator: ", "))")
+    print("partitioners: \(known.partitioners.joined(separator: ", "))")
+    print("schedulers:   \(known.schedulers.joined(separator: ", "))")
+  }
+}
+
+/// Bad input exits 2 with its message; anything else exits 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+  do {
+    try body()
+  } catch let error as InputError {
+    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    throw ExitCode(2)
+  } catch let error as ConfigError {
+    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    throw ExitCode(2)
+  } catch let error as ExitCode {
+    throw error
+  } catch {
+    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    throw ExitCode(1)
+  }
+}

@@ -1,1 +1,0 @@
-print("hydra-mpi: not built yet")
