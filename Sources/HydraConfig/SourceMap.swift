@@ -56,12 +56,14 @@ struct SourceMap: Sendable {
   }
 
   /// The line of `table.key` (key may be dotted), in the `index`-th entry of an array of tables; failing
-  /// that, the line of the nearest enclosing key (an inline table), then of the table's header.
+  /// that, the line of the nearest enclosing key (an inline table) or sub-table header, then of the
+  /// table's header.
   func line(table: String, index: Int? = nil, key: String) -> Int? {
     let tablePath = SourceMap.split(table)
     var path = tablePath + SourceMap.split(key)
     while path.count > tablePath.count {
       if let a = assignments.first(where: { $0.path == path && $0.index == index }) { return a.line }
+      if let h = headers.first(where: { $0.path == path && $0.index == index }) { return h.line }
       path.removeLast()
     }
     return headerLine(table: table, index: index)
