@@ -59,6 +59,15 @@ public struct ModelSection: Sendable, Equatable {
   public var inputs: Int?
   /// Weights to start from (key `init`): absolute, must exist.
   public var initPath: String?
+
+  /// The `[model]` defaults, for building a model without a job file (tests, benchmarks).
+  public init(
+    kind: String, layers: Int = 4, dModel: Int = 128, heads: Int = 4, context: Int = 64, vocab: Int = 256,
+    hidden: [Int] = [], classes: Int? = nil, inputs: Int? = nil, initPath: String? = nil
+  ) {
+    self.kind = kind; self.layers = layers; self.dModel = dModel; self.heads = heads; self.context = context
+    self.vocab = vocab; self.hidden = hidden; self.classes = classes; self.inputs = inputs; self.initPath = initPath
+  }
 }
 
 /// `[train]`: the optimisation, shared by every member unless a sweep or `[[models]]` overrides it.
@@ -77,6 +86,18 @@ public struct TrainSection: Sendable, Equatable {
   public var evalEvery: Int          // eval_every, default 100, >= 0; 0 = only at the end
   public var evalBatches: Int        // eval_batches, default 20, >= 1
   public var checkpointEvery: Int    // checkpoint_every, default 0, >= 0; 0 = only at the end
+
+  /// The `[train]` defaults, for training without a job file (tests, benchmarks).
+  public init(
+    steps: Int, batchSize: Int = 16, optimizer: String = "adamw", lr: Double = 1e-3, weightDecay: Double = 0,
+    momentum: Double = 0.9, betas: [Double] = [0.9, 0.999], eps: Double = 1e-8, schedule: String = "cosine",
+    warmupSteps: Int = 0, shuffle: Bool = true, evalEvery: Int = 100, evalBatches: Int = 20, checkpointEvery: Int = 0
+  ) {
+    self.steps = steps; self.batchSize = batchSize; self.optimizer = optimizer; self.lr = lr
+    self.weightDecay = weightDecay; self.momentum = momentum; self.betas = betas; self.eps = eps
+    self.schedule = schedule; self.warmupSteps = warmupSteps; self.shuffle = shuffle; self.evalEvery = evalEvery
+    self.evalBatches = evalBatches; self.checkpointEvery = checkpointEvery
+  }
 }
 
 /// `[partitioner]` or `[scheduler]`: a registered plugin's name and every other key as its options.
