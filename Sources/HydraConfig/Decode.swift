@@ -1,0 +1,186 @@
+import Foundation
+
+/// The keys each table accepts, in the order `resolvedTOML()` writes them.
+enum Keys {
+  static let job = ["name", "output", "seed"]
+  static let cluster = ["backend", "devices", "device_memory", "host_memory", "kernels", "threads_per_device"]
+  static let data = ["format", "path", "validation_fraction", "label_column", "feature_scale", "header"]
+  static let model = [
+    "kind", "layers", "d_model", "heads", "context", "vocab", "hidden", "classes", "inputs", "init",
+  ]
+  static let train = [
+    "steps", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "betas", "eps", "schedule",
+    "warmup_steps", "shuffle", "eval_every", "eval_batches", "checkpoint_every",
+  ]
+  static let plugins = ["load"]
+  static let tables = [
+    "job", "cluster", "data", "model", "train", "sweep", "models", "partitioner", "scheduler", "plugins",
+  ]
+  /// Keys a sweep or a `[[models]]` entry may set.
+  static let memberKeys = model.map { "model." + $0 } + train.map { "train." + $0 }
+}
+
+/// `path` made absolute (relative to `dir`), `~/` expanded, `.` and `..` resolved. No symlinks followed.
+func resolvePath(_ path: String, relativeTo dir: String) -> String {
+  var p = path
+  if p == "~" || p.hasPrefix("~/") { p = NSHomeDirectory() + p.dropFirst() }
+  if !p.hasPrefix("/") { p = dir + "/" + p }
+  var parts: [Substring] = []
+  for c in p.split(separator: "/") {
+    if c == "." { continue }
+    if c == ".." { if !parts.isEmpty { parts.removeLast() }; continue }
+    parts.append(c)
+  }
+  return "/" + parts.joined(separator: "/")
+}
+
+func decodeJob(_ s: Section, jobDir: String) throws -> JobSection {
+  try s.checkKeys(Keys.job)
+  let name = try s.string("name")
+  let allowed = name.unicodeScalars.allSatisfy {
+    $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "." || $0 == "_" || $0 == "-")
+  }
+  try s.check(!name.isEmpty && allowed, "name", "letters, digits, '.', '_' or '-' only")
+  let output = try s.string("output", "runs/" + name)
+  try s.check(!output.isEmpty, "output", "a path")
+  let seed = try s.int("seed", 0)
+  try s.check(seed >= 0, "seed", ">= 0")
+  return JobSection(name: name, output: resolvePath(output, relativeTo: jobDir), seed: UInt64(seed))
+}
+
+private func registered(_ s: Section, _ key: String, _ value: String, _ names: [String], _ what: String) throws {
+  guard !names.contains(value) else { return }
+  throw s.error(key, "\(what) \(tomlString(value)) is not registered; registered: \(names.joined(separator: ", "))")
+}
+
+private func size(_ s: Section, _ key: String) throws -> Int? {
+  guard let f = s.fields[key] else { return nil }
+  switch f.value {
+  case .int(let n):
+    try s.check(n > 0, key, "a positive number of bytes")
+    return n
+  case .string(let text):
+    switch parseSize(text) {
+    case .success(let n): return n
+    case .failure(let why): throw s.error(key, "\(s.name).\(key): \(why.message)")
+    }
+  default:
+    throw s.error(key, "\(s.name).\(key): expected an integer (bytes) or a string like \"64MiB\", found \(f.value.kindName)")
+  }
+}
+
+func decodeCluster(_ s: Section, known: KnownPlugins) throws -> ClusterSection {
+  try s.checkKeys(Keys.cluster)
+  let backend = try s.string("backend", "shm")
+  try registered(s, "backend", backend, known.backends, "backend")
+  let devices = try s.int("devices", 1)
+  try s.check(devices >= 1, "devices", ">= 1")
+  let deviceMemory = try size(s, "device_memory")
+  let hostMemory = try size(s, "host_memory")
+  let kernels = try s.string("kernels", "cpu")
+  try registered(s, "kernels", kernels, known.kernels, "kernels")
+  let threads = try s.int("threads_per_device", 1)
+  try s.check(threads >= 1, "threads_per_device", ">= 1")
+  return ClusterSection(
+    backend: backend, devices: devices, deviceMemory: deviceMemory, hostMemory: hostMemory,
+    kernels: kernels, threadsPerDevice: threads)
+}
+
+func decodeData(_ s: Section, jobDir: String) throws -> DataSection {
+  try s.checkKeys(Keys.data)
+  let format = try s.string("format", oneOf: ["text", "tokens", "csv"])
+  let path = resolvePath(try s.string("path"), relativeTo: jobDir)
+  guard FileManager.default.fileExists(atPath: path) else {
+    throw s.error("path", "data.path: no such file: \(path)")
+  }
+  let fraction = try s.double("validation_fraction", 0.05)
+  try s.check(fraction >= 0 && fraction < 1, "validation_fraction", "in [0, 1)")
+  let scale = try s.double("feature_scale", 1.0)
+  try s.check(scale.isFinite && scale != 0, "feature_scale", "finite and non-zero")
+  return DataSection(
+    format: format, path: path, validationFraction: fraction, labelColumn: try s.int("label_column", -1),
+    featureScale: scale, header: try s.bool("header", false))
+}
+
+func decodeModel(_ s: Section, jobDir: String) throws -> ModelSection {
+  try s.checkKeys(Keys.model)
+  let kind = try s.string("kind", oneOf: ["gpt", "mlp"])
+  var m = ModelSection(
+    kind: kind, layers: try s.int("layers", 4), dModel: try s.int("d_model", 128), heads: try s.int("heads", 4),
+    context: try s.int("context", 64), vocab: try s.int("vocab", 256), hidden: try s.ints("hidden", []),
+    classes: try s.optionalInt("classes"), inputs: try s.optionalInt("inputs"), initPath: nil)
+  for (key, v) in [("layers", m.layers), ("d_model", m.dModel), ("heads", m.heads), ("context", m.context),
+                   ("vocab", m.vocab)] {
+    try s.check(v >= 1, key, ">= 1")
+  }
+  guard m.dModel % m.heads == 0 else {
+    throw s.error(keys: ["d_model", "heads"],
+                  "model.d_model (\(m.dModel)) must be divisible by model.heads (\(m.heads))")
+  }
+  try s.check(m.hidden.allSatisfy { $0 >= 1 }, "hidden", "a list of sizes >= 1")
+  if let inputs = m.inputs { try s.check(inputs >= 1, "inputs", ">= 1") }
+  if kind == "mlp" {
+    guard let classes = m.classes else { throw s.error("kind", "model.classes is missing: required for kind = \"mlp\"") }
+    try s.check(classes >= 2, "classes", ">= 2")
+  } else if let classes = m.classes {
+    try s.check(classes >= 2, "classes", ">= 2")
+  }
+  if let p = try s.optionalString("init") {
+    let path = resolvePath(p, relativeTo: jobDir)
+    guard FileManager.default.fileExists(atPath: path) else { throw s.error("init", "model.init: no such file: \(path)") }
+    m.initPath = path
+  }
+  return m
+}
+
+func decodeTrain(_ s: Section) throws -> TrainSection {
+  try s.checkKeys(Keys.train)
+  let t = TrainSection(
+    steps: try s.int("steps"), batchSize: try s.int("batch_size", 16),
+    optimizer: try s.string("optimizer", "adamw", oneOf: ["adamw", "sgd"]), lr: try s.double("lr", 1e-3),
+    weightDecay: try s.double("weight_decay", 0), momentum: try s.double("momentum", 0.9),
+    betas: try s.doubles("betas", [0.9, 0.999]), eps: try s.double("eps", 1e-8),
+    schedule: try s.string("schedule", "cosine", oneOf: ["cosine", "constant"]),
+    warmupSteps: try s.int("warmup_steps", 0), shuffle: try s.bool("shuffle", true),
+    evalEvery: try s.int("eval_every", 100), evalBatches: try s.int("eval_batches", 20),
+    checkpointEvery: try s.int("checkpoint_every", 0))
+  try s.check(t.steps >= 1, "steps", ">= 1")
+  try s.check(t.batchSize >= 1, "batch_size", ">= 1")
+  try s.check(t.lr > 0 && t.lr.isFinite, "lr", "> 0")
+  try s.check(t.weightDecay >= 0 && t.weightDecay.isFinite, "weight_decay", ">= 0")
+  try s.check(t.momentum >= 0 && t.momentum < 1, "momentum", "in [0, 1)")
+  try s.check(t.betas.count == 2 && t.betas.allSatisfy { $0 >= 0 && $0 < 1 }, "betas", "two numbers, each in [0, 1)")
+  try s.check(t.eps > 0 && t.eps.isFinite, "eps", "> 0")
+  try s.check(t.warmupSteps >= 0, "warmup_steps", ">= 0")
+  guard t.warmupSteps <= t.steps else {
+    throw s.error(keys: ["warmup_steps", "steps"],
+                  "train.warmup_steps (\(t.warmupSteps)) must be <= train.steps (\(t.steps))")
+  }
+  try s.check(t.evalEvery >= 0, "eval_every", ">= 0 (0 = only at the end)")
+  try s.check(t.evalBatches >= 1, "eval_batches", ">= 1")
+  try s.check(t.checkpointEvery >= 0, "checkpoint_every", ">= 0 (0 = only at the end)")
+  return t
+}
+
+/// `[partitioner]` / `[scheduler]`: `name` (registered) and every other key as an option.
+func decodePlugin(_ s: Section, default d: String, registered names: [String]) throws -> PluginSection {
+  let name = try s.string("name", d)
+  try registered(s, "name", name, names, s.name)
+  var options: [String: ConfigValue] = [:]
+  for (k, f) in s.fields where k != "name" {
+    guard let v = f.value.configValue else {
+      throw s.error(k, "\(s.name).\(k): options must be plain values or arrays, found \(f.value.kindName)")
+    }
+    options[k] = v
+  }
+  return PluginSection(name: name, options: options)
+}
+
+func decodePlugins(_ s: Section, jobDir: String) throws -> PluginsSection {
+  try s.checkKeys(Keys.plugins)
+  let load = try s.strings("load", []).map { resolvePath($0, relativeTo: jobDir) }
+  for p in load where !FileManager.default.fileExists(atPath: p) {
+    throw s.error("load", "plugins.load: no such file: \(p)")
+  }
+  return PluginsSection(load: load)
+}

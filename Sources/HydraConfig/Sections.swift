@@ -1,0 +1,157 @@
+/// `[job]`: what the job is called, where its output goes, the seed every member's seed derives from.
+public struct JobSection: Sendable, Equatable {
+  /// Required; letters, digits, `.`, `_`, `-`.
+  public var name: String
+  /// Absolute. Default `<folder of job.toml>/runs/<name>`; a relative path is relative to that folder.
+  public var output: String
+  /// Default 0. See `memberSeed(jobSeed:index:)` for how each member's seed derives from it.
+  public var seed: UInt64
+}
+
+/// `[cluster]`: where shard tasks run.
+public struct ClusterSection: Sendable, Equatable {
+  /// A registered backend name; default `"shm"`.
+  public var backend: String
+  /// Default 1, at least 1. Under `mpi` the runtime checks it against the number of ranks.
+  public var devices: Int
+  /// Bytes per device for resident shards (key `device_memory`); nil = unlimited.
+  public var deviceMemory: Int?
+  /// Bytes of host RAM for spilled shard state (key `host_memory`); nil = unlimited.
+  public var hostMemory: Int?
+  /// A registered kernels name; default `"cpu"`.
+  public var kernels: String
+  /// Default 1, at least 1 (key `threads_per_device`).
+  public var threadsPerDevice: Int
+}
+
+/// `[data]`: the data set, split into training and validation by `validationFraction`.
+public struct DataSection: Sendable, Equatable {
+  /// `"text"` (bytes), `"tokens"` (uint16 LE) or `"csv"`. Required.
+  public var format: String
+  /// Absolute; must exist. Required; a relative path is relative to the job file's folder.
+  public var path: String
+  /// Default 0.05, in [0, 1) (key `validation_fraction`).
+  public var validationFraction: Double
+  /// csv: the label's column, negative counting from the end; default -1 (key `label_column`).
+  public var labelColumn: Int
+  /// csv: features are multiplied by this; default 1.0 (key `feature_scale`).
+  public var featureScale: Double
+  /// csv: whether the first row is a header; default false.
+  public var header: Bool
+}
+
+/// `[model]`: the architecture, shared by every member unless a sweep or `[[models]]` overrides it.
+public struct ModelSection: Sendable, Equatable {
+  /// `"gpt"` or `"mlp"`. Required.
+  public var kind: String
+  // gpt
+  public var layers: Int       // default 4
+  public var dModel: Int       // key d_model, default 128; a multiple of heads
+  public var heads: Int        // default 4
+  public var context: Int      // default 64
+  public var vocab: Int        // default 256
+  // mlp
+  /// Hidden layer widths, each > 0; default `[]`.
+  public var hidden: [Int]
+  /// Number of classes; required for mlp, at least 2.
+  public var classes: Int?
+  /// Number of input features; optional, checked against the data by the runtime.
+  public var inputs: Int?
+  /// Weights to start from (key `init`): absolute, must exist.
+  public var initPath: String?
+
+  /// The `[model]` defaults, for building a model without a job file (tests, benchmarks).
+  public init(
+    kind: String, layers: Int = 4, dModel: Int = 128, heads: Int = 4, context: Int = 64, vocab: Int = 256,
+    hidden: [Int] = [], classes: Int? = nil, inputs: Int? = nil, initPath: String? = nil
+  ) {
+    self.kind = kind; self.layers = layers; self.dModel = dModel; self.heads = heads; self.context = context
+    self.vocab = vocab; self.hidden = hidden; self.classes = classes; self.inputs = inputs; self.initPath = initPath
+  }
+}
+
+/// `[train]`: the optimisation, shared by every member unless a sweep or `[[models]]` overrides it.
+public struct TrainSection: Sendable, Equatable {
+  public var steps: Int              // required, >= 1
+  public var batchSize: Int          // batch_size, default 16, >= 1
+  public var optimizer: String       // "adamw" (default) | "sgd"
+  public var lr: Double              // default 1e-3, > 0
+  public var weightDecay: Double     // weight_decay, default 0, >= 0
+  public var momentum: Double        // sgd; default 0.9, in [0, 1)
+  public var betas: [Double]         // adamw; default [0.9, 0.999], two values each in [0, 1)
+  public var eps: Double             // adamw; default 1e-8, > 0
+  public var schedule: String        // "cosine" (default) | "constant"
+  public var warmupSteps: Int        // warmup_steps, default 0, in 0...steps
+  public var shuffle: Bool           // default true
+  public var evalEvery: Int          // eval_every, default 100, >= 0; 0 = only at the end
+  public var evalBatches: Int        // eval_batches, default 20, >= 1
+  public var checkpointEvery: Int    // checkpoint_every, default 0, >= 0; 0 = only at the end
+
+  /// The `[train]` defaults, for training without a job file (tests, benchmarks).
+  public init(
+    steps: Int, batchSize: Int = 16, optimizer: String = "adamw", lr: Double = 1e-3, weightDecay: Double = 0,
+    momentum: Double = 0.9, betas: [Double] = [0.9, 0.999], eps: Double = 1e-8, schedule: String = "cosine",
+    warmupSteps: Int = 0, shuffle: Bool = true, evalEvery: Int = 100, evalBatches: Int = 20, checkpointEvery: Int = 0
+  ) {
+    self.steps = steps; self.batchSize = batchSize; self.optimizer = optimizer; self.lr = lr
+    self.weightDecay = weightDecay; self.momentum = momentum; self.betas = betas; self.eps = eps
+    self.schedule = schedule; self.warmupSteps = warmupSteps; self.shuffle = shuffle; self.evalEvery = evalEvery
+    self.evalBatches = evalBatches; self.checkpointEvery = checkpointEvery
+  }
+}
+
+/// `[partitioner]` or `[scheduler]`: a registered plugin's name and every other key as its options.
+public struct PluginSection: Sendable, Equatable {
+  public var name: String
+  public var options: [String: ConfigValue]
+
+  public init(name: String, options: [String: ConfigValue] = [:]) {
+    self.name = name
+    self.options = options
+  }
+}
+
+/// `[plugins]`: shared libraries implementing the C ABI, loaded before the job runs.
+public struct PluginsSection: Sendable, Equatable {
+  /// Absolute paths; each must exist. Relative paths are relative to the job file's folder.
+  public var load: [String]
+}
+
+/// One value a member changes from the base `[model]` / `[train]`: `key` is dotted (`"train.lr"`).
+public struct Override: Sendable, Equatable {
+  public var key: String
+  public var value: ConfigValue
+
+  public init(key: String, value: ConfigValue) {
+    self.key = key
+    self.value = value
+  }
+}
+
+/// One `[sweep]` axis: a dotted key and the values it takes, in the order written.
+public struct SweepAxis: Sendable, Equatable {
+  public var key: String
+  public var values: [ConfigValue]
+}
+
+/// One model of the job, with its resolved settings.
+public struct ModelMember: Sendable, Equatable {
+  /// `m000`, `m001`, ...: sweep members first (cartesian product, last key fastest), then `[[models]]`.
+  public var id: String
+  /// What this member changes from the base `[model]` / `[train]`, in the order written.
+  public var overrides: [Override]
+  /// `memberSeed(jobSeed:index:)` of the job seed and this member's index.
+  public var seed: UInt64
+  public var model: ModelSection
+  public var train: TrainSection
+}
+
+/// A member's seed: the SplitMix64 finalizer applied to `jobSeed ^ (index &* 0x9E3779B97F4A7C15)`.
+///
+/// Fixed forever: changing it changes every model's initial weights and data order.
+public func memberSeed(jobSeed: UInt64, index: Int) -> UInt64 {
+  var z = jobSeed ^ (UInt64(index) &* 0x9E37_79B9_7F4A_7C15)
+  z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+  z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+  return z ^ (z >> 31)
+}
