@@ -25,12 +25,20 @@ public struct KnownPlugins: Sendable, Equatable {
   public var kernels: [String]
   public var partitioners: [String]
   public var schedulers: [String]
+  /// What a job without `[partitioner] name` / `[scheduler] name` gets.
+  public var defaultPartitioner: String
+  public var defaultScheduler: String
 
-  public init(backends: [String], kernels: [String], partitioners: [String], schedulers: [String]) {
+  public init(
+    backends: [String], kernels: [String], partitioners: [String], schedulers: [String],
+    defaultPartitioner: String = "balanced", defaultScheduler: String = "lrtf"
+  ) {
     self.backends = backends
     self.kernels = kernels
     self.partitioners = partitioners
     self.schedulers = schedulers
+    self.defaultPartitioner = defaultPartitioner
+    self.defaultScheduler = defaultScheduler
   }
 }
 

@@ -109,7 +109,7 @@ public final class JobRunner {
       let t = member.train
       let optimizer = Optimizer(
         kind: t.optimizer == "sgd" ? .sgd : .adamw, lr: Float(t.lr), weightDecay: Float(t.weightDecay),
-        momentum: Float(t.momentum), beta1: Float(t.betas.0), beta2: Float(t.betas.1), eps: Float(t.eps),
+        momentum: Float(t.momentum), beta1: Float(t.betas[0]), beta2: Float(t.betas[1]), eps: Float(t.eps),
         schedule: t.schedule == "constant" ? .constant : .cosine, warmupSteps: t.warmupSteps,
         totalSteps: t.steps)
       let settings = TrainSettings(
@@ -132,7 +132,7 @@ public final class JobRunner {
       format: DataFormat(rawValue: d.format)!, path: d.path, validationFraction: d.validationFraction,
       context: max(context, 1), vocab: member.model.kind == "gpt" ? member.model.vocab : 256,
       labelColumn: d.labelColumn, featureScale: Float(d.featureScale), header: d.header,
-      classes: member.model.kind == "mlp" ? member.model.classes : 0)
+      classes: member.model.kind == "mlp" ? (member.model.classes ?? 0) : 0)
     let loaded = try Dataset.load(spec)
     cache[context] = loaded
     return loaded
@@ -146,7 +146,7 @@ public final class JobRunner {
     if let inputs = m.inputs, inputs != features {
       throw InputError(file: config.file, "[model] inputs = \(inputs), but the data has \(features) feature columns")
     }
-    return .mlp(inputs: features, hidden: m.hidden, classes: m.classes)
+    return .mlp(inputs: features, hidden: m.hidden, classes: m.classes ?? 0)
   }
 
   private func check(_ spec: ModelSpec, against data: Dataset, member: ModelMember) throws {

@@ -18,6 +18,6 @@ enum Builtins {
   static func known(_ registry: PluginRegistry) -> KnownPlugins {
     KnownPlugins(
       backends: ["shm"], kernels: registry.kernelsNames, partitioners: ["whole"],
-      schedulers: ["sequential"])
+      schedulers: ["sequential"], defaultPartitioner: "whole", defaultScheduler: "sequential")
   }
 }

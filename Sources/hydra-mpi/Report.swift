@@ -31,7 +31,7 @@ enum Report {
       if m.model.kind == "gpt" {
         spec = .gpt(GPTShape(layers: m.model.layers, channels: m.model.dModel, heads: m.model.heads, context: m.model.context, vocab: m.model.vocab))
       } else {
-        spec = .mlp(inputs: m.model.inputs ?? 0, hidden: m.model.hidden, classes: m.model.classes)
+        spec = .mlp(inputs: m.model.inputs ?? 0, hidden: m.model.hidden, classes: m.model.classes ?? 0)
         if m.model.inputs == nil {
           lines.append("  (the first layer's width comes from the data; costs below assume 0 inputs)")
         }

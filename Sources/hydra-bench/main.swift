@@ -1,1 +1,0 @@
-print("hydra-bench: not built yet")
