@@ -1,0 +1,118 @@
+/// Vectorised transcendental functions for the `cpu` kernels: 16 lanes at a time, no calls into libm.
+///
+/// They are pure functions of their input (no tables, no state), so they are deterministic and give
+/// the same bits for the same lane value whatever the position of the lane.
+public enum CPUMath {
+  public typealias V = SIMD16<Float>
+
+  /// Inputs below this give 0 (exp(-103.97) is half the smallest subnormal).
+  public static let expLowerBound: Float = -103.972_08
+  /// Inputs above this give +infinity (ln of the largest finite Float).
+  public static let expUpperBound: Float = 88.722_83
+
+  /// e^x, lane by lane: x = k ln2 + r with |r| <= ln2/2 (Cody-Waite, two-part ln2), e^r by Cephes'
+  /// degree-7 polynomial, then 2^k applied as two exact power-of-two factors so that results in the
+  /// subnormal range are right too. Measured against glibc's expf: <= 2 ulp for normal results
+  /// (see KernelsTests). x < -103.97 and -inf give 0; x > 88.72 and +inf give +inf; NaN gives NaN.
+  @inline(__always)
+  public static func exp(_ x: V) -> V {
+    var xc = x
+    xc.replace(with: expLowerBound, where: x .< expLowerBound)
+    xc.replace(with: expUpperBound, where: x .> expUpperBound)
+    // Round x/ln2 to the nearest integer with the 1.5 * 2^23 trick (valid for |x/ln2| < 2^22); the
+    // integer then sits in the low mantissa bits of `t`.
+    let magic: Float = 12_582_912
+    let t = xc * 1.442_695_04 + magic
+    let kf = t - magic
+    var r = xc - kf * 0.693_359_375
+    r = r - kf * -2.121_944_4e-4
+    var p = V(repeating: 1.987_569_15e-4)
+    p = p * r + 1.398_199_950_7e-3
+    p = p * r + 8.333_451_907_3e-3
+    p = p * r + 4.166_579_589_4e-2
+    p = p * r + 1.666_666_545_9e-1
+    p = p * r + 5.000_000_120_1e-1
+    p = p * (r * r) + r + 1
+    // k in [-150, 128]: split into two halves, each a normal power of two.
+    let k = unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000
+    let k1 = k &>> 1
+    let k2 = k &- k1
+    let s1 = unsafeBitCast((k1 &+ 127) &<< 23, to: V.self)
+    let s2 = unsafeBitCast((k2 &+ 127) &<< 23, to: V.self)
+    var result = p * s1 * s2
+    result.replace(with: 0, where: x .< expLowerBound)
+    result.replace(with: .infinity, where: x .> expUpperBound)
+    return result
+  }
+
+  /// tanh(x) = sign(x) (1 - e) / (1 + e) with e = e^(-2|x|) in [0, 1]: absolute error below 1e-7
+  /// over the whole line (the relative error grows near 0, where tanh is tiny). NaN gives NaN.
+  @inline(__always)
+  public static func tanh(_ x: V) -> V {
+    let a = x.replacing(with: -x, where: x .< 0)
+    let e = exp(-2 * a)
+    let t = (1 - e) / (1 + e)
+    return t.replacing(with: -t, where: x .< 0)
+  }
+
+  static let geluScale: Float = 0.797_884_560_8  // sqrt(2/pi)
+  static let geluCubic: Float = 0.044_715
+
+  /// GPT-2's GELU, 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), computed in the
+  /// equivalent logistic form x / (1 + e^(-2u)) (0.5 (1 + tanh u) = 1 / (1 + e^(-2u))), which has no
+  /// cancellation for negative x. The exponent is capped at 80 so that e stays finite.
+  @inline(__always)
+  public static func gelu(_ x: V) -> V {
+    let u = geluScale * (x + geluCubic * (x * x * x))
+    var z = -2 * u
+    z.replace(with: 80, where: z .> 80)
+    let s = 1 / (1 + exp(z))
+    return x * s
+  }
+
+  /// GELU'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u' = s + 2 x s (1 - s) u' with s = 1/(1+e),
+  /// e = e^(-2u), and 1 - s = e s (no cancellation).
+  @inline(__always)
+  public static func geluGrad(_ x: V) -> V {
+    let x2 = x * x
+    let u = geluScale * (x + geluCubic * (x2 * x))
+    let du = geluScale * (1 + (3 * geluCubic) * x2)
+    var z = -2 * u
+    z.replace(with: 80, where: z .> 80)
+    let e = exp(z)
+    let s = 1 / (1 + e)
+    return s * (1 + 2 * x * du * (e * s))
+  }
+}
+
+// MARK: - Loads and stores
+
+typealias V16 = SIMD16<Float>
+
+@inline(__always)
+func load16(_ p: UnsafePointer<Float>) -> V16 {
+  UnsafeRawPointer(p).loadUnaligned(as: V16.self)
+}
+
+@inline(__always)
+func load16(_ p: UnsafeMutablePointer<Float>) -> V16 {
+  UnsafeRawPointer(p).loadUnaligned(as: V16.self)
+}
+
+@inline(__always)
+func store16(_ v: V16, _ p: UnsafeMutablePointer<Float>) {
+  UnsafeMutableRawPointer(p).storeBytes(of: v, as: V16.self)
+}
+
+/// The first `n` (< 16) floats at `p`, the other lanes `fill`.
+@inline(__always)
+func loadPartial(_ p: UnsafePointer<Float>, _ n: Int, fill: Float) -> V16 {
+  var v = V16(repeating: fill)
+  for i in 0..<n { v[i] = p[i] }
+  return v
+}
+
+@inline(__always)
+func storePartial(_ v: V16, _ p: UnsafeMutablePointer<Float>, _ n: Int) {
+  for i in 0..<n { p[i] = v[i] }
+}

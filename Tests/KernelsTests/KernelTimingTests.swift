@@ -1,0 +1,121 @@
+import Dispatch
+import Foundation
+import HydraCore
+import HydraKernelsCPU
+import XCTest
+
+/// A timing report run by hand, not a test:
+///
+///     HYDRA_KERNEL_TIMING=1 swift test -c release --scratch-path .build-cpu \
+///       --filter KernelsTests.KernelTimingTests
+///
+/// Prints sgemm GFLOP/s at 1024^3 and, for one GPT layer at B=8, T=128, C=384, heads=6, the time of
+/// its matrix products (forward and backward) against the other kernels of the layer.
+final class KernelTimingTests: XCTestCase {
+  /// Best of `reps` runs, in seconds.
+  func time(reps: Int = 7, _ body: () -> Void) -> Double {
+    body()  // warm up
+    var best = Double.infinity
+    for _ in 0..<reps {
+      let start = DispatchTime.now().uptimeNanoseconds
+      body()
+      best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+    }
+    return best
+  }
+
+  func ms(_ s: Double) -> String { String(format: "%8.3f ms", s * 1e3) }
+
+  func testTimingReport() throws {
+    try XCTSkipUnless(
+      ProcessInfo.processInfo.environment["HYDRA_KERNEL_TIMING"] == "1",
+      "set HYDRA_KERNEL_TIMING=1 (and build with -c release) for the timing report")
+    let threadCounts = (ProcessInfo.processInfo.environment["HYDRA_KERNEL_TIMING_THREADS"] ?? "1,2")
+      .split(separator: ",").compactMap { Int($0) }
+    for threads in threadCounts { report(threads: threads) }
+  }
+
+  func report(threads: Int) {
+    let k = CPUKernels(threads: threads)
+    var rng = TestRandom(7)
+    print("== cpu kernels, threads \(threads) ==")
+
+    let n = 1024
+    let a = Buf(rng.normal(n * n)), b = Buf(rng.normal(n * n)), c = Buf(count: n * n)
+    let tg = time(reps: 5) {
+      k.gemm(transA: false, transB: false, m: n, n: n, k: n, alpha: 1, a: a.c, lda: n, b: b.c, ldb: n, beta: 0, c: c.p, ldc: n)
+    }
+    print(String(format: "sgemm 1024^3: %.1f GFLOP/s", 2 * pow(Double(n), 3) / tg / 1e9))
+
+    // One GPT layer.
+    let (B, T, C, H) = (8, 128, 384, 6)
+    let R = B * T
+    let x = Buf(rng.normal(R * C)), dy = Buf(rng.normal(R * 4 * C))
+    let wqkv = Buf(rng.normal(C * 3 * C, std: 0.02)), wproj = Buf(rng.normal(C * C, std: 0.02))
+    let wfc = Buf(rng.normal(C * 4 * C, std: 0.02)), wfcp = Buf(rng.normal(4 * C * C, std: 0.02))
+    let out = Buf(count: R * 4 * C), dx = Buf(count: R * 4 * C), dw = Buf(count: 4 * C * C)
+    // (rows of W as stored (in, out), in, out) for the four linear layers.
+    let linears = [(wqkv, C, 3 * C), (wproj, C, C), (wfc, C, 4 * C), (wfcp, 4 * C, C)]
+    let tFwd = time {
+      for (w, i, o) in linears {
+        k.gemm(transA: false, transB: false, m: R, n: o, k: i, alpha: 1, a: x.c, lda: i, b: w.c, ldb: o, beta: 0, c: out.p, ldc: o)
+      }
+    }
+    let tBwd = time {
+      for (w, i, o) in linears {
+        // dX = dY W^T; dW += X^T dY.
+        k.gemm(transA: false, transB: true, m: R, n: i, k: o, alpha: 1, a: dy.c, lda: o, b: w.c, ldb: o, beta: 0, c: dx.p, ldc: i)
+        k.gemm(transA: true, transB: false, m: i, n: o, k: R, alpha: 1, a: x.c, lda: i, b: dy.c, ldb: o, beta: 1, c: dw.p, ldc: o)
+      }
+    }
+    let flopsFwd = 2.0 * Double(R) * Double(C * 3 * C + C * C + 2 * C * 4 * C)
+    print(
+      "layer matmuls (B=8 T=128 C=384): forward \(ms(tFwd)) (\(String(format: "%.1f", flopsFwd / tFwd / 1e9)) GFLOP/s), "
+        + "backward \(ms(tBwd)) (\(String(format: "%.1f", 2 * flopsFwd / tBwd / 1e9)) GFLOP/s), total \(ms(tFwd + tBwd))")
+
+    let qkv = Buf(rng.normal(R * 3 * C)), aout = Buf(count: R * C), probs = Buf(count: B * H * T * T)
+    let scratch = Buf(count: B * H * T * T), dqkv = Buf(count: R * 3 * C)
+    let tAttF = time { k.attentionForward(qkv: qkv.c, out: aout.p, probs: probs.p, batch: B, seq: T, channels: C, heads: H) }
+    let tAttB = time {
+      k.attentionBackward(dout: x.c, qkv: qkv.c, probs: probs.c, dqkv: dqkv.p, scratch: scratch.p, batch: B, seq: T, channels: C, heads: H)
+    }
+    // The sgemm part of attention: causal flops (full T x T would be twice that) per (b, h):
+    // forward QK^T + PV, backward four products.
+    let attFlops = Double(B * H) * 2 * Double(T * T) * Double(C / H) * 0.5 * 6
+
+    let g = R * 4 * C
+    let tGelu = time {
+      k.geluForward(x.c, out.p, count: g)
+      k.geluBackward(x.c, dy.c, dx.p, count: g)
+    }
+    let gamma = Buf(rng.normal(C)), beta = Buf(rng.normal(C)), mean = Buf(count: R), rstd = Buf(count: R)
+    let dg = Buf(count: C), db = Buf(count: C)
+    let tLN = time {
+      k.layerNormForward(x.c, gamma: gamma.c, beta: beta.c, out.p, mean: mean.p, rstd: rstd.p, rows: R, cols: C, eps: 1e-5)
+      k.layerNormBackward(dy.c, x.c, gamma: gamma.c, mean: mean.c, rstd: rstd.c, dx: dx.p, dgamma: dg.p, dbeta: db.p, rows: R, cols: C)
+    }
+    // Bias add and gradient for the four linears, two residual adds (forward) and accumulates.
+    let tBias = time {
+      for (_, _, o) in linears {
+        k.addBias(out.p, bias: dy.c, rows: R, cols: o)
+        k.accumulateBiasGradient(dy.c, rows: R, cols: o, into: dw.p)
+      }
+      k.add(x.c, aout.c, aout.p, count: R * C)
+      k.add(x.c, aout.c, aout.p, count: R * C)
+      k.accumulate(x.c, into: aout.p, count: R * C)
+      k.accumulate(x.c, into: aout.p, count: R * C)
+    }
+    print("attention forward \(ms(tAttF)), backward \(ms(tAttB)) (its own sgemms: \(String(format: "%.0f", attFlops / 1e6)) MFLOP causal)")
+    print("gelu fwd+bwd (8*128*1536)      \(ms(tGelu))")
+    print("layernorm fwd+bwd (8*128*384)  \(ms(tLN)) per LayerNorm (a layer has 2)")
+    print("bias + residual adds           \(ms(tBias))")
+    let matmul = tFwd + tBwd
+    let others = tGelu + 2 * tLN + tBias
+    print(String(
+      format: "non-matmul kernels (gelu + 2 layernorm + bias/residual): %.3f ms = %.1f%% of the layer matmuls (%.3f ms)",
+      others * 1e3, 100 * others / matmul, matmul * 1e3))
+    print(String(
+      format: "attention (fwd+bwd, its sgemms included): %.3f ms = %.1f%% of the layer matmuls",
+      (tAttF + tAttB) * 1e3, 100 * (tAttF + tAttB) / matmul))
+  }
+}
