@@ -4,7 +4,7 @@ import Foundation
 enum Keys {
   static let job = ["name", "output", "seed"]
   static let cluster = ["backend", "devices", "device_memory", "host_memory", "kernels", "threads_per_device"]
-  static let data = ["format", "path", "validation_fraction", "label_column", "feature_scale", "header"]
+  static let data = ["format", "path", "validation_fraction", "label_column", "feature_scale", "header", "split", "split_seed"]
   static let model = [
     "kind", "layers", "d_model", "heads", "context", "vocab", "hidden", "classes", "inputs", "init",
   ]
@@ -97,9 +97,13 @@ func decodeData(_ s: Section, jobDir: String) throws -> DataSection {
   try s.check(fraction >= 0 && fraction < 1, "validation_fraction", "in [0, 1)")
   let scale = try s.double("feature_scale", 1.0)
   try s.check(scale.isFinite && scale != 0, "feature_scale", "finite and non-zero")
-  return DataSection(
+  var data = DataSection(
     format: format, path: path, validationFraction: fraction, labelColumn: try s.int("label_column", -1),
     featureScale: scale, header: try s.bool("header", false))
+  data.split = try s.string("split", "last", oneOf: ["last", "shuffled"])
+  data.splitSeed = try s.int("split_seed", 0)
+  try s.check(data.splitSeed >= 0, "split_seed", ">= 0")
+  return data
 }
 
 func decodeModel(_ s: Section, jobDir: String) throws -> ModelSection {

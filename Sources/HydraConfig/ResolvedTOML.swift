@@ -20,6 +20,7 @@ extension JobConfig {
     table("data", [
       ("format", str(data.format)), ("path", str(data.path)), ("validation_fraction", .double(data.validationFraction)),
       ("label_column", int(data.labelColumn)), ("feature_scale", .double(data.featureScale)), ("header", .bool(data.header)),
+      ("split", str(data.split)), ("split_seed", int(data.splitSeed)),
     ])
     table("model", [
       ("kind", str(model.kind)), ("layers", int(model.layers)), ("d_model", int(model.dModel)),

@@ -38,6 +38,12 @@ public struct DataSection: Sendable, Equatable {
   public var featureScale: Double
   /// csv: whether the first row is a header; default false.
   public var header: Bool
+  /// csv: `"last"` (default: validation is the last rows of the file) or `"shuffled"` (the rows are
+  /// permuted with `split_seed` first, so validation is a seeded random sample) (key `split`).
+  public var split: String = "last"
+  /// csv with `split = "shuffled"`: the permutation's seed, default 0, shared by every model of
+  /// the job so that they all see the same split (key `split_seed`).
+  public var splitSeed: Int = 0
 }
 
 /// `[model]`: the architecture, shared by every member unless a sweep or `[[models]]` overrides it.

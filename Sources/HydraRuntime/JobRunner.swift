@@ -98,14 +98,23 @@ public final class JobRunner {
     }
   }
 
-  /// Loads the data (once per distinct window length) and builds every member.
-  func buildRuns(memory: DeviceMemory) throws -> [ModelRun] {
+  /// Each member's architecture and data set, the data loaded once per distinct window length.
+  /// Checks that model and data fit together.
+  public func modelSpecs() throws -> [(spec: ModelSpec, data: Dataset)] {
     var datasets: [Int: Dataset] = [:]
-    var runs: [ModelRun] = []
-    for (i, member) in config.members.enumerated() {
-      let spec = try modelSpec(member.model, dataFeatures: { try self.dataset(&datasets, member).featureCount })
+    return try config.members.map { member in
       let data = try dataset(&datasets, member)
+      let spec = try modelSpec(member.model, dataFeatures: data.featureCount)
       try check(spec, against: data, member: member)
+      return (spec, data)
+    }
+  }
+
+  /// Builds and initialises every member.
+  func buildRuns(memory: DeviceMemory) throws -> [ModelRun] {
+    var runs: [ModelRun] = []
+    for (i, (spec, data)) in try modelSpecs().enumerated() {
+      let member = config.members[i]
       let t = member.train
       let optimizer = Optimizer(
         kind: t.optimizer == "sgd" ? .sgd : .adamw, lr: Float(t.lr), weightDecay: Float(t.weightDecay),
@@ -132,17 +141,17 @@ public final class JobRunner {
       format: DataFormat(rawValue: d.format)!, path: d.path, validationFraction: d.validationFraction,
       context: max(context, 1), vocab: member.model.kind == "gpt" ? member.model.vocab : 256,
       labelColumn: d.labelColumn, featureScale: Float(d.featureScale), header: d.header,
-      classes: member.model.kind == "mlp" ? (member.model.classes ?? 0) : 0)
+      classes: member.model.kind == "mlp" ? (member.model.classes ?? 0) : 0,
+      splitSeed: d.split == "shuffled" ? UInt64(d.splitSeed) : nil)
     let loaded = try Dataset.load(spec)
     cache[context] = loaded
     return loaded
   }
 
-  private func modelSpec(_ m: ModelSection, dataFeatures: () throws -> Int) throws -> ModelSpec {
+  private func modelSpec(_ m: ModelSection, dataFeatures features: Int) throws -> ModelSpec {
     if m.kind == "gpt" {
       return .gpt(GPTShape(layers: m.layers, channels: m.dModel, heads: m.heads, context: m.context, vocab: m.vocab))
     }
-    let features = try dataFeatures()
     if let inputs = m.inputs, inputs != features {
       throw InputError(file: config.file, "[model] inputs = \(inputs), but the data has \(features) feature columns")
     }

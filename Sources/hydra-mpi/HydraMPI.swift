@@ -55,7 +55,8 @@ struct Validate: ParsableCommand {
     try reportingErrors {
       let registry = Builtins.registry()
       let config = try options.load(registry)
-      print(try Report.validation(config))
+      let specs = try JobRunner(config: config, registry: registry).modelSpecs().map(\.spec)
+      print(try Report.validation(config, specs: specs))
     }
   }
 }

@@ -22,20 +22,11 @@ enum Report {
     return lines.joined(separator: "\n")
   }
 
-  static func validation(_ config: JobConfig) throws -> String {
+  static func validation(_ config: JobConfig, specs: [ModelSpec]) throws -> String {
     var lines = ["job \(config.job.name): \(config.members.count) model(s), output \(config.job.output)"]
-    for m in config.members {
+    for (m, spec) in zip(config.members, specs) {
       let overrides = m.overrides.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
       lines.append("\(m.id) \(overrides.isEmpty ? "(base)" : overrides) seed \(m.seed)")
-      let spec: ModelSpec
-      if m.model.kind == "gpt" {
-        spec = .gpt(GPTShape(layers: m.model.layers, channels: m.model.dModel, heads: m.model.heads, context: m.model.context, vocab: m.model.vocab))
-      } else {
-        spec = .mlp(inputs: m.model.inputs ?? 0, hidden: m.model.hidden, classes: m.model.classes ?? 0)
-        if m.model.inputs == nil {
-          lines.append("  (the first layer's width comes from the data; costs below assume 0 inputs)")
-        }
-      }
       let memory = DeviceMemory()
       var total = 0
       for i in 0..<spec.blockCount {
@@ -44,7 +35,7 @@ enum Report {
         let act = c.activationBytesPerSample * m.train.batchSize
         total += c.parameterBytes
         lines.append(
-          "  block \(block.name.padding(toLength: 10, withPad: " ", startingAt: 0)) params \(formatBytes(c.parameterBytes)), activations \(formatBytes(act)) at batch \(m.train.batchSize), \(String(format: "%.2f", Double(c.forwardFlopsPerSample * m.train.batchSize) / 1e9)) GFLOP forward")
+          "  block \(block.name.padding(toLength: 10, withPad: " ", startingAt: 0)) params \(formatBytes(c.parameterBytes)), activations \(formatBytes(act)) at batch \(m.train.batchSize), \(String(format: "%.3f", Double(c.forwardFlopsPerSample * m.train.batchSize) / 1e9)) GFLOP forward")
       }
       lines.append("  one shard, parameters \(formatBytes(total))")
     }

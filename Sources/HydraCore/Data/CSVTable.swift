@@ -5,6 +5,17 @@ struct CSVTable {
   var features: [Float]  // rows * featureCount
   var labels: [Int32]  // rows
 
+  /// The same rows in the order `order` (a permutation of 0 ..< rows).
+  func permuted(_ order: [Int32]) -> CSVTable {
+    var out = self
+    for (to, from) in order.enumerated() {
+      let f = Int(from)
+      out.labels[to] = labels[f]
+      for c in 0..<featureCount { out.features[to * featureCount + c] = features[f * featureCount + c] }
+    }
+    return out
+  }
+
   /// Parses `bytes` (the decompressed file) as described in `Dataset`'s documentation.
   /// Lines are counted 1-based in the file (the header included); columns are 1-based.
   static func parse(_ bytes: [UInt8], spec: DataSpec) throws -> CSVTable {

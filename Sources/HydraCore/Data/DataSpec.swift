@@ -28,12 +28,17 @@ public struct DataSpec: Sendable {
   public var header: Bool
   /// csv: labels must be integers in `0 ..< classes`; 0 = any integer >= 0 (not bounded above).
   public var classes: Int
+  /// csv: nil keeps the rows in file order before the split (validation = the last rows); a seed
+  /// permutes the rows first, with the same Fisher-Yates draw as the example order (seeded by
+  /// `derivedSeed(splitSeed, 0)`), so that validation is a seeded random sample of the rows.
+  public var splitSeed: UInt64?
 
   public init(
     format: DataFormat, path: String, validationFraction: Double = 0.05, context: Int = 64,
     vocab: Int = 256, labelColumn: Int = -1, featureScale: Float = 1, header: Bool = false,
-    classes: Int = 0
+    classes: Int = 0, splitSeed: UInt64? = nil
   ) {
+    self.splitSeed = splitSeed
     self.format = format
     self.path = path
     self.validationFraction = validationFraction

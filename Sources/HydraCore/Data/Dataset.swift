@@ -93,7 +93,8 @@ public final class Dataset: @unchecked Sendable {
     case .text, .tokens:
       return try loadStream(spec)
     case .csv:
-      let table = try CSVTable.parse(try DataFile.bytesMaybeGzip(file), spec: spec)
+      var table = try CSVTable.parse(try DataFile.bytesMaybeGzip(file), spec: spec)
+      if let seed = spec.splitSeed { table = table.permuted(Dataset.permutation(count: table.rows, seed: derivedSeed(seed, 0))) }
       let validation = Int((Double(table.rows) * fraction).rounded(.down))
       let train = table.rows - validation
       guard train >= 1 else {
@@ -203,6 +204,18 @@ public final class Dataset: @unchecked Sendable {
 
   /// The permutation of the training examples for (seed, epoch); the most recent one of each seed
   /// is cached, so that consecutive steps do not redo it.
+  /// The Fisher-Yates permutation of `0 ..< count` drawn from `SplitMix64(seed: seed)`.
+  static func permutation(count: Int, seed: UInt64) -> [Int32] {
+    var perm = Array(0..<Int32(count))
+    var g = SplitMix64(seed: seed)
+    var i = count - 1
+    while i >= 1 {
+      perm.swapAt(i, g.nextInt(below: i + 1))
+      i -= 1
+    }
+    return perm
+  }
+
   func permutation(seed: UInt64, epoch: Int) -> [Int32] {
     lock.lock()
     cacheClock += 1
@@ -212,13 +225,7 @@ public final class Dataset: @unchecked Sendable {
       return cached.perm
     }
     lock.unlock()
-    var perm = Array(0..<Int32(trainCount))
-    var g = SplitMix64(seed: derivedSeed(seed, UInt64(epoch)))
-    var i = trainCount - 1
-    while i >= 1 {
-      perm.swapAt(i, g.nextInt(below: i + 1))
-      i -= 1
-    }
+    let perm = Dataset.permutation(count: trainCount, seed: derivedSeed(seed, UInt64(epoch)))
     lock.lock()
     let capacity = max(1, min(64, 16_777_216 / trainCount))
     while cachedOrders.count >= capacity, cachedOrders[seed] == nil,
