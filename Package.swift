@@ -66,7 +66,7 @@ let package = Package(
       name: "HydraConfigTests", dependencies: ["HydraConfig"], swiftSettings: settings),
     .testTarget(
       name: "HydraRuntimeTests",
-      dependencies: ["HydraRuntime", "HydraCore", "HydraKernelsReference", "HydraKernelsCPU"],
+      dependencies: ["HydraRuntime", "HydraCore", "HydraConfig", "HydraKernelsReference", "HydraKernelsCPU"],
       swiftSettings: settings),
   ]
 )

@@ -1,0 +1,127 @@
+import Foundation
+import HydraConfig
+import HydraCore
+import HydraKernelsCPU
+import HydraKernelsReference
+import HydraRuntime
+import XCTest
+
+/// Whole jobs on the real data sets in Examples/data, through the same path as `hydra-mpi run`.
+final class RealDataTests: XCTestCase {
+  func testMLPReachesNinetyFivePercentOnDigits() throws {
+    let dir = try temporaryFolder()
+    let job = try writeJob(
+      dir,
+      """
+      [job]
+      name = "digits"
+      seed = 3
+      [cluster]
+      devices = 1
+      [data]
+      format = "csv"
+      path = "\(repositoryRoot)/Examples/data/digits.csv.gz"
+      validation_fraction = 0.2
+      split = "shuffled"
+      feature_scale = 0.0625
+      [model]
+      kind = "mlp"
+      hidden = [128]
+      classes = 10
+      [train]
+      steps = 600
+      batch_size = 32
+      lr = 3e-3
+      warmup_steps = 20
+      eval_every = 0
+      eval_batches = 1000
+      """)
+    let result = try runJob(job)
+    let run = result.runs[0]
+    let e = try XCTUnwrap(run.evaluations.last)
+    XCTAssertEqual(run.status, .done)
+    // 20 % of 1797 rows, every one of them evaluated.
+    XCTAssertGreaterThanOrEqual(e.accuracy, 0.95)
+    XCTAssertLessThan(e.loss, 0.25)
+  }
+
+  func testGPTOnFortunesGoesWellBelowTheUnigramEntropy() throws {
+    let dir = try temporaryFolder()
+    let job = try writeJob(
+      dir,
+      """
+      [job]
+      name = "fortunes"
+      seed = 5
+      [data]
+      format = "text"
+      path = "\(repositoryRoot)/Examples/data/fortunes.txt"
+      validation_fraction = 0.05
+      [model]
+      kind = "gpt"
+      layers = 2
+      d_model = 64
+      heads = 4
+      context = 32
+      [train]
+      steps = 300
+      batch_size = 16
+      lr = 3e-3
+      warmup_steps = 20
+      eval_every = 0
+      eval_batches = 40
+      """)
+    let result = try runJob(job)
+    let run = result.runs[0]
+    // The entropy of the byte distribution of the training split, computed here from counts: what
+    // a model that ignores context can reach at best.
+    let bytes = try Data(contentsOf: URL(fileURLWithPath: "\(repositoryRoot)/Examples/data/fortunes.txt"))
+    let train = bytes.count - Int(Double(bytes.count) * 0.05)
+    var counts = [Int](repeating: 0, count: 256)
+    for b in bytes.prefix(train) { counts[Int(b)] += 1 }
+    let entropy = counts.filter { $0 > 0 }.reduce(0.0) { h, c in
+      let p = Double(c) / Double(train)
+      return h - p * log(p)
+    }
+    XCTAssertEqual(entropy, 3.29, accuracy: 0.01)
+    let e = try XCTUnwrap(run.evaluations.last)
+    XCTAssertLessThan(e.loss, entropy - 0.4, "validation loss \(e.loss) vs unigram entropy \(entropy)")
+  }
+}
+
+// MARK: - Helpers shared by the job-level tests
+
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+  .deletingLastPathComponent().path
+
+func temporaryFolder() throws -> String {
+  let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hydra-test-\(UUID().uuidString)").path
+  try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+  return dir
+}
+
+func writeJob(_ dir: String, _ text: String, name: String = "job.toml") throws -> String {
+  let path = dir + "/" + name
+  try text.write(toFile: path, atomically: true, encoding: .utf8)
+  return path
+}
+
+func testRegistry() -> PluginRegistry {
+  let r = PluginRegistry()
+  r.registerKernels("cpu") { threads, memory in CPUKernels(threads: threads, memory: memory) }
+  r.registerKernels("reference") { _, memory in ReferenceKernels(memory: memory) }
+  return r
+}
+
+func testKnownPlugins() -> KnownPlugins {
+  KnownPlugins(
+    backends: ["shm"], kernels: ["cpu", "reference"], partitioners: ["whole"], schedulers: ["sequential"],
+    defaultPartitioner: "whole", defaultScheduler: "sequential")
+}
+
+func runJob(_ path: String, overrides: [String] = []) throws -> JobRunner.Result {
+  let config = try JobConfig.load(path: path, known: testKnownPlugins(), overrides: overrides)
+  let runner = JobRunner(config: config, registry: testRegistry())
+  runner.log = { _ in }
+  return try runner.run()
+}
