@@ -80,14 +80,15 @@ public final class JobRunner {
       "seed": run.seed,
     ]
     if case .diverged(let step) = run.status { s["diverged_at_step"] = step }
-    s["train_loss"] = run.trainLosses.last.map { $0.isFinite ? $0 : nil } ?? nil as Any?
+    // JSON has no NaN or infinity: a value that is not finite is left out.
+    func finite(_ x: Double?) -> Double? { x.flatMap { $0.isFinite ? $0 : nil } }
+    s["train_loss"] = finite(run.trainLosses.last)
     if let e = run.evaluations.last {
-      s["val_loss"] = e.loss
-      if case .mlp = run.spec { s["val_accuracy"] = e.accuracy } else { s["val_token_accuracy"] = e.accuracy }
+      s["val_loss"] = finite(e.loss)
+      s[run.spec.isClassifier ? "val_accuracy" : "val_token_accuracy"] = finite(e.accuracy)
     }
-    return s.compactMapValues { $0 is NSNull ? nil : $0 }
+    return s
   }
-
   private func jsonValue(_ v: ConfigValue) -> Any {
     switch v {
     case .int(let i): return i

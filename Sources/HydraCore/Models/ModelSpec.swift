@@ -8,6 +8,12 @@ public enum ModelSpec: Sendable, Equatable {
   /// one block per Linear (blocks = hidden.count + 1).
   case mlp(inputs: Int, hidden: [Int], classes: Int)
 
+  /// True for `mlp`: one prediction per row, reported as accuracy; `gpt` predicts every token.
+  public var isClassifier: Bool {
+    if case .mlp = self { return true }
+    return false
+  }
+
   public var blockCount: Int {
     switch self {
     case .gpt(let s): return s.layers + 2
