@@ -37,6 +37,11 @@ let package = Package(
       name: "HydraKernelsCPU", dependencies: ["HydraCore", "CBLAS"], path: "Plugins/Kernels/CPU",
       swiftSettings: settings),
 
+    // Built-in partitioners: shard boundaries from block costs and the device budget.
+    .target(
+      name: "HydraPartitioners", dependencies: ["HydraRuntime", "HydraCore"], path: "Plugins/Partitioners",
+      swiftSettings: settings),
+
     // job.toml: decoding, validation, sweep expansion.
     .target(
       name: "HydraConfig", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")],
@@ -48,7 +53,7 @@ let package = Package(
       name: "hydra-mpi",
       dependencies: [
         "HydraRuntime", "HydraConfig", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        "HydraPartitioners", .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       swiftSettings: settings),
     .executableTarget(
@@ -61,6 +66,9 @@ let package = Package(
       resources: [.copy("Fixtures")], swiftSettings: settings),
     .testTarget(
       name: "KernelsTests", dependencies: ["HydraCore", "HydraKernelsReference", "HydraKernelsCPU"],
+      swiftSettings: settings),
+    .testTarget(
+      name: "PartitionerTests", dependencies: ["HydraPartitioners", "HydraRuntime", "HydraCore"],
       swiftSettings: settings),
     .testTarget(
       name: "HydraConfigTests", dependencies: ["HydraConfig"], swiftSettings: settings),
