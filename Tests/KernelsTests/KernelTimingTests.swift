@@ -82,6 +82,31 @@ final class KernelTimingTests: XCTestCase {
     // The sgemm part of attention: causal flops (full T x T would be twice that) per (b, h):
     // forward QK^T + PV, backward four products.
     let attFlops = Double(B * H) * 2 * Double(T * T) * Double(C / H) * 0.5 * 6
+    // The same sgemm calls alone (64-row causal blocks, as in CPUKernels), forward then backward.
+    let hs = C / H
+    func attentionGemms(forward: Bool) {
+      for bh in 0..<(B * H) {
+        let b = bh / H, h = bh % H
+        let q = qkv.c + b * T * 3 * C + h * hs, p = probs.p + bh * T * T
+        let o = aout.p + b * T * C + h * hs, d = dqkv.p + b * T * 3 * C + h * hs
+        var r0 = 0
+        while r0 < T {
+          let r1 = min(T, r0 + 64), m = r1 - r0
+          if forward {
+            k.gemm(transA: false, transB: true, m: m, n: r1, k: hs, alpha: 1, a: q + r0 * 3 * C, lda: 3 * C, b: q + C, ldb: 3 * C, beta: 0, c: p + r0 * T, ldc: T)
+            k.gemm(transA: false, transB: false, m: m, n: hs, k: r1, alpha: 1, a: p + r0 * T, lda: T, b: q + 2 * C, ldb: 3 * C, beta: 0, c: o + r0 * C, ldc: C)
+          } else {
+            k.gemm(transA: false, transB: true, m: m, n: r1, k: hs, alpha: 1, a: x.c + r0 * C, lda: C, b: q + 2 * C, ldb: 3 * C, beta: 0, c: scratch.p + bh * T * T + r0 * T, ldc: T)
+            k.gemm(transA: true, transB: false, m: m, n: hs, k: T - r0, alpha: 1, a: p + r0 * T + r0, lda: T, b: x.c + r0 * C, ldb: C, beta: 0, c: d + 2 * C + r0 * 3 * C, ldc: 3 * C)
+            k.gemm(transA: false, transB: false, m: m, n: hs, k: r1, alpha: 1, a: p + r0 * T, lda: T, b: q + C, ldb: 3 * C, beta: 0, c: d + r0 * 3 * C, ldc: 3 * C)
+            k.gemm(transA: true, transB: false, m: m, n: hs, k: T - r0, alpha: 1, a: p + r0 * T + r0, lda: T, b: q + r0 * 3 * C, ldb: 3 * C, beta: 0, c: d + C + r0 * 3 * C, ldc: 3 * C)
+          }
+          r0 = r1
+        }
+      }
+    }
+    let tAttGemmF = time { attentionGemms(forward: true) }
+    let tAttGemmB = time { attentionGemms(forward: false) }
 
     let g = R * 4 * C
     let tGelu = time {
@@ -106,13 +131,14 @@ final class KernelTimingTests: XCTestCase {
       k.accumulate(x.c, into: aout.p, count: R * C)
     }
     print("attention forward \(ms(tAttF)), backward \(ms(tAttB)) (its own sgemms: \(String(format: "%.0f", attFlops / 1e6)) MFLOP causal)")
+    print("  of which the same sgemm calls alone: forward \(ms(tAttGemmF)), backward \(ms(tAttGemmB)); softmax and dS: \(ms(tAttF + tAttB - tAttGemmF - tAttGemmB))")
     print("gelu fwd+bwd (8*128*1536)      \(ms(tGelu))")
     print("layernorm fwd+bwd (8*128*384)  \(ms(tLN)) per LayerNorm (a layer has 2)")
     print("bias + residual adds           \(ms(tBias))")
     let matmul = tFwd + tBwd
-    let others = tGelu + 2 * tLN + tBias
+    let others = tGelu + 2 * tLN + tBias + (tAttF + tAttB - tAttGemmF - tAttGemmB)
     print(String(
-      format: "non-matmul kernels (gelu + 2 layernorm + bias/residual): %.3f ms = %.1f%% of the layer matmuls (%.3f ms)",
+      format: "non-matmul kernels (gelu + 2 layernorm + bias/residual + attention softmax/dS): %.3f ms = %.1f%% of the layer matmuls (%.3f ms)",
       others * 1e3, 100 * others / matmul, matmul * 1e3))
     print(String(
       format: "attention (fwd+bwd, its sgemms included): %.3f ms = %.1f%% of the layer matmuls",

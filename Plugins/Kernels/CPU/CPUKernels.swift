@@ -270,7 +270,7 @@ public final class CPUKernels: Kernels {
           tail += xr[c]
           c += 1
         }
-        let mu = (acc.sum() + tail) * invCols
+        let mu = (hsum(acc) + tail) * invCols
         var acc2 = V16()
         c = 0
         while c + 16 <= cols {
@@ -284,7 +284,7 @@ public final class CPUKernels: Kernels {
           tail2 += d * d
           c += 1
         }
-        let variance = (acc2.sum() + tail2) * invCols
+        let variance = (hsum(acc2) + tail2) * invCols
         let s = 1 / (variance + eps).squareRoot()
         c = 0
         while c + 16 <= cols {
@@ -331,8 +331,8 @@ public final class CPUKernels: Kernels {
           tailGX += g * ((xr[c] - mu) * s)
           c += 1
         }
-        let meanG = (accG.sum() + tailG) * invCols
-        let meanGX = (accGX.sum() + tailGX) * invCols
+        let meanG = (hsum(accG) + tailG) * invCols
+        let meanGX = (hsum(accGX) + tailGX) * invCols
         c = 0
         while c + 16 <= cols {
           let g = load16(dyr + c) * load16(gamma + c)
@@ -409,33 +409,38 @@ public final class CPUKernels: Kernels {
     }
   }
 
-  /// row[0..<count] = softmax(row[0..<count]); row[count..<width] = 0.
+  /// row[0..<count] = softmax(row[0..<count]); row[count..<width] = 0. The row's tail is handled
+  /// with a full-width masked load when the row is wide enough (the lanes past `count` are
+  /// overwritten with zeros at the end).
   @inline(__always)
   private func softmaxRowInPlace(_ row: UnsafeMutablePointer<Float>, count n: Int, width: Int) {
+    let main = n & ~15
+    let full = main + 16 <= width
     var m = V16(repeating: -.infinity)
     var c = 0
-    while c + 16 <= n {
-      m = pointwiseMax(m, load16(row + c))
+    while c < main {
+      m = vmax(m, load16(row + c))
       c += 16
     }
-    if c < n { m = pointwiseMax(m, loadPartial(row + c, n - c, fill: -.infinity)) }
-    let top = m.max()
+    if main < n { m = vmax(m, loadTail(row + main, n - main, fill: -.infinity, full: full)) }
+    let top = hmax(m)
     var acc = V16()
     c = 0
-    while c + 16 <= n {
+    while c < main {
       let e = CPUMath.exp(load16(row + c) - top)
       store16(e, row + c)
       acc += e
       c += 16
     }
-    if c < n {
-      let e = CPUMath.exp(loadPartial(row + c, n - c, fill: -.infinity) - top)
-      storePartial(e, row + c, n - c)
+    if main < n {
+      let e = CPUMath.exp(loadTail(row + main, n - main, fill: -.infinity, full: full) - top)
+      if full { store16(e, row + main) } else { storePartial(e, row + main, n - main) }
       acc += e
     }
-    let inv = 1 / acc.sum()
+    let inv = 1 / hsum(acc)
+    let end = full ? main + 16 : main
     c = 0
-    while c + 16 <= n {
+    while c < end {
       store16(load16(row + c) * inv, row + c)
       c += 16
     }
@@ -483,18 +488,20 @@ public final class CPUKernels: Kernels {
         let n = row % T + 1
         let pr = probs + row * T
         let ds = scratch + row * T
+        let main = n & ~15
+        let full = main + 16 <= T
         var acc = V16()
         var c = 0
-        while c + 16 <= n {
+        while c < main {
           acc += load16(pr + c) * load16(ds + c)
           c += 16
         }
-        if c < n {
-          acc += loadPartial(pr + c, n - c, fill: 0) * loadPartial(ds + c, n - c, fill: 0)
+        if main < n {
+          acc += loadTail(pr + main, n - main, fill: 0, full: full) * loadTail(ds + main, n - main, fill: 0, full: full)
         }
-        let inner = acc.sum()
+        let inner = hsum(acc)
         c = 0
-        while c + 16 <= n {
+        while c < main {
           store16(load16(pr + c) * (load16(ds + c) - inner) * scale, ds + c)
           c += 16
         }
@@ -618,16 +625,16 @@ public final class CPUKernels: Kernels {
     var m = V16(repeating: -.infinity)
     var c = 0
     while c + 16 <= V {
-      m = pointwiseMax(m, load16(row + c))
+      m = vmax(m, load16(row + c))
       c += 16
     }
-    if c < V { m = pointwiseMax(m, loadPartial(row + c, V - c, fill: -.infinity)) }
-    let top = m.max()
+    if c < V { m = vmax(m, loadPartial(row + c, V - c, fill: -.infinity)) }
+    let top = hmax(m)
     // First maximum: find the first 16-block holding it, then the lane.
     var best = 0
     c = 0
     while c + 16 <= V {
-      if any(load16(row + c) .== top) { break }
+      if anyLane(load16(row + c) .== top) { break }
       c += 16
     }
     while c < V {
@@ -653,7 +660,7 @@ public final class CPUKernels: Kernels {
         acc += e
         c = end
       }
-      total += Double(acc.sum())
+      total += Double(hsum(acc))
     }
     let loss = log(total) - (Double(row[target]) - Double(top))
     if let d {
@@ -720,7 +727,7 @@ public final class CPUKernels: Kernels {
             acc += v * v
             i = end
           }
-          total += Double(acc.sum())
+          total += Double(hsum(acc))
         }
         partial[chunk] = total
       }

@@ -116,3 +116,47 @@ func loadPartial(_ p: UnsafePointer<Float>, _ n: Int, fill: Float) -> V16 {
 func storePartial(_ v: V16, _ p: UnsafeMutablePointer<Float>, _ n: Int) {
   for i in 0..<n { p[i] = v[i] }
 }
+
+// MARK: - Reductions and lane-wise max
+//
+// The standard library's `pointwiseMax` and `max()` on float vectors go lane by lane through memory
+// (IEEE maximum with NaN handling); these compare-and-select forms stay in registers. The horizontal
+// reductions add halves in a fixed tree, so their order (and result) is fixed.
+
+@inline(__always)
+func vmax(_ a: V16, _ b: V16) -> V16 { a.replacing(with: b, where: b .> a) }
+
+@inline(__always)
+func hmax(_ v: V16) -> Float {
+  let a = v.lowHalf.replacing(with: v.highHalf, where: v.highHalf .> v.lowHalf)
+  let b = a.lowHalf.replacing(with: a.highHalf, where: a.highHalf .> a.lowHalf)
+  let c = b.lowHalf.replacing(with: b.highHalf, where: b.highHalf .> b.lowHalf)
+  return c.y > c.x ? c.y : c.x
+}
+
+@inline(__always)
+func hsum(_ v: V16) -> Float {
+  let a = v.lowHalf + v.highHalf
+  let b = a.lowHalf + a.highHalf
+  let c = b.lowHalf + b.highHalf
+  return c.x + c.y
+}
+
+/// Lane indices 0..<16, for masking the lanes of a full-width load beyond a row's end.
+let laneIndex = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+
+/// The first `n` (< 16) floats at `p`, other lanes `fill`; with `full` the caller guarantees that
+/// 16 floats are readable at `p` (their values beyond `n` may be anything, NaN included).
+@inline(__always)
+func loadTail(_ p: UnsafePointer<Float>, _ n: Int, fill: Float, full: Bool) -> V16 {
+  full ? load16(p).replacing(with: fill, where: laneIndex .>= Int32(n)) : loadPartial(p, n, fill: fill)
+}
+
+@inline(__always)
+func anyLane(_ m: SIMDMask<SIMD16<Int32>>) -> Bool {
+  let v = SIMD16<Int32>(repeating: 0).replacing(with: 1, where: m)
+  let a = v.lowHalf | v.highHalf
+  let b = a.lowHalf | a.highHalf
+  let c = b.lowHalf | b.highHalf
+  return (c.x | c.y) != 0
+}
