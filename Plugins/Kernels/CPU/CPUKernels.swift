@@ -26,6 +26,15 @@ public final class CPUKernels: Kernels {
     openblas_set_num_threads(Int32(threads))
   }
 
+  /// The OpenBLAS kernel set chosen for this CPU at load time (`OPENBLAS_CORETYPE` overrides it).
+  /// On CPUs newer than the OpenBLAS release it can fall back to a slow generic one ("Prescott"):
+  /// worth logging, and pinning the same value on every rank, since another kernel set gives other
+  /// bits.
+  public static var blasCoreName: String {
+    guard let name = openblas_get_corename() else { return "unknown" }
+    return String(cString: name)
+  }
+
   // MARK: Work splitting
 
   /// Elementwise work below this many floats per thread runs on the calling thread.
@@ -82,6 +91,14 @@ public final class CPUKernels: Kernels {
     _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
   ) {
     if m == 0 || n == 0 { return }
+    if k == 0 {
+      // C = beta C (OpenBLAS would reject a leading dimension of 0 for the empty operand).
+      for i in 0..<m {
+        let row = c + i * ldc
+        if beta == 0 { row.update(repeating: 0, count: n) } else { for j in 0..<n { row[j] *= beta } }
+      }
+      return
+    }
     cblas_sgemm(
       CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
       Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
