@@ -145,3 +145,58 @@ final class KernelTimingTests: XCTestCase {
       (tAttF + tAttB) * 1e3, 100 * (tAttF + tAttB) / matmul))
   }
 }
+
+/// Calls every kernel `HYDRA_KERNEL_ALLOC_REPS` times on preallocated buffers, for counting heap
+/// allocations by hand (not a test), e.g. under valgrind with 1 and 11 repetitions:
+///
+///     HYDRA_KERNEL_ALLOC_REPS=11 valgrind .build-cpu/debug/hydra-mpiPackageTests.xctest \
+///       KernelsTests.KernelAllocationProbe 2>&1 | grep 'total heap usage'
+///
+/// The difference between the two counts, over 10, is the allocations per call of every kernel;
+/// `HYDRA_KERNEL_ALLOC_ONLY=i` calls only the i-th (1-based, in the order below). Measured with an
+/// LD_PRELOAD malloc counter (valgrind cannot read Swift 6.3's DWARF 5): none per call from these
+/// kernels; at threads 2, OpenBLAS's threaded sgemm mallocs about once per large call, and
+/// libdispatch's concurrentPerform about once per ten calls.
+final class KernelAllocationProbe: XCTestCase {
+  func testCallEveryKernel() throws {
+    guard let reps = ProcessInfo.processInfo.environment["HYDRA_KERNEL_ALLOC_REPS"].flatMap({ Int($0) }) else {
+      throw XCTSkip("set HYDRA_KERNEL_ALLOC_REPS=n to call every kernel n times")
+    }
+    let threads = Int(ProcessInfo.processInfo.environment["HYDRA_KERNEL_ALLOC_THREADS"] ?? "2") ?? 2
+    let k = CPUKernels(threads: threads)
+    let (B, T, C, H, V) = (2, 64, 64, 2, 50)
+    let R = B * T, n = R * 4 * C
+    let x = Buf(count: n, value: 0.5), y = Buf(count: n), d = Buf(count: n, value: 0.25)
+    let w = Buf(count: 4 * C * C, value: 0.01), probs = Buf(count: B * H * T * T), scratch = Buf(count: B * H * T * T)
+    let stats = Buf(count: 2 * R), small = Buf(count: 4 * C)
+    let tokens = [Int32](repeating: 3, count: R)
+    tokens.withUnsafeBufferPointer { tok in
+      let only = ProcessInfo.processInfo.environment["HYDRA_KERNEL_ALLOC_ONLY"].flatMap { Int($0) }
+      for _ in 0..<reps {
+        if only == nil || only == 1 { k.gemm(transA: false, transB: true, m: R, n: C, k: C, alpha: 1, a: x.c, lda: C, b: w.c, ldb: C, beta: 0, c: y.p, ldc: C) }
+        if only == nil || only == 2 { k.gemmBatched(transA: false, transB: false, m: 8, n: 8, k: 8, alpha: 1, a: x.c, lda: 8, strideA: 64, b: w.c, ldb: 8, strideB: 64, beta: 1, c: y.p, ldc: 8, strideC: 64, batch: 4) }
+        if only == nil || only == 3 { k.addBias(y.p, bias: small.c, rows: R, cols: C) }
+        if only == nil || only == 4 { k.accumulateBiasGradient(d.c, rows: R, cols: C, into: small.p) }
+        if only == nil || only == 5 { k.geluForward(x.c, y.p, count: n) }
+        if only == nil || only == 6 { k.geluBackward(x.c, d.c, y.p, count: n) }
+        if only == nil || only == 7 { k.reluForward(x.c, y.p, count: n) }
+        if only == nil || only == 8 { k.reluBackward(x.c, d.c, y.p, count: n) }
+        if only == nil || only == 9 { k.layerNormForward(x.c, gamma: small.c, beta: small.c, y.p, mean: stats.p, rstd: stats.p + R, rows: R, cols: C, eps: 1e-5) }
+        if only == nil || only == 10 { k.layerNormBackward(d.c, x.c, gamma: small.c, mean: stats.c, rstd: stats.c + R, dx: y.p, dgamma: small.p, dbeta: small.p + C, rows: R, cols: C) }
+        if only == nil || only == 11 { k.attentionForward(qkv: x.c, out: y.p, probs: probs.p, batch: B, seq: T, channels: C, heads: H) }
+        if only == nil || only == 12 { k.attentionBackward(dout: d.c, qkv: x.c, probs: probs.c, dqkv: y.p, scratch: scratch.p, batch: B, seq: T, channels: C, heads: H) }
+        if only == nil || only == 13 { k.embeddingForward(tokens: tok.baseAddress!, wte: x.c, wpe: x.c, out: y.p, batch: B, seq: T, channels: C) }
+        if only == nil || only == 14 { k.embeddingBackward(dout: d.c, tokens: tok.baseAddress!, dwte: y.p, dwpe: y.p + V * C, batch: B, seq: T, channels: C) }
+        if only == nil || only == 15 { _ = k.softmaxCrossEntropy(logits: x.c, targets: tok.baseAddress!, rows: R, classes: V, dlogits: y.p, gradScale: 1) }
+        if only == nil || only == 16 { k.add(x.c, d.c, y.p, count: n) }
+        if only == nil || only == 17 { k.accumulate(x.c, into: y.p, count: n) }
+        if only == nil || only == 18 { k.copy(x.c, y.p, count: n) }
+        if only == nil || only == 19 { k.fill(y.p, value: 1, count: n) }
+        if only == nil || only == 20 { k.scale(y.p, by: 0.5, count: n) }
+        if only == nil || only == 21 { _ = k.sumOfSquares(x.c, count: n) }
+        if only == nil || only == 22 { k.sgdStep(param: y.p, grad: d.c, momentumBuffer: scratch.p, count: n / 2, lr: 0.1, momentum: 0.9, weightDecay: 0, step: 2) }
+        if only == nil || only == 23 { k.adamwStep(param: y.p, grad: d.c, m: scratch.p, v: probs.p, count: n / 4, lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0, step: 2) }
+      }
+    }
+  }
+}
