@@ -10,6 +10,12 @@ import HydraCore
 /// element and every reduction is computed by one chunk in a fixed order, and reductions over chunks
 /// are combined in chunk order. The column reductions (bias, LayerNorm and embedding gradients) and
 /// the scalar reductions (`sumOfSquares`, the cross-entropy loss) do not even depend on `threads`.
+/// OpenBLAS products give the same bits for the same shapes, pool size and OpenBLAS kernel set
+/// (`blasCoreName`); measured here they are also equal at 1 and 2 threads, but that is OpenBLAS's
+/// business, not promised.
+///
+/// No heap allocation per call in this code (scratch for reductions is a 16-entry stack buffer);
+/// libdispatch and OpenBLAS's thread pool may allocate internally when `threads` > 1.
 ///
 /// An instance holds no mutable state: several devices (threads) may each use their own instance,
 /// or share one, concurrently. OpenBLAS has one thread pool per process, and `init` sets its size
