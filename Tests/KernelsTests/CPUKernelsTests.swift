@@ -58,6 +58,16 @@ final class CPUKernelsTests: XCTestCase {
     }
   }
 
+  func testGemmWithEmptyInnerDimension() {
+    let cpu = CPUKernels()
+    let c = Buf([1, 2, 3, 4, 5, 6]), a = Buf(count: 1), b = Buf(count: 1)
+    cpu.gemm(transA: false, transB: false, m: 2, n: 2, k: 0, alpha: 1, a: a.c, lda: 0, b: b.c, ldb: 2, beta: 0.5, c: c.p, ldc: 3)
+    XCTAssertEqual(c.array, [0.5, 1, 3, 2, 2.5, 6])
+    cpu.gemm(transA: false, transB: false, m: 2, n: 2, k: 0, alpha: 1, a: a.c, lda: 0, b: b.c, ldb: 2, beta: 0, c: c.p, ldc: 3)
+    XCTAssertEqual(c.array, [0, 0, 3, 0, 0, 6])
+    XCTAssertFalse(CPUKernels.blasCoreName.isEmpty)
+  }
+
   func testGemmBatchedWithStrides() {
     var rng = TestRandom(2)
     for threads in testThreads {

@@ -10,6 +10,12 @@ import HydraCore
 /// element and every reduction is computed by one chunk in a fixed order, and reductions over chunks
 /// are combined in chunk order. The column reductions (bias, LayerNorm and embedding gradients) and
 /// the scalar reductions (`sumOfSquares`, the cross-entropy loss) do not even depend on `threads`.
+/// OpenBLAS products give the same bits for the same shapes, pool size and OpenBLAS kernel set
+/// (`blasCoreName`); measured here they are also equal at 1 and 2 threads, but that is OpenBLAS's
+/// business, not promised.
+///
+/// No heap allocation per call in this code (scratch for reductions is a 16-entry stack buffer);
+/// libdispatch and OpenBLAS's thread pool may allocate internally when `threads` > 1.
 ///
 /// An instance holds no mutable state: several devices (threads) may each use their own instance,
 /// or share one, concurrently. OpenBLAS has one thread pool per process, and `init` sets its size
@@ -24,6 +30,15 @@ public final class CPUKernels: Kernels {
     self.threads = threads
     self.memory = memory
     openblas_set_num_threads(Int32(threads))
+  }
+
+  /// The OpenBLAS kernel set chosen for this CPU at load time (`OPENBLAS_CORETYPE` overrides it).
+  /// On CPUs newer than the OpenBLAS release it can fall back to a slow generic one ("Prescott"):
+  /// worth logging, and pinning the same value on every rank, since another kernel set gives other
+  /// bits.
+  public static var blasCoreName: String {
+    guard let name = openblas_get_corename() else { return "unknown" }
+    return String(cString: name)
   }
 
   // MARK: Work splitting
@@ -82,6 +97,14 @@ public final class CPUKernels: Kernels {
     _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
   ) {
     if m == 0 || n == 0 { return }
+    if k == 0 {
+      // C = beta C (OpenBLAS would reject a leading dimension of 0 for the empty operand).
+      for i in 0..<m {
+        let row = c + i * ldc
+        if beta == 0 { row.update(repeating: 0, count: n) } else { for j in 0..<n { row[j] *= beta } }
+      }
+      return
+    }
     cblas_sgemm(
       CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
       Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
@@ -270,7 +293,7 @@ public final class CPUKernels: Kernels {
           tail += xr[c]
           c += 1
         }
-        let mu = (acc.sum() + tail) * invCols
+        let mu = (hsum(acc) + tail) * invCols
         var acc2 = V16()
         c = 0
         while c + 16 <= cols {
@@ -284,7 +307,7 @@ public final class CPUKernels: Kernels {
           tail2 += d * d
           c += 1
         }
-        let variance = (acc2.sum() + tail2) * invCols
+        let variance = (hsum(acc2) + tail2) * invCols
         let s = 1 / (variance + eps).squareRoot()
         c = 0
         while c + 16 <= cols {
@@ -331,8 +354,8 @@ public final class CPUKernels: Kernels {
           tailGX += g * ((xr[c] - mu) * s)
           c += 1
         }
-        let meanG = (accG.sum() + tailG) * invCols
-        let meanGX = (accGX.sum() + tailGX) * invCols
+        let meanG = (hsum(accG) + tailG) * invCols
+        let meanGX = (hsum(accGX) + tailGX) * invCols
         c = 0
         while c + 16 <= cols {
           let g = load16(dyr + c) * load16(gamma + c)
@@ -409,33 +432,38 @@ public final class CPUKernels: Kernels {
     }
   }
 
-  /// row[0..<count] = softmax(row[0..<count]); row[count..<width] = 0.
+  /// row[0..<count] = softmax(row[0..<count]); row[count..<width] = 0. The row's tail is handled
+  /// with a full-width masked load when the row is wide enough (the lanes past `count` are
+  /// overwritten with zeros at the end).
   @inline(__always)
   private func softmaxRowInPlace(_ row: UnsafeMutablePointer<Float>, count n: Int, width: Int) {
+    let main = n & ~15
+    let full = main + 16 <= width
     var m = V16(repeating: -.infinity)
     var c = 0
-    while c + 16 <= n {
-      m = pointwiseMax(m, load16(row + c))
+    while c < main {
+      m = vmax(m, load16(row + c))
       c += 16
     }
-    if c < n { m = pointwiseMax(m, loadPartial(row + c, n - c, fill: -.infinity)) }
-    let top = m.max()
+    if main < n { m = vmax(m, loadTail(row + main, n - main, fill: -.infinity, full: full)) }
+    let top = hmax(m)
     var acc = V16()
     c = 0
-    while c + 16 <= n {
+    while c < main {
       let e = CPUMath.exp(load16(row + c) - top)
       store16(e, row + c)
       acc += e
       c += 16
     }
-    if c < n {
-      let e = CPUMath.exp(loadPartial(row + c, n - c, fill: -.infinity) - top)
-      storePartial(e, row + c, n - c)
+    if main < n {
+      let e = CPUMath.exp(loadTail(row + main, n - main, fill: -.infinity, full: full) - top)
+      if full { store16(e, row + main) } else { storePartial(e, row + main, n - main) }
       acc += e
     }
-    let inv = 1 / acc.sum()
+    let inv = 1 / hsum(acc)
+    let end = full ? main + 16 : main
     c = 0
-    while c + 16 <= n {
+    while c < end {
       store16(load16(row + c) * inv, row + c)
       c += 16
     }
@@ -483,18 +511,20 @@ public final class CPUKernels: Kernels {
         let n = row % T + 1
         let pr = probs + row * T
         let ds = scratch + row * T
+        let main = n & ~15
+        let full = main + 16 <= T
         var acc = V16()
         var c = 0
-        while c + 16 <= n {
+        while c < main {
           acc += load16(pr + c) * load16(ds + c)
           c += 16
         }
-        if c < n {
-          acc += loadPartial(pr + c, n - c, fill: 0) * loadPartial(ds + c, n - c, fill: 0)
+        if main < n {
+          acc += loadTail(pr + main, n - main, fill: 0, full: full) * loadTail(ds + main, n - main, fill: 0, full: full)
         }
-        let inner = acc.sum()
+        let inner = hsum(acc)
         c = 0
-        while c + 16 <= n {
+        while c < main {
           store16(load16(pr + c) * (load16(ds + c) - inner) * scale, ds + c)
           c += 16
         }
@@ -618,16 +648,16 @@ public final class CPUKernels: Kernels {
     var m = V16(repeating: -.infinity)
     var c = 0
     while c + 16 <= V {
-      m = pointwiseMax(m, load16(row + c))
+      m = vmax(m, load16(row + c))
       c += 16
     }
-    if c < V { m = pointwiseMax(m, loadPartial(row + c, V - c, fill: -.infinity)) }
-    let top = m.max()
+    if c < V { m = vmax(m, loadPartial(row + c, V - c, fill: -.infinity)) }
+    let top = hmax(m)
     // First maximum: find the first 16-block holding it, then the lane.
     var best = 0
     c = 0
     while c + 16 <= V {
-      if any(load16(row + c) .== top) { break }
+      if anyLane(load16(row + c) .== top) { break }
       c += 16
     }
     while c < V {
@@ -653,7 +683,7 @@ public final class CPUKernels: Kernels {
         acc += e
         c = end
       }
-      total += Double(acc.sum())
+      total += Double(hsum(acc))
     }
     let loss = log(total) - (Double(row[target]) - Double(top))
     if let d {
@@ -720,7 +750,7 @@ public final class CPUKernels: Kernels {
             acc += v * v
             i = end
           }
-          total += Double(acc.sum())
+          total += Double(hsum(acc))
         }
         partial[chunk] = total
       }
