@@ -9,6 +9,7 @@ import HydraRuntime
 @main
 struct Bench {
   static func main() throws {
+    BLASCore.restartWithBetterCoreIfNeeded()
     let args = CommandLine.arguments.dropFirst()
     let steps = args.first.flatMap(Int.init) ?? 10
     let threadCounts = args.count > 1 ? args.dropFirst().compactMap(Int.init) : [1, 2]
@@ -16,7 +17,7 @@ struct Bench {
     for threads in threadCounts {
       let kernels = CPUKernels(threads: threads)
       let sgemm = sgemmRate(threads: threads)
-      print(String(format: "threads %d: OpenBLAS sgemm 1024^3: %.1f GFLOP/s", threads, sgemm / 1e9))
+      print(String(format: "threads %d: OpenBLAS (%@ kernels) sgemm 1024^3: %.1f GFLOP/s", threads, CPUKernels.blasCoreName, sgemm / 1e9))
       let gpt = ModelSpec.gpt(GPTShape(layers: 6, channels: 384, heads: 6, context: 128, vocab: 256))
       try report("gpt  L6 C384 H6 T128 B8 adamw", spec: gpt, batch: 8, kernels: kernels, steps: steps, sgemm: sgemm)
       let mlp = ModelSpec.mlp(inputs: 1024, hidden: [2048, 2048], classes: 10)

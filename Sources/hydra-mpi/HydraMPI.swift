@@ -1,11 +1,22 @@
 import ArgumentParser
 import Foundation
 import HydraConfig
+import HydraKernelsCPU
 import HydraCore
 import HydraRuntime
 
 @main
 struct HydraMPI: ParsableCommand {
+  static func main() {
+    BLASCore.restartWithBetterCoreIfNeeded()
+    do {
+      var command = try parseAsRoot()
+      try command.run()
+    } catch {
+      exit(withError: error)
+    }
+  }
+
   static let configuration = CommandConfiguration(
     commandName: "hydra-mpi",
     abstract: "Train many models at once with shard parallelism.",
