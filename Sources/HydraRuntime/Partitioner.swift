@@ -1,0 +1,179 @@
+import HydraConfig
+import HydraCore
+
+/// What a partitioner is asked: one model's blocks with their costs, and the device budget.
+///
+/// The footprint of a shard (blocks `l..<r`) is what it needs on the device while it runs:
+/// - the state of all its blocks: parameters + gradients + optimizer state;
+/// - its input boundary activation (the output of block `l - 1`; none for block 0), held from the
+///   shard's forward to its backward because its first block's backward reads it;
+/// - activations: without checkpointing, every block's; with checkpointing only the largest single
+///   block's (the one being recomputed in the backward);
+/// - the largest workspace of its blocks;
+/// the last three per sample, times the batch size.
+public struct PartitionRequest: Sendable {
+  /// The costs of the model's blocks, in model order.
+  public var blocks: [BlockCosts]
+  /// The blocks' names ("wte", "h.3", "head"), for messages.
+  public var blockNames: [String]
+  public var batchSize: Int
+  /// Optimizer state tensors per parameter: sgd 1 (momentum), adamw 2 (m, v).
+  public var stateCopies: Int
+  /// Device memory in bytes; `Int.max` = unlimited.
+  public var budget: Int
+  /// Leave room for two shards at once (the next one is promoted while this one runs): each shard must
+  /// fit in half the budget.
+  public var doubleBuffering: Bool
+  /// Whether a shard recomputes its blocks' activations in the backward instead of keeping them.
+  public var activationCheckpointing: Bool
+  /// Measured forward + backward seconds per block (a profile). nil: 3 x forward FLOPs x batch size
+  /// stands in for time (a backward costs about twice a forward).
+  public var blockSeconds: [Double]?
+  /// Bytes per sample of each block's input activation (block `i - 1`'s output); entry 0 is unused
+  /// (block 0 reads the batch). Each must be <= the previous block's `activationBytesPerSample`, which
+  /// includes its output. nil: the previous block's `activationBytesPerSample` (an upper bound).
+  public var inputBytesPerSample: [Int]?
+  /// The `[partitioner]` table without `name`: the plugin's options.
+  public var options: [String: ConfigValue]
+
+  public init(
+    blocks: [BlockCosts], blockNames: [String]? = nil, batchSize: Int, stateCopies: Int,
+    budget: Int = .max, doubleBuffering: Bool = false, activationCheckpointing: Bool = false,
+    blockSeconds: [Double]? = nil, inputBytesPerSample: [Int]? = nil, options: [String: ConfigValue] = [:]
+  ) {
+    let names = blockNames ?? blocks.indices.map { String($0) }
+    precondition(names.count == blocks.count, "one name per block")
+    precondition(batchSize >= 1 && stateCopies >= 0 && budget >= 0, "batch size, state copies or budget out of range")
+    if let s = blockSeconds {
+      precondition(s.count == blocks.count && s.allSatisfy { $0.isFinite && $0 >= 0 }, "one finite time >= 0 per block")
+    }
+    if let inputs = inputBytesPerSample {
+      precondition(inputs.count == blocks.count, "one input size per block")
+      for i in inputs.indices.dropFirst() {
+        precondition(
+          inputs[i] >= 0 && inputs[i] <= blocks[i - 1].activationBytesPerSample,
+          "block \(i)'s input is part of block \(i - 1)'s activations")
+      }
+    }
+    self.blocks = blocks
+    self.blockNames = names
+    self.batchSize = batchSize
+    self.stateCopies = stateCopies
+    self.budget = budget
+    self.doubleBuffering = doubleBuffering
+    self.activationCheckpointing = activationCheckpointing
+    self.blockSeconds = blockSeconds
+    self.inputBytesPerSample = inputBytesPerSample
+    self.options = options
+  }
+
+  /// What one shard may use: the budget, or half of it with double buffering.
+  public var shardBudget: Int {
+    budget == .max ? .max : (doubleBuffering ? budget / 2 : budget)
+  }
+
+  /// Bytes per sample of the activation a shard starting at block `i` holds as its input.
+  public func inputBytes(_ i: Int) -> Int {
+    guard i > 0 else { return 0 }
+    return inputBytesPerSample?[i] ?? blocks[i - 1].activationBytesPerSample
+  }
+
+  /// Bytes the shard of blocks `range` needs on the device while it runs (see the type's comment).
+  /// Saturates at `Int.max` rather than overflowing.
+  public func footprint(_ range: Range<Int>) -> Int {
+    guard !range.isEmpty else { return 0 }
+    var state = 0, kept = 0, largestKept = 0, workspace = 0
+    for i in range {
+      let c = blocks[i]
+      state = saturating(state, c.stateBytes(stateCopies: stateCopies))
+      kept = saturating(kept, c.activationBytesPerSample)
+      largestKept = max(largestKept, c.activationBytesPerSample)
+      workspace = max(workspace, c.workspaceBytesPerSample)
+    }
+    let activations = activationCheckpointing ? largestKept : kept
+    let perSample = saturating(saturating(inputBytes(range.lowerBound), activations), workspace)
+    let (batch, overflow) = perSample.multipliedReportingOverflow(by: batchSize)
+    return overflow ? .max : saturating(state, batch)
+  }
+
+  /// The time of one forward + backward of the shard: measured, or its FLOPs proxy. Summed left to
+  /// right, so that a partitioner that sums the same way gets bit-identical values.
+  public func seconds(_ range: Range<Int>) -> Double {
+    var total = 0.0
+    for i in range { total += blockSeconds(i) }
+    return total
+  }
+
+  /// One block's forward + backward time (measured, or 3 x forward FLOPs x batch size).
+  public func blockSeconds(_ i: Int) -> Double {
+    blockSeconds?[i] ?? 3 * Double(blocks[i].forwardFlopsPerSample) * Double(batchSize)
+  }
+
+  /// Throws the `cluster.device_memory` error for the first block that does not fit by itself.
+  public func checkBlocksFit() throws {
+    for i in blocks.indices where footprint(i..<i + 1) > shardBudget {
+      throw PartitionError(
+        key: "cluster.device_memory",
+        "block \"\(blockNames[i])\" needs \(formatBytes(footprint(i..<i + 1))) at batch size \(batchSize), "
+          + "more than \(budgetText); raise cluster.device_memory or lower train.batch_size"
+          + (activationCheckpointing ? "" : ", or turn on activation checkpointing"))
+    }
+  }
+
+  /// "the device budget of 64.0 MiB", or the half of it that one shard gets with double buffering.
+  public var budgetText: String {
+    doubleBuffering && budget != .max
+      ? "the shard budget of \(formatBytes(shardBudget)) (half of cluster.device_memory = \(formatBytes(budget)), for double buffering)"
+      : "the device budget of \(formatBytes(budget))"
+  }
+
+  /// "h.2" or "h.2...h.5": the blocks of a range, for messages.
+  public func names(_ range: Range<Int>) -> String {
+    range.count == 1 ? blockNames[range.lowerBound] : "\(blockNames[range.lowerBound])...\(blockNames[range.upperBound - 1])"
+  }
+
+  /// Throws for an option key not in `valid` (`[partitioner]` keys other than `name`).
+  public func checkOptions(_ valid: [String], partitioner: String) throws {
+    if let k = options.keys.filter({ !valid.contains($0) }).sorted().first {
+      let allowed = valid.isEmpty ? "it takes no options" : "valid options: \(valid.sorted().joined(separator: ", "))"
+      throw PartitionError(key: "partitioner.\(k)", "unknown option \"\(k)\" for partitioner \"\(partitioner)\"; \(allowed)")
+    }
+  }
+
+  private func saturating(_ a: Int, _ b: Int) -> Int {
+    let (s, overflow) = a.addingReportingOverflow(b)
+    return overflow ? .max : s
+  }
+}
+
+/// Chooses a model's shards: contiguous ranges of its blocks.
+public protocol Partitioner: AnyObject {
+  /// The name `[partitioner] name` selects.
+  var name: String { get }
+  /// Contiguous, non-empty ranges covering `0..<request.blocks.count` once, in order, each with
+  /// `request.footprint(range) <= request.shardBudget`. Throws `PartitionError` for bad options or a
+  /// budget that cannot be met.
+  func partition(_ request: PartitionRequest) throws -> [Range<Int>]
+}
+
+/// Bad `[partitioner]` options or a budget that cannot be met. `key` is the job-file key it is about
+/// (`cluster.device_memory`, `partitioner.boundaries`); the runtime adds the file and line.
+public struct PartitionError: Error, CustomStringConvertible, Sendable, Equatable {
+  public var key: String
+  public var message: String
+  public init(key: String, _ message: String) {
+    self.key = key
+    self.message = message
+  }
+  public var description: String { message }
+}
+
+/// Whether `shards` are non-empty contiguous ranges covering `0..<blockCount` once, in order.
+public func validatePartition(_ shards: [Range<Int>], blockCount: Int) -> Bool {
+  var next = 0
+  for s in shards {
+    guard s.lowerBound == next, !s.isEmpty else { return false }
+    next = s.upperBound
+  }
+  return next == blockCount
+}
