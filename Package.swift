@@ -74,7 +74,9 @@ let package = Package(
       name: "HydraConfigTests", dependencies: ["HydraConfig"], swiftSettings: settings),
     .testTarget(
       name: "HydraRuntimeTests",
-      dependencies: ["HydraRuntime", "HydraCore", "HydraConfig", "HydraKernelsReference", "HydraKernelsCPU"],
+      dependencies: [
+        "HydraRuntime", "HydraCore", "HydraConfig", "HydraKernelsReference", "HydraKernelsCPU", "HydraPartitioners",
+      ],
       swiftSettings: settings),
   ]
 )

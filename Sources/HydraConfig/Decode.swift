@@ -3,7 +3,8 @@ import Foundation
 /// The keys each table accepts, in the order `resolvedTOML()` writes them.
 enum Keys {
   static let job = ["name", "output", "seed"]
-  static let cluster = ["backend", "devices", "device_memory", "host_memory", "kernels", "threads_per_device"]
+  static let cluster = ["backend", "devices", "device_memory", "host_memory", "kernels", "threads_per_device",
+    "double_buffering", "activation_checkpointing"]
   static let data = ["format", "path", "validation_fraction", "label_column", "feature_scale", "header", "split", "split_seed"]
   static let model = [
     "kind", "layers", "d_model", "heads", "context", "vocab", "hidden", "classes", "inputs", "init",
@@ -81,9 +82,20 @@ func decodeCluster(_ s: Section, known: KnownPlugins) throws -> ClusterSection {
   try registered(s, "kernels", kernels, known.kernels, "kernels")
   let threads = try s.int("threads_per_device", 1)
   try s.check(threads >= 1, "threads_per_device", ">= 1")
-  return ClusterSection(
+  var cluster = ClusterSection(
     backend: backend, devices: devices, deviceMemory: deviceMemory, hostMemory: hostMemory,
     kernels: kernels, threadsPerDevice: threads)
+  cluster.doubleBuffering = try s.bool("double_buffering", true)
+  switch s.fields["activation_checkpointing"]?.value {
+  case nil: break
+  case .bool(let on)?: cluster.activationCheckpointing = on ? "true" : "false"
+  case .string("auto")?: cluster.activationCheckpointing = "auto"
+  case let other?:
+    throw s.error(
+      "activation_checkpointing",
+      "cluster.activation_checkpointing: expected true, false or \"auto\", found \(other)")
+  }
+  return cluster
 }
 
 func decodeData(_ s: Section, jobDir: String) throws -> DataSection {

@@ -46,6 +46,12 @@ public struct JobConfig: Sendable, Equatable {
   /// Reads, decodes and validates a job file. `overrides` are `--set` strings (`"train.lr=0.01"`,
   /// `"cluster.devices=2"`, `"sweep.train.lr=[1e-3, 3e-4]"`), applied before validation; the value is
   /// read as a TOML value, and as a plain string if it is not one (`data.path=other.txt`).
+  /// The line of `table.key` in the job file (for messages about values the runtime checks),
+  /// falling back to the table's header.
+  public func line(table: String, key: String) -> Int? {
+    SourceMap(source: source).line(table: table, key: key)
+  }
+
   public static func load(path: String, known: KnownPlugins, overrides: [String] = []) throws -> JobConfig {
     let file = resolvePath(path, relativeTo: FileManager.default.currentDirectoryPath)
     guard let data = FileManager.default.contents(atPath: file), let source = String(data: data, encoding: .utf8)

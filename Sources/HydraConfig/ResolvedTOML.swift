@@ -16,6 +16,8 @@ extension JobConfig {
       ("backend", str(cluster.backend)), ("devices", int(cluster.devices)),
       ("device_memory", int(cluster.deviceMemory)), ("host_memory", int(cluster.hostMemory)),
       ("kernels", str(cluster.kernels)), ("threads_per_device", int(cluster.threadsPerDevice)),
+      ("double_buffering", .bool(cluster.doubleBuffering)),
+      ("activation_checkpointing", cluster.activationCheckpointing == "auto" ? str("auto") : .bool(cluster.activationCheckpointing == "true")),
     ])
     table("data", [
       ("format", str(data.format)), ("path", str(data.path)), ("validation_fraction", .double(data.validationFraction)),

@@ -22,6 +22,14 @@ public struct ClusterSection: Sendable, Equatable {
   public var kernels: String
   /// Default 1, at least 1 (key `threads_per_device`).
   public var threadsPerDevice: Int
+  /// Bring the next shard's state in while the current one computes; partitions then leave room
+  /// for two shards per device. Default true (key `double_buffering`).
+  public var doubleBuffering: Bool = true
+  /// `"true"`, `"false"` or `"auto"` (key `activation_checkpointing`, written as a TOML boolean
+  /// or the string "auto"): whether a shard keeps only its input activation between its forward
+  /// and backward and recomputes the rest. `auto` (the default) turns it on when a device budget
+  /// cannot hold every block's activations.
+  public var activationCheckpointing: String = "auto"
 }
 
 /// `[data]`: the data set, split into training and validation by `validationFraction`.

@@ -1,27 +1,42 @@
 import Foundation
 
-/// A contiguous, row-major, 64-byte aligned Float32 buffer with an explicit shape, charged to the
-/// `DeviceMemory` it was allocated from for as long as it lives.
+/// A contiguous, row-major, 64-byte aligned Float32 buffer with an explicit shape, charged to one
+/// `DeviceMemory` (a device, or the host store) for as long as it holds its bytes.
 ///
 /// Tensors are reference types: handing one from a block to the next (or from one device thread to
-/// another under `shm`) is a reference, never a copy.
+/// another under `shm`) is a reference, never a copy. Shard state moves by changing the charge
+/// (`move(to:)`: on the CPU, device and host memory are the same RAM) or by leaving RAM for a file
+/// (`evict(to:offset:)`, `restore(from:offset:memory:)`).
 public final class Tensor: @unchecked Sendable {
   public static let alignment = 64
 
   public private(set) var shape: [Int]
   public let capacity: Int
-  public let data: UnsafeMutablePointer<Float>
-  private let memory: DeviceMemory?
+  private var storage: UnsafeMutablePointer<Float>?
+  public private(set) var memory: DeviceMemory?
+
+  /// The bytes; only while the tensor is resident (not evicted to a file).
+  public var data: UnsafeMutablePointer<Float> {
+    guard let storage else { preconditionFailure("tensor \(shape) used while evicted to disk") }
+    return storage
+  }
+
+  public var isResident: Bool { storage != nil }
+  private var allocatedBytes: Int { max(capacity, 1) * MemoryLayout<Float>.stride }
+
+  private static func allocateZeroed(_ count: Int) -> UnsafeMutablePointer<Float> {
+    let raw = UnsafeMutableRawPointer.allocate(
+      byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: Tensor.alignment)
+    raw.initializeMemory(as: Float.self, repeating: 0, count: max(count, 1))
+    return raw.assumingMemoryBound(to: Float.self)
+  }
 
   /// Allocates a zero-filled tensor, charging `memory` (if given) for its bytes.
   public init(shape: [Int], memory: DeviceMemory? = nil) throws {
     precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
     let count = shape.reduce(1, *)
-    let bytes = max(count, 1) * MemoryLayout<Float>.stride
-    try memory?.reserve(bytes)
-    let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: Tensor.alignment)
-    raw.initializeMemory(as: Float.self, repeating: 0, count: max(count, 1))
-    self.data = raw.assumingMemoryBound(to: Float.self)
+    try memory?.reserve(max(count, 1) * MemoryLayout<Float>.stride)
+    self.storage = Tensor.allocateZeroed(count)
     self.shape = shape
     self.capacity = count
     self.memory = memory
@@ -35,8 +50,64 @@ public final class Tensor: @unchecked Sendable {
   }
 
   deinit {
-    memory?.release(max(capacity, 1) * MemoryLayout<Float>.stride)
-    UnsafeMutableRawPointer(data).deallocate()
+    if let storage {
+      memory?.release(allocatedBytes)
+      UnsafeMutableRawPointer(storage).deallocate()
+    }
+  }
+
+  /// Moves the charge for this tensor's bytes to `other` (no copy). Throws, changing nothing, when
+  /// `other` has no room.
+  public func move(to other: DeviceMemory?) throws {
+    guard other !== memory else { return }
+    if isResident {
+      try other?.reserve(allocatedBytes)
+      memory?.release(allocatedBytes)
+    }
+    memory = other
+  }
+
+  /// Writes the bytes to `fd` at `offset` (unless `write` is false: a gradient, say, whose contents
+  /// need not survive) and frees them.
+  public func evict(to fd: Int32, offset: Int, write: Bool = true) throws {
+    guard let storage else { return }
+    if write { try Tensor.io(fd, UnsafeMutableRawPointer(storage), byteCount, offset, reading: false) }
+    UnsafeMutableRawPointer(storage).deallocate()
+    self.storage = nil
+    memory?.release(allocatedBytes)
+  }
+
+  /// Allocates the bytes again, charged to `memory`, and reads them back from `fd` at `offset`
+  /// (or leaves them zero when `read` is false).
+  public func restore(from fd: Int32, offset: Int, memory newMemory: DeviceMemory?, read: Bool = true) throws {
+    guard storage == nil else { return try move(to: newMemory) }
+    try newMemory?.reserve(allocatedBytes)
+    let fresh = Tensor.allocateZeroed(capacity)
+    if read {
+      do {
+        try Tensor.io(fd, UnsafeMutableRawPointer(fresh), byteCount, offset, reading: true)
+      } catch {
+        UnsafeMutableRawPointer(fresh).deallocate()
+        newMemory?.release(allocatedBytes)
+        throw error
+      }
+    }
+    storage = fresh
+    memory = newMemory
+  }
+
+  private static func io(_ fd: Int32, _ base: UnsafeMutableRawPointer, _ count: Int, _ offset: Int, reading: Bool) throws {
+    var done = 0
+    while done < count {
+      let n = reading
+        ? pread(fd, base + done, count - done, off_t(offset + done))
+        : pwrite(fd, base + done, count - done, off_t(offset + done))
+      if n < 0 && errno == EINTR { continue }
+      guard n > 0 else {
+        throw TensorIOError(message: "\(reading ? "reading" : "writing") \(count) bytes at offset \(offset): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))")
+      }
+      done += n
+    }
   }
 
   public var count: Int { shape.reduce(1, *) }
@@ -68,6 +139,11 @@ public final class Tensor: @unchecked Sendable {
     guard shape == other.shape else { return false }
     return memcmp(data, other.data, byteCount) == 0
   }
+}
+
+public struct TensorIOError: Error, CustomStringConvertible {
+  public let message: String
+  public var description: String { "spill file: \(message)" }
 }
 
 /// Int32 indices (tokens, class labels) in a plain array; they are small and never spilled alone.

@@ -16,13 +16,21 @@ public enum Checkpoint {
 
   /// Writes `model.safetensors` and `config.json` into `folder` (created if needed). Each file is
   /// written beside its final name and renamed over it, so a crash leaves the previous checkpoint.
-  public static func write(_ run: ModelRun, to folder: String) throws {
+  public static func write(_ run: ModelRun, to folder: String, device: Int = 0) throws {
     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    let params = run.ownedParameters
-    let tensors = params.map { p in
-      (name: storedName(p, spec: run.spec), shape: p.shape, values: UnsafeBufferPointer(p.value.buffer))
+    // Shard by shard (each may have to come off disk), copied out so that all are at hand at once.
+    var names: [String] = [], shapes: [[Int]] = [], values: [[Float]] = []
+    try run.withEveryShard(on: device) { s in
+      for p in run.parameters(ofShard: s) where p.replicaOf == nil {
+        names.append(storedName(p, spec: run.spec))
+        shapes.append(p.shape)
+        values.append(p.value.array)
+      }
     }
-    try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: folder + "/" + weightsFile)
+    try withBuffers(values) { buffers in
+      let tensors = (0..<names.count).map { (name: names[$0], shape: shapes[$0], values: buffers[$0]) }
+      try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: folder + "/" + weightsFile)
+    }
     try writeAtomically(configJSON(run.spec), to: folder + "/" + configFile)
   }
 
@@ -72,32 +80,67 @@ public enum Checkpoint {
     }
   }
 
-  /// Loads initial weights into a model: `path` is a folder holding `model.safetensors` (a Hugging
-  /// Face download, or a hydra-mpi checkpoint) or a `.safetensors` file. Names may carry the
-  /// `transformer.` prefix or not; F16/BF16 are widened. A GPT-2 position table longer than the
-  /// model's context is cut to its first `context` rows.
-  public static func load(into run: ModelRun, from path: String) throws {
+  /// Checks, without loading any values, that `path` holds every tensor `spec` needs with the right
+  /// shape (blocks are built one at a time, so this needs one block's memory at most).
+  public static func check(_ spec: ModelSpec, against path: String) throws {
+    let (file, st) = try open(path)
+    for i in 0..<spec.blockCount {
+      for p in try spec.makeBlock(i, memory: nil).parameters where p.replicaOf == nil {
+        _ = try entry(for: p, spec: spec, in: st, file: file)
+      }
+    }
+  }
+
+  private static func open(_ path: String) throws -> (String, SafeTensorsFile) {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
       throw InputError(file: path, "the initial checkpoint does not exist")
     }
     let file = isDir.boolValue ? path + "/" + weightsFile : path
-    let st = try SafeTensorsFile(path: file)
-    for p in run.ownedParameters {
-      let candidates = [storedName(p, spec: run.spec), p.name]
-      guard let name = candidates.first(where: { st.entries[$0] != nil }) else {
-        throw InputError(file: file, "tensor \"\(candidates[0])\" is missing (the model needs shape \(p.shape))")
+    return (file, try SafeTensorsFile(path: file))
+  }
+
+  /// The stored name for `p` and whether its rows must be cut (a longer position table).
+  private static func entry(for p: Parameter, spec: ModelSpec, in st: SafeTensorsFile, file: String) throws -> (String, Bool) {
+    let candidates = [storedName(p, spec: spec), p.name]
+    guard let name = candidates.first(where: { st.entries[$0] != nil }) else {
+      throw InputError(file: file, "tensor \"\(candidates[0])\" is missing (the model needs shape \(p.shape))")
+    }
+    let shape = st.entries[name]!.shape
+    if p.name == "wpe.weight", shape.count == 2, shape[1] == p.shape[1], shape[0] > p.shape[0] { return (name, true) }
+    guard shape == p.shape else {
+      throw InputError(file: file, "tensor \"\(name)\" has shape \(shape), the model needs \(p.shape)")
+    }
+    return (name, false)
+  }
+
+  /// Loads initial weights into a model: `path` is a folder holding `model.safetensors` (a Hugging
+  /// Face download, or a hydra-mpi checkpoint) or a `.safetensors` file. Names may carry the
+  /// `transformer.` prefix or not; F16/BF16 are widened. A GPT-2 position table longer than the
+  /// model's context is cut to its first `context` rows.
+  public static func load(into run: ModelRun, from path: String, device: Int = 0) throws {
+    let (file, st) = try open(path)
+    try run.withEveryShard(on: device) { s in
+      for p in run.parameters(ofShard: s) where p.replicaOf == nil {
+        let (name, cut) = try entry(for: p, spec: run.spec, in: st, file: file)
+        let values = cut ? Array(try st.floats(name).prefix(p.count)) : try st.floats(name, expectedShape: p.shape)
+        values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
       }
-      let entry = st.entries[name]!
-      var values: [Float]
-      if p.name == "wpe.weight", entry.shape.count == 2, entry.shape[1] == p.shape[1], entry.shape[0] > p.shape[0] {
-        values = Array(try st.floats(name).prefix(p.count))
-      } else {
-        values = try st.floats(name, expectedShape: p.shape)
-      }
-      values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
     }
   }
+}
+
+/// Calls `body` with a buffer pointer for each array, all valid at once.
+private func withBuffers<R>(_ arrays: [[Float]], _ body: ([UnsafeBufferPointer<Float>]) throws -> R) rethrows -> R {
+  var pointers: [UnsafeBufferPointer<Float>] = []
+  func nest(_ i: Int) throws -> R {
+    if i == arrays.count { return try body(pointers) }
+    return try arrays[i].withUnsafeBufferPointer { p in
+      pointers.append(p)
+      return try nest(i + 1)
+    }
+  }
+  return try nest(0)
 }
 
 /// Writes `text` to `path` through a temporary file in the same folder and a rename.

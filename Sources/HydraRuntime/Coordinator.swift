@@ -29,8 +29,12 @@ public final class Coordinator {
   private var failure: Error?
   private var origin = Date()
 
-  public init(runs: [ModelRun], devices: [Device]) {
+  /// Bring the next task's shard off disk while the current task computes.
+  public let doubleBuffering: Bool
+
+  public init(runs: [ModelRun], devices: [Device], doubleBuffering: Bool = true) {
     precondition(!devices.isEmpty)
+    self.doubleBuffering = doubleBuffering
     self.runs = runs
     self.devices = devices
   }
@@ -68,7 +72,10 @@ public final class Coordinator {
         while let task = run.nextTask {
           if stopped { return }
           let start = elapsed()
-          let completed = try run.run(task, kernels: device.kernels)
+          if doubleBuffering, let after = run.taskAfterNext, after.shard != task.shard {
+            run.prefetch(after.shard, keeping: task.shard)
+          }
+          let completed = try run.run(task, kernels: device.kernels, device: device.index)
           append(
             TraceEvent(
               device: device.index, model: run.id,

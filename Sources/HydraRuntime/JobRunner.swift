@@ -22,31 +22,47 @@ public final class JobRunner {
     public var makespan: Double
     public var runs: [ModelRun]
     public var output: String
+    public var devices: [Device]
+    public var store: HostStore
+  }
+
+  /// One member, planned: its architecture, data, shards and activation policy.
+  public struct Plan {
+    public var spec: ModelSpec
+    public var data: Dataset
+    public var request: PartitionRequest
+    public var shards: [Range<Int>]
+    public var policy: ActivationPolicy
   }
 
   public func run() throws -> Result {
     let cluster = config.cluster
-    // Every model's blocks live in one accounting for now: device budgets and spilling come with
-    // the shard store.
-    let memory = DeviceMemory(label: "host")
+    let plans = try plan()
+    let budget = cluster.deviceMemory ?? .max
     let devices = try (0..<cluster.devices).map { d in
-      Device(index: d, kernels: try registry.makeKernels(cluster.kernels, threads: cluster.threadsPerDevice, memory: memory))
+      Device(
+        index: d,
+        kernels: try registry.makeKernels(
+          cluster.kernels, threads: cluster.threadsPerDevice,
+          memory: DeviceMemory(budget: budget, label: "device \(d)")))
     }
-    let runs = try buildRuns(memory: memory)
+    let store = HostStore(budget: cluster.hostMemory ?? .max, folder: config.job.output + "/spill")
+    for d in devices { store.attach(device: d.index, memory: d.kernels.memory) }
     let output = try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML())
+    let runs = try buildRuns(plans, store: store)
     let lock = NSLock()
-    let coordinator = Coordinator(runs: runs, devices: devices)
+    let coordinator = Coordinator(runs: runs, devices: devices, doubleBuffering: cluster.doubleBuffering)
     coordinator.afterStep = { [self] run, device in
       let evaluate = run.evaluationDue || run.status.name == "diverged"
       let rate = run.settings.optimizer.learningRate(step: max(run.step - 1, 0))
       let now = coordinator.elapsed()
       var e: Evaluation?
       if evaluate && run.status.name != "diverged" {
-        e = try run.evaluate(kernels: device.kernels)
+        e = try run.evaluate(kernels: device.kernels, device: device.index)
         coordinator.recordEvaluation(of: run, on: device, start: now)
       }
       let checkpoint = run.checkpointDue && run.status.name != "diverged"
-      if checkpoint { try Checkpoint.write(run, to: output.checkpointFolder(run.id)) }
+      if checkpoint { try Checkpoint.write(run, to: output.checkpointFolder(run.id), device: device.index) }
       lock.lock()
       defer { lock.unlock() }
       if let loss = run.trainLosses.last {
@@ -66,8 +82,19 @@ public final class JobRunner {
     }
     let makespan = try coordinator.run()
     try output.writeTrace(coordinator.trace, devices: devices.count)
-    try output.writeSummary(job: config.job.name, makespan: makespan, models: runs.map { summary($0) })
-    return Result(makespan: makespan, runs: runs, output: output.path)
+    let memory: [String: Any] = [
+      "devices": devices.map { d -> [String: Any] in
+        var m: [String: Any] = ["index": d.index, "peak_bytes": d.kernels.memory.peak]
+        if budget != .max { m["budget_bytes"] = budget }
+        return m
+      },
+      "host_store": [
+        "peak_bytes": store.peakBytes, "budget_bytes": cluster.hostMemory as Any,
+        "bytes_written_to_disk": store.bytesWritten, "bytes_read_from_disk": store.bytesRead,
+      ].compactMapValues { $0 is NSNull ? nil : $0 },
+    ]
+    try output.writeSummary(job: config.job.name, makespan: makespan, models: runs.map { summary($0) }, memory: memory)
+    return Result(makespan: makespan, runs: runs, output: output.path, devices: devices, store: store)
   }
 
   private func summary(_ run: ModelRun) -> [String: Any] {
@@ -111,10 +138,62 @@ public final class JobRunner {
     }
   }
 
+  /// Everything about every member that can be decided without allocating: architecture, data,
+  /// shards, activation policy. Bad input of any kind is found here, before the output folder exists.
+  public func plan() throws -> [Plan] {
+    let cluster = config.cluster
+    let budget = cluster.deviceMemory ?? .max
+    let partitioner = try registry.makePartitioner(config.partitioner.name)
+    return try modelSpecs().enumerated().map { i, pair in
+      let (spec, data) = pair
+      let member = config.members[i]
+      let n = spec.blockCount
+      let batch = member.train.batchSize
+      let costs = (0..<n).map(spec.blockCosts)
+      let kept = costs.reduce(0) { $0 + $1.activationBytesPerSample } * batch
+      // Boundary tensors (a shard's output and its gradient, at most one pair per block) are set
+      // aside from the budget; the partition sizes a running shard with all its activations (a
+      // checkpointed shard recomputes them all in its backward).
+      let boundaries = (0..<max(n - 1, 0)).reduce(0) { $0 + 2 * spec.outputBytesPerSample($1) } * batch
+      let checkpointing: Bool
+      switch cluster.activationCheckpointing {
+      case "true": checkpointing = true
+      case "false": checkpointing = false
+      default:
+        // Keep every block's activations from forward to backward when that takes at most half
+        // the budget (the other half is for running shards); else keep only shard inputs.
+        checkpointing = budget != .max && kept > (budget - min(budget, boundaries)) / 2
+      }
+      let reserved = boundaries + (checkpointing ? 0 : kept)
+      let request = PartitionRequest(
+        blocks: costs, blockNames: (0..<n).map(spec.blockName),
+        batchSize: batch, stateCopies: member.train.optimizer == "sgd" ? 1 : 2,
+        budget: budget == .max ? .max : max(0, budget - reserved), doubleBuffering: cluster.doubleBuffering,
+        activationCheckpointing: false,
+        inputBytesPerSample: (0..<n).map { $0 == 0 ? 0 : spec.outputBytesPerSample($0 - 1) },
+        options: config.partitioner.options)
+      let shards: [Range<Int>]
+      do {
+        shards = try partitioner.partition(request)
+      } catch let e as PartitionError {
+        let parts = e.key.split(separator: ".", maxSplits: 1).map(String.init)
+        let line = parts.count == 2 ? config.line(table: parts[0], key: parts[1]) : config.line(table: e.key, key: "name")
+        let aside = reserved > 0 && budget != .max
+          ? " (of cluster.device_memory = \(formatBytes(budget)), \(formatBytes(reserved)) is set aside for \(checkpointing ? "" : "kept activations and ")shard boundaries)" : ""
+        throw InputError(file: config.file, line: line, "\(member.id): \(e.message)\(aside)")
+      }
+      precondition(validatePartition(shards, blockCount: n), "partitioner \(partitioner.name) returned \(shards)")
+      if let initPath = member.model.initPath { try Checkpoint.check(spec, against: initPath) }
+      return Plan(
+        spec: spec, data: data, request: request, shards: shards,
+        policy: ActivationPolicy(checkpointing: checkpointing, releaseBuffers: budget != .max))
+    }
+  }
+
   /// Builds and initialises every member.
-  func buildRuns(memory: DeviceMemory) throws -> [ModelRun] {
+  func buildRuns(_ plans: [Plan], store: HostStore) throws -> [ModelRun] {
     var runs: [ModelRun] = []
-    for (i, (spec, data)) in try modelSpecs().enumerated() {
+    for (i, plan) in plans.enumerated() {
       let member = config.members[i]
       let t = member.train
       let optimizer = Optimizer(
@@ -126,8 +205,9 @@ public final class JobRunner {
         steps: t.steps, batchSize: t.batchSize, shuffle: t.shuffle, evalEvery: t.evalEvery,
         evalBatches: t.evalBatches, checkpointEvery: t.checkpointEvery, optimizer: optimizer)
       let run = try ModelRun(
-        index: i, id: member.id, spec: spec, seed: member.seed, settings: settings, data: data,
-        shards: [0..<spec.blockCount], memory: memory)
+        index: i, id: member.id, spec: plan.spec, seed: member.seed, settings: settings, data: plan.data,
+        shards: plan.shards, store: store, policy: plan.policy,
+        footprints: plan.shards.map { plan.request.footprint($0) })
       if let initPath = member.model.initPath { try Checkpoint.load(into: run, from: initPath) }
       runs.append(run)
     }

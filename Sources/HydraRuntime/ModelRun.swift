@@ -44,9 +44,28 @@ public struct Evaluation: Sendable {
   public var accuracy: Double
 }
 
+/// How a model's activations use device memory.
+public struct ActivationPolicy: Sendable, Equatable {
+  /// Inside a shard, keep only its input between its forward and backward and recompute the rest
+  /// in the backward (never for the last shard, whose backward follows its forward at once).
+  public var checkpointing: Bool
+  /// Free every block buffer after its shard's backward (and, with checkpointing, after its
+  /// forward), so that a device with a budget holds only what the running shard needs.
+  public var releaseBuffers: Bool
+  public init(checkpointing: Bool = false, releaseBuffers: Bool = false) {
+    self.checkpointing = checkpointing
+    self.releaseBuffers = releaseBuffers
+  }
+}
+
 /// One member of a job in training: its blocks cut into shards, and where it stands in its chain of
 /// shard tasks. A step is the strict chain forward 0 ..< k, loss, backward k-1 ... 0; each shard's
 /// optimizer steps right after that shard's backward.
+///
+/// What passes between shard tasks is explicit, as it would be between machines: the activation at
+/// each shard boundary and its gradient (copied out of the blocks that made them), and for a tied
+/// weight the owner's value (taken at the owner shard's forward, copied into the replica at the
+/// replica shard's forward) and the replica's gradient (added to the owner's after the owner's own).
 public final class ModelRun {
   public let index: Int
   public let id: String
@@ -57,8 +76,23 @@ public final class ModelRun {
   public let blocks: [Block]
   /// Contiguous ranges of block indices, covering every block once, in order.
   public let shards: [Range<Int>]
-  /// (owner, replica) of every tied parameter, with the shards holding each.
-  private let ties: [(owner: Parameter, ownerShard: Int, replica: Parameter, replicaShard: Int)]
+  public let policy: ActivationPolicy
+  /// Bytes each shard's task needs on its device (state and activations), made free before it runs.
+  public let footprints: [Int]
+  /// The state of each shard, as the host store moves it (nil without a store).
+  public let shardStates: [ShardState]
+  private let store: HostStore?
+  private let ties: [Tie]
+
+  /// A tied parameter: the owner steps; the replica is a copy used by another block.
+  private struct Tie {
+    let owner: Parameter
+    let ownerShard: Int
+    let replica: Parameter
+    let replicaShard: Int
+    let value: Tensor  // the owner's value as of the current step
+    let grad: Tensor  // the replica's gradient of the current step
+  }
 
   public private(set) var status: ModelStatus = .pending
   /// Completed steps.
@@ -66,18 +100,23 @@ public final class ModelRun {
   /// Position in the current step's chain: 0 ..< 2k.
   private var position = 0
   private var batch: Batch?
-  /// The activation (forward) or its gradient (backward) handed from one shard task to the next.
-  private var boundary: Tensor?
+  /// activations[s]: the output of shard s (input of s + 1), from forward s to backward s + 1.
+  private var activations: [Tensor?]
+  /// gradients[s]: the gradient of activations[s], from backward s + 1 to backward s.
+  private var gradients: [Tensor?]
 
   public private(set) var trainLosses: [Double] = []
   public private(set) var evaluations: [Evaluation] = []
   public var seconds: Double = 0
 
-  /// Builds and initialises every block on `memory`.
+  /// Builds and initialises every block. Shard state goes to `store` when given (which may put it
+  /// on disk at once), else it is charged to `memory`.
   public init(
     index: Int, id: String, spec: ModelSpec, seed: UInt64, settings: TrainSettings,
-    data: BatchSource, shards: [Range<Int>], memory: DeviceMemory
+    data: BatchSource, shards: [Range<Int>], memory: DeviceMemory? = nil, store: HostStore? = nil,
+    policy: ActivationPolicy = ActivationPolicy(), footprints: [Int]? = nil
   ) throws {
+    self.footprints = footprints ?? Array(repeating: 0, count: shards.count)
     precondition(shards.first?.lowerBound == 0 && shards.last?.upperBound == spec.blockCount)
     self.index = index
     self.id = id
@@ -86,29 +125,50 @@ public final class ModelRun {
     self.settings = settings
     self.data = data
     self.shards = shards
+    self.policy = policy
+    self.store = store
+    activations = Array(repeating: nil, count: shards.count)
+    gradients = Array(repeating: nil, count: shards.count)
+    func shardOf(_ block: Int) -> Int { shards.firstIndex { $0.contains(block) }! }
     var blocks: [Block] = []
-    for i in 0..<spec.blockCount {
-      let block = try spec.makeBlock(i, memory: memory)
-      spec.initialize(block, seed: seed)
-      blocks.append(block)
+    var states: [ShardState] = []
+    for (s, range) in shards.enumerated() {
+      var params: [Parameter] = []
+      for i in range {
+        let block = try spec.makeBlock(i, memory: nil)
+        spec.initialize(block, seed: seed)
+        try settings.optimizer.allocateState(block.parameters, memory: nil)
+        blocks.append(block)
+        params += block.parameters
+      }
+      if let store {
+        let state = ShardState(model: id, shard: s, parameters: params)
+        try store.admit(state)
+        states.append(state)
+      } else {
+        for p in params { for t in [p.value, p.grad] + p.state { try t.move(to: memory) } }
+      }
     }
     self.blocks = blocks
-    func shardOf(_ block: Int) -> Int { shards.firstIndex { $0.contains(block) }! }
+    self.shardStates = states
     var owners: [String: (Parameter, Int)] = [:]
     for (b, block) in blocks.enumerated() {
       for p in block.parameters where p.replicaOf == nil { owners[p.name] = (p, shardOf(b)) }
     }
-    var ties: [(Parameter, Int, Parameter, Int)] = []
+    var ties: [Tie] = []
     for (b, block) in blocks.enumerated() {
       for p in block.parameters {
         guard let ownerName = p.replicaOf else { continue }
         guard let (owner, ownerShard) = owners[ownerName] else {
           preconditionFailure("\(p.name) is a replica of \(ownerName), which no block owns")
         }
-        ties.append((owner, ownerShard, p, shardOf(b)))
+        ties.append(
+          Tie(
+            owner: owner, ownerShard: ownerShard, replica: p, replicaShard: shardOf(b),
+            value: try Tensor(shape: owner.shape), grad: try Tensor(shape: owner.shape)))
       }
     }
-    self.ties = ties.map { (owner: $0.0, ownerShard: $0.1, replica: $0.2, replicaShard: $0.3) }
+    self.ties = ties
   }
 
   /// Every owned parameter, in block order (the checkpoint's content).
@@ -123,55 +183,85 @@ public final class ModelRun {
   /// The next task of this model's chain, or nil when it has finished.
   public var nextTask: ShardTask? {
     guard !status.isFinished, step < settings.steps else { return nil }
+    return task(at: position, step: step)
+  }
+
+  private func task(at position: Int, step: Int) -> ShardTask {
     let k = shards.count
     if position < k { return ShardTask(model: index, shard: position, direction: .forward, step: step) }
     return ShardTask(model: index, shard: 2 * k - 1 - position, direction: .backward, step: step)
   }
 
+  /// The task after `nextTask` (for prefetching), if the model has one.
+  public var taskAfterNext: ShardTask? {
+    guard nextTask != nil else { return nil }
+    let next = position + 1
+    if next < 2 * shards.count { return task(at: next, step: step) }
+    return step + 1 < settings.steps ? task(at: 0, step: step + 1) : nil
+  }
+
+  /// Makes the state of `shard` resident on device `deviceIndex` (a no-op without a store).
+  public func promote(_ shard: Int, to deviceIndex: Int) throws {
+    guard let store else { return }
+    try store.promote(shardStates[shard], to: deviceIndex, footprint: footprints[shard])
+  }
+
+  /// Starts bringing the state of `shard` off disk in the background (double buffering).
+  public func prefetch(_ shard: Int, keeping running: Int) {
+    guard let store else { return }
+    store.prefetch(shardStates[shard], pinned: [shardStates[running]])
+  }
+
   /// Runs `task`, which must be `nextTask`, on `kernels`. Returns true when it completed a step.
   @discardableResult
-  public func run(_ task: ShardTask, kernels: Kernels) throws -> Bool {
+  public func run(_ task: ShardTask, kernels: Kernels, device: Int = 0) throws -> Bool {
     precondition(task == nextTask, "\(id): ran \(task) out of order (expected \(String(describing: nextTask)))")
     status = .running
     let k = shards.count
-    let range = shards[task.shard]
+    let s = task.shard
+    try promote(s, to: device)
     switch task.direction {
     case .forward:
-      if task.shard == 0 {
+      if s == 0 {
         batch = data.trainBatch(step: step, batchSize: settings.batchSize, seed: seed, shuffle: settings.shuffle)
-        boundary = nil
       }
-      syncReplicas(intoShard: task.shard, kernels: kernels)
-      var act = boundary
-      for b in range { act = try blocks[b].forward(BlockInput(activation: act, batch: batch!), kernels: kernels) }
-      boundary = act
-      if task.shard == k - 1 {
-        let loss = try (blocks[range.upperBound - 1] as! LossBlock)
+      let out = try forward(shard: s, batch: batch!, kernels: kernels)
+      if s == k - 1 {
+        let loss = try (blocks[shards[s].upperBound - 1] as! LossBlock)
           .loss(targets: batch!.targets, kernels: kernels, keepGradient: true).loss
         trainLosses.append(loss)
         if !loss.isFinite {
           status = .diverged(step: step)
-          boundary = nil
+          activations = activations.map { _ in nil }
+          if policy.releaseBuffers { for b in blocks { b.releaseBuffers() } }
           return false
         }
-        boundary = nil
+      } else {
+        activations[s] = try copy(out, kernels: kernels)
+        if policy.checkpointing { release(shard: s) }
       }
       position += 1
       return false
     case .backward:
-      for p in parameters(ofShard: task.shard) { kernels.fill(p.grad.data, value: 0, count: p.count) }
-      var grad = boundary
-      for b in range.reversed() { grad = try blocks[b].backward(grad, kernels: kernels) }
-      // A tied weight's two gradients: the owner's own, then the replica's, in that fixed order.
-      for tie in ties where tie.ownerShard == task.shard {
-        kernels.accumulate(tie.replica.grad.data, into: tie.owner.grad.data, count: tie.owner.count)
+      for p in parameters(ofShard: s) { kernels.fill(p.grad.data, value: 0, count: p.count) }
+      if policy.checkpointing && s < k - 1 {
+        _ = try forward(shard: s, batch: batch!, kernels: kernels)  // recompute what was released
       }
-      try settings.optimizer.apply(to: parameters(ofShard: task.shard), step: step, kernels: kernels)
-      boundary = grad
+      var grad = s == k - 1 ? nil : gradients[s]
+      for b in shards[s].reversed() { grad = try blocks[b].backward(grad, kernels: kernels) }
+      // A tied weight's two gradients: the owner's own, then the replica's, in that fixed order.
+      for tie in ties {
+        if tie.replicaShard == s { kernels.copy(tie.replica.grad.data, tie.grad.data, count: tie.grad.count) }
+        if tie.ownerShard == s { kernels.accumulate(tie.grad.data, into: tie.owner.grad.data, count: tie.grad.count) }
+      }
+      try settings.optimizer.apply(to: parameters(ofShard: s), step: step, kernels: kernels)
+      if s > 0 { gradients[s - 1] = try copy(grad!, kernels: kernels) }
+      gradients[s] = nil
+      if s > 0 { activations[s - 1] = nil }
+      if policy.releaseBuffers { release(shard: s) }
       position += 1
-      guard task.shard == 0 else { return false }
+      guard s == 0 else { return false }
       position = 0
-      boundary = nil
       batch = nil
       step += 1
       if step == settings.steps { status = .done }
@@ -179,11 +269,26 @@ public final class ModelRun {
     }
   }
 
-  /// Before a shard's forward, its replicas take their owners' current values.
-  private func syncReplicas(intoShard s: Int, kernels: Kernels) {
-    for tie in ties where tie.replicaShard == s {
-      kernels.copy(tie.owner.value.data, tie.replica.value.data, count: tie.owner.count)
+  /// The forward of shard `s`'s blocks from its input (the previous shard's output, or the batch),
+  /// with the tied values passed along. Returns the last block's output.
+  private func forward(shard s: Int, batch: Batch, kernels: Kernels) throws -> Tensor {
+    for tie in ties {
+      if tie.ownerShard == s { kernels.copy(tie.owner.value.data, tie.value.data, count: tie.value.count) }
+      if tie.replicaShard == s { kernels.copy(tie.value.data, tie.replica.value.data, count: tie.value.count) }
     }
+    var act = s == 0 ? nil : activations[s - 1]
+    for b in shards[s] { act = try blocks[b].forward(BlockInput(activation: act, batch: batch), kernels: kernels) }
+    return act!
+  }
+
+  private func release(shard s: Int) {
+    for b in shards[s] { blocks[b].releaseBuffers() }
+  }
+
+  private func copy(_ t: Tensor, kernels: Kernels) throws -> Tensor {
+    let c = try kernels.allocate(t.shape)
+    kernels.copy(t.data, c.data, count: t.count)
+    return c
   }
 
   /// Whether the evaluation/checkpoint cadence falls on the step just completed.
@@ -195,15 +300,25 @@ public final class ModelRun {
   }
 
   /// Mean validation loss and accuracy (per prediction: per token for `gpt`, per row for `mlp`)
-  /// over at most `evalBatches` batches of the validation split. Parameters are not touched.
+  /// over at most `evalBatches` batches of the validation split, shard by shard on `device`.
+  /// Parameters are not touched.
   @discardableResult
-  public func evaluate(kernels: Kernels) throws -> Evaluation {
-    for s in 0..<shards.count { syncReplicas(intoShard: s, kernels: kernels) }
+  public func evaluate(kernels: Kernels, device: Int = 0) throws -> Evaluation {
     var lossSum = 0.0, correct = 0, count = 0
+    let k = shards.count
     for batch in data.validationBatches(batchSize: settings.batchSize, limit: settings.evalBatches) {
-      var act: Tensor? = nil
-      for block in blocks { act = try block.forward(BlockInput(activation: act, batch: batch), kernels: kernels) }
+      for s in 0..<k {
+        try promote(s, to: device)
+        let out = try forward(shard: s, batch: batch, kernels: kernels)
+        if s < k - 1 {
+          activations[s] = try copy(out, kernels: kernels)
+          if policy.releaseBuffers { release(shard: s) }
+          if s > 0 { activations[s - 1] = nil }
+        }
+      }
       let r = try (blocks.last as! LossBlock).loss(targets: batch.targets, kernels: kernels, keepGradient: false)
+      activations = activations.map { _ in nil }
+      if policy.releaseBuffers { release(shard: k - 1) }
       lossSum += r.loss * Double(r.count)
       correct += r.correct
       count += r.count
@@ -213,5 +328,13 @@ public final class ModelRun {
       accuracy: count > 0 ? Double(correct) / Double(count) : .nan)
     evaluations.append(e)
     return e
+  }
+
+  /// Every shard's state in turn on `device` (for writing a checkpoint), in block order.
+  public func withEveryShard(on device: Int, _ body: (Int) throws -> Void) throws {
+    for s in 0..<shards.count {
+      try promote(s, to: device)
+      try body(s)
+    }
   }
 }

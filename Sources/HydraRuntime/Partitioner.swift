@@ -9,8 +9,10 @@ import HydraCore
 ///   shard's forward to its backward because its first block's backward reads it;
 /// - activations: without checkpointing, every block's; with checkpointing only the largest single
 ///   block's (the one being recomputed in the backward);
-/// - the largest workspace of its blocks;
-/// the last three per sample, times the batch size.
+/// - the workspace (backward scratch) of all its blocks: each keeps its own until the shard's
+///   backward ends;
+/// the last three per sample, times the batch size. The boundary tensors passed between shards are
+/// not in it: the runtime sets their bytes aside from the budget before it asks.
 public struct PartitionRequest: Sendable {
   /// The costs of the model's blocks, in model order.
   public var blocks: [BlockCosts]
@@ -88,7 +90,7 @@ public struct PartitionRequest: Sendable {
       state = saturating(state, c.stateBytes(stateCopies: stateCopies))
       kept = saturating(kept, c.activationBytesPerSample)
       largestKept = max(largestKept, c.activationBytesPerSample)
-      workspace = max(workspace, c.workspaceBytesPerSample)
+      workspace = saturating(workspace, c.workspaceBytesPerSample)
     }
     let activations = activationCheckpointing ? largestKept : kept
     let perSample = saturating(saturating(inputBytes(range.lowerBound), activations), workspace)
@@ -115,8 +117,7 @@ public struct PartitionRequest: Sendable {
       throw PartitionError(
         key: "cluster.device_memory",
         "block \"\(blockNames[i])\" needs \(formatBytes(footprint(i..<i + 1))) at batch size \(batchSize), "
-          + "more than \(budgetText); raise cluster.device_memory or lower train.batch_size"
-          + (activationCheckpointing ? "" : ", or turn on activation checkpointing"))
+          + "more than \(budgetText); raise cluster.device_memory or lower train.batch_size")
     }
   }
 

@@ -7,6 +7,7 @@ public typealias KernelsFactory = @Sendable (_ threads: Int, _ memory: DeviceMem
 /// command-line tool at start-up; shared libraries loaded through the C ABI will register here too.
 public final class PluginRegistry: @unchecked Sendable {
   public private(set) var kernels: [String: KernelsFactory] = [:]
+  public private(set) var partitioners: [String: @Sendable () -> Partitioner] = [:]
 
   public init() {}
 
@@ -15,6 +16,19 @@ public final class PluginRegistry: @unchecked Sendable {
   }
 
   public var kernelsNames: [String] { kernels.keys.sorted() }
+
+  public func registerPartitioner(_ name: String, _ factory: @escaping @Sendable () -> Partitioner) {
+    partitioners[name] = factory
+  }
+
+  public var partitionerNames: [String] { partitioners.keys.sorted() }
+
+  public func makePartitioner(_ name: String) throws -> Partitioner {
+    guard let factory = partitioners[name] else {
+      throw RuntimeError("partitioner \"\(name)\" is not registered; registered: \(partitionerNames.joined(separator: ", "))")
+    }
+    return factory()
+  }
 
   public func makeKernels(_ name: String, threads: Int, memory: DeviceMemory) throws -> Kernels {
     guard let factory = kernels[name] else {

@@ -2,6 +2,7 @@ import HydraConfig
 import HydraCore
 import HydraKernelsCPU
 import HydraKernelsReference
+import HydraPartitioners
 import HydraRuntime
 
 /// The one place that names the built-in plugins.
@@ -10,14 +11,17 @@ enum Builtins {
     let registry = PluginRegistry()
     registry.registerKernels("cpu") { threads, memory in CPUKernels(threads: threads, memory: memory) }
     registry.registerKernels("reference") { _, memory in ReferenceKernels(memory: memory) }
+    registry.registerPartitioner("memory-greedy") { MemoryGreedyPartitioner() }
+    registry.registerPartitioner("balanced") { BalancedPartitioner() }
+    registry.registerPartitioner("fixed") { FixedPartitioner() }
     return registry
   }
 
-  /// What `job.toml` may name. Partitioning and multi-device scheduling arrive with their plugins;
-  /// until then each model is one shard (`whole`) and devices train whole models (`sequential`).
+  /// What `job.toml` may name. Multi-device scheduling arrives with its plugins; until then
+  /// devices train whole models, one after another (`sequential`).
   static func known(_ registry: PluginRegistry) -> KnownPlugins {
     KnownPlugins(
-      backends: ["shm"], kernels: registry.kernelsNames, partitioners: ["whole"],
-      schedulers: ["sequential"], defaultPartitioner: "whole", defaultScheduler: "sequential")
+      backends: ["shm"], kernels: registry.kernelsNames, partitioners: registry.partitionerNames,
+      schedulers: ["sequential"], defaultPartitioner: "balanced", defaultScheduler: "sequential")
   }
 }

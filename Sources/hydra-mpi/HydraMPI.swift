@@ -52,6 +52,7 @@ struct Run: ParsableCommand {
       let runner = JobRunner(config: config, registry: registry)
       print("hydra-mpi: job \(config.job.name): \(config.members.count) model(s) on \(config.cluster.devices) device(s), kernels \(config.cluster.kernels)")
       let result = try runner.run()
+      result.store.removeSpillFiles()
       print(Report.ranking(result.runs))
       print(String(format: "makespan %.2f s; output in %@", result.makespan, result.output))
     }
@@ -66,8 +67,8 @@ struct Validate: ParsableCommand {
     try reportingErrors {
       let registry = Builtins.registry()
       let config = try options.load(registry)
-      let specs = try JobRunner(config: config, registry: registry).modelSpecs().map(\.spec)
-      print(try Report.validation(config, specs: specs))
+      let plans = try JobRunner(config: config, registry: registry).plan()
+      print(Report.validation(config, plans: plans))
     }
   }
 }

@@ -22,23 +22,31 @@ enum Report {
     return lines.joined(separator: "\n")
   }
 
-  static func validation(_ config: JobConfig, specs: [ModelSpec]) throws -> String {
-    var lines = ["job \(config.job.name): \(config.members.count) model(s), output \(config.job.output)"]
-    for (m, spec) in zip(config.members, specs) {
+  /// Every model's blocks with their costs, the shards chosen, each shard's footprint against the
+  /// device budget, and what the host store will hold.
+  static func validation(_ config: JobConfig, plans: [JobRunner.Plan]) -> String {
+    let budget = config.cluster.deviceMemory ?? .max
+    var lines = [
+      "job \(config.job.name): \(config.members.count) model(s), output \(config.job.output)",
+      "device budget \(formatBytes(budget))\(config.cluster.doubleBuffering ? " (double buffering: a shard may use half)" : ""), host store \(formatBytes(config.cluster.hostMemory ?? .max)), partitioner \(config.partitioner.name)",
+    ]
+    var storeTotal = 0
+    for (m, plan) in zip(config.members, plans) {
       let overrides = m.overrides.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-      lines.append("\(m.id) \(overrides.isEmpty ? "(base)" : overrides) seed \(m.seed)")
-      let memory = DeviceMemory()
-      var total = 0
-      for i in 0..<spec.blockCount {
-        let block = try spec.makeBlock(i, memory: memory)
-        let c = block.costs
-        let act = c.activationBytesPerSample * m.train.batchSize
-        total += c.parameterBytes
+      lines.append("\(m.id) \(overrides.isEmpty ? "(base)" : overrides), batch \(m.train.batchSize), activation checkpointing \(plan.policy.checkpointing ? "on" : "off")")
+      let r = plan.request
+      for i in 0..<plan.spec.blockCount {
+        let c = r.blocks[i]
         lines.append(
-          "  block \(block.name.padding(toLength: 10, withPad: " ", startingAt: 0)) params \(formatBytes(c.parameterBytes)), activations \(formatBytes(act)) at batch \(m.train.batchSize), \(String(format: "%.3f", Double(c.forwardFlopsPerSample * m.train.batchSize) / 1e9)) GFLOP forward")
+          "  block \(r.blockNames[i].padding(toLength: 10, withPad: " ", startingAt: 0)) state \(formatBytes(c.stateBytes(stateCopies: r.stateCopies))), activations \(formatBytes(c.activationBytesPerSample * r.batchSize)), \(String(format: "%.3f", Double(c.forwardFlopsPerSample * r.batchSize) / 1e9)) GFLOP forward")
       }
-      lines.append("  one shard, parameters \(formatBytes(total))")
+      for (s, range) in plan.shards.enumerated() {
+        let state = range.reduce(0) { $0 + r.blocks[$1].stateBytes(stateCopies: r.stateCopies) }
+        storeTotal += state
+        lines.append("  shard \(s): blocks \(r.names(range)), footprint \(formatBytes(r.footprint(range))) of \(formatBytes(r.shardBudget)), state \(formatBytes(state))")
+      }
     }
+    lines.append("host store: \(formatBytes(storeTotal)) of shard state in all (RAM up to \(formatBytes(config.cluster.hostMemory ?? .max)), the rest on disk)")
     return lines.joined(separator: "\n")
   }
 }

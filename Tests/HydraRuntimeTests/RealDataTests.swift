@@ -3,6 +3,7 @@ import HydraConfig
 import HydraCore
 import HydraKernelsCPU
 import HydraKernelsReference
+import HydraPartitioners
 import HydraRuntime
 import XCTest
 
@@ -110,13 +111,16 @@ func testRegistry() -> PluginRegistry {
   let r = PluginRegistry()
   r.registerKernels("cpu") { threads, memory in CPUKernels(threads: threads, memory: memory) }
   r.registerKernels("reference") { _, memory in ReferenceKernels(memory: memory) }
+  r.registerPartitioner("memory-greedy") { MemoryGreedyPartitioner() }
+  r.registerPartitioner("balanced") { BalancedPartitioner() }
+  r.registerPartitioner("fixed") { FixedPartitioner() }
   return r
 }
 
 func testKnownPlugins() -> KnownPlugins {
   KnownPlugins(
-    backends: ["shm"], kernels: ["cpu", "reference"], partitioners: ["whole"], schedulers: ["sequential"],
-    defaultPartitioner: "whole", defaultScheduler: "sequential")
+    backends: ["shm"], kernels: ["cpu", "reference"], partitioners: ["balanced", "fixed", "memory-greedy"],
+    schedulers: ["sequential"], defaultPartitioner: "balanced", defaultScheduler: "sequential")
 }
 
 func runJob(_ path: String, overrides: [String] = []) throws -> JobRunner.Result {

@@ -15,7 +15,7 @@ public final class Parameter {
   /// owner's, which then steps once.
   public let replicaOf: String?
 
-  public init(name: String, shape: [Int], memory: DeviceMemory, decays: Bool, replicaOf: String? = nil) throws {
+  public init(name: String, shape: [Int], memory: DeviceMemory?, decays: Bool, replicaOf: String? = nil) throws {
     self.name = name
     self.value = try Tensor(shape: shape, memory: memory)
     self.grad = try Tensor(shape: shape, memory: memory)
@@ -75,6 +75,10 @@ public protocol Block: AnyObject {
   /// `dOutput` is nil for the last block, which takes its gradient from `LossBlock.loss`.
   /// Returns the gradient of the input activation, or nil for the first block.
   func backward(_ dOutput: Tensor?, kernels: Kernels) throws -> Tensor?
+  /// Frees every buffer the block holds (activations kept for the backward, backward scratch) and
+  /// forgets its input: the device memory they were charged to gets it back. The next forward
+  /// allocates them again.
+  func releaseBuffers()
 }
 
 /// The last block of a model: turns its forward output into a loss against the batch's targets.
@@ -87,6 +91,8 @@ public protocol LossBlock: Block {
 /// A buffer a block sizes on first use and regrows only when a larger batch arrives.
 struct Buffer {
   private(set) var tensor: Tensor?
+
+  mutating func release() { tensor = nil }
 
   mutating func get(_ shape: [Int], kernels: Kernels) throws -> Tensor {
     let need = shape.reduce(1, *)

@@ -29,17 +29,23 @@ public final class EmbeddingBlock: Block {
   private var tokens: [Int32] = []
   private var batchRows = 0
 
-  init(shape: GPTShape, memory: DeviceMemory) throws {
+  init(shape: GPTShape, memory: DeviceMemory?) throws {
     self.shape = shape
     wte = try Parameter(name: "wte.weight", shape: [shape.vocab, shape.channels], memory: memory, decays: true)
     wpe = try Parameter(name: "wpe.weight", shape: [shape.context, shape.channels], memory: memory, decays: true)
   }
 
+  public func releaseBuffers() {
+    out.release()
+  }
+
   public var parameters: [Parameter] { [wte, wpe] }
 
-  public var costs: BlockCosts {
+  public var costs: BlockCosts { Self.costs(shape) }
+
+  static func costs(_ shape: GPTShape) -> BlockCosts {
     BlockCosts(
-      parameterBytes: (wte.count + wpe.count) * floatBytes,
+      parameterBytes: (shape.vocab + shape.context) * shape.channels * floatBytes,
       activationBytesPerSample: shape.context * (shape.channels * floatBytes + 4),
       workspaceBytesPerSample: 0, forwardFlopsPerSample: shape.context * shape.channels)
   }
@@ -88,7 +94,7 @@ public final class TransformerBlock: Block {
   private var dNarrow = Buffer(), dqkv = Buffer(), dProbs = Buffer()
   private var rows = 0
 
-  init(index: Int, shape: GPTShape, memory: DeviceMemory) throws {
+  init(index: Int, shape: GPTShape, memory: DeviceMemory?) throws {
     let C = shape.channels
     name = "h.\(index)"
     self.shape = shape
@@ -113,18 +119,44 @@ public final class TransformerBlock: Block {
     fcProjDense = Dense(inputs: 4 * C, outputs: C, weightIsOutByIn: false)
   }
 
+  public func releaseBuffers() {
+    ln1.release()
+    ln1Mean.release()
+    ln1Rstd.release()
+    qkv.release()
+    probs.release()
+    att.release()
+    x2.release()
+    ln2.release()
+    ln2Mean.release()
+    ln2Rstd.release()
+    fc.release()
+    gelu.release()
+    out.release()
+    dx.release()
+    dx2.release()
+    dWide.release()
+    dWide2.release()
+    dNarrow.release()
+    dqkv.release()
+    dProbs.release()
+    input = nil
+  }
+
   public var parameters: [Parameter] {
     [ln1w, ln1b, attnW, attnB, projW, projB, ln2w, ln2b, fcW, fcB, fcProjW, fcProjB]
   }
 
-  public var costs: BlockCosts {
+  public var costs: BlockCosts { Self.costs(shape) }
+
+  static func costs(_ shape: GPTShape) -> BlockCosts {
     let T = shape.context, C = shape.channels, H = shape.heads
-    let params = parameters.reduce(0) { $0 + $1.count }
+    let params = 12 * C * C + 13 * C
     // Kept: ln1, qkv, att, x2, ln2, out (C-wide: 1+3+1+1+1+1), fc, gelu (4C each), probs, 4 stats.
     let kept = T * (8 * C + 8 * C) + H * T * T + 4 * T
     // Scratch: dx, dx2, dNarrow (C), dqkv (3C), dWide x2 (4C), dProbs (H T T).
     let scratch = T * (3 * C + 3 * C + 8 * C) + H * T * T
-    let matmuls = T * (qkvDense.flopsPerRow + projDense.flopsPerRow + fcDense.flopsPerRow + fcProjDense.flopsPerRow)
+    let matmuls = T * 2 * (3 * C * C + C * C + 4 * C * C + 4 * C * C)
     let attention = 2 * 2 * T * T * C
     return BlockCosts(
       parameterBytes: params * floatBytes, activationBytesPerSample: kept * floatBytes,
@@ -219,7 +251,7 @@ public final class GPTHead: LossBlock {
   private var dLogits = Buffer(), dLnf = Buffer(), dx = Buffer()
   private var rows = 0
 
-  init(shape: GPTShape, memory: DeviceMemory) throws {
+  init(shape: GPTShape, memory: DeviceMemory?) throws {
     self.shape = shape
     lnfw = try Parameter(name: "ln_f.weight", shape: [shape.channels], memory: memory, decays: false)
     lnfb = try Parameter(name: "ln_f.bias", shape: [shape.channels], memory: memory, decays: false)
@@ -228,12 +260,25 @@ public final class GPTHead: LossBlock {
       replicaOf: "wte.weight")
   }
 
+  public func releaseBuffers() {
+    lnf.release()
+    mean.release()
+    rstd.release()
+    logits.release()
+    dLogits.release()
+    dLnf.release()
+    dx.release()
+    input = nil
+  }
+
   public var parameters: [Parameter] { [lnfw, lnfb, wte] }
 
-  public var costs: BlockCosts {
+  public var costs: BlockCosts { Self.costs(shape) }
+
+  static func costs(_ shape: GPTShape) -> BlockCosts {
     let T = shape.context, C = shape.channels, V = shape.vocab
     return BlockCosts(
-      parameterBytes: (lnfw.count + lnfb.count + wte.count) * floatBytes,
+      parameterBytes: (2 * C + V * C) * floatBytes,
       activationBytesPerSample: (T * (C + 2 * V) + 2 * T) * floatBytes,
       workspaceBytesPerSample: 2 * T * C * floatBytes, forwardFlopsPerSample: 2 * T * C * V)
   }

@@ -13,7 +13,7 @@ public final class LinearBlock: LossBlock {
   private var dPre = Buffer(), dx = Buffer(), dLogits = Buffer()
   private var rows = 0
 
-  init(sequentialIndex: Int, inputs: Int, outputs: Int, relu: Bool, isFirst: Bool, memory: DeviceMemory) throws {
+  init(sequentialIndex: Int, inputs: Int, outputs: Int, relu: Bool, isFirst: Bool, memory: DeviceMemory?) throws {
     name = "\(sequentialIndex)"
     dense = Dense(inputs: inputs, outputs: outputs, weightIsOutByIn: true)
     self.relu = relu
@@ -22,15 +22,31 @@ public final class LinearBlock: LossBlock {
     bias = try Parameter(name: "\(sequentialIndex).bias", shape: [outputs], memory: memory, decays: false)
   }
 
+  public func releaseBuffers() {
+    features.release()
+    pre.release()
+    out.release()
+    dPre.release()
+    dx.release()
+    dLogits.release()
+    input = nil
+  }
+
   public var parameters: [Parameter] { [weight, bias] }
 
   public var costs: BlockCosts {
-    let kept = (isFirst ? dense.inputs : 0) + (relu ? 2 : 1) * dense.outputs
+    Self.costs(inputs: dense.inputs, outputs: dense.outputs, relu: relu, isFirst: isFirst)
+  }
+
+  static func costs(inputs: Int, outputs: Int, relu: Bool, isFirst: Bool) -> BlockCosts {
+    // Kept: the features (first block), pre-activation, output (with ReLU); the last block's
+    // loss gradient counts as kept too.
+    let kept = (isFirst ? inputs : 0) + (relu ? 2 : 2) * outputs
     return BlockCosts(
-      parameterBytes: (weight.count + bias.count) * floatBytes,
+      parameterBytes: (inputs * outputs + outputs) * floatBytes,
       activationBytesPerSample: kept * floatBytes,
-      workspaceBytesPerSample: (dense.inputs + dense.outputs) * floatBytes,
-      forwardFlopsPerSample: dense.flopsPerRow)
+      workspaceBytesPerSample: (inputs + outputs) * floatBytes,
+      forwardFlopsPerSample: 2 * inputs * outputs)
   }
 
   public func forward(_ inputs: BlockInput, kernels: Kernels) throws -> Tensor {

@@ -21,8 +21,40 @@ public enum ModelSpec: Sendable, Equatable {
     }
   }
 
+  /// The costs of block `index`, from shapes alone (nothing is allocated).
+  public func blockCosts(_ index: Int) -> BlockCosts {
+    switch self {
+    case .gpt(let s):
+      if index == 0 { return EmbeddingBlock.costs(s) }
+      if index == s.layers + 1 { return GPTHead.costs(s) }
+      return TransformerBlock.costs(s)
+    case .mlp(let inputs, let hidden, let classes):
+      let widths = [inputs] + hidden + [classes]
+      return LinearBlock.costs(
+        inputs: widths[index], outputs: widths[index + 1], relu: index < hidden.count, isFirst: index == 0)
+    }
+  }
+
+  /// The bytes per sample of block `index`'s output (the next block's input).
+  public func outputBytesPerSample(_ index: Int) -> Int {
+    switch self {
+    case .gpt(let s):
+      return (index == s.layers + 1 ? s.vocab : s.channels) * s.context * floatBytes
+    case .mlp(let inputs, let hidden, let classes):
+      return ([inputs] + hidden + [classes])[index + 1] * floatBytes
+    }
+  }
+
+  public func blockName(_ index: Int) -> String {
+    switch self {
+    case .gpt(let s):
+      return index == 0 ? "embedding" : index == s.layers + 1 ? "head" : "h.\(index - 1)"
+    case .mlp: return "\(2 * index)"
+    }
+  }
+
   /// Builds block `index`, its parameters charged to `memory` and zero until `initialize`.
-  public func makeBlock(_ index: Int, memory: DeviceMemory) throws -> Block {
+  public func makeBlock(_ index: Int, memory: DeviceMemory?) throws -> Block {
     switch self {
     case .gpt(let s):
       if index == 0 { return try EmbeddingBlock(shape: s, memory: memory) }

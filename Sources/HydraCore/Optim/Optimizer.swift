@@ -51,14 +51,19 @@ public struct Optimizer: Sendable, Equatable {
     }
   }
 
+  /// Gives every owned parameter its state tensors (zero), charged to `memory`.
+  public func allocateState(_ parameters: [Parameter], memory: DeviceMemory?) throws {
+    for p in parameters where p.replicaOf == nil && p.state.count != stateCopies {
+      p.state = try (0..<stateCopies).map { _ in try Tensor(shape: p.shape, memory: memory) }
+    }
+  }
+
   /// Applies update `step` (0-based) to every owned parameter, in the order given, from its
   /// accumulated gradient; replicas are skipped (their owner steps).
   public func apply(to parameters: [Parameter], step: Int, kernels: Kernels) throws {
     let rate = learningRate(step: step)
     for p in parameters where p.replicaOf == nil {
-      if p.state.count != stateCopies {
-        p.state = try (0..<stateCopies).map { _ in try kernels.allocate(p.shape) }
-      }
+      if p.state.count != stateCopies { try allocateState([p], memory: kernels.memory) }
       let decay = p.decays ? weightDecay : 0
       switch kind {
       case .sgd:

@@ -1,0 +1,190 @@
+import Foundation
+import HydraCore
+
+/// Where a shard's state (parameters, gradients, optimizer state) is.
+public enum Residency: Equatable, Sendable {
+  case device(Int)
+  case host
+  case disk
+}
+
+/// The state of one shard of one model, as the host store moves it.
+public final class ShardState {
+  public let model: String
+  public let shard: Int
+  /// Parameters and optimizer state: what must survive a trip to disk.
+  let persistent: [Tensor]
+  /// Gradients: zeroed at the start of every backward, so never written to disk.
+  let transient: [Tensor]
+  public fileprivate(set) var residency: Residency = .host
+  fileprivate var lastUse = 0
+  /// Just built: resident in RAM but charged nowhere yet.
+  fileprivate var uncharged = true
+
+  init(model: String, shard: Int, parameters: [Parameter]) {
+    self.model = model
+    self.shard = shard
+    let owned = parameters
+    persistent = owned.flatMap { [$0.value] + $0.state }
+    transient = owned.map(\.grad)
+  }
+
+  /// Bytes this shard's state takes wherever it is resident.
+  public var bytes: Int { (persistent + transient).reduce(0) { $0 + $1.capacity * 4 } }
+  var persistentBytes: Int { persistent.reduce(0) { $0 + $1.capacity * 4 } }
+}
+
+/// The host store: shard state that is not on a device lives here, in RAM up to `host_memory`
+/// and past that in files under the job's output folder (`spill/`), least recently used first.
+///
+/// On the CPU a device's memory and the host's are the same RAM, so promotion from RAM and
+/// spilling back are accounting moves between two budgets; the disk tier is real I/O. Every
+/// movement happens under one lock, so a prefetch that is reading a shard makes a promotion of
+/// the same shard wait for it rather than race it.
+public final class HostStore: @unchecked Sendable {
+  public let memory: DeviceMemory
+  public let folder: String
+  private let lock = NSLock()
+  private var states: [ShardState] = []
+  private var clock = 0
+  private var deviceMemories: [Int: DeviceMemory] = [:]
+  public private(set) var bytesWritten = 0
+  public private(set) var bytesRead = 0
+  /// The most RAM the store itself held at once.
+  public var peakBytes: Int { memory.peak }
+  private let prefetchQueue = DispatchQueue(label: "hydra.host-store.prefetch")
+
+  public init(budget: Int, folder: String) {
+    memory = DeviceMemory(budget: budget, label: "host store")
+    self.folder = folder
+  }
+
+  deinit { removeSpillFiles() }
+
+  /// Deletes the spill folder. Only once nothing will be read back from it.
+  public func removeSpillFiles() {
+    try? FileManager.default.removeItem(atPath: folder)
+  }
+
+  public func attach(device index: Int, memory: DeviceMemory) {
+    lock.lock()
+    deviceMemories[index] = memory
+    lock.unlock()
+  }
+
+  /// Takes a newly built shard (its tensors uncharged) into RAM, or to disk when RAM is full.
+  public func admit(_ state: ShardState) throws {
+    lock.lock()
+    defer { lock.unlock() }
+    states.append(state)
+    clock += 1
+    state.lastUse = clock
+    state.residency = .disk  // not yet charged anywhere
+    try bringToHost(state, pinned: [])
+  }
+
+  /// Makes `state` resident on device `index` with `footprint` bytes free for it in all (its state
+  /// and what its task allocates), spilling least recently used shards of that device to the
+  /// store (and the store's to disk) to make room. `pinned` shards are never spilled.
+  public func promote(_ state: ShardState, to index: Int, footprint: Int = 0, pinned: [ShardState] = []) throws {
+    lock.lock()
+    defer { lock.unlock() }
+    clock += 1
+    state.lastUse = clock
+    let device = deviceMemories[index]!
+    let resident = state.residency == .device(index)
+    let need = max(footprint, state.bytes) - (resident ? state.bytes : 0)
+    try makeRoom(on: index, device, bytes: need, pinned: pinned + [state])
+    if resident { return }
+    switch state.residency {
+    case .device, .host:
+      for t in state.persistent + state.transient { try t.move(to: device) }
+    case .disk:
+      try restore(state, into: device)
+    }
+    state.residency = .device(index)
+  }
+
+  /// Starts reading `state` from disk into the store's RAM on a background thread, so that a
+  /// later `promote` is only accounting (double buffering). Does nothing for a shard in RAM.
+  public func prefetch(_ state: ShardState, pinned: [ShardState]) {
+    prefetchQueue.async { [self] in
+      lock.lock()
+      defer { lock.unlock() }
+      guard state.residency == .disk else { return }
+      try? bringToHost(state, pinned: pinned + [state])
+    }
+  }
+
+  /// Waits for every prefetch started so far.
+  public func drain() { prefetchQueue.sync {} }
+
+  // MARK: - Under the lock
+
+  private func makeRoom(on index: Int, _ device: DeviceMemory, bytes: Int, pinned: [ShardState]) throws {
+    while device.budget - device.used < bytes {
+      let candidates = states.filter { s in s.residency == .device(index) && !pinned.contains { $0 === s } }
+      guard let victim = candidates.min(by: { $0.lastUse < $1.lastUse }) else { return }
+      try bringToHost(victim, pinned: pinned)
+    }
+  }
+
+  /// Moves `state` into the store's RAM, evicting least recently used store shards to disk for
+  /// room; writes `state` itself to disk when it cannot fit at all.
+  private func bringToHost(_ state: ShardState, pinned: [ShardState]) throws {
+    if state.residency == .host { return }
+    while memory.budget - memory.used < state.bytes {
+      let candidates = states.filter { s in s.residency == .host && s !== state && !pinned.contains { $0 === s } }
+      guard let victim = candidates.min(by: { $0.lastUse < $1.lastUse }) else { break }
+      try evict(victim)
+    }
+    if memory.budget - memory.used < state.bytes {
+      if state.residency != .disk || state.uncharged { try evict(state) }
+      return
+    }
+    switch state.residency {
+    case .disk:
+      if state.uncharged {
+        for t in state.persistent + state.transient { try t.move(to: memory) }
+        state.uncharged = false
+      } else {
+        try restore(state, into: memory)
+      }
+    case .device:
+      for t in state.persistent + state.transient { try t.move(to: memory) }
+    case .host: break
+    }
+    state.residency = .host
+  }
+
+  private func path(_ state: ShardState) -> String { "\(folder)/\(state.model)-s\(state.shard).bin" }
+
+  private func evict(_ state: ShardState) throws {
+    try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    let fd = open(path(state), O_RDWR | O_CREAT, 0o644)
+    guard fd >= 0 else { throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var offset = 0
+    for t in state.persistent {
+      try t.evict(to: fd, offset: offset)
+      offset += t.byteCount
+    }
+    for t in state.transient { try t.evict(to: fd, offset: 0, write: false) }
+    bytesWritten += offset
+    state.uncharged = false
+    state.residency = .disk
+  }
+
+  private func restore(_ state: ShardState, into target: DeviceMemory) throws {
+    let fd = open(path(state), O_RDONLY)
+    guard fd >= 0 else { throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var offset = 0
+    for t in state.persistent {
+      try t.restore(from: fd, offset: offset, memory: target)
+      offset += t.byteCount
+    }
+    for t in state.transient { try t.restore(from: fd, offset: 0, memory: target, read: false) }
+    bytesRead += offset
+  }
+}
