@@ -42,6 +42,11 @@ let package = Package(
       name: "HydraPartitioners", dependencies: ["HydraRuntime", "HydraCore"], path: "Plugins/Partitioners",
       swiftSettings: settings),
 
+    // Built-in schedulers: which ready shard task runs on which free device.
+    .target(
+      name: "HydraSchedulers", dependencies: ["HydraRuntime", "HydraCore"], path: "Plugins/Schedulers",
+      swiftSettings: settings),
+
     // job.toml: decoding, validation, sweep expansion.
     .target(
       name: "HydraConfig", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")],
@@ -53,7 +58,8 @@ let package = Package(
       name: "hydra-mpi",
       dependencies: [
         "HydraRuntime", "HydraConfig", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference",
-        "HydraPartitioners", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        "HydraPartitioners", "HydraSchedulers",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       swiftSettings: settings),
     .executableTarget(
@@ -71,11 +77,15 @@ let package = Package(
       name: "PartitionerTests", dependencies: ["HydraPartitioners", "HydraRuntime", "HydraCore"],
       swiftSettings: settings),
     .testTarget(
+      name: "SchedulerTests", dependencies: ["HydraSchedulers", "HydraRuntime", "HydraCore"],
+      swiftSettings: settings),
+    .testTarget(
       name: "HydraConfigTests", dependencies: ["HydraConfig"], swiftSettings: settings),
     .testTarget(
       name: "HydraRuntimeTests",
       dependencies: [
         "HydraRuntime", "HydraCore", "HydraConfig", "HydraKernelsReference", "HydraKernelsCPU", "HydraPartitioners",
+        "HydraSchedulers",
       ],
       swiftSettings: settings),
   ]

@@ -1,0 +1,96 @@
+/// What a scheduler sees of one ready shard task: the next task of a model's chain that is not
+/// running, with the runtime's estimates and where its state and input are.
+public struct ReadyTask: Sendable, Equatable {
+  public var task: ShardTask
+  /// Estimated seconds of this task (measured times of earlier steps once there are some).
+  public var estimatedSeconds: Double
+  /// Estimated seconds of everything this model has left, this task included.
+  public var remainingSeconds: Double
+  /// Where the shard's state is now.
+  public var state: Residency
+  /// The device that ran this model's previous task (holding its input activation), if any.
+  public var lastDevice: Int?
+  /// When this task became ready (seconds since the start).
+  public var readySince: Double
+  /// The model's index in the job; shards in the model.
+  public var shardCount: Int
+
+  public init(
+    task: ShardTask, estimatedSeconds: Double, remainingSeconds: Double, state: Residency = .host,
+    lastDevice: Int? = nil, readySince: Double = 0, shardCount: Int
+  ) {
+    self.task = task
+    self.estimatedSeconds = estimatedSeconds
+    self.remainingSeconds = remainingSeconds
+    self.state = state
+    self.lastDevice = lastDevice
+    self.readySince = readySince
+    self.shardCount = shardCount
+  }
+}
+
+/// A read-only picture of the job at one scheduling decision.
+public struct SchedulerView: Sendable {
+  /// Seconds since the start.
+  public var now: Double
+  /// At most one task per model: its chain's next one, when the model is not running. Models that
+  /// have finished (or diverged) have none.
+  public var ready: [ReadyTask]
+  /// The devices with nothing to do, by index.
+  public var freeDevices: [Int]
+  /// All devices.
+  public var deviceCount: Int
+  /// Models of the job, finished ones included.
+  public var modelCount: Int
+
+  public init(now: Double, ready: [ReadyTask], freeDevices: [Int], deviceCount: Int, modelCount: Int) {
+    self.now = now
+    self.ready = ready
+    self.freeDevices = freeDevices
+    self.deviceCount = deviceCount
+    self.modelCount = modelCount
+  }
+}
+
+/// Run `task` on `device`.
+public struct Assignment: Sendable, Equatable, CustomStringConvertible {
+  public var task: ShardTask
+  public var device: Int
+  public init(task: ShardTask, device: Int) {
+    self.task = task
+    self.device = device
+  }
+  public var description: String { "\(task) -> device \(device)" }
+}
+
+/// Decides which ready shard task runs on which free device.
+///
+/// The runtime calls `schedule` whenever a device is free and a task is ready. Each assignment
+/// must name a task from `view.ready` and a device from `view.freeDevices`, each at most once.
+/// Returning nothing leaves the free devices idle until the next completion; a scheduler that
+/// leaves every device idle with tasks ready is an error (the run would never end).
+public protocol Scheduler: AnyObject {
+  var name: String { get }
+  func schedule(_ view: SchedulerView) -> [Assignment]
+}
+
+public struct SchedulerError: Error, CustomStringConvertible, Sendable {
+  public let description: String
+  public init(_ description: String) { self.description = description }
+}
+
+/// Checks a scheduler's answer against the view it was given.
+public func validate(_ assignments: [Assignment], against view: SchedulerView, scheduler: String) throws {
+  var tasks = Set<Int>(), devices = Set<Int>()
+  for a in assignments {
+    guard view.ready.contains(where: { $0.task == a.task }) else {
+      throw SchedulerError("scheduler \"\(scheduler)\" assigned \(a.task), which is not ready")
+    }
+    guard view.freeDevices.contains(a.device) else {
+      throw SchedulerError("scheduler \"\(scheduler)\" assigned device \(a.device), which is not free")
+    }
+    guard tasks.insert(a.task.model).inserted, devices.insert(a.device).inserted else {
+      throw SchedulerError("scheduler \"\(scheduler)\" assigned a task or a device twice: \(assignments)")
+    }
+  }
+}
