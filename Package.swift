@@ -64,7 +64,9 @@ let package = Package(
       swiftSettings: settings),
     .executableTarget(
       name: "hydra-bench",
-      dependencies: ["HydraRuntime", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference", "CBLAS"],
+      dependencies: [
+        "HydraRuntime", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference", "HydraPartitioners", "CBLAS",
+      ],
       swiftSettings: settings),
 
     .testTarget(

@@ -5,12 +5,18 @@ import HydraKernelsCPU
 import HydraRuntime
 
 /// `hydra-bench`: training-step speed of the cpu kernels, as a fraction of OpenBLAS's own sgemm rate
-/// measured in the same run at the same thread count (MFU). Usage: hydra-bench [steps] [threads...]
+/// measured in the same run at the same thread count (MFU). Usage: hydra-bench [steps] [threads...];
+/// `hydra-bench shards [steps]`: the cost of shards, spilling and double buffering.
 @main
 struct Bench {
   static func main() throws {
     BLASCore.restartWithBetterCoreIfNeeded()
-    let args = CommandLine.arguments.dropFirst()
+    var args = CommandLine.arguments.dropFirst()
+    if args.first == "shards" {
+      args = args.dropFirst()
+      try ShardBench.run(steps: args.first.flatMap(Int.init) ?? 10)
+      return
+    }
     let steps = args.first.flatMap(Int.init) ?? 10
     let threadCounts = args.count > 1 ? args.dropFirst().compactMap(Int.init) : [1, 2]
     print("hydra-bench: median of \(steps) steps after 2 warm-up steps; MFU = model FLOP/s / sgemm FLOP/s (1024^3, same threads)")

@@ -1,0 +1,72 @@
+import Foundation
+import HydraCore
+import HydraKernelsCPU
+import HydraPartitioners
+import HydraRuntime
+
+/// The shards benchmark: one GPT step all-resident, then cut into shards under a device budget with
+/// its state in the host store's RAM, then with the store on disk; with and without prefetching the
+/// next shard (double buffering).
+enum ShardBench {
+  static func run(steps: Int) throws {
+    let shape = GPTShape(layers: 6, channels: 384, heads: 6, context: 128, vocab: 256)
+    let spec = ModelSpec.gpt(shape)
+    let batch = 8
+    print("shards: gpt L6 C384 H6 T128 B8 adamw, threads 1, median of \(steps) steps after 2 warm-up steps")
+    var baseline = 0.0
+    let modes: [(String, Int, Int, Bool)] = [
+      ("all resident, one shard", .max, .max, true),
+      ("sharded, RAM store, double buffering", 256 << 20, .max, true),
+      ("sharded, RAM store, no double buffering", 256 << 20, .max, false),
+      ("sharded, disk store, double buffering", 256 << 20, 1, true),
+      ("sharded, disk store, no double buffering", 256 << 20, 1, false),
+    ]
+    for (label, budget, host, doubleBuffering) in modes {
+      let memory = DeviceMemory(budget: budget, label: "device 0")
+      let kernels = CPUKernels(threads: 1, memory: memory)
+      let folder = FileManager.default.temporaryDirectory.appendingPathComponent("hydra-bench-\(getpid())").path
+      let store = HostStore(budget: host, folder: folder)
+      store.attach(device: 0, memory: memory)
+      let n = spec.blockCount
+      let costs = (0..<n).map(spec.blockCosts)
+      let kept = costs.reduce(0) { $0 + $1.activationBytesPerSample } * batch
+      let boundaries = (0..<(n - 1)).reduce(0) { $0 + 2 * spec.outputBytesPerSample($1) } * batch
+      let checkpointing = budget != .max && kept > (budget - boundaries) / 2
+      let request = PartitionRequest(
+        blocks: costs, blockNames: (0..<n).map(spec.blockName), batchSize: batch, stateCopies: 2,
+        budget: budget == .max ? .max : budget - boundaries - (checkpointing ? 0 : kept),
+        doubleBuffering: true,
+        inputBytesPerSample: (0..<n).map { $0 == 0 ? 0 : spec.outputBytesPerSample($0 - 1) })
+      let shards = try BalancedPartitioner().partition(request)
+      let steps = steps + 2
+      let run = try ModelRun(
+        index: 0, id: "bench", spec: spec, seed: 1,
+        settings: TrainSettings(steps: steps, batchSize: batch, optimizer: Optimizer(kind: .adamw, lr: 1e-4, totalSteps: steps)),
+        data: SyntheticData(spec: spec), shards: shards, store: store,
+        policy: ActivationPolicy(checkpointing: checkpointing, releaseBuffers: budget != .max),
+        footprints: shards.map { request.footprint($0) })
+      var times: [Double] = []
+      var start = DispatchTime.now().uptimeNanoseconds
+      while let task = run.nextTask {
+        if doubleBuffering, let after = run.taskAfterNext, after.shard != task.shard {
+          run.prefetch(after.shard, keeping: task.shard)
+        }
+        if try run.run(task, kernels: kernels) {
+          let end = DispatchTime.now().uptimeNanoseconds
+          times.append(Double(end - start) / 1e9)
+          start = end
+        }
+      }
+      store.drain()
+      let measured = Array(times.dropFirst(2)).sorted()
+      let median = measured[measured.count / 2]
+      if baseline == 0 { baseline = median }
+      print(
+        String(
+          format: "  %@ %d shard(s)%@: step %.3f s (x%.3f), device peak %@ of %@, disk %@ written / %@ read",
+          label.padding(toLength: 42, withPad: " ", startingAt: 0), shards.count, checkpointing ? " recomputed" : "", median, median / baseline,
+          formatBytes(memory.peak), formatBytes(budget), formatBytes(store.bytesWritten), formatBytes(store.bytesRead)))
+      store.removeSpillFiles()
+    }
+  }
+}
