@@ -9,6 +9,8 @@ public final class JobRunner {
   public let config: JobConfig
   public let registry: PluginRegistry
   public var log: (String) -> Void = { print($0) }
+  /// Redraw a live view in place (a terminal) instead of printing progress lines.
+  public var live = false
   /// Print a progress line every this many steps of a model (evaluations always print).
   public var logEvery = 50
 
@@ -51,7 +53,8 @@ public final class JobRunner {
     let output = try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML())
     let runs = try buildRuns(plans, store: store)
     let lock = NSLock()
-    let coordinator = Coordinator(runs: runs, devices: devices, doubleBuffering: cluster.doubleBuffering)
+    let scheduler = try registry.makeScheduler(config.scheduler.name, options: config.scheduler.options, seed: config.job.seed)
+    let coordinator = Coordinator(runs: runs, devices: devices, scheduler: scheduler, doubleBuffering: cluster.doubleBuffering)
     coordinator.afterStep = { [self] run, device in
       let evaluate = run.evaluationDue || run.status.name == "diverged"
       let rate = run.settings.optimizer.learningRate(step: max(run.step - 1, 0))
@@ -73,14 +76,23 @@ public final class JobRunner {
       }
       if case .diverged(let step) = run.status {
         log("\(run.id) diverged at step \(step): loss \(run.trainLosses.last ?? .nan)")
-      } else if e != nil || run.step % logEvery == 0 {
+      } else if !live && (e != nil || run.step % logEvery == 0) {
         var line = "\(run.id) step \(run.step)/\(run.settings.steps) loss \(String(format: "%.4f", run.trainLosses.last ?? .nan))"
         if let e { line += String(format: " val %.4f acc %.4f", e.loss, e.accuracy) }
         line += String(format: " (%.1f s)", now)
         log(line)
       }
     }
-    let makespan = try coordinator.run()
+    let view = live ? LiveView(coordinator: coordinator) : nil
+    view?.start()
+    let makespan: Double
+    do {
+      makespan = try coordinator.run()
+      view?.stop()
+    } catch {
+      view?.stop()
+      throw error
+    }
     try output.writeTrace(coordinator.trace, devices: devices.count)
     let memory: [String: Any] = [
       "devices": devices.map { d -> [String: Any] in

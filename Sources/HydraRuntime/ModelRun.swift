@@ -98,7 +98,7 @@ public final class ModelRun {
   /// Completed steps.
   public private(set) var step = 0
   /// Position in the current step's chain: 0 ..< 2k.
-  private var position = 0
+  public private(set) var position = 0
   private var batch: Batch?
   /// activations[s]: the output of shard s (input of s + 1), from forward s to backward s + 1.
   private var activations: [Tensor?]

@@ -1,13 +1,18 @@
+import HydraConfig
 import HydraCore
 
 /// Makes the kernels of one device: its compute threads and its memory accounting.
 public typealias KernelsFactory = @Sendable (_ threads: Int, _ memory: DeviceMemory) throws -> Kernels
+
+/// Makes a scheduler from its `[scheduler]` options and the job's seed.
+public typealias SchedulerFactory = @Sendable (_ options: [String: ConfigValue], _ seed: UInt64) throws -> Scheduler
 
 /// The one registry of plugins, keyed by the names `job.toml` uses. Built-ins are registered by the
 /// command-line tool at start-up; shared libraries loaded through the C ABI will register here too.
 public final class PluginRegistry: @unchecked Sendable {
   public private(set) var kernels: [String: KernelsFactory] = [:]
   public private(set) var partitioners: [String: @Sendable () -> Partitioner] = [:]
+  public private(set) var schedulers: [String: SchedulerFactory] = [:]
 
   public init() {}
 
@@ -16,6 +21,19 @@ public final class PluginRegistry: @unchecked Sendable {
   }
 
   public var kernelsNames: [String] { kernels.keys.sorted() }
+
+  public func registerScheduler(_ name: String, _ factory: @escaping SchedulerFactory) {
+    schedulers[name] = factory
+  }
+
+  public var schedulerNames: [String] { schedulers.keys.sorted() }
+
+  public func makeScheduler(_ name: String, options: [String: ConfigValue], seed: UInt64) throws -> Scheduler {
+    guard let factory = schedulers[name] else {
+      throw RuntimeError("scheduler \"\(name)\" is not registered; registered: \(schedulerNames.joined(separator: ", "))")
+    }
+    return try factory(options, seed)
+  }
 
   public func registerPartitioner(_ name: String, _ factory: @escaping @Sendable () -> Partitioner) {
     partitioners[name] = factory

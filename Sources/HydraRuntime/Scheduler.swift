@@ -42,6 +42,8 @@ public struct SchedulerView: Sendable {
   public var deviceCount: Int
   /// Models of the job, finished ones included.
   public var modelCount: Int
+  /// Models that have finished (or diverged): they will never have a task again.
+  public var finished: Set<Int> = []
 
   public init(now: Double, ready: [ReadyTask], freeDevices: [Int], deviceCount: Int, modelCount: Int) {
     self.now = now

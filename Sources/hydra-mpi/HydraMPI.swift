@@ -50,6 +50,7 @@ struct Run: ParsableCommand {
       let registry = Builtins.registry()
       let config = try options.load(registry)
       let runner = JobRunner(config: config, registry: registry)
+      runner.live = LiveView.outputIsTerminal
       print("hydra-mpi: job \(config.job.name): \(config.members.count) model(s) on \(config.cluster.devices) device(s), kernels \(config.cluster.kernels)")
       let result = try runner.run()
       result.store.removeSpillFiles()
