@@ -40,6 +40,7 @@ public final class JobRunner {
   public func run() throws -> Result {
     let cluster = config.cluster
     let plans = try plan()
+    let scheduler = try makeScheduler()
     let budget = cluster.deviceMemory ?? .max
     let devices = try (0..<cluster.devices).map { d in
       Device(
@@ -53,7 +54,6 @@ public final class JobRunner {
     let output = try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML())
     let runs = try buildRuns(plans, store: store)
     let lock = NSLock()
-    let scheduler = try registry.makeScheduler(config.scheduler.name, options: config.scheduler.options, seed: config.job.seed)
     let coordinator = Coordinator(runs: runs, devices: devices, scheduler: scheduler, doubleBuffering: cluster.doubleBuffering)
     coordinator.afterStep = { [self] run, device in
       let evaluate = run.evaluationDue || run.status.name == "diverged"
@@ -93,7 +93,16 @@ public final class JobRunner {
       view?.stop()
       throw error
     }
-    try output.writeTrace(coordinator.trace, devices: devices.count)
+    let trace = coordinator.trace
+    try output.writeTrace(trace, devices: devices.count)
+    try output.writePicture(
+      "schedule.svg",
+      Charts.schedule(trace, devices: devices.count, title: "\(config.job.name): \(scheduler.name) on \(devices.count) device(s)"))
+    try output.writePicture(
+      "loss.svg",
+      Charts.loss(
+        runs.map { run in (model: run.id, points: run.evaluations.map { (step: $0.step, loss: $0.loss) }) },
+        title: "\(config.job.name): validation loss", yLabel: "validation loss"))
     let memory: [String: Any] = [
       "devices": devices.map { d -> [String: Any] in
         var m: [String: Any] = ["index": d.index, "peak_bytes": d.kernels.memory.peak]
@@ -105,7 +114,14 @@ public final class JobRunner {
         "bytes_written_to_disk": store.bytesWritten, "bytes_read_from_disk": store.bytesRead,
       ].compactMapValues { $0 is NSNull ? nil : $0 },
     ]
-    try output.writeSummary(job: config.job.name, makespan: makespan, models: runs.map { summary($0) }, memory: memory)
+    let decisions: [String: Any] = [
+      "scheduler": scheduler.name, "decisions": coordinator.decisions,
+      "seconds_per_decision": coordinator.decisionSeconds / Double(max(coordinator.decisions, 1)),
+      "device_busy_fraction": coordinator.deviceSnapshot().map(\.busyFraction),
+    ]
+    try output.writeSummary(
+      job: config.job.name, makespan: makespan, models: runs.map { summary($0) }, memory: memory,
+      coordinator: decisions)
     return Result(makespan: makespan, runs: runs, output: output.path, devices: devices, store: store)
   }
 
@@ -199,6 +215,15 @@ public final class JobRunner {
       return Plan(
         spec: spec, data: data, request: request, shards: shards,
         policy: ActivationPolicy(checkpointing: checkpointing, releaseBuffers: budget != .max))
+    }
+  }
+
+  /// The `[scheduler]` plugin; bad options are the user's input (exit 2, with the line).
+  public func makeScheduler() throws -> Scheduler {
+    do {
+      return try registry.makeScheduler(config.scheduler.name, options: config.scheduler.options, seed: config.job.seed)
+    } catch let e as SchedulerError {
+      throw InputError(file: config.file, line: config.line(table: "scheduler", key: "name"), e.description)
     }
   }
 

@@ -40,10 +40,20 @@ public final class OutputFolder {
   /// `summary.json`: the job, its makespan (training time without start-up and data loading) and
   /// per model its id, overrides, status, steps, last train loss, last validation loss and
   /// accuracy, seconds and shards.
-  public func writeSummary(job: String, makespan: Double, models: [[String: Any]], memory: [String: Any] = [:]) throws {
-    let summary: [String: Any] = ["job": job, "makespan_seconds": makespan, "models": models, "memory": memory]
+  public func writeSummary(
+    job: String, makespan: Double, models: [[String: Any]], memory: [String: Any] = [:],
+    coordinator: [String: Any] = [:]
+  ) throws {
+    let summary: [String: Any] = [
+      "job": job, "makespan_seconds": makespan, "models": models, "memory": memory, "coordinator": coordinator,
+    ]
     let data = try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
     try writeAtomically(String(decoding: data, as: UTF8.self) + "\n", to: path + "/summary.json")
+  }
+
+  /// An SVG picture (`schedule.svg`, `loss.svg`).
+  public func writePicture(_ name: String, _ svg: String) throws {
+    try writeAtomically(svg, to: path + "/" + name)
   }
 
   /// `trace.json` in Chrome's trace-event format: one lane (tid) per device, one complete event
