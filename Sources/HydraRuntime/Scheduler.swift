@@ -42,15 +42,21 @@ public struct SchedulerView: Sendable {
   public var deviceCount: Int
   /// Models of the job, finished ones included.
   public var modelCount: Int
-  /// Models that have finished (or diverged): they will never have a task again.
-  public var finished: Set<Int> = []
+  /// Models that will never have a ready task again: done, or stopped (diverged). A model that is
+  /// merely running is not in here (nor in `ready`). Baselines that run one model at a time use it
+  /// to know when the next may start.
+  public var finished: Set<Int>
 
-  public init(now: Double, ready: [ReadyTask], freeDevices: [Int], deviceCount: Int, modelCount: Int) {
+  public init(
+    now: Double, ready: [ReadyTask], freeDevices: [Int], deviceCount: Int, modelCount: Int,
+    finished: Set<Int> = []
+  ) {
     self.now = now
     self.ready = ready
     self.freeDevices = freeDevices
     self.deviceCount = deviceCount
     self.modelCount = modelCount
+    self.finished = finished
   }
 }
 

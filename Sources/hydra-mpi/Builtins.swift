@@ -3,6 +3,7 @@ import HydraCore
 import HydraKernelsCPU
 import HydraKernelsReference
 import HydraPartitioners
+import HydraSchedulers
 import HydraRuntime
 
 /// The one place that names the built-in plugins.
@@ -14,14 +15,14 @@ enum Builtins {
     registry.registerPartitioner("memory-greedy") { MemoryGreedyPartitioner() }
     registry.registerPartitioner("balanced") { BalancedPartitioner() }
     registry.registerPartitioner("fixed") { FixedPartitioner() }
+    registerBuiltinSchedulers(in: registry)
     return registry
   }
 
-  /// What `job.toml` may name. Multi-device scheduling arrives with its plugins; until then
-  /// devices train whole models, one after another (`sequential`).
+  /// What `job.toml` may name.
   static func known(_ registry: PluginRegistry) -> KnownPlugins {
     KnownPlugins(
       backends: ["shm"], kernels: registry.kernelsNames, partitioners: registry.partitionerNames,
-      schedulers: ["sequential"], defaultPartitioner: "balanced", defaultScheduler: "sequential")
+      schedulers: registry.schedulerNames, defaultPartitioner: "balanced", defaultScheduler: "lrtf")
   }
 }

@@ -4,6 +4,7 @@ import HydraCore
 import HydraKernelsCPU
 import HydraKernelsReference
 import HydraPartitioners
+import HydraSchedulers
 import HydraRuntime
 import XCTest
 
@@ -114,13 +115,14 @@ func testRegistry() -> PluginRegistry {
   r.registerPartitioner("memory-greedy") { MemoryGreedyPartitioner() }
   r.registerPartitioner("balanced") { BalancedPartitioner() }
   r.registerPartitioner("fixed") { FixedPartitioner() }
+  registerBuiltinSchedulers(in: r)
   return r
 }
 
 func testKnownPlugins() -> KnownPlugins {
   KnownPlugins(
     backends: ["shm"], kernels: ["cpu", "reference"], partitioners: ["balanced", "fixed", "memory-greedy"],
-    schedulers: ["sequential"], defaultPartitioner: "balanced", defaultScheduler: "sequential")
+    schedulers: builtinSchedulerNames, defaultPartitioner: "balanced", defaultScheduler: "lrtf")
 }
 
 func runJob(_ path: String, overrides: [String] = []) throws -> JobRunner.Result {

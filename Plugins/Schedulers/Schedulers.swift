@@ -1,0 +1,79 @@
+import HydraCore
+import HydraRuntime
+
+/// Hydra's Sharded-LRTF: the ready task of the model with the longest estimated remaining time goes
+/// first (ties: the lower model index), each to a free device, preferring the device that already
+/// holds the shard's state, then the one holding its input, then the lowest index. Keeping the
+/// longest model moving shortens the tail where too few models are left to fill the devices.
+public final class LRTFScheduler: Scheduler {
+  public let name = "lrtf"
+  public init() {}
+
+  public func schedule(_ view: SchedulerView) -> [Assignment] {
+    let order = view.ready.sorted {
+      $0.remainingSeconds != $1.remainingSeconds
+        ? $0.remainingSeconds > $1.remainingSeconds : $0.task.model < $1.task.model
+    }
+    return assignInOrder(order, freeDevices: view.freeDevices)
+  }
+}
+
+/// First come, first served: ready tasks by the time they became ready (ties: the lower model
+/// index), devices chosen as `lrtf` does.
+public final class FIFOScheduler: Scheduler {
+  public let name = "fifo"
+  public init() {}
+
+  public func schedule(_ view: SchedulerView) -> [Assignment] {
+    let order = view.ready.sorted {
+      $0.readySince != $1.readySince ? $0.readySince < $1.readySince : $0.task.model < $1.task.model
+    }
+    return assignInOrder(order, freeDevices: view.freeDevices)
+  }
+}
+
+/// Takes models in turn: after model m got a device, the next pick is the first ready model from
+/// m + 1 on, wrapping around. Devices chosen as `lrtf` does.
+public final class RoundRobinScheduler: Scheduler {
+  public let name = "round-robin"
+  /// The model index the next pick starts from.
+  public private(set) var next = 0
+  public init() {}
+
+  public func schedule(_ view: SchedulerView) -> [Assignment] {
+    var ready = view.ready
+    var free = view.freeDevices.sorted()
+    var out: [Assignment] = []
+    let n = max(view.modelCount, (ready.map(\.task.model).max() ?? -1) + 1, 1)
+    while !ready.isEmpty, !free.isEmpty {
+      let start = next
+      let distance = { (t: ReadyTask) in ((t.task.model - start) % n + n) % n }
+      let i = ready.indices.min { distance(ready[$0]) < distance(ready[$1]) }!
+      let t = ready.remove(at: i)
+      let d = preferredDevice(for: t, among: free)!
+      free.removeAll { $0 == d }
+      out.append(Assignment(task: t.task, device: d))
+      next = (t.task.model + 1) % n
+    }
+    return out
+  }
+}
+
+/// For each free device in index order, a uniformly random ready task, drawn with SplitMix64:
+/// the same seed and the same sequence of views give the same choices (the ready tasks are taken in
+/// model order, whatever order the view lists them in).
+public final class RandomScheduler: Scheduler {
+  public let name = "random"
+  private var rng: SplitMix64
+  public init(seed: UInt64) { rng = SplitMix64(seed: seed) }
+
+  public func schedule(_ view: SchedulerView) -> [Assignment] {
+    var ready = view.ready.sorted { $0.task.model < $1.task.model }
+    var out: [Assignment] = []
+    for d in view.freeDevices.sorted() where !ready.isEmpty {
+      let t = ready.remove(at: rng.nextInt(below: ready.count))
+      out.append(Assignment(task: t.task, device: d))
+    }
+    return out
+  }
+}

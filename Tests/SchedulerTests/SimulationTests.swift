@@ -1,0 +1,200 @@
+import HydraRuntime
+import HydraSchedulers
+import XCTest
+
+/// Schedulers on the simulated clock: makespans computed by hand, utilisation, and the trace's shape.
+final class SimulationTests: XCTestCase {
+  func one(_ forward: [Double], _ backward: [Double], steps: Int = 1) -> SimulatedModel {
+    SimulatedModel(steps: steps, forwardSeconds: forward, backwardSeconds: backward)
+  }
+
+  /// 2 devices; one shard each: m0 = fwd 1 + bwd 1, m1 = 1 + 1, m2 = 2 + 2. Work 8, so no schedule
+  /// beats 8 / 2 = 4.
+  var threeModels: [SimulatedModel] { [one([1], [1]), one([1], [1]), one([2], [2])] }
+
+  func testLRTFIsOptimalWhereFIFOAndRoundRobinAreNot() throws {
+    // lrtf: t0: m2 f (rem 4) -> d0 [0,2], m0 f (rem 2, before m1 by index) -> d1 [0,1].
+    // t1: m1 f (rem 2) before m0 b (rem 1) -> d1 [1,2]. t2: m2 b (rem 2) -> d0 (holds its shard)
+    // [2,4], m0 b (rem 1, tie with m1 by index) -> d1 [2,3]. t3: m1 b -> d1 [3,4]. Makespan 4 = optimum.
+    let lrtf = try simulate(threeModels, devices: 2, scheduler: LRTFScheduler())
+    XCTAssertEqual(lrtf.makespan, 4)
+    XCTAssertEqual(lrtf.utilisation, 1)
+    XCTAssertEqual(lrtf.intervals(device: 0).map(\.model), [2, 2])
+    XCTAssertEqual(lrtf.intervals(device: 1).map(\.model), [0, 1, 0, 1])
+
+    // fifo: t0: m0 f -> d0 [0,1], m1 f -> d1 [0,1]. t1: m2 f (ready since 0) -> d0 [1,3]; m0 b
+    // (its shard is on busy d0) -> d1 [1,2]. t2: m1 b -> d1 [2,3]. t3: m2 b -> d0 [3,5]. Makespan 5.
+    let fifo = try simulate(threeModels, devices: 2, scheduler: FIFOScheduler())
+    XCTAssertEqual(fifo.makespan, 5)
+    XCTAssertEqual(fifo.intervals(device: 0).map(\.start), [0, 1, 3])
+    XCTAssertEqual(fifo.utilisation, 8.0 / 10)
+
+    // round-robin: t0: m0 -> d0, m1 -> d1 (next = 2). t1: m2 f -> d0 [1,3] (next = 0); m0 b -> d1
+    // [1,2] (next = 1). t2: m1 b -> d1 [2,3]. t3: m2 b -> d0 [3,5]. Makespan 5.
+    let rr = try simulate(threeModels, devices: 2, scheduler: RoundRobinScheduler())
+    XCTAssertEqual(rr.makespan, 5)
+    XCTAssertEqual(rr.intervals.map(\.model), [0, 1, 2, 0, 1, 2])
+
+    // Baselines: one model at a time, so the sum of all task times, 8.
+    for s: Scheduler in [SequentialScheduler(), ModelParallelScheduler()] {
+      let r = try simulate(threeModels, devices: 2, scheduler: s)
+      XCTAssertEqual(r.makespan, 8, s.name)
+      XCTAssertEqual(r.intervals.map(\.model), [0, 0, 1, 1, 2, 2], s.name)
+      XCTAssertEqual(r.busySeconds, [8, 0], s.name)  // one shard: device 0 only, for both
+    }
+  }
+
+  /// 2 devices, 2 shards, 1 step: m0 fwd [1, 2] bwd [3, 4] (10 s), m1 fwd [1, 1] bwd [1, 1] (4 s).
+  var twoShards: [SimulatedModel] { [one([1, 2], [3, 4]), one([1, 1], [1, 1])] }
+
+  func testBaselinesOnPinnedShards() throws {
+    // model-parallel: shard s on device s % 2, one model at a time: makespan 10 + 4 = 14; device 0
+    // runs the shard-0 tasks (1 + 3 + 1 + 1 = 6), device 1 the shard-1 tasks (2 + 4 + 1 + 1 = 8).
+    let mp = try simulate(twoShards, devices: 2, scheduler: ModelParallelScheduler())
+    XCTAssertEqual(mp.makespan, 14)
+    XCTAssertEqual(mp.busySeconds, [6, 8])
+    XCTAssertEqual(mp.utilisation, 0.5)
+    XCTAssertEqual(mp.intervals.map(\.device), [0, 1, 1, 0, 0, 1, 1, 0])
+    XCTAssertEqual(mp.intervals.map(\.start), [0, 1, 3, 7, 10, 11, 12, 13])
+
+    let seq = try simulate(twoShards, devices: 2, scheduler: SequentialScheduler())
+    XCTAssertEqual(seq.makespan, 14)
+    XCTAssertEqual(seq.busySeconds, [14, 0])
+
+    // lrtf: no schedule beats m0's own chain, 10. t0: m0 f0 -> d0, m1 f0 -> d1. t1: m0 f1 (rem 9)
+    // -> d0 (its input) [1,3]; m1 f1 -> d1 [1,2]. t2: m1 b1 -> d1 [2,3]. t3: m0 b1 -> d0 [3,7];
+    // m1 b0 -> d1 [3,4]. t7: m0 b0 -> d0 [7,10]. Makespan 10; m0 never leaves device 0.
+    let lrtf = try simulate(twoShards, devices: 2, scheduler: LRTFScheduler())
+    XCTAssertEqual(lrtf.makespan, 10)
+    XCTAssertEqual(lrtf.intervals.filter { $0.model == 0 }.map(\.device), [0, 0, 0, 0])
+    XCTAssertEqual(lrtf.busySeconds, [10, 4])
+  }
+
+  func testViewsTheSimulatorBuilds() throws {
+    var views: [SchedulerView] = []
+    let inner = ModelParallelScheduler()
+    let recorder = Scripted { v in
+      views.append(v)
+      return inner.schedule(v)
+    }
+    _ = try simulate(twoShards, devices: 2, scheduler: recorder)
+    // model-parallel on `twoShards`: decisions at 0, 1, 3, 7 (m0's chain), then 10..13 (m1's).
+    XCTAssertEqual(views.map(\.now), [0, 1, 3, 7, 10, 11, 12, 13])
+    func m0(_ v: SchedulerView) -> ReadyTask { v.ready.first { $0.task.model == 0 }! }
+    XCTAssertEqual(views[0].ready.map(\.remainingSeconds), [10, 4])
+    XCTAssertEqual(views[0].freeDevices, [0, 1])
+    // t3: m0's backward of shard 1 (4 + 3 s left), shard 1 ran forward on device 1.
+    XCTAssertEqual(
+      m0(views[2]),
+      ReadyTask(
+        task: ShardTask(model: 0, shard: 1, direction: .backward, step: 0), estimatedSeconds: 4,
+        remainingSeconds: 7, state: .device(1), lastDevice: 1, readySince: 3, shardCount: 2))
+    // t7: shard 0's state is on device 0, its input (from shard 1's backward) on device 1.
+    XCTAssertEqual(m0(views[3]).state, .device(0))
+    XCTAssertEqual(m0(views[3]).lastDevice, 1)
+    XCTAssertEqual(m0(views[3]).remainingSeconds, 3)
+    // t10: m0 done; m1 has waited since 0.
+    XCTAssertEqual(views[4].finished, [0])
+    XCTAssertEqual(views[4].ready.map(\.readySince), [0])
+    XCTAssertEqual(views[4].ready.map(\.state), [.host])
+    XCTAssertTrue(views.allSatisfy { $0.deviceCount == 2 && $0.modelCount == 2 })
+
+    // Remaining time counts the steps still to come: 3 steps of fwd 1 + bwd 2 = 9 s.
+    views = []
+    _ = try simulate([one([1], [2], steps: 3)], devices: 1, scheduler: recorder)
+    XCTAssertEqual(views.map { $0.ready[0].remainingSeconds }, [9, 8, 6, 5, 3, 2])
+    XCTAssertEqual(views.map { $0.ready[0].task.step }, [0, 0, 1, 1, 2, 2])
+  }
+
+  /// 8 equal models, 4 shards (fwd 1 s, bwd 2 s each), 3 steps: 36 s a model, 288 s in all; the
+  /// ideal on 2 devices is 144 s.
+  var eightModels: [SimulatedModel] {
+    Array(repeating: one([1, 1, 1, 1], [2, 2, 2, 2], steps: 3), count: 8)
+  }
+
+  func testManyEqualModelsKeepDevicesBusy() throws {
+    let lrtf = try simulate(eightModels, devices: 2, scheduler: LRTFScheduler())
+    XCTAssertGreaterThanOrEqual(lrtf.utilisation, 0.95)
+    XCTAssertLessThanOrEqual(lrtf.makespan, 144 * 1.05)
+    XCTAssertGreaterThanOrEqual(lrtf.makespan, 144)
+
+    let mp = try simulate(eightModels, devices: 2, scheduler: ModelParallelScheduler())
+    XCTAssertEqual(mp.makespan, 288)
+    XCTAssertEqual(mp.utilisation, 0.5)
+    XCTAssertGreaterThanOrEqual(mp.makespan / lrtf.makespan, 1.8)  // the goal
+
+    let seq = try simulate(eightModels, devices: 2, scheduler: SequentialScheduler())
+    XCTAssertEqual(seq.makespan, 288)
+    XCTAssertEqual(seq.busySeconds, [288, 0])
+
+    // 4 devices: model-parallel still 288 (utilisation 1/4); lrtf near 72.
+    let mp4 = try simulate(eightModels, devices: 4, scheduler: ModelParallelScheduler())
+    XCTAssertEqual(mp4.makespan, 288)
+    XCTAssertEqual(mp4.utilisation, 0.25)
+    XCTAssertEqual(mp4.busySeconds, [72, 72, 72, 72])
+    let lrtf4 = try simulate(eightModels, devices: 4, scheduler: LRTFScheduler())
+    XCTAssertGreaterThanOrEqual(lrtf4.utilisation, 0.95)
+  }
+
+  func testRandomIsSeededAndDeterministic() throws {
+    let a = try simulate(eightModels, devices: 2, scheduler: RandomScheduler(seed: 42))
+    let b = try simulate(eightModels, devices: 2, scheduler: RandomScheduler(seed: 42))
+    XCTAssertEqual(a.intervals, b.intervals)
+    let orders = try (1...6).map { seed in
+      try simulate(eightModels, devices: 2, scheduler: RandomScheduler(seed: UInt64(seed))).intervals.map(\.model)
+    }
+    XCTAssertGreaterThan(Set(orders).count, 1, "different seeds should give different schedules")
+  }
+
+  /// Every task of every model exactly once per step, in chain order, each taking its own time;
+  /// a device's intervals never overlap; nothing runs before it is ready.
+  func testTraceShapeUnderEveryScheduler() throws {
+    let models = [
+      one([1, 2, 0.5], [2, 3, 1], steps: 2), one([0.25], [0.75], steps: 3), one([1, 1], [1, 1], steps: 1),
+      one([3, 1], [1, 3], steps: 2), SimulatedModel(steps: 0, forwardSeconds: [1], backwardSeconds: [1]),
+    ]
+    let work = models.reduce(0) { $0 + $1.totalSeconds }
+    for devices in 1...3 {
+      for name in builtinSchedulerNames {
+        let r = try simulate(models, devices: devices, scheduler: makeBuiltinScheduler(name, seed: 9)!)
+        let label = "\(name) on \(devices) device(s)"
+        for (m, model) in models.enumerated() {
+          let k = model.shardCount
+          var expected: [ShardTask] = []
+          for step in 0..<model.steps {
+            expected += (0..<k).map { ShardTask(model: m, shard: $0, direction: .forward, step: step) }
+            expected += (0..<k).reversed().map { ShardTask(model: m, shard: $0, direction: .backward, step: step) }
+          }
+          let mine = r.intervals.filter { $0.model == m }
+          XCTAssertEqual(mine.map(\.task), expected, label)
+          for (i, iv) in mine.enumerated() {
+            let t = iv.task
+            XCTAssertEqual(iv.end - iv.start, t.direction == .forward ? model.forwardSeconds[t.shard] : model.backwardSeconds[t.shard], label)
+            if i > 0 { XCTAssertGreaterThanOrEqual(iv.start, mine[i - 1].end, label) }
+          }
+        }
+        for d in 0..<devices {
+          let mine = r.intervals(device: d)
+          for i in mine.indices.dropFirst() { XCTAssertGreaterThanOrEqual(mine[i].start, mine[i - 1].end, label) }
+        }
+        XCTAssertEqual(r.busySeconds.reduce(0, +), work, accuracy: 1e-9, label)
+        XCTAssertEqual(r.makespan, r.intervals.map(\.end).max()!, label)
+        XCTAssertGreaterThanOrEqual(r.makespan, work / Double(devices) - 1e-9, label)
+      }
+    }
+  }
+
+  func testEdgeCases() throws {
+    let empty = try simulate([], devices: 2, scheduler: LRTFScheduler())
+    XCTAssertEqual(empty.makespan, 0)
+    XCTAssertEqual(empty.intervals, [])
+    XCTAssertThrowsError(try simulate(threeModels, devices: 0, scheduler: LRTFScheduler()))
+    XCTAssertThrowsError(try simulate([one([1, 1], [1])], devices: 1, scheduler: LRTFScheduler()))
+    XCTAssertThrowsError(try simulate([one([-1], [1])], devices: 1, scheduler: LRTFScheduler()))
+    XCTAssertThrowsError(try simulate([one([], [])], devices: 1, scheduler: LRTFScheduler()))
+    // Zero-time tasks still run in order and end.
+    let zero = try simulate([one([0, 0], [0, 0], steps: 2)], devices: 2, scheduler: FIFOScheduler())
+    XCTAssertEqual(zero.makespan, 0)
+    XCTAssertEqual(zero.intervals.count, 8)
+  }
+}
