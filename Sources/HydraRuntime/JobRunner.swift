@@ -172,27 +172,37 @@ public final class JobRunner {
     let cluster = config.cluster
     let budget = cluster.deviceMemory ?? .max
     let partitioner = try registry.makePartitioner(config.partitioner.name)
-    return try modelSpecs().enumerated().map { i, pair in
+    let specs = try modelSpecs()
+    // Every model may be in the middle of a step on one device (a scheduler interleaves them):
+    // what each keeps between its tasks counts against every device's budget.
+    func between(_ spec: ModelSpec, batch: Int) -> (boundaries: Int, kept: Int) {
+      let n = spec.blockCount
+      let kept = (0..<n).reduce(0) { $0 + spec.blockCosts($1).activationBytesPerSample } * batch
+      let boundaries = (0..<max(n - 1, 0)).reduce(0) { $0 + 2 * spec.outputBytesPerSample($1) } * batch
+      return (boundaries, kept)
+    }
+    let held = zip(specs, config.members).map { between($0.spec, batch: $1.train.batchSize) }
+    let allBoundaries = held.reduce(0) { $0 + $1.boundaries }
+    let allKept = held.reduce(0) { $0 + $1.kept }
+    return try specs.enumerated().map { i, pair in
       let (spec, data) = pair
       let member = config.members[i]
       let n = spec.blockCount
       let batch = member.train.batchSize
       let costs = (0..<n).map(spec.blockCosts)
-      let kept = costs.reduce(0) { $0 + $1.activationBytesPerSample } * batch
-      // Boundary tensors (a shard's output and its gradient, at most one pair per block) are set
-      // aside from the budget; the partition sizes a running shard with all its activations (a
-      // checkpointed shard recomputes them all in its backward).
-      let boundaries = (0..<max(n - 1, 0)).reduce(0) { $0 + 2 * spec.outputBytesPerSample($1) } * batch
+      // Boundary tensors (a shard's output and its gradient, at most one pair per block, for every
+      // model) are set aside from the budget; the partition sizes a running shard with all its
+      // activations (a checkpointed shard recomputes them all in its backward).
       let checkpointing: Bool
       switch cluster.activationCheckpointing {
       case "true": checkpointing = true
       case "false": checkpointing = false
       default:
-        // Keep every block's activations from forward to backward when that takes at most half
-        // the budget (the other half is for running shards); else keep only shard inputs.
-        checkpointing = budget != .max && kept > (budget - min(budget, boundaries)) / 2
+        // Keep every block's activations from forward to backward when, for every model at once,
+        // that takes at most half the budget (the other half is for running shards).
+        checkpointing = budget != .max && allKept > (budget - min(budget, allBoundaries)) / 2
       }
-      let reserved = boundaries + (checkpointing ? 0 : kept)
+      let reserved = allBoundaries + (checkpointing ? 0 : allKept)
       let request = PartitionRequest(
         blocks: costs, blockNames: (0..<n).map(spec.blockName),
         batchSize: batch, stateCopies: member.train.optimizer == "sgd" ? 1 : 2,

@@ -21,7 +21,7 @@ final class SchedulingTests: XCTestCase {
       output = "out"
       seed = 4
       [cluster]
-      device_memory = "600KiB"
+      device_memory = "1MiB"
       [data]
       format = "text"
       path = "\(data)"
