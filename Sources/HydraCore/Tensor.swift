@@ -82,7 +82,14 @@ public final class Tensor: @unchecked Sendable {
   public func restore(from fd: Int32, offset: Int, memory newMemory: DeviceMemory?, read: Bool = true) throws {
     guard storage == nil else { return try move(to: newMemory) }
     try newMemory?.reserve(allocatedBytes)
-    let fresh = Tensor.allocateZeroed(capacity)
+    let fresh: UnsafeMutablePointer<Float>
+    if read {
+      // Every byte is about to be read over: no need to zero them first.
+      fresh = UnsafeMutableRawPointer.allocate(byteCount: allocatedBytes, alignment: Tensor.alignment)
+        .bindMemory(to: Float.self, capacity: max(capacity, 1))
+    } else {
+      fresh = Tensor.allocateZeroed(capacity)
+    }
     if read {
       do {
         try Tensor.io(fd, UnsafeMutableRawPointer(fresh), byteCount, offset, reading: true)

@@ -169,7 +169,7 @@ public final class Coordinator: @unchecked Sendable {
       var error: Error?
       do {
         if doubleBuffering, let after = run.taskAfterNext, after.shard != a.task.shard {
-          run.prefetch(after.shard, keeping: a.task.shard)
+          run.prefetch(after.shard, to: device.index, keeping: a.task.shard)
         }
         let completed = try run.run(a.task, kernels: device.kernels, device: device.index)
         let end = elapsed()

@@ -105,14 +105,13 @@ public final class HostStore: @unchecked Sendable {
     state.residency = .device(index)
   }
 
-  /// Starts reading `state` from disk into the store's RAM on a background thread, so that a
-  /// later `promote` is only accounting (double buffering). Does nothing for a shard in RAM.
-  public func prefetch(_ state: ShardState, pinned: [ShardState]) {
+  /// Starts promoting `state` to device `index` on a background thread (double buffering): the
+  /// shards it displaces are spilled, and its bytes read from disk if need be, while the `pinned`
+  /// (running) shard computes, so that the later `promote` finds it resident. Best effort: when
+  /// there is no room yet, the later `promote` does the work.
+  public func prefetch(_ state: ShardState, to index: Int, footprint: Int, pinned: [ShardState]) {
     prefetchQueue.async { [self] in
-      lock.lock()
-      defer { lock.unlock() }
-      guard state.residency == .disk else { return }
-      try? bringToHost(state, pinned: pinned + [state])
+      try? promote(state, to: index, footprint: footprint, pinned: pinned)
     }
   }
 

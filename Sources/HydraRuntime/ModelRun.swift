@@ -207,9 +207,9 @@ public final class ModelRun {
   }
 
   /// Starts bringing the state of `shard` off disk in the background (double buffering).
-  public func prefetch(_ shard: Int, keeping running: Int) {
+  public func prefetch(_ shard: Int, to device: Int, keeping running: Int) {
     guard let store else { return }
-    store.prefetch(shardStates[shard], pinned: [shardStates[running]])
+    store.prefetch(shardStates[shard], to: device, footprint: footprints[shard], pinned: [shardStates[running]])
   }
 
   /// Runs `task`, which must be `nextTask`, on `kernels`. Returns true when it completed a step.

@@ -14,14 +14,17 @@ enum ShardBench {
     let batch = 8
     print("shards: gpt L6 C384 H6 T128 B8 adamw, threads 1, median of \(steps) steps after 2 warm-up steps")
     var baseline = 0.0
-    let modes: [(String, Int, Int, Bool)] = [
-      ("all resident, one shard", .max, .max, true),
-      ("sharded, RAM store, double buffering", 256 << 20, .max, true),
-      ("sharded, RAM store, no double buffering", 256 << 20, .max, false),
-      ("sharded, disk store, double buffering", 256 << 20, 1, true),
-      ("sharded, disk store, no double buffering", 256 << 20, 1, false),
+    // (label, device budget, host store RAM, double buffering, activation checkpointing)
+    let modes: [(String, Int, Int, Bool, Bool)] = [
+      ("all resident, one shard", .max, .max, true, false),
+      ("sharded, RAM store, double buffering", 480 << 20, .max, true, false),
+      ("sharded, RAM store, no double buffering", 480 << 20, .max, false, false),
+      ("sharded, disk store, double buffering", 480 << 20, 1, true, false),
+      ("sharded, disk store, no double buffering", 480 << 20, 1, false, false),
+      ("smaller budget, recomputed, RAM store", 256 << 20, .max, true, true),
+      ("smaller budget, recomputed, disk store", 256 << 20, 1, true, true),
     ]
-    for (label, budget, host, doubleBuffering) in modes {
+    for (label, budget, host, doubleBuffering, checkpointing) in modes {
       let memory = DeviceMemory(budget: budget, label: "device 0")
       let kernels = CPUKernels(threads: 1, memory: memory)
       let folder = FileManager.default.temporaryDirectory.appendingPathComponent("hydra-bench-\(getpid())").path
@@ -31,7 +34,6 @@ enum ShardBench {
       let costs = (0..<n).map(spec.blockCosts)
       let kept = costs.reduce(0) { $0 + $1.activationBytesPerSample } * batch
       let boundaries = (0..<(n - 1)).reduce(0) { $0 + 2 * spec.outputBytesPerSample($1) } * batch
-      let checkpointing = budget != .max && kept > (budget - boundaries) / 2
       let request = PartitionRequest(
         blocks: costs, blockNames: (0..<n).map(spec.blockName), batchSize: batch, stateCopies: 2,
         budget: budget == .max ? .max : budget - boundaries - (checkpointing ? 0 : kept),
@@ -49,7 +51,7 @@ enum ShardBench {
       var start = DispatchTime.now().uptimeNanoseconds
       while let task = run.nextTask {
         if doubleBuffering, let after = run.taskAfterNext, after.shard != task.shard {
-          run.prefetch(after.shard, keeping: task.shard)
+          run.prefetch(after.shard, to: 0, keeping: task.shard)
         }
         if try run.run(task, kernels: kernels) {
           let end = DispatchTime.now().uptimeNanoseconds

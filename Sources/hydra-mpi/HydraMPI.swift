@@ -24,7 +24,7 @@ struct HydraMPI: ParsableCommand {
       Exit codes: 0 done (models that diverged are reported, not fatal), 2 bad input (a config,
       data file or checkpoint; the message names the file and line), 1 anything else.
       """,
-    subcommands: [Run.self, Validate.self, Plugins.self],
+    subcommands: [Run.self, Validate.self, Plan.self, Plugins.self],
     defaultSubcommand: Run.self)
 }
 
@@ -70,6 +70,48 @@ struct Validate: ParsableCommand {
       let config = try options.load(registry)
       let plans = try JobRunner(config: config, registry: registry).plan()
       print(Report.validation(config, plans: plans))
+    }
+  }
+}
+
+struct Plan: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Simulate the job's schedule on N devices under every scheduler, from estimated task times.",
+    discussion: """
+      Task times are estimated from each shard's FLOPs (forward; a backward counts twice) at the
+      given rate per device; only their ratios matter for comparing schedulers. Nothing is trained
+      or written.
+      """)
+  @OptionGroup var options: JobOptions
+  @Option(help: "Devices to simulate (default: the job's [cluster] devices).")
+  var devices: Int?
+  @Option(help: "Assumed GFLOP/s of one device.")
+  var gflops: Double = 100
+
+  func run() throws {
+    try reportingErrors {
+      let registry = Builtins.registry()
+      let config = try options.load(registry)
+      let runner = JobRunner(config: config, registry: registry)
+      let plans = try runner.plan()
+      let models = zip(plans, config.members).map { plan, member in
+        let forward = plan.shards.map { range in
+          Double(range.reduce(0) { $0 + plan.request.blocks[$1].forwardFlopsPerSample } * member.train.batchSize) / (gflops * 1e9)
+        }
+        return SimulatedModel(steps: member.train.steps, forwardSeconds: forward, backwardSeconds: forward.map { 2 * $0 })
+      }
+      let n = devices ?? config.cluster.devices
+      guard n >= 1 else { throw InputError(file: "--devices", "needs at least 1 device") }
+      let total = models.reduce(0) { $0 + $1.totalSeconds }
+      print("job \(config.job.name): \(models.count) model(s), \(plans.map(\.shards.count).reduce(0, +)) shards, on \(n) device(s) at \(gflops) GFLOP/s each")
+      print(String(format: "sum of the models' times %.2f s, ideal makespan %.2f s", total, total / Double(n)))
+      print("scheduler        makespan   vs ideal  utilisation")
+      for name in registry.schedulerNames {
+        let scheduler = try registry.makeScheduler(name, options: [:], seed: config.job.seed)
+        let r = try simulate(models, devices: n, scheduler: scheduler)
+        let mark = name == config.scheduler.name ? "  <- the job's" : ""
+        print(String(format: "%@ %8.2f s  %8.3f  %10.3f%@", name.padding(toLength: 15, withPad: " ", startingAt: 0), r.makespan, r.makespan / (total / Double(n)), r.utilisation, mark))
+      }
     }
   }
 }
