@@ -13,6 +13,7 @@ let package = Package(
   products: [
     .executable(name: "hydra-mpi", targets: ["hydra-mpi"]),
     .executable(name: "hydra-bench", targets: ["hydra-bench"]),
+    .executable(name: "hydra-pingpong", targets: ["hydra-pingpong"]),
     .library(name: "HydraCore", targets: ["HydraCore"]),
     .library(name: "HydraRuntime", targets: ["HydraRuntime"]),
   ],
@@ -26,6 +27,8 @@ let package = Package(
       name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
       providers: [.apt(["libopenblas-dev"])]),
     .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+    .systemLibrary(
+      name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
 
     // The maths of one shard.
     .target(name: "HydraCore", dependencies: ["CZlib"], swiftSettings: settings),
@@ -41,6 +44,16 @@ let package = Package(
     .target(
       name: "HydraPartitioners", dependencies: ["HydraRuntime", "HydraCore"], path: "Plugins/Partitioners",
       swiftSettings: settings),
+
+    // Built-in backends: how tensors and control messages move between devices.
+    .target(
+      name: "HydraBackendSHM", dependencies: ["HydraRuntime", "HydraCore"], path: "Plugins/Backends/SharedMemory",
+      swiftSettings: settings),
+    .target(
+      name: "HydraBackendMPI", dependencies: ["HydraRuntime", "HydraCore", "CMPI"], path: "Plugins/Backends/MPI",
+      swiftSettings: settings),
+    .executableTarget(
+      name: "hydra-pingpong", dependencies: ["HydraBackendMPI", "HydraCore"], swiftSettings: settings),
 
     // Built-in schedulers: which ready shard task runs on which free device.
     .target(

@@ -1,0 +1,1 @@
+print("hydra-pingpong: not built yet")
