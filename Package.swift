@@ -71,7 +71,7 @@ let package = Package(
       name: "hydra-mpi",
       dependencies: [
         "HydraRuntime", "HydraConfig", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference",
-        "HydraPartitioners", "HydraSchedulers",
+        "HydraPartitioners", "HydraSchedulers", "HydraBackendSHM",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       swiftSettings: settings),
@@ -79,6 +79,7 @@ let package = Package(
       name: "hydra-bench",
       dependencies: [
         "HydraRuntime", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference", "HydraPartitioners", "CBLAS",
+        "HydraBackendSHM",
       ],
       swiftSettings: settings),
 
@@ -100,7 +101,7 @@ let package = Package(
       name: "HydraRuntimeTests",
       dependencies: [
         "HydraRuntime", "HydraCore", "HydraConfig", "HydraKernelsReference", "HydraKernelsCPU", "HydraPartitioners",
-        "HydraSchedulers",
+        "HydraSchedulers", "HydraBackendSHM",
       ],
       swiftSettings: settings),
   ]

@@ -46,7 +46,6 @@ public final class Coordinator: @unchecked Sendable {
   /// Estimated seconds of each model's shard tasks: [model][shard], forward and backward.
   private var forwardSeconds: [[Double]]
   private var backwardSeconds: [[Double]]
-  private let queues: [DispatchQueue]
   /// Per model, as of its last finished task: read by other threads (the live view) without
   /// touching the model itself, which only the device running it may read.
   public struct Progress: Sendable {
@@ -65,7 +64,12 @@ public final class Coordinator: @unchecked Sendable {
   public private(set) var decisionSeconds = 0.0
   public private(set) var decisions = 0
 
-  public init(runs: [ModelRun], devices: [Device], scheduler: Scheduler, doubleBuffering: Bool = true) {
+  /// Runs each device's tasks (its thread, or its rank).
+  public let backend: Backend
+
+  public init(runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend, doubleBuffering: Bool = true) {
+    precondition(backend.deviceCount == devices.count)
+    self.backend = backend
     precondition(!devices.isEmpty)
     self.runs = runs
     self.devices = devices
@@ -85,7 +89,6 @@ public final class Coordinator: @unchecked Sendable {
       }
     }
     backwardSeconds = forwardSeconds.map { $0.map { 2 * $0 } }
-    queues = devices.map { DispatchQueue(label: "hydra.device.\($0.index)") }
   }
 
   public var trace: [TraceEvent] {
@@ -164,7 +167,7 @@ public final class Coordinator: @unchecked Sendable {
     let run = runs[a.task.model]
     current[a.device] = "\(run.id) s\(a.task.shard) \(a.task.direction == .forward ? "fwd" : "bwd") @\(a.task.step)"
     let device = devices[a.device]
-    queues[a.device].async { [self] in
+    backend.execute(on: a.device) { [self] in
       let start = elapsed()
       var error: Error?
       do {

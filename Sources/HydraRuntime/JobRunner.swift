@@ -26,6 +26,7 @@ public final class JobRunner {
     public var output: String
     public var devices: [Device]
     public var store: HostStore
+    public var backend: Backend
   }
 
   /// One member, planned: its architecture, data, shards and activation policy.
@@ -41,6 +42,7 @@ public final class JobRunner {
     let cluster = config.cluster
     let plans = try plan()
     let scheduler = try makeScheduler()
+    let backend = try registry.makeBackend(cluster.backend, devices: cluster.devices)
     let budget = cluster.deviceMemory ?? .max
     let devices = try (0..<cluster.devices).map { d in
       Device(
@@ -52,9 +54,10 @@ public final class JobRunner {
     let store = HostStore(budget: cluster.hostMemory ?? .max, folder: config.job.output + "/spill")
     for d in devices { store.attach(device: d.index, memory: d.kernels.memory) }
     let output = try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML())
-    let runs = try buildRuns(plans, store: store)
+    let runs = try buildRuns(plans, store: store, backend: backend)
     let lock = NSLock()
-    let coordinator = Coordinator(runs: runs, devices: devices, scheduler: scheduler, doubleBuffering: cluster.doubleBuffering)
+    let coordinator = Coordinator(
+      runs: runs, devices: devices, scheduler: scheduler, backend: backend, doubleBuffering: cluster.doubleBuffering)
     coordinator.afterStep = { [self] run, device in
       let evaluate = run.evaluationDue || run.status.name == "diverged"
       let rate = run.settings.optimizer.learningRate(step: max(run.step - 1, 0))
@@ -122,7 +125,7 @@ public final class JobRunner {
     try output.writeSummary(
       job: config.job.name, makespan: makespan, models: runs.map { summary($0) }, memory: memory,
       coordinator: decisions)
-    return Result(makespan: makespan, runs: runs, output: output.path, devices: devices, store: store)
+    return Result(makespan: makespan, runs: runs, output: output.path, devices: devices, store: store, backend: backend)
   }
 
   private func summary(_ run: ModelRun) -> [String: Any] {
@@ -238,7 +241,7 @@ public final class JobRunner {
   }
 
   /// Builds and initialises every member.
-  func buildRuns(_ plans: [Plan], store: HostStore) throws -> [ModelRun] {
+  func buildRuns(_ plans: [Plan], store: HostStore, backend: Backend) throws -> [ModelRun] {
     var runs: [ModelRun] = []
     for (i, plan) in plans.enumerated() {
       let member = config.members[i]
@@ -253,7 +256,7 @@ public final class JobRunner {
         evalBatches: t.evalBatches, checkpointEvery: t.checkpointEvery, optimizer: optimizer)
       let run = try ModelRun(
         index: i, id: member.id, spec: plan.spec, seed: member.seed, settings: settings, data: plan.data,
-        shards: plan.shards, store: store, policy: plan.policy,
+        shards: plan.shards, backend: backend, store: store, policy: plan.policy,
         footprints: plan.shards.map { plan.request.footprint($0) })
       if let initPath = member.model.initPath { try Checkpoint.load(into: run, from: initPath) }
       runs.append(run)

@@ -90,8 +90,6 @@ public final class ModelRun {
     let ownerShard: Int
     let replica: Parameter
     let replicaShard: Int
-    let value: Tensor  // the owner's value as of the current step
-    let grad: Tensor  // the replica's gradient of the current step
   }
 
   public private(set) var status: ModelStatus = .pending
@@ -100,10 +98,8 @@ public final class ModelRun {
   /// Position in the current step's chain: 0 ..< 2k.
   public private(set) var position = 0
   private var batch: Batch?
-  /// activations[s]: the output of shard s (input of s + 1), from forward s to backward s + 1.
-  private var activations: [Tensor?]
-  /// gradients[s]: the gradient of activations[s], from backward s + 1 to backward s.
-  private var gradients: [Tensor?]
+  /// Moves boundary activations, their gradients and tied weights between this model's tasks.
+  public let backend: Backend
 
   public private(set) var trainLosses: [Double] = []
   public private(set) var evaluations: [Evaluation] = []
@@ -113,9 +109,10 @@ public final class ModelRun {
   /// on disk at once), else it is charged to `memory`.
   public init(
     index: Int, id: String, spec: ModelSpec, seed: UInt64, settings: TrainSettings,
-    data: BatchSource, shards: [Range<Int>], memory: DeviceMemory? = nil, store: HostStore? = nil,
-    policy: ActivationPolicy = ActivationPolicy(), footprints: [Int]? = nil
+    data: BatchSource, shards: [Range<Int>], backend: Backend, memory: DeviceMemory? = nil,
+    store: HostStore? = nil, policy: ActivationPolicy = ActivationPolicy(), footprints: [Int]? = nil
   ) throws {
+    self.backend = backend
     self.footprints = footprints ?? Array(repeating: 0, count: shards.count)
     precondition(shards.first?.lowerBound == 0 && shards.last?.upperBound == spec.blockCount)
     self.index = index
@@ -127,8 +124,6 @@ public final class ModelRun {
     self.shards = shards
     self.policy = policy
     self.store = store
-    activations = Array(repeating: nil, count: shards.count)
-    gradients = Array(repeating: nil, count: shards.count)
     func shardOf(_ block: Int) -> Int { shards.firstIndex { $0.contains(block) }! }
     var blocks: [Block] = []
     var states: [ShardState] = []
@@ -162,10 +157,7 @@ public final class ModelRun {
         guard let (owner, ownerShard) = owners[ownerName] else {
           preconditionFailure("\(p.name) is a replica of \(ownerName), which no block owns")
         }
-        ties.append(
-          Tie(
-            owner: owner, ownerShard: ownerShard, replica: p, replicaShard: shardOf(b),
-            value: try Tensor(shape: owner.shape), grad: try Tensor(shape: owner.shape)))
+        ties.append(Tie(owner: owner, ownerShard: ownerShard, replica: p, replicaShard: shardOf(b)))
       }
     }
     self.ties = ties
@@ -212,7 +204,12 @@ public final class ModelRun {
     store.prefetch(shardStates[shard], to: device, footprint: footprints[shard], pinned: [shardStates[running]])
   }
 
-  /// Runs `task`, which must be `nextTask`, on `kernels`. Returns true when it completed a step.
+  private func key(_ kind: TransferKey.Kind, _ index: Int, _ step: Int) -> TransferKey {
+    TransferKey(kind, model: self.index, index: index, step: step)
+  }
+
+  /// Runs `task`, which must be `nextTask`, on `kernels` of device `device`. Returns true when it
+  /// completed a step.
   @discardableResult
   public func run(_ task: ShardTask, kernels: Kernels, device: Int = 0) throws -> Bool {
     precondition(task == nextTask, "\(id): ran \(task) out of order (expected \(String(describing: nextTask)))")
@@ -225,19 +222,19 @@ public final class ModelRun {
       if s == 0 {
         batch = data.trainBatch(step: step, batchSize: settings.batchSize, seed: seed, shuffle: settings.shuffle)
       }
-      let out = try forward(shard: s, batch: batch!, kernels: kernels)
+      let out = try forward(shard: s, batch: batch!, kernels: kernels, device: device, training: true)
       if s == k - 1 {
         let loss = try (blocks[shards[s].upperBound - 1] as! LossBlock)
           .loss(targets: batch!.targets, kernels: kernels, keepGradient: true).loss
         trainLosses.append(loss)
         if !loss.isFinite {
           status = .diverged(step: step)
-          activations = activations.map { _ in nil }
+          discardStep()
           if policy.releaseBuffers { for b in blocks { b.releaseBuffers() } }
           return false
         }
       } else {
-        activations[s] = try copy(out, kernels: kernels)
+        try backend.post(try copy(out, kernels: kernels), key: key(.activation, s, step), from: device)
         if policy.checkpointing { release(shard: s) }
       }
       position += 1
@@ -245,19 +242,26 @@ public final class ModelRun {
     case .backward:
       for p in parameters(ofShard: s) { kernels.fill(p.grad.data, value: 0, count: p.count) }
       if policy.checkpointing && s < k - 1 {
-        _ = try forward(shard: s, batch: batch!, kernels: kernels)  // recompute what was released
+        // Recompute what the forward released.
+        _ = try forward(shard: s, batch: batch!, kernels: kernels, device: device, training: false)
       }
-      var grad = s == k - 1 ? nil : gradients[s]
+      var grad = s == k - 1 ? nil : try backend.fetch(key(.gradient, s, step), to: device)
       for b in shards[s].reversed() { grad = try blocks[b].backward(grad, kernels: kernels) }
       // A tied weight's two gradients: the owner's own, then the replica's, in that fixed order.
-      for tie in ties {
-        if tie.replicaShard == s { kernels.copy(tie.replica.grad.data, tie.grad.data, count: tie.grad.count) }
-        if tie.ownerShard == s { kernels.accumulate(tie.grad.data, into: tie.owner.grad.data, count: tie.grad.count) }
+      for (t, tie) in ties.enumerated() {
+        if tie.replicaShard == s {
+          try backend.post(try copy(tie.replica.grad, kernels: kernels), key: key(.tiedGradient, t, step), from: device)
+        }
+        if tie.ownerShard == s {
+          let g = try backend.fetch(key(.tiedGradient, t, step), to: device)
+          kernels.accumulate(g.data, into: tie.owner.grad.data, count: g.count)
+          backend.discard(key(.tiedGradient, t, step))
+        }
       }
       try settings.optimizer.apply(to: parameters(ofShard: s), step: step, kernels: kernels)
-      if s > 0 { gradients[s - 1] = try copy(grad!, kernels: kernels) }
-      gradients[s] = nil
-      if s > 0 { activations[s - 1] = nil }
+      if s > 0 { try backend.post(try copy(grad!, kernels: kernels), key: key(.gradient, s - 1, step), from: device) }
+      if s < k - 1 { backend.discard(key(.gradient, s, step)) }
+      if s > 0 { backend.discard(key(.activation, s - 1, step)) }
       if policy.releaseBuffers { release(shard: s) }
       position += 1
       guard s == 0 else { return false }
@@ -269,14 +273,33 @@ public final class ModelRun {
     }
   }
 
-  /// The forward of shard `s`'s blocks from its input (the previous shard's output, or the batch),
-  /// with the tied values passed along. Returns the last block's output.
-  private func forward(shard s: Int, batch: Batch, kernels: Kernels) throws -> Tensor {
-    for tie in ties {
-      if tie.ownerShard == s { kernels.copy(tie.owner.value.data, tie.value.data, count: tie.value.count) }
-      if tie.replicaShard == s { kernels.copy(tie.value.data, tie.replica.value.data, count: tie.value.count) }
+  /// Whatever this step posted that no task will take any more (a model that stopped mid-step).
+  private func discardStep() {
+    for s in 0..<shards.count {
+      backend.discard(key(.activation, s, step))
+      backend.discard(key(.gradient, s, step))
     }
-    var act = s == 0 ? nil : activations[s - 1]
+    for t in ties.indices {
+      backend.discard(key(.tiedValue, t, step))
+      backend.discard(key(.tiedGradient, t, step))
+    }
+  }
+
+  /// The forward of shard `s`'s blocks from its input (the previous shard's posted output, or the
+  /// batch), with tied values passed along. Returns the last block's output. `training` false is a
+  /// recomputation: nothing is posted again.
+  private func forward(shard s: Int, batch: Batch, kernels: Kernels, device: Int, training: Bool) throws -> Tensor {
+    for (t, tie) in ties.enumerated() {
+      if tie.ownerShard == s && training {
+        try backend.post(try copy(tie.owner.value, kernels: kernels), key: key(.tiedValue, t, step), from: device)
+      }
+      if tie.replicaShard == s {
+        let v = try backend.fetch(key(.tiedValue, t, step), to: device)
+        kernels.copy(v.data, tie.replica.value.data, count: v.count)
+        if training { backend.discard(key(.tiedValue, t, step)) }
+      }
+    }
+    var act = s == 0 ? nil : try backend.fetch(key(.activation, s - 1, step), to: device)
     for b in shards[s] { act = try blocks[b].forward(BlockInput(activation: act, batch: batch), kernels: kernels) }
     return act!
   }
@@ -306,18 +329,26 @@ public final class ModelRun {
   public func evaluate(kernels: Kernels, device: Int = 0) throws -> Evaluation {
     var lossSum = 0.0, correct = 0, count = 0
     let k = shards.count
+    // One device runs the whole evaluation, shard after shard: the tied value is taken from the
+    // owner before its shard may leave the device.
+    var tied: [Tensor] = []
     for batch in data.validationBatches(batchSize: settings.batchSize, limit: settings.evalBatches) {
+      var input: Tensor? = nil
       for s in 0..<k {
         try promote(s, to: device)
-        let out = try forward(shard: s, batch: batch, kernels: kernels)
+        for (t, tie) in ties.enumerated() {
+          if tie.ownerShard == s && tied.count <= t { tied.append(try copy(tie.owner.value, kernels: kernels)) }
+          if tie.replicaShard == s { kernels.copy(tied[t].data, tie.replica.value.data, count: tied[t].count) }
+        }
+        var act = input
+        for b in shards[s] { act = try blocks[b].forward(BlockInput(activation: act, batch: batch), kernels: kernels) }
         if s < k - 1 {
-          activations[s] = try copy(out, kernels: kernels)
+          input = try copy(act!, kernels: kernels)
           if policy.releaseBuffers { release(shard: s) }
-          if s > 0 { activations[s - 1] = nil }
         }
       }
       let r = try (blocks.last as! LossBlock).loss(targets: batch.targets, kernels: kernels, keepGradient: false)
-      activations = activations.map { _ in nil }
+      input = nil
       if policy.releaseBuffers { release(shard: k - 1) }
       lossSum += r.loss * Double(r.count)
       correct += r.correct

@@ -13,6 +13,20 @@ public final class PluginRegistry: @unchecked Sendable {
   public private(set) var kernels: [String: KernelsFactory] = [:]
   public private(set) var partitioners: [String: @Sendable () -> Partitioner] = [:]
   public private(set) var schedulers: [String: SchedulerFactory] = [:]
+  public private(set) var backends: [String: @Sendable (_ devices: Int) throws -> Backend] = [:]
+
+  public func registerBackend(_ name: String, _ factory: @escaping @Sendable (_ devices: Int) throws -> Backend) {
+    backends[name] = factory
+  }
+
+  public var backendNames: [String] { backends.keys.sorted() }
+
+  public func makeBackend(_ name: String, devices: Int) throws -> Backend {
+    guard let factory = backends[name] else {
+      throw RuntimeError("backend \"\(name)\" is not registered; registered: \(backendNames.joined(separator: ", "))")
+    }
+    return try factory(devices)
+  }
 
   public init() {}
 

@@ -1,5 +1,6 @@
 import CBLAS
 import Foundation
+import HydraBackendSHM
 import HydraCore
 import HydraKernelsCPU
 import HydraRuntime
@@ -37,7 +38,7 @@ struct Bench {
     let run = try ModelRun(
       index: 0, id: "bench", spec: spec, seed: 1,
       settings: TrainSettings(steps: steps + 2, batchSize: batch, optimizer: optimizer),
-      data: data, shards: [0..<spec.blockCount], memory: kernels.memory)
+      data: data, shards: [0..<spec.blockCount], backend: SharedMemoryBackend(devices: 1), memory: kernels.memory)
     var times: [Double] = []
     while let task = run.nextTask {
       let start = DispatchTime.now().uptimeNanoseconds

@@ -1,4 +1,5 @@
 import Foundation
+import HydraBackendSHM
 import HydraCore
 import HydraKernelsCPU
 import HydraPartitioners
@@ -44,7 +45,7 @@ enum ShardBench {
       let run = try ModelRun(
         index: 0, id: "bench", spec: spec, seed: 1,
         settings: TrainSettings(steps: steps, batchSize: batch, optimizer: Optimizer(kind: .adamw, lr: 1e-4, totalSteps: steps)),
-        data: SyntheticData(spec: spec), shards: shards, store: store,
+        data: SyntheticData(spec: spec), shards: shards, backend: SharedMemoryBackend(devices: 1), store: store,
         policy: ActivationPolicy(checkpointing: checkpointing, releaseBuffers: budget != .max),
         footprints: shards.map { request.footprint($0) })
       var times: [Double] = []

@@ -1,4 +1,5 @@
 import HydraConfig
+import HydraBackendSHM
 import HydraCore
 import HydraKernelsCPU
 import HydraKernelsReference
@@ -16,13 +17,14 @@ enum Builtins {
     registry.registerPartitioner("balanced") { BalancedPartitioner() }
     registry.registerPartitioner("fixed") { FixedPartitioner() }
     registerBuiltinSchedulers(in: registry)
+    registry.registerBackend("shm") { devices in SharedMemoryBackend(devices: devices) }
     return registry
   }
 
   /// What `job.toml` may name.
   static func known(_ registry: PluginRegistry) -> KnownPlugins {
     KnownPlugins(
-      backends: ["shm"], kernels: registry.kernelsNames, partitioners: registry.partitionerNames,
+      backends: registry.backendNames, kernels: registry.kernelsNames, partitioners: registry.partitionerNames,
       schedulers: registry.schedulerNames, defaultPartitioner: "balanced", defaultScheduler: "lrtf")
   }
 }

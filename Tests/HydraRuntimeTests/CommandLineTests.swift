@@ -1,4 +1,5 @@
 import Foundation
+import HydraBackendSHM
 import HydraCore
 import HydraKernelsReference
 import HydraRuntime
@@ -114,7 +115,7 @@ final class CommandLineTests: XCTestCase {
     let run = try ModelRun(
       index: 0, id: "x", spec: spec, seed: 999,
       settings: TrainSettings(steps: 1, batchSize: 4, evalBatches: 2, optimizer: Optimizer(kind: .adamw, lr: 1, totalSteps: 1)),
-      data: dataset, shards: [0..<3], memory: kernels.memory)
+      data: dataset, shards: [0..<3], backend: SharedMemoryBackend(devices: 1), memory: kernels.memory)
     let fresh = try run.evaluate(kernels: kernels).loss
     try Checkpoint.load(into: run, from: dir + "/out/checkpoints/m000")
     let loaded = try run.evaluate(kernels: kernels).loss

@@ -1,4 +1,5 @@
 import Foundation
+import HydraBackendSHM
 import HydraCore
 import HydraKernelsReference
 import HydraRuntime
@@ -16,7 +17,7 @@ final class ModelTrainingTests: XCTestCase {
     return try ModelRun(
       index: 0, id: "m000", spec: spec, seed: 42,
       settings: TrainSettings(steps: steps, batchSize: batch, optimizer: opt),
-      data: data, shards: shards, memory: kernels.memory)
+      data: data, shards: shards, backend: SharedMemoryBackend(devices: 1), memory: kernels.memory)
   }
 
   func testGPTLossAtInitialisationIsNearLogVocab() throws {

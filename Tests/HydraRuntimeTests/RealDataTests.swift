@@ -1,4 +1,5 @@
 import Foundation
+import HydraBackendSHM
 import HydraConfig
 import HydraCore
 import HydraKernelsCPU
@@ -116,6 +117,7 @@ func testRegistry() -> PluginRegistry {
   r.registerPartitioner("balanced") { BalancedPartitioner() }
   r.registerPartitioner("fixed") { FixedPartitioner() }
   registerBuiltinSchedulers(in: r)
+  r.registerBackend("shm") { SharedMemoryBackend(devices: $0) }
   return r
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import HydraBackendSHM
 import HydraConfig
 import HydraCore
 import HydraRuntime
@@ -69,6 +70,8 @@ final class SchedulingTests: XCTestCase {
       for devices in [1, 2, 3] {
         let result = try runJob(job, overrides: ["scheduler.name=\"\(scheduler)\"", "cluster.devices=\(devices)"])
         XCTAssertEqual(try weights(result), expected, "\(scheduler) on \(devices) device(s)")
+        // Every boundary and tied tensor posted was taken and let go.
+        XCTAssertEqual((result.backend as! SharedMemoryBackend).outstanding, 0)
         try checkTrace(result.output + "/trace.json", runs: result.runs, devices: devices, label: "\(scheduler)/\(devices)")
       }
     }
@@ -120,6 +123,7 @@ final class SchedulingTests: XCTestCase {
     XCTAssertEqual(with.runs.count, 6)
     let diverged = with.runs.filter { $0.status.name == "diverged" }.map(\.id)
     XCTAssertEqual(diverged, ["m004", "m005"])
+    XCTAssertEqual((with.backend as! SharedMemoryBackend).outstanding, 0, "a diverged model leaves nothing posted")
     XCTAssertEqual(try weights(with), try weights(without))
     let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: with.output + "/summary.json"))) as! [String: Any]
     let statuses = (summary["models"] as! [[String: Any]]).map { $0["status"] as! String }
