@@ -2,6 +2,8 @@
 //
 //   mpirun -np 2 hydra-pingpong            raw MPI_Send/MPI_Recv ping-pong vs MPICommunicator's tensor path
 //   mpirun -np N hydra-pingpong selftest   point-to-point, collectives and tag checks on N >= 2 ranks
+//   mpirun -np N hydra-pingpong failtest   the last rank fails while the others wait on it: the job
+//                                          must end on every rank (MPI_Abort), not hang
 import CMPI
 import Foundation
 import HydraBackendMPI
@@ -16,8 +18,8 @@ func fail(_ message: String) -> Never {
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 let command = arguments.first ?? "bench"
-guard ["bench", "selftest"].contains(command) else {
-  fail("unknown command '\(command)'; usage: mpirun -np 2 hydra-pingpong [bench | selftest]")
+guard ["bench", "selftest", "failtest"].contains(command) else {
+  fail("unknown command '\(command)'; usage: mpirun -np 2 hydra-pingpong [bench | selftest | failtest]")
 }
 
 let comm: MPICommunicator
@@ -37,6 +39,13 @@ guard comm.size >= 2 else {
 do {
   switch command {
   case "selftest": try selfTest(comm)
+  case "failtest":
+    // The last rank fails; everyone else blocks on a message it will never send.
+    if comm.rank == comm.size - 1 {
+      throw SelfTestFailure(description: "deliberate failure (failtest)")
+    }
+    var byte: UInt8 = 0
+    try withUnsafeMutableBytes(of: &byte) { _ = try comm.receive(into: $0, from: comm.size - 1, tag: 1) }
   default: try pingPong(comm)
   }
 } catch {
