@@ -96,10 +96,10 @@ public struct MPIMessageStatus: Equatable, Sendable, CustomStringConvertible {
   public let tag: Int32
   public let count: Int
 
-  init(_ status: MPI_Status, call: String) throws {
+  init(_ status: MPI_Status, call: @autoclosure () -> String) throws {
     var count: Int32 = 0
     var status = status
-    try check(MPI_Get_count(&status, hydra_mpi_byte(), &count), "\(call): MPI_Get_count")
+    try check(MPI_Get_count(&status, hydra_mpi_byte(), &count), "\(call()): MPI_Get_count")
     self.source = Int(hydra_mpi_status_source(&status))
     self.tag = hydra_mpi_status_tag(&status)
     self.count = count == hydra_mpi_undefined() ? -1 : Int(count)
@@ -269,9 +269,9 @@ public final class MPICommunicator: @unchecked Sendable {
   ) throws -> MPIMessageStatus {
     let n = try Self.count(buffer.count, "MPI_Recv")
     var status = MPI_Status()
-    let call = "MPI_Recv(\(buffer.count) bytes from rank \(source), tag \(tag))"
-    try check(MPI_Recv(buffer.baseAddress, n, hydra_mpi_byte(), Int32(source), tag, handle, &status), call)
-    return try MPIMessageStatus(status, call: call)
+    func call() -> String { "MPI_Recv(\(buffer.count) bytes from rank \(source), tag \(tag))" }
+    try check(MPI_Recv(buffer.baseAddress, n, hydra_mpi_byte(), Int32(source), tag, handle, &status), call())
+    return try MPIMessageStatus(status, call: call())
   }
 
   // MARK: non-blocking point to point
@@ -283,9 +283,11 @@ public final class MPICommunicator: @unchecked Sendable {
   ) throws -> MPIRequest {
     let n = try Self.count(buffer.count, "MPI_Isend")
     var request: MPI_Request? = hydra_mpi_request_null()
-    let call = "MPI_Isend(\(buffer.count) bytes to rank \(destination), tag \(tag))"
-    try check(MPI_Isend(buffer.baseAddress, n, hydra_mpi_byte(), Int32(destination), tag, handle, &request), call)
-    return MPIRequest(request, kind: .send, call: call, expectedBytes: nil, keepAlive: keepAlive)
+    try check(
+      MPI_Isend(buffer.baseAddress, n, hydra_mpi_byte(), Int32(destination), tag, handle, &request),
+      "MPI_Isend(\(buffer.count) bytes to rank \(destination), tag \(tag))")
+    return MPIRequest(
+      request, kind: .send, peer: destination, tag: tag, bytes: buffer.count, expectedBytes: nil, keepAlive: keepAlive)
   }
 
   /// Posts a receive into `buffer`; the bytes must stay valid until the request completes. With
@@ -296,9 +298,11 @@ public final class MPICommunicator: @unchecked Sendable {
   ) throws -> MPIRequest {
     let n = try Self.count(buffer.count, "MPI_Irecv")
     var request: MPI_Request? = hydra_mpi_request_null()
-    let call = "MPI_Irecv(\(buffer.count) bytes from rank \(source), tag \(tag))"
-    try check(MPI_Irecv(buffer.baseAddress, n, hydra_mpi_byte(), Int32(source), tag, handle, &request), call)
-    return MPIRequest(request, kind: .receive, call: call, expectedBytes: exactly, keepAlive: keepAlive)
+    try check(
+      MPI_Irecv(buffer.baseAddress, n, hydra_mpi_byte(), Int32(source), tag, handle, &request),
+      "MPI_Irecv(\(buffer.count) bytes from rank \(source), tag \(tag))")
+    return MPIRequest(
+      request, kind: .receive, peer: source, tag: tag, bytes: buffer.count, expectedBytes: exactly, keepAlive: keepAlive)
   }
 
   /// Blocks until a message matching `source`/`tag` can be received, without receiving it.
@@ -306,9 +310,9 @@ public final class MPICommunicator: @unchecked Sendable {
     from source: Int = MPICommunicator.anySource, tag: Int32 = MPICommunicator.anyTag
   ) throws -> MPIMessageStatus {
     var status = MPI_Status()
-    let call = "MPI_Probe(rank \(source), tag \(tag))"
-    try check(MPI_Probe(Int32(source), tag, handle, &status), call)
-    return try MPIMessageStatus(status, call: call)
+    func call() -> String { "MPI_Probe(rank \(source), tag \(tag))" }
+    try check(MPI_Probe(Int32(source), tag, handle, &status), call())
+    return try MPIMessageStatus(status, call: call())
   }
 
   /// A matching message's status if one can be received now, else nil.
@@ -317,9 +321,9 @@ public final class MPICommunicator: @unchecked Sendable {
   ) throws -> MPIMessageStatus? {
     var status = MPI_Status()
     var flag: Int32 = 0
-    let call = "MPI_Iprobe(rank \(source), tag \(tag))"
-    try check(MPI_Iprobe(Int32(source), tag, handle, &flag, &status), call)
-    return flag != 0 ? try MPIMessageStatus(status, call: call) : nil
+    func call() -> String { "MPI_Iprobe(rank \(source), tag \(tag))" }
+    try check(MPI_Iprobe(Int32(source), tag, handle, &flag, &status), call())
+    return flag != 0 ? try MPIMessageStatus(status, call: call()) : nil
   }
 
   // MARK: collectives
@@ -406,18 +410,31 @@ public final class MPIRequest: @unchecked Sendable {
 
   private var handle: MPI_Request?
   private let kind: Kind
-  private let call: String
+  private let peer: Int
+  private let tag: Int32
+  private let bytes: Int
   private let expectedBytes: Int?
   private var keepAlive: AnyObject?
   /// The status once complete (for a send: source and tag are not meaningful).
   public private(set) var status: MPIMessageStatus?
 
-  init(_ handle: MPI_Request?, kind: Kind, call: String, expectedBytes: Int?, keepAlive: AnyObject?) {
+  init(
+    _ handle: MPI_Request?, kind: Kind, peer: Int, tag: Int32, bytes: Int, expectedBytes: Int?, keepAlive: AnyObject?
+  ) {
     self.handle = handle
     self.kind = kind
-    self.call = call
+    self.peer = peer
+    self.tag = tag
+    self.bytes = bytes
     self.expectedBytes = expectedBytes
     self.keepAlive = keepAlive
+  }
+
+  /// What this request is, for error messages (built only when one is thrown).
+  private var call: String {
+    kind == .send
+      ? "MPI_Isend(\(bytes) bytes to rank \(peer), tag \(tag))"
+      : "MPI_Irecv(\(bytes) bytes from rank \(peer), tag \(tag))"
   }
 
   public var isComplete: Bool { handle == hydra_mpi_request_null() }
