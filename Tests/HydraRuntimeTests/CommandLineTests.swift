@@ -7,25 +7,7 @@ import XCTest
 
 /// `hydra-mpi` as a user runs it: exit codes, messages, and what lands on disk.
 final class CommandLineTests: XCTestCase {
-  /// The tool built beside this test bundle.
-  var tool: String {
-    let bundle = URL(fileURLWithPath: CommandLine.arguments.first { $0.hasSuffix(".xctest") } ?? CommandLine.arguments[0])
-    return bundle.deletingLastPathComponent().appendingPathComponent("hydra-mpi").path
-  }
-
-  func hydra(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: tool)
-    p.arguments = args
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-  }
+  func hydra(_ args: [String]) throws -> (status: Int32, out: String, err: String) { try runTool(args) }
 
   func tinyGPTJob(_ dir: String, data: String, extra: String = "") -> String {
     """
