@@ -176,6 +176,21 @@ public final class JobRunner {
     let budget = cluster.deviceMemory ?? .max
     let partitioner = try registry.makePartitioner(config.partitioner.name)
     let specs = try modelSpecs()
+    // `profile_steps` is the runtime's option, not the plugin's.
+    var partitionerOptions = config.partitioner.options
+    var profileSteps = 0
+    if let v = partitionerOptions.removeValue(forKey: "profile_steps") {
+      guard case .int(let n) = v, n >= 0, n <= 1000 else {
+        throw InputError(
+          file: config.file, line: config.line(table: "partitioner", key: "profile_steps"),
+          "partitioner.profile_steps must be an integer in 0...1000 (timed repetitions per block; 0 = use FLOP counts)")
+      }
+      profileSteps = n
+    }
+    var profiles: [String: [Double]] = [:]
+    let profileKernels = profileSteps > 0
+      ? try registry.makeKernels(cluster.kernels, threads: cluster.threadsPerDevice, memory: DeviceMemory(label: "profile"))
+      : nil
     // Every model may be in the middle of a step on one device (a scheduler interleaves them):
     // what each keeps between its tasks counts against every device's budget.
     func between(_ spec: ModelSpec, batch: Int) -> (boundaries: Int, kept: Int) {
@@ -211,8 +226,15 @@ public final class JobRunner {
         batchSize: batch, stateCopies: member.train.optimizer == "sgd" ? 1 : 2,
         budget: budget == .max ? .max : max(0, budget - reserved), doubleBuffering: cluster.doubleBuffering,
         activationCheckpointing: false,
+        blockSeconds: try profileKernels.map { kernels in
+          let key = "\(spec) \(batch)"
+          if let p = profiles[key] { return p }
+          let p = try BlockProfile.measure(spec, batch: batch, repetitions: profileSteps, kernels: kernels)
+          profiles[key] = p
+          return p
+        },
         inputBytesPerSample: (0..<n).map { $0 == 0 ? 0 : spec.outputBytesPerSample($0 - 1) },
-        options: config.partitioner.options)
+        options: partitionerOptions)
       let shards: [Range<Int>]
       do {
         shards = try partitioner.partition(request)

@@ -37,8 +37,9 @@ enum Report {
       let r = plan.request
       for i in 0..<plan.spec.blockCount {
         let c = r.blocks[i]
+        let measured = r.blockSeconds.map { String(format: ", measured %.2f ms fwd+bwd", $0[i] * 1e3) } ?? ""
         lines.append(
-          "  block \(r.blockNames[i].padding(toLength: 10, withPad: " ", startingAt: 0)) state \(formatBytes(c.stateBytes(stateCopies: r.stateCopies))), activations \(formatBytes(c.activationBytesPerSample * r.batchSize)), \(String(format: "%.3f", Double(c.forwardFlopsPerSample * r.batchSize) / 1e9)) GFLOP forward")
+          "  block \(r.blockNames[i].padding(toLength: 10, withPad: " ", startingAt: 0)) state \(formatBytes(c.stateBytes(stateCopies: r.stateCopies))), activations \(formatBytes(c.activationBytesPerSample * r.batchSize)), \(String(format: "%.3f", Double(c.forwardFlopsPerSample * r.batchSize) / 1e9)) GFLOP forward\(measured)")
       }
       for (s, range) in plan.shards.enumerated() {
         let state = range.reduce(0) { $0 + r.blocks[$1].stateBytes(stateCopies: r.stateCopies) }

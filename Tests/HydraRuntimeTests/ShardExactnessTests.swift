@@ -119,6 +119,7 @@ final class ShardExactnessTests: XCTestCase {
     out.append(["partitioner.name=\"fixed\"", "partitioner.blocks_per_shard=1"])
     out.append(["partitioner.name=\"fixed\"", "partitioner.boundaries=[1, 3]", "cluster.host_memory=1"])
     out.append(["cluster.device_memory=\(half)", "cluster.double_buffering=false", "cluster.host_memory=1"])
+    out.append(["cluster.device_memory=\(budget)", "partitioner.profile_steps=2"])
     return out
   }
 
@@ -132,6 +133,26 @@ final class ShardExactnessTests: XCTestCase {
   func testMLPShardedSpilledAndRecomputedIsBitwiseIdentical() throws {
     let dir = try temporaryFolder()
     try check(try mlpJob(dir), variants: variants(budget: "80KiB", half: "44KiB"), minimumShards: 2)
+  }
+
+  /// `profile_steps` measures every block; balanced then partitions by those seconds.
+  func testAMeasuredProfileFeedsThePartitioner() throws {
+    let dir = try temporaryFolder()
+    let config = try JobConfig.load(
+      path: try gptJob(dir), known: testKnownPlugins(),
+      overrides: ["cluster.device_memory=600KiB", "partitioner.profile_steps=3"])
+    let plans = try JobRunner(config: config, registry: testRegistry()).plan()
+    let seconds = try XCTUnwrap(plans[0].request.blockSeconds)
+    XCTAssertEqual(seconds.count, 5)
+    XCTAssertTrue(seconds.allSatisfy { $0 > 0 && $0 < 1 }, "\(seconds)")
+    // A transformer block does far more work than the embedding lookup.
+    XCTAssertGreaterThan(seconds[1], seconds[0])
+    XCTAssertFalse(plans[0].request.options.keys.contains("profile_steps"), "the plugin must not see the runtime's option")
+    XCTAssertThrowsError(
+      try JobRunner(
+        config: try JobConfig.load(path: dir + "/job.toml", known: testKnownPlugins(), overrides: ["partitioner.profile_steps=-1"]),
+        registry: testRegistry()
+      ).plan())
   }
 
   func testABudgetTooSmallForABlockIsAnErrorNamingTheBlock() throws {
