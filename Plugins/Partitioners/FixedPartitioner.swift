@@ -23,14 +23,16 @@ public final class FixedPartitioner: Partitioner {
     case (nil, nil):
       throw PartitionError(
         key: "partitioner",
-        "partitioner \"fixed\" needs blocks_per_shard = N or boundaries = [b1, b2, ...] (the blocks where shards start)")
+        "partitioner \"fixed\" needs blocks_per_shard = N or boundaries = [b1, b2, ...] (the blocks where shards start)"
+      )
     case (.some(let value), nil):
       guard case .int(let per) = value else {
         throw PartitionError(
           key: "partitioner.blocks_per_shard", "partitioner.blocks_per_shard must be an integer, found \(value)")
       }
       guard per >= 1 else {
-        throw PartitionError(key: "partitioner.blocks_per_shard", "partitioner.blocks_per_shard must be >= 1, found \(per)")
+        throw PartitionError(
+          key: "partitioner.blocks_per_shard", "partitioner.blocks_per_shard must be >= 1, found \(per)")
       }
       starts = Array(stride(from: 0, to: n, by: per))
     case (nil, .some(let value)):

@@ -95,8 +95,10 @@ func tomlString(_ s: String) -> String {
 
 /// A TOML key: bare if it can be, otherwise quoted.
 func tomlKey(_ k: String) -> String {
-  let bare = !k.isEmpty && k.unicodeScalars.allSatisfy {
-    ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-"
-  }
+  let bare =
+    !k.isEmpty
+    && k.unicodeScalars.allSatisfy {
+      ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-"
+    }
   return bare ? k : tomlString(k)
 }

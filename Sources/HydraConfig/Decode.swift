@@ -3,9 +3,13 @@ import Foundation
 /// The keys each table accepts, in the order `resolvedTOML()` writes them.
 enum Keys {
   static let job = ["name", "output", "seed"]
-  static let cluster = ["backend", "devices", "device_memory", "host_memory", "kernels", "threads_per_device",
-    "double_buffering", "activation_checkpointing"]
-  static let data = ["format", "path", "validation_fraction", "label_column", "feature_scale", "header", "split", "split_seed"]
+  static let cluster = [
+    "backend", "devices", "device_memory", "host_memory", "kernels", "threads_per_device",
+    "double_buffering", "activation_checkpointing",
+  ]
+  static let data = [
+    "format", "path", "validation_fraction", "label_column", "feature_scale", "header", "split", "split_seed",
+  ]
   static let model = [
     "kind", "layers", "d_model", "heads", "context", "vocab", "hidden", "classes", "inputs", "init",
   ]
@@ -66,7 +70,8 @@ private func size(_ s: Section, _ key: String) throws -> Int? {
     case .failure(let why): throw s.error(key, "\(s.name).\(key): \(why.message)")
     }
   default:
-    throw s.error(key, "\(s.name).\(key): expected an integer (bytes) or a string like \"64MiB\", found \(f.value.kindName)")
+    throw s.error(
+      key, "\(s.name).\(key): expected an integer (bytes) or a string like \"64MiB\", found \(f.value.kindName)")
   }
 }
 
@@ -125,25 +130,32 @@ func decodeModel(_ s: Section, jobDir: String) throws -> ModelSection {
     kind: kind, layers: try s.int("layers", 4), dModel: try s.int("d_model", 128), heads: try s.int("heads", 4),
     context: try s.int("context", 64), vocab: try s.int("vocab", 256), hidden: try s.ints("hidden", []),
     classes: try s.optionalInt("classes"), inputs: try s.optionalInt("inputs"), initPath: nil)
-  for (key, v) in [("layers", m.layers), ("d_model", m.dModel), ("heads", m.heads), ("context", m.context),
-                   ("vocab", m.vocab)] {
+  for (key, v) in [
+    ("layers", m.layers), ("d_model", m.dModel), ("heads", m.heads), ("context", m.context),
+    ("vocab", m.vocab),
+  ] {
     try s.check(v >= 1, key, ">= 1")
   }
   guard m.dModel % m.heads == 0 else {
-    throw s.error(keys: ["d_model", "heads"],
-                  "model.d_model (\(m.dModel)) must be divisible by model.heads (\(m.heads))")
+    throw s.error(
+      keys: ["d_model", "heads"],
+      "model.d_model (\(m.dModel)) must be divisible by model.heads (\(m.heads))")
   }
   try s.check(m.hidden.allSatisfy { $0 >= 1 }, "hidden", "a list of sizes >= 1")
   if let inputs = m.inputs { try s.check(inputs >= 1, "inputs", ">= 1") }
   if kind == "mlp" {
-    guard let classes = m.classes else { throw s.error("kind", "model.classes is missing: required for kind = \"mlp\"") }
+    guard let classes = m.classes else {
+      throw s.error("kind", "model.classes is missing: required for kind = \"mlp\"")
+    }
     try s.check(classes >= 2, "classes", ">= 2")
   } else if let classes = m.classes {
     try s.check(classes >= 2, "classes", ">= 2")
   }
   if let p = try s.optionalString("init") {
     let path = resolvePath(p, relativeTo: jobDir)
-    guard FileManager.default.fileExists(atPath: path) else { throw s.error("init", "model.init: no such file: \(path)") }
+    guard FileManager.default.fileExists(atPath: path) else {
+      throw s.error("init", "model.init: no such file: \(path)")
+    }
     m.initPath = path
   }
   return m
@@ -169,8 +181,9 @@ func decodeTrain(_ s: Section) throws -> TrainSection {
   try s.check(t.eps > 0 && t.eps.isFinite, "eps", "> 0")
   try s.check(t.warmupSteps >= 0, "warmup_steps", ">= 0")
   guard t.warmupSteps <= t.steps else {
-    throw s.error(keys: ["warmup_steps", "steps"],
-                  "train.warmup_steps (\(t.warmupSteps)) must be <= train.steps (\(t.steps))")
+    throw s.error(
+      keys: ["warmup_steps", "steps"],
+      "train.warmup_steps (\(t.warmupSteps)) must be <= train.steps (\(t.steps))")
   }
   try s.check(t.evalEvery >= 0, "eval_every", ">= 0 (0 = only at the end)")
   try s.check(t.evalBatches >= 1, "eval_batches", ">= 1")

@@ -26,29 +26,43 @@ struct Document: Sendable {
     }
     guard case .table(let top) = root else { return }
     let topLine = { (k: String) in map.headerLine(table: k) ?? map.line(table: "", key: k) }
-    let unknown = top.keys.filter { !Keys.tables.contains($0) }.sorted { (topLine($0) ?? .max, $0) < (topLine($1) ?? .max, $1) }
+    let unknown = top.keys.filter { !Keys.tables.contains($0) }.sorted {
+      (topLine($0) ?? .max, $0) < (topLine($1) ?? .max, $1)
+    }
     if let k = unknown.first {
       let what: String
-      if case .table = top[k]! { what = "unknown table [\(k)]" } else { what = "unknown key \"\(k)\" outside any table" }
-      throw ConfigError(file: file, line: topLine(k), message: "\(what); valid tables: \(Keys.tables.joined(separator: ", "))")
+      if case .table = top[k]! {
+        what = "unknown table [\(k)]"
+      } else {
+        what = "unknown key \"\(k)\" outside any table"
+      }
+      throw ConfigError(
+        file: file, line: topLine(k), message: "\(what); valid tables: \(Keys.tables.joined(separator: ", "))")
     }
     for (name, value) in top {
       if name == "models" {
         guard case .array(let entries) = value else {
-          throw ConfigError(file: file, line: topLine(name), message: "models must be an array of tables ([[models]]), found \(value.kindName)")
+          throw ConfigError(
+            file: file, line: topLine(name),
+            message: "models must be an array of tables ([[models]]), found \(value.kindName)")
         }
         for (i, entry) in entries.enumerated() {
           guard case .table(let t) = entry else {
-            throw ConfigError(file: file, line: topLine(name), message: "models must be an array of tables ([[models]]), found an element that is \(entry.kindName)")
+            throw ConfigError(
+              file: file, line: topLine(name),
+              message: "models must be an array of tables ([[models]]), found an element that is \(entry.kindName)")
           }
           var fields: [String: Field] = [:]
-          for (k, v) in Raw.flatten(t) { fields[k] = Field(value: v, line: map.line(table: "models", index: i, key: k)) }
+          for (k, v) in Raw.flatten(t) {
+            fields[k] = Field(value: v, line: map.line(table: "models", index: i, key: k))
+          }
           models.append(fields)
         }
         continue
       }
       guard case .table(let t) = value else {
-        throw ConfigError(file: file, line: topLine(name), message: "\(name) must be a table ([\(name)]), found \(value.kindName)")
+        throw ConfigError(
+          file: file, line: topLine(name), message: "\(name) must be a table ([\(name)]), found \(value.kindName)")
       }
       let pairs = name == "sweep" ? Raw.flatten(t) : t.map { ($0.key, $0.value) }
       var fields: [String: Field] = [:]
@@ -71,7 +85,8 @@ struct Document: Sendable {
     let table = String(path[..<dot]), key = String(path[path.index(after: dot)...])
     guard !table.isEmpty, !key.isEmpty else { throw fail("expected table.key=value") }
     guard Keys.tables.contains(table), table != "models" else {
-      throw fail("unknown table [\(table)]; --set tables: \(Keys.tables.filter { $0 != "models" }.joined(separator: ", "))")
+      throw fail(
+        "unknown table [\(table)]; --set tables: \(Keys.tables.filter { $0 != "models" }.joined(separator: ", "))")
     }
     let valid: [String]? = [
       "job": Keys.job, "cluster": Keys.cluster, "data": Keys.data, "model": Keys.model, "train": Keys.train,
@@ -96,14 +111,19 @@ struct Document: Sendable {
     return try keys.map { key in
       let f = s.fields[key]!
       guard Keys.memberKeys.contains(key) else {
-        throw s.error(key, "sweep key \"\(key)\" is unknown; a sweep varies model.<key> or train.<key>: \(Keys.memberKeys.joined(separator: ", "))")
+        throw s.error(
+          key,
+          "sweep key \"\(key)\" is unknown; a sweep varies model.<key> or train.<key>: \(Keys.memberKeys.joined(separator: ", "))"
+        )
       }
       guard case .array(let list) = f.value else {
         throw s.error(key, "sweep key \"\(key)\" must be a list of values, found \(f.value.kindName)")
       }
       guard !list.isEmpty else { throw s.error(key, "sweep key \"\(key)\" is an empty list; give at least one value") }
       let values = try list.map { v -> ConfigValue in
-        guard let c = v.configValue else { throw s.error(key, "sweep key \"\(key)\": values must be plain values, found \(v.kindName)") }
+        guard let c = v.configValue else {
+          throw s.error(key, "sweep key \"\(key)\": values must be plain values, found \(v.kindName)")
+        }
         return resolved(key, c, jobDir)
       }
       return (SweepAxis(key: key, values: values), f.line)
@@ -119,7 +139,10 @@ struct Document: Sendable {
       for key in keys {
         let f = fields[key]!
         guard Keys.memberKeys.contains(key) else {
-          throw s.error(key, "unknown key \"\(key)\" in [[models]] entry \(i + 1); valid keys: \(Keys.memberKeys.joined(separator: ", "))")
+          throw s.error(
+            key,
+            "unknown key \"\(key)\" in [[models]] entry \(i + 1); valid keys: \(Keys.memberKeys.joined(separator: ", "))"
+          )
         }
         guard let c = f.value.configValue else {
           throw s.error(key, "[[models]] entry \(i + 1): \(key) must be a plain value, found \(f.value.kindName)")

@@ -55,7 +55,9 @@ public struct JobConfig: Sendable, Equatable {
   public static func load(path: String, known: KnownPlugins, overrides: [String] = []) throws -> JobConfig {
     let file = resolvePath(path, relativeTo: FileManager.default.currentDirectoryPath)
     guard let data = FileManager.default.contents(atPath: file), let source = String(data: data, encoding: .utf8)
-    else { throw ConfigError(file: file, line: nil, message: "cannot read the job file (missing, unreadable or not UTF-8)") }
+    else {
+      throw ConfigError(file: file, line: nil, message: "cannot read the job file (missing, unreadable or not UTF-8)")
+    }
     return try decode(source: source, file: file, known: known, overrides: overrides)
   }
 
@@ -69,8 +71,10 @@ public struct JobConfig: Sendable, Equatable {
     let modelSection = doc.section("model"), trainSection = doc.section("train")
     let model = try decodeModel(modelSection, jobDir: dir)
     let train = try decodeTrain(trainSection)
-    let partitioner = try decodePlugin(doc.section("partitioner"), default: known.defaultPartitioner, registered: known.partitioners)
-    let scheduler = try decodePlugin(doc.section("scheduler"), default: known.defaultScheduler, registered: known.schedulers)
+    let partitioner = try decodePlugin(
+      doc.section("partitioner"), default: known.defaultPartitioner, registered: known.partitioners)
+    let scheduler = try decodePlugin(
+      doc.section("scheduler"), default: known.defaultScheduler, registered: known.schedulers)
     let plugins = try decodePlugins(doc.section("plugins"), jobDir: dir)
     let sweep = try doc.sweepAxes(jobDir: dir)
     let entries = try doc.modelEntries(jobDir: dir)
@@ -128,7 +132,9 @@ public struct JobConfig: Sendable, Equatable {
   public static func pluginLibraries(path: String, overrides: [String] = []) throws -> [String] {
     let file = resolvePath(path, relativeTo: FileManager.default.currentDirectoryPath)
     guard let data = FileManager.default.contents(atPath: file), let source = String(data: data, encoding: .utf8)
-    else { throw ConfigError(file: file, line: nil, message: "cannot read the job file (missing, unreadable or not UTF-8)") }
+    else {
+      throw ConfigError(file: file, line: nil, message: "cannot read the job file (missing, unreadable or not UTF-8)")
+    }
     var doc = try Document(source: source, file: file)
     for o in overrides { try doc.apply(override: o) }
     return try decodePlugins(doc.section("plugins"), jobDir: (file as NSString).deletingLastPathComponent).load

@@ -11,33 +11,47 @@ extension JobConfig {
     func int(_ v: Int?) -> ConfigValue? { v.map { .int($0) } }
     func str(_ v: String?) -> ConfigValue? { v.map { .string($0) } }
 
-    table("job", [("name", str(job.name)), ("output", str(job.output)), ("seed", .int(Int(truncatingIfNeeded: job.seed)))])
-    table("cluster", [
-      ("backend", str(cluster.backend)), ("devices", int(cluster.devices)),
-      ("device_memory", int(cluster.deviceMemory)), ("host_memory", int(cluster.hostMemory)),
-      ("kernels", str(cluster.kernels)), ("threads_per_device", int(cluster.threadsPerDevice)),
-      ("double_buffering", .bool(cluster.doubleBuffering)),
-      ("activation_checkpointing", cluster.activationCheckpointing == "auto" ? str("auto") : .bool(cluster.activationCheckpointing == "true")),
-    ])
-    table("data", [
-      ("format", str(data.format)), ("path", str(data.path)), ("validation_fraction", .double(data.validationFraction)),
-      ("label_column", int(data.labelColumn)), ("feature_scale", .double(data.featureScale)), ("header", .bool(data.header)),
-      ("split", str(data.split)), ("split_seed", int(data.splitSeed)),
-    ])
-    table("model", [
-      ("kind", str(model.kind)), ("layers", int(model.layers)), ("d_model", int(model.dModel)),
-      ("heads", int(model.heads)), ("context", int(model.context)), ("vocab", int(model.vocab)),
-      ("hidden", .array(model.hidden.map { .int($0) })), ("classes", int(model.classes)),
-      ("inputs", int(model.inputs)), ("init", str(model.initPath)),
-    ])
-    table("train", [
-      ("steps", int(train.steps)), ("batch_size", int(train.batchSize)), ("optimizer", str(train.optimizer)),
-      ("lr", .double(train.lr)), ("weight_decay", .double(train.weightDecay)), ("momentum", .double(train.momentum)),
-      ("betas", .array(train.betas.map { .double($0) })), ("eps", .double(train.eps)),
-      ("schedule", str(train.schedule)), ("warmup_steps", int(train.warmupSteps)), ("shuffle", .bool(train.shuffle)),
-      ("eval_every", int(train.evalEvery)), ("eval_batches", int(train.evalBatches)),
-      ("checkpoint_every", int(train.checkpointEvery)),
-    ])
+    table(
+      "job", [("name", str(job.name)), ("output", str(job.output)), ("seed", .int(Int(truncatingIfNeeded: job.seed)))])
+    table(
+      "cluster",
+      [
+        ("backend", str(cluster.backend)), ("devices", int(cluster.devices)),
+        ("device_memory", int(cluster.deviceMemory)), ("host_memory", int(cluster.hostMemory)),
+        ("kernels", str(cluster.kernels)), ("threads_per_device", int(cluster.threadsPerDevice)),
+        ("double_buffering", .bool(cluster.doubleBuffering)),
+        (
+          "activation_checkpointing",
+          cluster.activationCheckpointing == "auto" ? str("auto") : .bool(cluster.activationCheckpointing == "true")
+        ),
+      ])
+    table(
+      "data",
+      [
+        ("format", str(data.format)), ("path", str(data.path)),
+        ("validation_fraction", .double(data.validationFraction)),
+        ("label_column", int(data.labelColumn)), ("feature_scale", .double(data.featureScale)),
+        ("header", .bool(data.header)),
+        ("split", str(data.split)), ("split_seed", int(data.splitSeed)),
+      ])
+    table(
+      "model",
+      [
+        ("kind", str(model.kind)), ("layers", int(model.layers)), ("d_model", int(model.dModel)),
+        ("heads", int(model.heads)), ("context", int(model.context)), ("vocab", int(model.vocab)),
+        ("hidden", .array(model.hidden.map { .int($0) })), ("classes", int(model.classes)),
+        ("inputs", int(model.inputs)), ("init", str(model.initPath)),
+      ])
+    table(
+      "train",
+      [
+        ("steps", int(train.steps)), ("batch_size", int(train.batchSize)), ("optimizer", str(train.optimizer)),
+        ("lr", .double(train.lr)), ("weight_decay", .double(train.weightDecay)), ("momentum", .double(train.momentum)),
+        ("betas", .array(train.betas.map { .double($0) })), ("eps", .double(train.eps)),
+        ("schedule", str(train.schedule)), ("warmup_steps", int(train.warmupSteps)), ("shuffle", .bool(train.shuffle)),
+        ("eval_every", int(train.evalEvery)), ("eval_batches", int(train.evalBatches)),
+        ("checkpoint_every", int(train.checkpointEvery)),
+      ])
     if !sweep.isEmpty {
       table("sweep", sweep.map { ($0.key, .array($0.values)) })
     }

@@ -177,7 +177,8 @@ struct Section: Sendable {
     var out: [T] = []
     for x in a {
       guard let e = element(x) else {
-        throw error(key, "\(name).\(key): expected an array of \(what), found an element that is \(x.kindName) (\(x.shown))")
+        throw error(
+          key, "\(name).\(key): expected an array of \(what), found an element that is \(x.kindName) (\(x.shown))")
       }
       out.append(e)
     }
@@ -185,7 +186,9 @@ struct Section: Sendable {
   }
 
   func ints(_ key: String, _ d: [Int]) throws -> [Int] {
-    try list(key, d, "integers") { if case .int(let i) = $0 { return i }; return nil }
+    try list(key, d, "integers") {
+      if case .int(let i) = $0 { return i }; return nil
+    }
   }
 
   func doubles(_ key: String, _ d: [Double]) throws -> [Double] {
@@ -199,7 +202,9 @@ struct Section: Sendable {
   }
 
   func strings(_ key: String, _ d: [String]) throws -> [String] {
-    try list(key, d, "strings") { if case .string(let s) = $0 { return s }; return nil }
+    try list(key, d, "strings") {
+      if case .string(let s) = $0 { return s }; return nil
+    }
   }
 
   /// Throws "`table.key` must be <rule> (got <value>)" unless `ok`.

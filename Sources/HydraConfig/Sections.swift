@@ -59,11 +59,11 @@ public struct ModelSection: Sendable, Equatable {
   /// `"gpt"` or `"mlp"`. Required.
   public var kind: String
   // gpt
-  public var layers: Int       // default 4
-  public var dModel: Int       // key d_model, default 128; a multiple of heads
-  public var heads: Int        // default 4
-  public var context: Int      // default 64
-  public var vocab: Int        // default 256
+  public var layers: Int  // default 4
+  public var dModel: Int  // key d_model, default 128; a multiple of heads
+  public var heads: Int  // default 4
+  public var context: Int  // default 64
+  public var vocab: Int  // default 256
   // mlp
   /// Hidden layer widths, each > 0; default `[]`.
   public var hidden: [Int]
@@ -86,20 +86,20 @@ public struct ModelSection: Sendable, Equatable {
 
 /// `[train]`: the optimisation, shared by every member unless a sweep or `[[models]]` overrides it.
 public struct TrainSection: Sendable, Equatable {
-  public var steps: Int              // required, >= 1
-  public var batchSize: Int          // batch_size, default 16, >= 1
-  public var optimizer: String       // "adamw" (default) | "sgd"
-  public var lr: Double              // default 1e-3, > 0
-  public var weightDecay: Double     // weight_decay, default 0, >= 0
-  public var momentum: Double        // sgd; default 0.9, in [0, 1)
-  public var betas: [Double]         // adamw; default [0.9, 0.999], two values each in [0, 1)
-  public var eps: Double             // adamw; default 1e-8, > 0
-  public var schedule: String        // "cosine" (default) | "constant"
-  public var warmupSteps: Int        // warmup_steps, default 0, in 0...steps
-  public var shuffle: Bool           // default true
-  public var evalEvery: Int          // eval_every, default 100, >= 0; 0 = only at the end
-  public var evalBatches: Int        // eval_batches, default 20, >= 1
-  public var checkpointEvery: Int    // checkpoint_every, default 0, >= 0; 0 = only at the end
+  public var steps: Int  // required, >= 1
+  public var batchSize: Int  // batch_size, default 16, >= 1
+  public var optimizer: String  // "adamw" (default) | "sgd"
+  public var lr: Double  // default 1e-3, > 0
+  public var weightDecay: Double  // weight_decay, default 0, >= 0
+  public var momentum: Double  // sgd; default 0.9, in [0, 1)
+  public var betas: [Double]  // adamw; default [0.9, 0.999], two values each in [0, 1)
+  public var eps: Double  // adamw; default 1e-8, > 0
+  public var schedule: String  // "cosine" (default) | "constant"
+  public var warmupSteps: Int  // warmup_steps, default 0, in 0...steps
+  public var shuffle: Bool  // default true
+  public var evalEvery: Int  // eval_every, default 100, >= 0; 0 = only at the end
+  public var evalBatches: Int  // eval_batches, default 20, >= 1
+  public var checkpointEvery: Int  // checkpoint_every, default 0, >= 0; 0 = only at the end
 
   /// The `[train]` defaults, for training without a job file (tests, benchmarks).
   public init(

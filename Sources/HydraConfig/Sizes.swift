@@ -12,7 +12,8 @@ func parseSize(_ s: String) -> Result<Int, SizeError> {
     ("B", 1), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40),
     ("kB", 1000), ("KB", 1000), ("MB", 1_000_000), ("GB", 1_000_000_000), ("TB", 1_000_000_000_000),
   ]
-  let accepted = "an integer number of bytes, or a string like \"512MiB\" or \"1.5 GB\" "
+  let accepted =
+    "an integer number of bytes, or a string like \"512MiB\" or \"1.5 GB\" "
     + "(units KiB, MiB, GiB, TiB = 1024^n; kB, KB, MB, GB, TB = 1000^n; B)"
   let text = s.trimmedOf(" \t")
   if text.hasPrefix("-") { return .fail("must be positive, not \(tomlString(s))") }

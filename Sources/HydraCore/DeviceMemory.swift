@@ -48,6 +48,12 @@ public struct DeviceMemoryError: Error, CustomStringConvertible {
   public let requested: Int
   public let used: Int
   public let budget: Int
+  public init(label: String, requested: Int, used: Int, budget: Int) {
+    self.label = label
+    self.requested = requested
+    self.used = used
+    self.budget = budget
+  }
   public var description: String {
     "\(label): allocating \(formatBytes(requested)) would exceed the device budget of "
       + "\(formatBytes(budget)) (\(formatBytes(used)) in use)"

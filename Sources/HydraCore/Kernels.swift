@@ -107,7 +107,8 @@ public protocol Kernels: AnyObject {
   /// (softmax(logits) - onehot(target)) * gradScale.
   func softmaxCrossEntropy(
     logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int, classes: Int,
-    dlogits: UnsafeMutablePointer<Float>?, gradScale: Float) -> (loss: Double, correct: Int)
+    dlogits: UnsafeMutablePointer<Float>?, gradScale: Float
+  ) -> (loss: Double, correct: Int)
 
   // MARK: Elementwise and reductions
 

@@ -53,4 +53,3 @@ public func derivedSeed(_ base: UInt64, _ parts: UInt64...) -> UInt64 {
   }
   return s
 }
-

@@ -103,15 +103,21 @@ public final class Tensor: @unchecked Sendable {
     memory = newMemory
   }
 
-  private static func io(_ fd: Int32, _ base: UnsafeMutableRawPointer, _ count: Int, _ offset: Int, reading: Bool) throws {
+  private static func io(_ fd: Int32, _ base: UnsafeMutableRawPointer, _ count: Int, _ offset: Int, reading: Bool)
+    throws
+  {
     var done = 0
     while done < count {
-      let n = reading
+      let n =
+        reading
         ? pread(fd, base + done, count - done, off_t(offset + done))
         : pwrite(fd, base + done, count - done, off_t(offset + done))
       if n < 0 && errno == EINTR { continue }
       guard n > 0 else {
-        throw TensorIOError(message: "\(reading ? "reading" : "writing") \(count) bytes at offset \(offset): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))")
+        throw TensorIOError(
+          message:
+            "\(reading ? "reading" : "writing") \(count) bytes at offset \(offset): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))"
+        )
       }
       done += n
     }

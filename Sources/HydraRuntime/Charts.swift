@@ -103,13 +103,18 @@ public enum Charts {
         } else if e.end - e.start < pixel / 2 && b.end - b.start < pixel {
           b.others += 1
         } else {
-          out.append(Box(model: e.model, eval: eval, name: e.name, start: e.start, end: e.end, firstStep: e.step, lastStep: e.step))
+          out.append(
+            Box(
+              model: e.model, eval: eval, name: e.name, start: e.start, end: e.end, firstStep: e.step, lastStep: e.step)
+          )
           continue
         }
         b.end = max(b.end, e.end)
         out[out.count - 1] = b
       } else {
-        out.append(Box(model: e.model, eval: eval, name: e.name, start: e.start, end: e.end, firstStep: e.step, lastStep: e.step))
+        out.append(
+          Box(model: e.model, eval: eval, name: e.name, start: e.start, end: e.end, firstStep: e.step, lastStep: e.step)
+        )
       }
     }
     return out
@@ -134,7 +139,8 @@ public enum Charts {
     let bottom = top + plotHeight
     let (legend, legendHeight) = legendBlock(models, colour: colour, top: bottom + 48, eval: false)
     var s = header(height: bottom + 56 + legendHeight, title: title)
-    s += "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(plotWidth))\" height=\"\(f(plotHeight))\" fill=\"#fafafa\"/>\n"
+    s +=
+      "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(plotWidth))\" height=\"\(f(plotHeight))\" fill=\"#fafafa\"/>\n"
     s += xAxis(xAxisTicks, scale: sx, top: top, bottom: bottom, label: "step")
     s += "<g class=\"y-axis\" font-size=\"11\">"
     for v in yAxisTicks.values {
@@ -147,7 +153,9 @@ public enum Charts {
     s += " font-size=\"12\">\(escape(yLabel))</text></g>\n<g class=\"series\" fill=\"none\" stroke-width=\"1.5\">\n"
     for m in clean where !m.points.isEmpty {
       let c = palette[colour[m.model]!]
-      let pts = m.points.map { (x: left + (Double($0.step) - xAxisTicks.lo) * sx, y: bottom - ($0.loss - yAxisTicks.lo) * sy, p: $0) }
+      let pts = m.points.map {
+        (x: left + (Double($0.step) - xAxisTicks.lo) * sx, y: bottom - ($0.loss - yAxisTicks.lo) * sy, p: $0)
+      }
       s += "<g><title>\(escape(m.model))</title><polyline stroke=\"\(c)\" points=\""
       s += pts.map { "\(f($0.x)),\(f($0.y))" }.joined(separator: " ") + "\"/>"
       if pts.count <= 200 {
@@ -215,8 +223,10 @@ public enum Charts {
       s += "<line x1=\"\(f(x))\" y1=\"\(f(top))\" x2=\"\(f(x))\" y2=\"\(f(bottom + 4))\" stroke=\"#ccc\"/>"
       s += "<text x=\"\(f(x))\" y=\"\(f(bottom + 17))\" text-anchor=\"middle\">\(t.label(v))</text>"
     }
-    s += "<line x1=\"\(f(left))\" y1=\"\(f(bottom))\" x2=\"\(f(left + plotWidth))\" y2=\"\(f(bottom))\" stroke=\"#333\"/>"
-    return s + "<text x=\"\(f(left + plotWidth / 2))\" y=\"\(f(bottom + 34))\" text-anchor=\"middle\">\(label)</text></g>\n"
+    s +=
+      "<line x1=\"\(f(left))\" y1=\"\(f(bottom))\" x2=\"\(f(left + plotWidth))\" y2=\"\(f(bottom))\" stroke=\"#333\"/>"
+    return s
+      + "<text x=\"\(f(left + plotWidth / 2))\" y=\"\(f(bottom + 34))\" text-anchor=\"middle\">\(label)</text></g>\n"
   }
 
   /// Swatch and name of each model in a grid under the plot (long lists end with "+ N more").
@@ -249,7 +259,11 @@ public enum Charts {
       case "'": out += "&apos;"
       default:
         // XML 1.0 forbids most control characters; keep tab and newline.
-        if ch.value < 0x20 && ch != "\t" && ch != "\n" && ch != "\r" { out += " " } else { out.unicodeScalars.append(ch) }
+        if ch.value < 0x20 && ch != "\t" && ch != "\n" && ch != "\r" {
+          out += " "
+        } else {
+          out.unicodeScalars.append(ch)
+        }
       }
     }
     return out

@@ -101,7 +101,9 @@ public enum Checkpoint {
   }
 
   /// The stored name for `p` and whether its rows must be cut (a longer position table).
-  private static func entry(for p: Parameter, spec: ModelSpec, in st: SafeTensorsFile, file: String) throws -> (String, Bool) {
+  private static func entry(for p: Parameter, spec: ModelSpec, in st: SafeTensorsFile, file: String) throws -> (
+    String, Bool
+  ) {
     let candidates = [storedName(p, spec: spec), p.name]
     guard let name = candidates.first(where: { st.entries[$0] != nil }) else {
       throw InputError(file: file, "tensor \"\(candidates[0])\" is missing (the model needs shape \(p.shape))")

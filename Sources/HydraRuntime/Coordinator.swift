@@ -67,7 +67,8 @@ public final class Coordinator: @unchecked Sendable {
   /// Runs each device's tasks (its thread, or its rank).
   public let backend: Backend
 
-  public init(runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend, doubleBuffering: Bool = true) {
+  public init(runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend, doubleBuffering: Bool = true)
+  {
     precondition(backend.deviceCount == devices.count)
     self.backend = backend
     precondition(!devices.isEmpty)
@@ -76,7 +77,9 @@ public final class Coordinator: @unchecked Sendable {
     self.scheduler = scheduler
     self.doubleBuffering = doubleBuffering
     busy = Array(repeating: false, count: devices.count)
-    progress = runs.map { Progress(id: $0.id, step: 0, steps: $0.settings.steps, loss: nil, validationLoss: nil, status: "pending") }
+    progress = runs.map {
+      Progress(id: $0.id, step: 0, steps: $0.settings.steps, loss: nil, validationLoss: nil, status: "pending")
+    }
     busySeconds = Array(repeating: 0, count: devices.count)
     current = Array(repeating: nil, count: devices.count)
     running = Array(repeating: false, count: runs.count)
@@ -149,10 +152,11 @@ public final class Coordinator: @unchecked Sendable {
         ReadyTask(
           task: task, estimatedSeconds: estimate,
           remainingSeconds: Double(run.settings.steps - run.step) * perStep - done,
-          state: run.shardStates.isEmpty ? .host : run.shardStates[task.shard].residency,
+          state: run.residency(of: task.shard),
           lastDevice: lastDevice[m], readySince: readySince[m], shardCount: k))
     }
-    let finished = Set(runs.indices.filter { runs[$0].nextTask == nil && !running[$0] })
+    // A running model is its device thread's alone: only models at rest are looked at.
+    let finished = Set(runs.indices.filter { !running[$0] && runs[$0].nextTask == nil })
     var view = SchedulerView(
       now: elapsed(), ready: ready, freeDevices: busy.indices.filter { !busy[$0] },
       deviceCount: devices.count, modelCount: runs.count)
@@ -184,7 +188,11 @@ public final class Coordinator: @unchecked Sendable {
             name: "s\(a.task.shard) \(a.task.direction == .forward ? "fwd" : "bwd")", step: a.task.step,
             start: start, end: end))
         let m = a.task.model, s = a.task.shard
-        if a.task.direction == .forward { forwardSeconds[m][s] = end - start } else { backwardSeconds[m][s] = end - start }
+        if a.task.direction == .forward {
+          forwardSeconds[m][s] = end - start
+        } else {
+          backwardSeconds[m][s] = end - start
+        }
         busySeconds[a.device] += end - start
         condition.unlock()
         if completed || run.status.name == "diverged" { try afterStep(run, device) }
@@ -224,7 +232,8 @@ public final class Coordinator: @unchecked Sendable {
   /// Records an evaluation box on the trace.
   public func recordEvaluation(of run: ModelRun, on device: Device, start: Double) {
     condition.lock()
-    _trace.append(TraceEvent(device: device.index, model: run.id, name: "eval", step: run.step, start: start, end: elapsed()))
+    _trace.append(
+      TraceEvent(device: device.index, model: run.id, name: "eval", step: run.step, start: start, end: elapsed()))
     condition.unlock()
   }
 }

@@ -86,16 +86,24 @@ public final class HostStore: @unchecked Sendable {
   /// Makes `state` resident on device `index` with `footprint` bytes free for it in all (its state
   /// and what its task allocates), spilling least recently used shards of that device to the
   /// store (and the store's to disk) to make room. `pinned` shards are never spilled.
-  public func promote(_ state: ShardState, to index: Int, footprint: Int = 0, pinned: [ShardState] = []) throws {
+  /// `alsoFree` bytes more are kept free beside it (a prefetch keeps room for the activations the
+  /// running task has yet to allocate). Throws, moving nothing, when the device cannot make room.
+  public func promote(
+    _ state: ShardState, to index: Int, footprint: Int = 0, pinned: [ShardState] = [], alsoFree: Int = 0
+  ) throws {
     lock.lock()
     defer { lock.unlock() }
     clock += 1
     state.lastUse = clock
     let device = deviceMemories[index]!
     let resident = state.residency == .device(index)
-    let need = max(footprint, state.bytes) - (resident ? state.bytes : 0)
+    let need = max(footprint, state.bytes) - (resident ? state.bytes : 0) + alsoFree
     try makeRoom(on: index, device, bytes: need, pinned: pinned + [state])
     if resident { return }
+    // All or nothing: a shard is never left half on the device.
+    if device.budget - device.used < state.bytes + alsoFree {
+      throw DeviceMemoryError(label: device.label, requested: state.bytes, used: device.used, budget: device.budget)
+    }
     switch state.residency {
     case .device, .host:
       for t in state.persistent + state.transient { try t.move(to: device) }
@@ -109,10 +117,17 @@ public final class HostStore: @unchecked Sendable {
   /// shards it displaces are spilled, and its bytes read from disk if need be, while the `pinned`
   /// (running) shard computes, so that the later `promote` finds it resident. Best effort: when
   /// there is no room yet, the later `promote` does the work.
-  public func prefetch(_ state: ShardState, to index: Int, footprint: Int, pinned: [ShardState]) {
+  public func prefetch(_ state: ShardState, to index: Int, footprint: Int, pinned: [ShardState], alsoFree: Int) {
     prefetchQueue.async { [self] in
-      try? promote(state, to: index, footprint: footprint, pinned: pinned)
+      try? promote(state, to: index, footprint: footprint, pinned: pinned, alsoFree: alsoFree)
     }
+  }
+
+  /// Where `state` is, read under the store's lock (a prefetch may be moving it).
+  public func residency(of state: ShardState) -> Residency {
+    lock.lock()
+    defer { lock.unlock() }
+    return state.residency
   }
 
   /// Waits for every prefetch started so far.
@@ -161,7 +176,9 @@ public final class HostStore: @unchecked Sendable {
   private func evict(_ state: ShardState) throws {
     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     let fd = open(path(state), O_RDWR | O_CREAT, 0o644)
-    guard fd >= 0 else { throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))") }
+    guard fd >= 0 else {
+      throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))")
+    }
     defer { close(fd) }
     var offset = 0
     for t in state.persistent {
@@ -176,7 +193,9 @@ public final class HostStore: @unchecked Sendable {
 
   private func restore(_ state: ShardState, into target: DeviceMemory) throws {
     let fd = open(path(state), O_RDONLY)
-    guard fd >= 0 else { throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))") }
+    guard fd >= 0 else {
+      throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))")
+    }
     defer { close(fd) }
     var offset = 0
     for t in state.persistent {

@@ -75,12 +75,14 @@ public final class JobRunner {
         output.record(model: run.id, step: run.step, split: "train", loss: loss, accuracy: nil, lr: rate, seconds: now)
       }
       if let e {
-        output.record(model: run.id, step: e.step, split: "val", loss: e.loss, accuracy: e.accuracy, lr: rate, seconds: now)
+        output.record(
+          model: run.id, step: e.step, split: "val", loss: e.loss, accuracy: e.accuracy, lr: rate, seconds: now)
       }
       if case .diverged(let step) = run.status {
         log("\(run.id) diverged at step \(step): loss \(run.trainLosses.last ?? .nan)")
       } else if !live && (e != nil || run.step % logEvery == 0) {
-        var line = "\(run.id) step \(run.step)/\(run.settings.steps) loss \(String(format: "%.4f", run.trainLosses.last ?? .nan))"
+        var line =
+          "\(run.id) step \(run.step)/\(run.settings.steps) loss \(String(format: "%.4f", run.trainLosses.last ?? .nan))"
         if let e { line += String(format: " val %.4f acc %.4f", e.loss, e.accuracy) }
         line += String(format: " (%.1f s)", now)
         log(line)
@@ -100,7 +102,8 @@ public final class JobRunner {
     try output.writeTrace(trace, devices: devices.count)
     try output.writePicture(
       "schedule.svg",
-      Charts.schedule(trace, devices: devices.count, title: "\(config.job.name): \(scheduler.name) on \(devices.count) device(s)"))
+      Charts.schedule(
+        trace, devices: devices.count, title: "\(config.job.name): \(scheduler.name) on \(devices.count) device(s)"))
     try output.writePicture(
       "loss.svg",
       Charts.loss(
@@ -188,8 +191,10 @@ public final class JobRunner {
       profileSteps = n
     }
     var profiles: [String: [Double]] = [:]
-    let profileKernels = profileSteps > 0
-      ? try registry.makeKernels(cluster.kernels, threads: cluster.threadsPerDevice, memory: DeviceMemory(label: "profile"))
+    let profileKernels =
+      profileSteps > 0
+      ? try registry.makeKernels(
+        cluster.kernels, threads: cluster.threadsPerDevice, memory: DeviceMemory(label: "profile"))
       : nil
     // Every model may be in the middle of a step on one device (a scheduler interleaves them):
     // what each keeps between its tasks counts against every device's budget.
@@ -240,9 +245,12 @@ public final class JobRunner {
         shards = try partitioner.partition(request)
       } catch let e as PartitionError {
         let parts = e.key.split(separator: ".", maxSplits: 1).map(String.init)
-        let line = parts.count == 2 ? config.line(table: parts[0], key: parts[1]) : config.line(table: e.key, key: "name")
-        let aside = reserved > 0 && budget != .max
-          ? " (of cluster.device_memory = \(formatBytes(budget)), \(formatBytes(reserved)) is set aside for \(checkpointing ? "" : "kept activations and ")shard boundaries)" : ""
+        let line =
+          parts.count == 2 ? config.line(table: parts[0], key: parts[1]) : config.line(table: e.key, key: "name")
+        let aside =
+          reserved > 0 && budget != .max
+          ? " (of cluster.device_memory = \(formatBytes(budget)), \(formatBytes(reserved)) is set aside for \(checkpointing ? "" : "kept activations and ")shard boundaries)"
+          : ""
         throw InputError(file: config.file, line: line, "\(member.id): \(e.message)\(aside)")
       }
       precondition(validatePartition(shards, blockCount: n), "partitioner \(partitioner.name) returned \(shards)")

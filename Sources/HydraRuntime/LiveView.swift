@@ -40,7 +40,8 @@ public final class LiveView: @unchecked Sendable {
       lines.append("\(p.id) \(bar) \(p.step)/\(p.steps) loss \(loss)\(val) \(p.status)")
     }
     for (d, snapshot) in coordinator.deviceSnapshot().enumerated() {
-      lines.append(String(format: "device %d %3.0f%% busy  %@", d, snapshot.busyFraction * 100, snapshot.task ?? "idle"))
+      lines.append(
+        String(format: "device %d %3.0f%% busy  %@", d, snapshot.busyFraction * 100, snapshot.task ?? "idle"))
     }
     var out = drawnLines > 0 ? "\u{1B}[\(drawnLines)A" : ""
     for line in lines { out += "\u{1B}[2K" + line + "\n" }

@@ -192,6 +192,12 @@ public final class ModelRun {
     return step + 1 < settings.steps ? task(at: 0, step: step + 1) : nil
   }
 
+  /// Where the state of `shard` is now (`.host` without a store).
+  public func residency(of shard: Int) -> Residency {
+    guard let store else { return .host }
+    return store.residency(of: shardStates[shard])
+  }
+
   /// Makes the state of `shard` resident on device `deviceIndex` (a no-op without a store).
   public func promote(_ shard: Int, to deviceIndex: Int) throws {
     guard let store else { return }
@@ -201,7 +207,11 @@ public final class ModelRun {
   /// Starts bringing the state of `shard` off disk in the background (double buffering).
   public func prefetch(_ shard: Int, to device: Int, keeping running: Int) {
     guard let store else { return }
-    store.prefetch(shardStates[shard], to: device, footprint: footprints[shard], pinned: [shardStates[running]])
+    // The running task may not have allocated its activations yet: keep room for them.
+    let running = shardStates[running]
+    store.prefetch(
+      shardStates[shard], to: device, footprint: footprints[shard], pinned: [running],
+      alsoFree: max(0, footprints[running.shard] - running.bytes))
   }
 
   private func key(_ kind: TransferKey.Kind, _ index: Int, _ step: Int) -> TransferKey {

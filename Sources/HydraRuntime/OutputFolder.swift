@@ -31,9 +31,12 @@ public final class OutputFolder {
   public func checkpointFolder(_ model: String) -> String { path + "/checkpoints/" + model }
 
   /// One row of `metrics.csv`. `accuracy` is empty where it does not apply (train rows).
-  public func record(model: String, step: Int, split: String, loss: Double, accuracy: Double?, lr: Float, seconds: Double) {
+  public func record(
+    model: String, step: Int, split: String, loss: Double, accuracy: Double?, lr: Float, seconds: Double
+  ) {
     let acc = accuracy.map { String(format: "%.6f", $0) } ?? ""
-    let line = "\(model),\(step),\(split),\(String(format: "%.6f", loss)),\(acc),\(lr),\(String(format: "%.3f", seconds))\n"
+    let line =
+      "\(model),\(step),\(split),\(String(format: "%.6f", loss)),\(acc),\(lr),\(String(format: "%.3f", seconds))\n"
     metrics.write(Data(line.utf8))
   }
 
@@ -69,7 +72,8 @@ public final class OutputFolder {
         "args": ["model": e.model, "task": e.name, "step": e.step],
       ])
     }
-    let data = try JSONSerialization.data(withJSONObject: ["traceEvents": items, "displayTimeUnit": "ms"], options: [.sortedKeys])
+    let data = try JSONSerialization.data(
+      withJSONObject: ["traceEvents": items, "displayTimeUnit": "ms"], options: [.sortedKeys])
     try writeAtomically(String(decoding: data, as: UTF8.self), to: path + "/trace.json")
   }
 }

@@ -130,14 +130,16 @@ public struct PartitionRequest: Sendable {
 
   /// "h.2" or "h.2...h.5": the blocks of a range, for messages.
   public func names(_ range: Range<Int>) -> String {
-    range.count == 1 ? blockNames[range.lowerBound] : "\(blockNames[range.lowerBound])...\(blockNames[range.upperBound - 1])"
+    range.count == 1
+      ? blockNames[range.lowerBound] : "\(blockNames[range.lowerBound])...\(blockNames[range.upperBound - 1])"
   }
 
   /// Throws for an option key not in `valid` (`[partitioner]` keys other than `name`).
   public func checkOptions(_ valid: [String], partitioner: String) throws {
     if let k = options.keys.filter({ !valid.contains($0) }).sorted().first {
       let allowed = valid.isEmpty ? "it takes no options" : "valid options: \(valid.sorted().joined(separator: ", "))"
-      throw PartitionError(key: "partitioner.\(k)", "unknown option \"\(k)\" for partitioner \"\(partitioner)\"; \(allowed)")
+      throw PartitionError(
+        key: "partitioner.\(k)", "unknown option \"\(k)\" for partitioner \"\(partitioner)\"; \(allowed)")
     }
   }
 

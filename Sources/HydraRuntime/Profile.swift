@@ -27,7 +27,8 @@ public enum BlockProfile {
     for i in 0..<spec.blockCount {
       let block = try spec.makeBlock(i, memory: kernels.memory)
       spec.initialize(block, seed: 1)
-      let input: Tensor? = i == 0 ? nil : try random(kernels, count: spec.outputBytesPerSample(i - 1) / 4 * batch, rng: &rng)
+      let input: Tensor? =
+        i == 0 ? nil : try random(kernels, count: spec.outputBytesPerSample(i - 1) / 4 * batch, rng: &rng)
       var times: [Double] = []
       var dOutput: Tensor? = nil
       for r in 0...repetitions {

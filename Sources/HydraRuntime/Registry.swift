@@ -44,7 +44,8 @@ public final class PluginRegistry: @unchecked Sendable {
 
   public func makeScheduler(_ name: String, options: [String: ConfigValue], seed: UInt64) throws -> Scheduler {
     guard let factory = schedulers[name] else {
-      throw RuntimeError("scheduler \"\(name)\" is not registered; registered: \(schedulerNames.joined(separator: ", "))")
+      throw RuntimeError(
+        "scheduler \"\(name)\" is not registered; registered: \(schedulerNames.joined(separator: ", "))")
     }
     return try factory(options, seed)
   }
@@ -57,7 +58,8 @@ public final class PluginRegistry: @unchecked Sendable {
 
   public func makePartitioner(_ name: String) throws -> Partitioner {
     guard let factory = partitioners[name] else {
-      throw RuntimeError("partitioner \"\(name)\" is not registered; registered: \(partitionerNames.joined(separator: ", "))")
+      throw RuntimeError(
+        "partitioner \"\(name)\" is not registered; registered: \(partitionerNames.joined(separator: ", "))")
     }
     return factory()
   }

@@ -20,15 +20,21 @@ struct Bench {
     }
     let steps = args.first.flatMap(Int.init) ?? 10
     let threadCounts = args.count > 1 ? args.dropFirst().compactMap(Int.init) : [1, 2]
-    print("hydra-bench: median of \(steps) steps after 2 warm-up steps; MFU = model FLOP/s / sgemm FLOP/s (1024^3, same threads)")
+    print(
+      "hydra-bench: median of \(steps) steps after 2 warm-up steps; MFU = model FLOP/s / sgemm FLOP/s (1024^3, same threads)"
+    )
     for threads in threadCounts {
       let kernels = CPUKernels(threads: threads)
       let sgemm = sgemmRate(threads: threads)
-      print(String(format: "threads %d: OpenBLAS (%@ kernels) sgemm 1024^3: %.1f GFLOP/s", threads, CPUKernels.blasCoreName, sgemm / 1e9))
+      print(
+        String(
+          format: "threads %d: OpenBLAS (%@ kernels) sgemm 1024^3: %.1f GFLOP/s", threads, CPUKernels.blasCoreName,
+          sgemm / 1e9))
       let gpt = ModelSpec.gpt(GPTShape(layers: 6, channels: 384, heads: 6, context: 128, vocab: 256))
       try report("gpt  L6 C384 H6 T128 B8 adamw", spec: gpt, batch: 8, kernels: kernels, steps: steps, sgemm: sgemm)
       let mlp = ModelSpec.mlp(inputs: 1024, hidden: [2048, 2048], classes: 10)
-      try report("mlp  1024-2048-2048-10 B256 adamw", spec: mlp, batch: 256, kernels: kernels, steps: steps, sgemm: sgemm)
+      try report(
+        "mlp  1024-2048-2048-10 B256 adamw", spec: mlp, batch: 256, kernels: kernels, steps: steps, sgemm: sgemm)
     }
   }
 
@@ -72,7 +78,9 @@ struct Bench {
     var times: [Double] = []
     for _ in 0..<7 {
       let start = DispatchTime.now().uptimeNanoseconds
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1, a, Int32(n), b, Int32(n), 0, &c, Int32(n))
+      cblas_sgemm(
+        CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1, a, Int32(n), b, Int32(n), 0, &c,
+        Int32(n))
       times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
     times.sort()

@@ -44,7 +44,8 @@ enum ShardBench {
       let steps = steps + 2
       let run = try ModelRun(
         index: 0, id: "bench", spec: spec, seed: 1,
-        settings: TrainSettings(steps: steps, batchSize: batch, optimizer: Optimizer(kind: .adamw, lr: 1e-4, totalSteps: steps)),
+        settings: TrainSettings(
+          steps: steps, batchSize: batch, optimizer: Optimizer(kind: .adamw, lr: 1e-4, totalSteps: steps)),
         data: SyntheticData(spec: spec), shards: shards, backend: SharedMemoryBackend(devices: 1), store: store,
         policy: ActivationPolicy(checkpointing: checkpointing, releaseBuffers: budget != .max),
         footprints: shards.map { request.footprint($0) })
@@ -67,7 +68,8 @@ enum ShardBench {
       print(
         String(
           format: "  %@ %d shard(s)%@: step %.3f s (x%.3f), device peak %@ of %@, disk %@ written / %@ read",
-          label.padding(toLength: 42, withPad: " ", startingAt: 0), shards.count, checkpointing ? " recomputed" : "", median, median / baseline,
+          label.padding(toLength: 42, withPad: " ", startingAt: 0), shards.count, checkpointing ? " recomputed" : "",
+          median, median / baseline,
           formatBytes(memory.peak), formatBytes(budget), formatBytes(store.bytesWritten), formatBytes(store.bytesRead)))
       store.removeSpillFiles()
     }

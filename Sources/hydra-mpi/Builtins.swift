@@ -1,11 +1,11 @@
-import HydraConfig
 import HydraBackendSHM
+import HydraConfig
 import HydraCore
 import HydraKernelsCPU
 import HydraKernelsReference
 import HydraPartitioners
-import HydraSchedulers
 import HydraRuntime
+import HydraSchedulers
 
 /// The one place that names the built-in plugins.
 enum Builtins {

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
 import HydraConfig
-import HydraKernelsCPU
 import HydraCore
+import HydraKernelsCPU
 import HydraRuntime
 
 @main
@@ -33,7 +33,9 @@ struct JobOptions: ParsableArguments {
   @Argument(help: "The job file.")
   var job: String
 
-  @Option(name: .customLong("set"), help: ArgumentHelp("Override a key of the job file, e.g. --set train.lr=0.01.", valueName: "key=value"))
+  @Option(
+    name: .customLong("set"),
+    help: ArgumentHelp("Override a key of the job file, e.g. --set train.lr=0.01.", valueName: "key=value"))
   var overrides: [String] = []
 
   func load(_ registry: PluginRegistry) throws -> JobConfig {
@@ -51,7 +53,9 @@ struct Run: ParsableCommand {
       let config = try options.load(registry)
       let runner = JobRunner(config: config, registry: registry)
       runner.live = LiveView.outputIsTerminal
-      print("hydra-mpi: job \(config.job.name): \(config.members.count) model(s) on \(config.cluster.devices) device(s), kernels \(config.cluster.kernels)")
+      print(
+        "hydra-mpi: job \(config.job.name): \(config.members.count) model(s) on \(config.cluster.devices) device(s), kernels \(config.cluster.kernels)"
+      )
       let result = try runner.run()
       result.store.removeSpillFiles()
       print(Report.ranking(result.runs))
@@ -96,21 +100,28 @@ struct Plan: ParsableCommand {
       let plans = try runner.plan()
       let models = zip(plans, config.members).map { plan, member in
         let forward = plan.shards.map { range in
-          Double(range.reduce(0) { $0 + plan.request.blocks[$1].forwardFlopsPerSample } * member.train.batchSize) / (gflops * 1e9)
+          Double(range.reduce(0) { $0 + plan.request.blocks[$1].forwardFlopsPerSample } * member.train.batchSize)
+            / (gflops * 1e9)
         }
-        return SimulatedModel(steps: member.train.steps, forwardSeconds: forward, backwardSeconds: forward.map { 2 * $0 })
+        return SimulatedModel(
+          steps: member.train.steps, forwardSeconds: forward, backwardSeconds: forward.map { 2 * $0 })
       }
       let n = devices ?? config.cluster.devices
       guard n >= 1 else { throw InputError(file: "--devices", "needs at least 1 device") }
       let total = models.reduce(0) { $0 + $1.totalSeconds }
-      print("job \(config.job.name): \(models.count) model(s), \(plans.map(\.shards.count).reduce(0, +)) shards, on \(n) device(s) at \(gflops) GFLOP/s each")
+      print(
+        "job \(config.job.name): \(models.count) model(s), \(plans.map(\.shards.count).reduce(0, +)) shards, on \(n) device(s) at \(gflops) GFLOP/s each"
+      )
       print(String(format: "sum of the models' times %.2f s, ideal makespan %.2f s", total, total / Double(n)))
       print("scheduler        makespan   vs ideal  utilisation")
       for name in registry.schedulerNames {
         let scheduler = try registry.makeScheduler(name, options: [:], seed: config.job.seed)
         let r = try simulate(models, devices: n, scheduler: scheduler)
         let mark = name == config.scheduler.name ? "  <- the job's" : ""
-        print(String(format: "%@ %8.2f s  %8.3f  %10.3f%@", name.padding(toLength: 15, withPad: " ", startingAt: 0), r.makespan, r.makespan / (total / Double(n)), r.utilisation, mark))
+        print(
+          String(
+            format: "%@ %8.2f s  %8.3f  %10.3f%@", name.padding(toLength: 15, withPad: " ", startingAt: 0), r.makespan,
+            r.makespan / (total / Double(n)), r.utilisation, mark))
       }
     }
   }

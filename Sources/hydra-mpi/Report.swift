@@ -33,21 +33,28 @@ enum Report {
     var storeTotal = 0
     for (m, plan) in zip(config.members, plans) {
       let overrides = m.overrides.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-      lines.append("\(m.id) \(overrides.isEmpty ? "(base)" : overrides), batch \(m.train.batchSize), activation checkpointing \(plan.policy.checkpointing ? "on" : "off")")
+      lines.append(
+        "\(m.id) \(overrides.isEmpty ? "(base)" : overrides), batch \(m.train.batchSize), activation checkpointing \(plan.policy.checkpointing ? "on" : "off")"
+      )
       let r = plan.request
       for i in 0..<plan.spec.blockCount {
         let c = r.blocks[i]
         let measured = r.blockSeconds.map { String(format: ", measured %.2f ms fwd+bwd", $0[i] * 1e3) } ?? ""
         lines.append(
-          "  block \(r.blockNames[i].padding(toLength: 10, withPad: " ", startingAt: 0)) state \(formatBytes(c.stateBytes(stateCopies: r.stateCopies))), activations \(formatBytes(c.activationBytesPerSample * r.batchSize)), \(String(format: "%.3f", Double(c.forwardFlopsPerSample * r.batchSize) / 1e9)) GFLOP forward\(measured)")
+          "  block \(r.blockNames[i].padding(toLength: 10, withPad: " ", startingAt: 0)) state \(formatBytes(c.stateBytes(stateCopies: r.stateCopies))), activations \(formatBytes(c.activationBytesPerSample * r.batchSize)), \(String(format: "%.3f", Double(c.forwardFlopsPerSample * r.batchSize) / 1e9)) GFLOP forward\(measured)"
+        )
       }
       for (s, range) in plan.shards.enumerated() {
         let state = range.reduce(0) { $0 + r.blocks[$1].stateBytes(stateCopies: r.stateCopies) }
         storeTotal += state
-        lines.append("  shard \(s): blocks \(r.names(range)), footprint \(formatBytes(r.footprint(range))) of \(formatBytes(r.shardBudget)), state \(formatBytes(state))")
+        lines.append(
+          "  shard \(s): blocks \(r.names(range)), footprint \(formatBytes(r.footprint(range))) of \(formatBytes(r.shardBudget)), state \(formatBytes(state))"
+        )
       }
     }
-    lines.append("host store: \(formatBytes(storeTotal)) of shard state in all (RAM up to \(formatBytes(config.cluster.hostMemory ?? .max)), the rest on disk)")
+    lines.append(
+      "host store: \(formatBytes(storeTotal)) of shard state in all (RAM up to \(formatBytes(config.cluster.hostMemory ?? .max)), the rest on disk)"
+    )
     return lines.joined(separator: "\n")
   }
 }

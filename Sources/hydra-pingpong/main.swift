@@ -139,7 +139,8 @@ func pingPong(_ comm: MPICommunicator) throws {
       let label = size >= 1 << 20 ? "\(size >> 20) MiB" : "\(size >> 10) KiB"
       print(
         label.padding(toLength: 10, withPad: " ", startingAt: 0)
-          + String(format: "%9.0f   %12.0f   %9.1f %%   %8.1f us   %8.1f us   %d + %d", rawBW, tensorBW,
+          + String(
+            format: "%9.0f   %12.0f   %9.1f %%   %8.1f us   %8.1f us   %d + %d", rawBW, tensorBW,
             100 * tensorBW / rawBW, rawRTT * 1e6, tensorRTT * 1e6, rawTimes.count, tensorTimes.count))
     }
   }
@@ -193,16 +194,19 @@ func selfTest(_ comm: MPICommunicator) throws {
     for (k, n) in elementCounts.enumerated() {
       let outgoing = try Tensor(shape: [n])
       for i in 0..<n { outgoing.data[i] = pattern(rank, peer, k, i) }
-      sends.append(try comm.isend(outgoing, to: peer, tag: try tags.tag(.activation, model: rank, shard: peer, step: k)))
+      sends.append(
+        try comm.isend(outgoing, to: peer, tag: try tags.tag(.activation, model: rank, shard: peer, step: k)))
       let incoming = try Tensor(shape: [n])
-      let request = try comm.irecv(into: incoming, from: peer, tag: try tags.tag(.activation, model: peer, shard: rank, step: k))
+      let request = try comm.irecv(
+        into: incoming, from: peer, tag: try tags.tag(.activation, model: peer, shard: rank, step: k))
       receives.append((request, incoming, peer, k))
     }
   }
   // Complete the receives in reverse order of posting, then the sends.
   for (request, tensor, peer, k) in receives.reversed() {
     let status = try request.wait()
-    try expect(status?.source == peer, "all-pairs: message from \(String(describing: status?.source)), expected \(peer)")
+    try expect(
+      status?.source == peer, "all-pairs: message from \(String(describing: status?.source)), expected \(peer)")
     try checkBits(tensor, "all-pairs tensor \(k) from rank \(peer)") { pattern(peer, rank, k, $0) }
   }
   try waitAll(sends)
@@ -245,7 +249,8 @@ func selfTest(_ comm: MPICommunicator) throws {
       // Every 10th message repeats an earlier tag: same source and tag must arrive in send order.
       let base = j % 10 == 9 ? list[next(list.count)] : nil
       let p = Planned(
-        kind: base?.kind ?? kind, model: base?.model ?? next(tags.maxModels), shard: base?.shard ?? next(tags.maxShards),
+        kind: base?.kind ?? kind, model: base?.model ?? next(tags.maxModels),
+        shard: base?.shard ?? next(tags.maxShards),
         step: base?.step ?? next(1 << 20), sequence: 0)
       let tag = try! tags.tag(p.kind, model: p.model, shard: p.shard, step: p.step)
       let sequence = sequenceByTag[tag, default: 0]
@@ -264,7 +269,8 @@ func selfTest(_ comm: MPICommunicator) throws {
     for p in plan(from: rank, to: peer) {
       let t = try Tensor(shape: [length(p)])
       for i in 0..<t.count { t.data[i] = payload(rank, p, i) }
-      crossingSends.append(try comm.isend(t, to: peer, tag: try tags.tag(p.kind, model: p.model, shard: p.shard, step: p.step)))
+      crossingSends.append(
+        try comm.isend(t, to: peer, tag: try tags.tag(p.kind, model: p.model, shard: p.shard, step: p.step)))
     }
   }
   // What this rank expects, per (source, tag), in send order.
@@ -299,7 +305,11 @@ func selfTest(_ comm: MPICommunicator) throws {
       throw SelfTestFailure(description: "crossing: unexpected message \(status)")
     }
     let p = queue.removeFirst()
-    if queue.isEmpty { expected[status.source]![status.tag] = nil } else { expected[status.source]![status.tag] = queue }
+    if queue.isEmpty {
+      expected[status.source]![status.tag] = nil
+    } else {
+      expected[status.source]![status.tag] = queue
+    }
     try expect(
       status.count == length(p) * 4, "crossing: \(status) should hold \(length(p) * 4) bytes for \(p)")
     let t = try Tensor(shape: [length(p)])

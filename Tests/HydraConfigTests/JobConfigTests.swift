@@ -12,21 +12,25 @@ final class JobConfigTests: XCTestCase {
     XCTAssertEqual(c.job, JobSection(name: "fortunes-lr", output: f.dir + "/runs/fortunes-lr", seed: 7))
     XCTAssertEqual(
       c.cluster,
-      ClusterSection(backend: "shm", devices: 2, deviceMemory: 64 << 20, hostMemory: 1 << 30, kernels: "cpu",
-                     threadsPerDevice: 1))
+      ClusterSection(
+        backend: "shm", devices: 2, deviceMemory: 64 << 20, hostMemory: 1 << 30, kernels: "cpu",
+        threadsPerDevice: 1))
     XCTAssertEqual(
       c.data,
-      DataSection(format: "text", path: f.dir + "/data/fortunes.txt", validationFraction: 0.05, labelColumn: -1,
-                  featureScale: 1.0, header: false))
+      DataSection(
+        format: "text", path: f.dir + "/data/fortunes.txt", validationFraction: 0.05, labelColumn: -1,
+        featureScale: 1.0, header: false))
     XCTAssertEqual(
       c.model,
-      ModelSection(kind: "gpt", layers: 4, dModel: 128, heads: 4, context: 64, vocab: 256, hidden: [],
-                   classes: nil, inputs: nil, initPath: nil))
+      ModelSection(
+        kind: "gpt", layers: 4, dModel: 128, heads: 4, context: 64, vocab: 256, hidden: [],
+        classes: nil, inputs: nil, initPath: nil))
     XCTAssertEqual(
       c.train,
-      TrainSection(steps: 300, batchSize: 16, optimizer: "adamw", lr: 1e-3, weightDecay: 0, momentum: 0.9,
-                   betas: [0.9, 0.999], eps: 1e-8, schedule: "cosine", warmupSteps: 20, shuffle: true,
-                   evalEvery: 100, evalBatches: 20, checkpointEvery: 100))
+      TrainSection(
+        steps: 300, batchSize: 16, optimizer: "adamw", lr: 1e-3, weightDecay: 0, momentum: 0.9,
+        betas: [0.9, 0.999], eps: 1e-8, schedule: "cosine", warmupSteps: 20, shuffle: true,
+        evalEvery: 100, evalBatches: 20, checkpointEvery: 100))
     XCTAssertEqual(c.partitioner, PluginSection(name: "balanced"))
     XCTAssertEqual(c.scheduler, PluginSection(name: "lrtf"))
     XCTAssertEqual(c.plugins.load, [])
@@ -37,8 +41,12 @@ final class JobConfigTests: XCTestCase {
     for (i, (m, (lr, batch))) in zip(c.members, expected).enumerated() {
       XCTAssertEqual(m.train.lr, lr)
       XCTAssertEqual(m.train.batchSize, batch)
-      XCTAssertEqual(m.overrides, [Override(key: "train.lr", value: .double(lr)),
-                                   Override(key: "train.batch_size", value: .int(batch))])
+      XCTAssertEqual(
+        m.overrides,
+        [
+          Override(key: "train.lr", value: .double(lr)),
+          Override(key: "train.batch_size", value: .int(batch)),
+        ])
       XCTAssertEqual(m.model, c.model)
       var t = c.train
       t.lr = lr
@@ -62,21 +70,25 @@ final class JobConfigTests: XCTestCase {
     XCTAssertEqual(c.job, JobSection(name: "t", output: f.dir + "/runs/t", seed: 0))
     XCTAssertEqual(
       c.cluster,
-      ClusterSection(backend: "shm", devices: 1, deviceMemory: nil, hostMemory: nil, kernels: "cpu",
-                     threadsPerDevice: 1))
+      ClusterSection(
+        backend: "shm", devices: 1, deviceMemory: nil, hostMemory: nil, kernels: "cpu",
+        threadsPerDevice: 1))
     XCTAssertEqual(
       c.data,
-      DataSection(format: "text", path: f.dir + "/data.txt", validationFraction: 0.05, labelColumn: -1,
-                  featureScale: 1, header: false))
+      DataSection(
+        format: "text", path: f.dir + "/data.txt", validationFraction: 0.05, labelColumn: -1,
+        featureScale: 1, header: false))
     XCTAssertEqual(
       c.model,
-      ModelSection(kind: "gpt", layers: 4, dModel: 128, heads: 4, context: 64, vocab: 256, hidden: [],
-                   classes: nil, inputs: nil, initPath: nil))
+      ModelSection(
+        kind: "gpt", layers: 4, dModel: 128, heads: 4, context: 64, vocab: 256, hidden: [],
+        classes: nil, inputs: nil, initPath: nil))
     XCTAssertEqual(
       c.train,
-      TrainSection(steps: 10, batchSize: 16, optimizer: "adamw", lr: 1e-3, weightDecay: 0, momentum: 0.9,
-                   betas: [0.9, 0.999], eps: 1e-8, schedule: "cosine", warmupSteps: 0, shuffle: true,
-                   evalEvery: 100, evalBatches: 20, checkpointEvery: 0))
+      TrainSection(
+        steps: 10, batchSize: 16, optimizer: "adamw", lr: 1e-3, weightDecay: 0, momentum: 0.9,
+        betas: [0.9, 0.999], eps: 1e-8, schedule: "cosine", warmupSteps: 0, shuffle: true,
+        evalEvery: 100, evalBatches: 20, checkpointEvery: 0))
     XCTAssertEqual(c.partitioner, PluginSection(name: "balanced"))
     XCTAssertEqual(c.scheduler, PluginSection(name: "lrtf"))
     XCTAssertEqual(c.plugins, PluginsSection(load: []))
@@ -98,7 +110,8 @@ final class JobConfigTests: XCTestCase {
       let again = try JobConfig.load(path: path, known: Fixture.known)
       XCTAssertEqual(again, c, c.resolvedTOML())
       XCTAssertEqual(again.members.map(\.overrides), c.members.map(\.overrides))
-      XCTAssertEqual(again.resolvedTOML().split(separator: "\n").dropFirst(), c.resolvedTOML().split(separator: "\n").dropFirst())
+      XCTAssertEqual(
+        again.resolvedTOML().split(separator: "\n").dropFirst(), c.resolvedTOML().split(separator: "\n").dropFirst())
     }
   }
 
@@ -119,13 +132,19 @@ final class JobConfigTests: XCTestCase {
     XCTAssertTrue(c.data.header)
     XCTAssertEqual(c.train.optimizer, "sgd")
     XCTAssertEqual(c.partitioner, PluginSection(name: "fixed", options: ["blocks_per_shard": .int(2)]))
-    XCTAssertEqual(c.scheduler, PluginSection(name: "random", options: ["seed": .int(3), "weights": .array([.double(0.5), .int(1)])]))
+    XCTAssertEqual(
+      c.scheduler,
+      PluginSection(name: "random", options: ["seed": .int(3), "weights": .array([.double(0.5), .int(1)])]))
     XCTAssertEqual(c.plugins.load, [f.dir + "/libx.so"])
     // Sweep members first (2), then the three [[models]] entries in file order.
     XCTAssertEqual(c.members.map(\.id), ["m000", "m001", "m002", "m003", "m004"])
     XCTAssertEqual(c.members.map(\.train.momentum), [0.5, 0.9, 0.9, 0.9, 0.9])
-    XCTAssertEqual(c.members[2].overrides, [Override(key: "model.hidden", value: .array([.int(128)])),
-                                            Override(key: "train.lr", value: .double(0.05))])
+    XCTAssertEqual(
+      c.members[2].overrides,
+      [
+        Override(key: "model.hidden", value: .array([.int(128)])),
+        Override(key: "train.lr", value: .double(0.05)),
+      ])
     XCTAssertEqual(c.members[2].model.hidden, [128])
     XCTAssertEqual(c.members[2].train.lr, 0.05)
     XCTAssertEqual(c.members[3].overrides, [Override(key: "train.lr", value: .double(0.2))])
@@ -144,11 +163,13 @@ final class JobConfigTests: XCTestCase {
   func testSetOverrides() throws {
     let f = try Fixture()
     try "y".write(toFile: f.dir + "/other.txt", atomically: true, encoding: .utf8)
-    let c = try f.load(Fixture.reference, overrides: [
-      "train.lr=0.01", "cluster.devices=3", "data.path=other.txt", "scheduler.name=fifo",
-      "cluster.device_memory = 2GB", "sweep.train.batch_size=[4]", "sweep.model.layers=[2, 3]",
-      "partitioner.blocks_per_shard=2",
-    ])
+    let c = try f.load(
+      Fixture.reference,
+      overrides: [
+        "train.lr=0.01", "cluster.devices=3", "data.path=other.txt", "scheduler.name=fifo",
+        "cluster.device_memory = 2GB", "sweep.train.batch_size=[4]", "sweep.model.layers=[2, 3]",
+        "partitioner.blocks_per_shard=2",
+      ])
     XCTAssertEqual(c.train.lr, 0.01)
     XCTAssertEqual(c.cluster.devices, 3)
     XCTAssertEqual(c.cluster.deviceMemory, 2_000_000_000)
@@ -157,39 +178,49 @@ final class JobConfigTests: XCTestCase {
     XCTAssertEqual(c.partitioner.options, ["blocks_per_shard": .int(2)])
     XCTAssertEqual(c.sweep.map(\.key), ["train.lr", "train.batch_size", "model.layers"])
     XCTAssertEqual(c.members.count, 6)
-    XCTAssertEqual(c.members[1].overrides.map(\.description), ["train.lr = 0.003", "train.batch_size = 4", "model.layers = 3"])
+    XCTAssertEqual(
+      c.members[1].overrides.map(\.description), ["train.lr = 0.003", "train.batch_size = 4", "model.layers = 3"])
   }
 
   func testBadSetOverrides() throws {
     let f = try Fixture()
     f.assertFails(Fixture.minimal, line: nil, ["--set train.lr", "expected table.key=value"], overrides: ["train.lr"])
     f.assertFails(Fixture.minimal, line: nil, ["--set lr=1", "expected table.key=value"], overrides: ["lr=1"])
-    f.assertFails(Fixture.minimal, line: nil, ["--set train.rate=1", "unknown key \"rate\"", "valid keys: steps"],
-                  overrides: ["train.rate=1"])
+    f.assertFails(
+      Fixture.minimal, line: nil, ["--set train.rate=1", "unknown key \"rate\"", "valid keys: steps"],
+      overrides: ["train.rate=1"])
     f.assertFails(Fixture.minimal, line: nil, ["--set trian.lr=1", "unknown table [trian]"], overrides: ["trian.lr=1"])
     f.assertFails(Fixture.minimal, line: nil, ["--set models.x=1", "unknown table"], overrides: ["models.x=1"])
     f.assertFails(Fixture.minimal, line: nil, ["--set train.lr=", "missing value"], overrides: ["train.lr="])
-    f.assertFails(Fixture.minimal, line: nil, ["train.lr must be > 0", "from --set train.lr=-1"], overrides: ["train.lr=-1"])
-    f.assertFails(Fixture.minimal, line: nil, ["train.steps: expected an integer", "from --set train.steps=many"],
-                  overrides: ["train.steps=many"])
+    f.assertFails(
+      Fixture.minimal, line: nil, ["train.lr must be > 0", "from --set train.lr=-1"], overrides: ["train.lr=-1"])
+    f.assertFails(
+      Fixture.minimal, line: nil, ["train.steps: expected an integer", "from --set train.steps=many"],
+      overrides: ["train.steps=many"])
   }
 
   func testBareDottedAndInlineFormsInModelsAndSweep() throws {
     let f = try Fixture()
-    let c = try f.load(Fixture.minimal(appending: """
-      [sweep]
-      train.lr = [0.1, 0.2]
+    let c = try f.load(
+      Fixture.minimal(
+        appending: """
+          [sweep]
+          train.lr = [0.1, 0.2]
 
-      [[models]]
-      model = { d_model = 64, heads = 2 }
+          [[models]]
+          model = { d_model = 64, heads = 2 }
 
-      [[models]]
-      train.steps = 5
-      """))
+          [[models]]
+          train.steps = 5
+          """))
     XCTAssertEqual(c.sweep, [SweepAxis(key: "train.lr", values: [.double(0.1), .double(0.2)])])
     XCTAssertEqual(c.members.count, 4)
-    XCTAssertEqual(c.members[2].overrides, [Override(key: "model.d_model", value: .int(64)),
-                                            Override(key: "model.heads", value: .int(2))])
+    XCTAssertEqual(
+      c.members[2].overrides,
+      [
+        Override(key: "model.d_model", value: .int(64)),
+        Override(key: "model.heads", value: .int(2)),
+      ])
     XCTAssertEqual(c.members[2].model.dModel, 64)
     XCTAssertEqual(c.members[3].train.steps, 5)
   }

@@ -7,13 +7,16 @@ final class PartsTests: XCTestCase {
     let good: [(String, Int)] = [
       ("12GiB", 12 << 30), ("12 GiB", 12 << 30), ("512MiB", 512 << 20), ("64KiB", 64 << 10), ("1.5GiB", 3 << 29),
       ("2TiB", 2 << 40), ("12GB", 12_000_000_000), ("12 GB", 12_000_000_000), ("500MB", 500_000_000),
-      ("64kB", 64_000), ("64KB", 64_000), ("1TB", 1_000_000_000_000), ("100B", 100), ("4096", 4096), (" 1 MiB ", 1 << 20),
+      ("64kB", 64_000), ("64KB", 64_000), ("1TB", 1_000_000_000_000), ("100B", 100), ("4096", 4096),
+      (" 1 MiB ", 1 << 20),
     ]
     for (text, bytes) in good {
       guard case .success(let n) = parseSize(text) else { return XCTFail(text) }
       XCTAssertEqual(n, bytes, text)
     }
-    for text in ["12 G", "12gb", "12 gib", "abc", "12 GiBs", "-1GiB", "0", "0.1B", "", "GiB", "1.GiB", "99999999999TiB"] {
+    for text in [
+      "12 G", "12gb", "12 gib", "abc", "12 GiBs", "-1GiB", "0", "0.1B", "", "GiB", "1.GiB", "99999999999TiB",
+    ] {
       guard case .failure = parseSize(text) else { return XCTFail("accepted \(text)") }
     }
   }
@@ -53,8 +56,9 @@ final class PartsTests: XCTestCase {
   }
 
   func testConfigValueIsTOML() {
-    XCTAssertEqual(ConfigValue.array([.int(1), .double(1e-8), .string("a\"b\n"), .bool(true)]).description,
-                   "[1, 1e-08, \"a\\\"b\\n\", true]")
+    XCTAssertEqual(
+      ConfigValue.array([.int(1), .double(1e-8), .string("a\"b\n"), .bool(true)]).description,
+      "[1, 1e-08, \"a\\\"b\\n\", true]")
     XCTAssertEqual(memberID(7), "m007")
     XCTAssertEqual(TrainSection(steps: 5).lr, 1e-3)
     XCTAssertEqual(ModelSection(kind: "gpt").dModel, 128)

@@ -207,7 +207,8 @@ final class DataTests: XCTestCase {
     defer { results.deallocate() }
     DispatchQueue.concurrentPerform(iterations: seeds.count) { k in
       var ok = true
-      for step in 0..<40 where fresh.trainBatch(step: step, batchSize: 7, seed: seeds[k], shuffle: true) != expected[k][step] {
+      for step in 0..<40
+      where fresh.trainBatch(step: step, batchSize: 7, seed: seeds[k], shuffle: true) != expected[k][step] {
         ok = false
       }
       results[k] = ok
@@ -233,7 +234,8 @@ final class DataTests: XCTestCase {
       ["tokens.bin", "65535", "index 3"])
     // The largest token fits when the vocabulary is just above it.
     let small = try write("small.bin", uint16LE([3, 1, 2, 0, 4, 1]))
-    XCTAssertNoThrow(try Dataset.load(DataSpec(format: .tokens, path: small, validationFraction: 0, context: 2, vocab: 5)))
+    XCTAssertNoThrow(
+      try Dataset.load(DataSpec(format: .tokens, path: small, validationFraction: 0, context: 2, vocab: 5)))
     assertInputError(
       DataSpec(format: .tokens, path: small, validationFraction: 0, context: 2, vocab: 4),
       ["small.bin", "token 4", "index 4"])
@@ -241,25 +243,32 @@ final class DataTests: XCTestCase {
 
   func testTokensOddLengthIsAnError() throws {
     let path = try write("odd.bin", uint16LE([1, 2, 3, 4, 5]) + [7])
-    assertInputError(DataSpec(format: .tokens, path: path, validationFraction: 0, context: 2), ["odd.bin", "11 bytes", "odd"])
+    assertInputError(
+      DataSpec(format: .tokens, path: path, validationFraction: 0, context: 2), ["odd.bin", "11 bytes", "odd"])
   }
 
   func testStreamErrors() throws {
     let short = try write("short.txt", "abcd")
-    assertInputError(DataSpec(format: .text, path: short, validationFraction: 0, context: 4), ["short.txt", "4 tokens", "context 4"])
+    assertInputError(
+      DataSpec(format: .text, path: short, validationFraction: 0, context: 4), ["short.txt", "4 tokens", "context 4"])
     XCTAssertNoThrow(try Dataset.load(DataSpec(format: .text, path: short, validationFraction: 0, context: 3)))
     // 20 tokens, 0.1 -> 2 validation tokens: no window of T = 4 there.
     let twenty = try write("twenty.txt", String(repeating: "x", count: 20))
     assertInputError(
-      DataSpec(format: .text, path: twenty, validationFraction: 0.1, context: 4), ["twenty.txt", "20 tokens", "validation", "context 4"])
+      DataSpec(format: .text, path: twenty, validationFraction: 0.1, context: 4),
+      ["twenty.txt", "20 tokens", "validation", "context 4"])
     let empty = try write("empty.txt", [UInt8]())
     assertInputError(DataSpec(format: .text, path: empty), ["empty.txt", "empty"])
     assertInputError(DataSpec(format: .tokens, path: empty), ["empty.txt", "empty"])
-    assertInputError(DataSpec(format: .text, path: tempDir.appendingPathComponent("missing.txt").path), ["missing.txt", "no such file"])
+    assertInputError(
+      DataSpec(format: .text, path: tempDir.appendingPathComponent("missing.txt").path),
+      ["missing.txt", "no such file"])
     assertInputError(DataSpec(format: .text, path: tempDir.path), [tempDir.lastPathComponent, "directory"])
     assertInputError(DataSpec(format: .text, path: twenty, vocab: 100), ["twenty.txt", "vocab"])
-    assertInputError(DataSpec(format: .text, path: twenty, validationFraction: 1), ["twenty.txt", "validation fraction"])
-    assertInputError(DataSpec(format: .text, path: twenty, validationFraction: -0.1), ["twenty.txt", "validation fraction"])
+    assertInputError(
+      DataSpec(format: .text, path: twenty, validationFraction: 1), ["twenty.txt", "validation fraction"])
+    assertInputError(
+      DataSpec(format: .text, path: twenty, validationFraction: -0.1), ["twenty.txt", "validation fraction"])
     assertInputError(DataSpec(format: .text, path: twenty, context: 0), ["twenty.txt", "context 0"])
   }
 
@@ -304,7 +313,8 @@ final class DataTests: XCTestCase {
     let gz = try writeGzip("table.csv.gz", Array(text.utf8))
     let noSuffix = try writeGzip("table-gzipped.csv", Array(text.utf8))
     func load(_ path: String) throws -> Dataset {
-      try Dataset.load(DataSpec(format: .csv, path: path, validationFraction: 0.25, featureScale: 0.5, header: true, classes: 3))
+      try Dataset.load(
+        DataSpec(format: .csv, path: path, validationFraction: 0.25, featureScale: 0.5, header: true, classes: 3))
     }
     let reference = try load(plain)
     XCTAssertEqual(reference.trainCount, 3)
@@ -327,7 +337,8 @@ final class DataTests: XCTestCase {
         reference.trainBatch(step: 5, batchSize: 2, seed: 9, shuffle: true))
     }
     // The label in the first column.
-    let first = try Dataset.load(DataSpec(format: .csv, path: plain, validationFraction: 0, labelColumn: 0, header: true, classes: 11))
+    let first = try Dataset.load(
+      DataSpec(format: .csv, path: plain, validationFraction: 0, labelColumn: 0, header: true, classes: 11))
     let b = first.trainBatch(step: 0, batchSize: 2, seed: 0, shuffle: false)
     XCTAssertEqual(b.targets, [1, 4])
     XCTAssertEqual(b.features, [2, 3, 0, 5.5, -60, 2])
@@ -392,7 +403,8 @@ final class DataTests: XCTestCase {
     XCTAssertEqual(data.unigramEntropy(), expected, accuracy: 1e-12)
     let tokens = try write("counts.bin", uint16LE([500, 500, 500, 7, 9, 9]))
     let t = try Dataset.load(DataSpec(format: .tokens, path: tokens, validationFraction: 0, context: 2, vocab: 501))
-    XCTAssertEqual(t.unigramEntropy(), -(0.5 * log(0.5) + (1.0 / 6) * log(1.0 / 6) + (1.0 / 3) * log(1.0 / 3)), accuracy: 1e-12)
+    XCTAssertEqual(
+      t.unigramEntropy(), -(0.5 * log(0.5) + (1.0 / 6) * log(1.0 / 6) + (1.0 / 3) * log(1.0 / 3)), accuracy: 1e-12)
   }
 
   func testRandomFilesNeverTrap() throws {

@@ -25,7 +25,9 @@ final class SafeTensorsTests: XCTestCase {
   }
 
   /// A file built by hand: the length of `header` (or `headerLength`), `header`, `data`.
-  private func handBuilt(_ name: String, header: String, data: [UInt8] = [], headerLength: UInt64? = nil) throws -> String {
+  private func handBuilt(_ name: String, header: String, data: [UInt8] = [], headerLength: UInt64? = nil) throws
+    -> String
+  {
     let h = Array(header.utf8)
     return try raw(name, le64(headerLength ?? UInt64(h.count)) + h + data)
   }
@@ -39,7 +41,9 @@ final class SafeTensorsTests: XCTestCase {
     var parts: [String] = []
     var data: [UInt8] = []
     for (name, dtype, shape, bytes) in tensors {
-      parts.append("\"\(name)\": {\"dtype\": \"\(dtype)\", \"shape\": \(shape), \"data_offsets\": [\(data.count), \(data.count + bytes.count)]}")
+      parts.append(
+        "\"\(name)\": {\"dtype\": \"\(dtype)\", \"shape\": \(shape), \"data_offsets\": [\(data.count), \(data.count + bytes.count)]}"
+      )
       data += bytes
     }
     return ("{" + parts.joined(separator: ", ") + "}", data)
@@ -66,7 +70,9 @@ final class SafeTensorsTests: XCTestCase {
   }
 
   /// A header of one tensor "w" whose description is `body` (the JSON object's inside).
-  private func rejectsEntry(_ body: String, data: [UInt8] = Array(repeating: 0, count: 8), _ words: String..., line: UInt = #line) throws {
+  private func rejectsEntry(
+    _ body: String, data: [UInt8] = Array(repeating: 0, count: 8), _ words: String..., line: UInt = #line
+  ) throws {
     let path = try handBuilt("entry\(line).safetensors", header: "{\"w\": {\(body)}}", data: data)
     XCTAssertThrowsError(try SafeTensorsFile(path: path), line: line) { error in
       self.check(error, path: path, ["\"w\""] + words, file: #filePath, line: line)
@@ -137,7 +143,8 @@ final class SafeTensorsTests: XCTestCase {
     XCTAssertEqual(y["data_offsets"] as? [Int], [8, 12])
     XCTAssertEqual(bytes.count, 8 + n + 12)
     // The data itself: little-endian F32, contiguous, in the order given.
-    XCTAssertEqual(Array(bytes[(8 + n)...]), le32(Float(1).bitPattern) + le32(Float(2).bitPattern) + le32(Float(3).bitPattern))
+    XCTAssertEqual(
+      Array(bytes[(8 + n)...]), le32(Float(1).bitPattern) + le32(Float(2).bitPattern) + le32(Float(3).bitPattern))
   }
 
   func testNoMetadataAndNoTensors() throws {
@@ -268,7 +275,8 @@ final class SafeTensorsTests: XCTestCase {
     try rejectsEntry(#""dtype": "F32", "shape": [true, 2], "data_offsets": [0, 8]"#, "dimension 0", "not an integer")
     try rejectsEntry(#""dtype": "F32", "shape": [2, null], "data_offsets": [0, 8]"#, "dimension 1", "not an integer")
     try rejectsEntry(#""dtype": "F32", "shape": [1e30], "data_offsets": [0, 8]"#, "not an integer in range")
-    try rejectsEntry(#""dtype": "F32", "shape": [1180591620717411303424], "data_offsets": [0, 8]"#, "not an integer in range")
+    try rejectsEntry(
+      #""dtype": "F32", "shape": [1180591620717411303424], "data_offsets": [0, 8]"#, "not an integer in range")
     try rejectsEntry(#""dtype": "F32", "shape": [2], "data_offsets": [0, 1e30]"#, "not integers in range")
   }
 
@@ -295,36 +303,48 @@ final class SafeTensorsTests: XCTestCase {
   }
 
   func testRejectsOverlappingTensors() throws {
-    let header = #"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}"#
-    assertRejects(try handBuilt("overlap.safetensors", header: header, data: .init(repeating: 0, count: 12)), "overlap", "\"a\"", "\"b\"")
+    let header =
+      #"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}"#
+    assertRejects(
+      try handBuilt("overlap.safetensors", header: header, data: .init(repeating: 0, count: 12)), "overlap", "\"a\"",
+      "\"b\"")
     // An empty tensor placed inside another one is out of order too.
-    let inside = #"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "e": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]}}"#
-    assertRejects(try handBuilt("inside.safetensors", header: inside, data: .init(repeating: 0, count: 8)), "overlap", "\"e\"")
+    let inside =
+      #"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "e": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]}}"#
+    assertRejects(
+      try handBuilt("inside.safetensors", header: inside, data: .init(repeating: 0, count: 8)), "overlap", "\"e\"")
   }
 
   func testRejectsUncoveredBytesBetweenTensors() throws {
-    let header = #"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}"#
-    assertRejects(try handBuilt("gap.safetensors", header: header, data: .init(repeating: 0, count: 12)), "[4, 8)", "uncovered")
+    let header =
+      #"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}"#
+    assertRejects(
+      try handBuilt("gap.safetensors", header: header, data: .init(repeating: 0, count: 12)), "[4, 8)", "uncovered")
   }
 
   func testRejectsTrailingBytes() throws {
     let header = #"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}"#
-    assertRejects(try handBuilt("tail.safetensors", header: header, data: .init(repeating: 0, count: 11)), "3 trailing bytes")
+    assertRejects(
+      try handBuilt("tail.safetensors", header: header, data: .init(repeating: 0, count: 11)), "3 trailing bytes")
     assertRejects(try handBuilt("none.safetensors", header: "{}", data: [1]), "trailing")
   }
 
   func testRejectsDuplicateTensorNames() throws {
-    let header = #"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "\u0061": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}"#
-    assertRejects(try handBuilt("dup.safetensors", header: header, data: .init(repeating: 0, count: 8)), "\"a\"", "duplicate")
+    let header =
+      #"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "\u0061": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}"#
+    assertRejects(
+      try handBuilt("dup.safetensors", header: header, data: .init(repeating: 0, count: 8)), "\"a\"", "duplicate")
     // The same name nested inside different objects is fine.
     let nested = #"{"__metadata__": {"a": "1"}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}"#
-    XCTAssertEqual(try SafeTensorsFile(path: try handBuilt("nested.safetensors", header: nested, data: [0, 0, 0, 0])).names, ["a"])
+    XCTAssertEqual(
+      try SafeTensorsFile(path: try handBuilt("nested.safetensors", header: nested, data: [0, 0, 0, 0])).names, ["a"])
   }
 
   func testRejectsMetadataThatIsNotStrings() throws {
     let header = #"{"__metadata__": {"epoch": 3}}"#
     assertRejects(try handBuilt("meta.safetensors", header: header), "__metadata__", "\"epoch\"", "must be a string")
-    assertRejects(try handBuilt("meta2.safetensors", header: #"{"__metadata__": [1]}"#), "__metadata__", "object of strings")
+    assertRejects(
+      try handBuilt("meta2.safetensors", header: #"{"__metadata__": [1]}"#), "__metadata__", "object of strings")
   }
 
   func testRejectsMissingFileAndFolders() throws {
@@ -348,7 +368,9 @@ final class SafeTensorsTests: XCTestCase {
     let f = try SafeTensorsFile(path: path)
     XCTAssertEqual(try f.floats("h.0.attn.c_attn.weight", expectedShape: [2, 3]), [1, 2, 3, 4, 5, 6])
     XCTAssertThrowsError(try f.floats("h.0.attn.c_attn.weight", expectedShape: [3, 2])) { error in
-      self.check(error, path: path, ["h.0.attn.c_attn.weight", "expected shape [3, 2]", "found shape [2, 3]"], file: #filePath, line: #line)
+      self.check(
+        error, path: path, ["h.0.attn.c_attn.weight", "expected shape [3, 2]", "found shape [2, 3]"], file: #filePath,
+        line: #line)
     }
   }
 

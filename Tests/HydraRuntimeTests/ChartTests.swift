@@ -58,14 +58,18 @@ final class ChartTests: XCTestCase {
     guard box.count == 4 else { return }
     let (w, h) = (box[2], box[3])
     func check(_ x: Double, _ y: Double, _ what: String) {
-      XCTAssert(x.isFinite && y.isFinite && x >= 0 && x <= w && y >= 0 && y <= h, "\(what) at \(x),\(y) outside \(w)x\(h)", file: file, line: line)
+      XCTAssert(
+        x.isFinite && y.isFinite && x >= 0 && x <= w && y >= 0 && y <= h, "\(what) at \(x),\(y) outside \(w)x\(h)",
+        file: file, line: line)
     }
     for r in svg.all("rect") where r.attributes["width"] != "100%" && r.attributes["x"] != nil {
       check(r.number("x"), r.number("y"), "rect")
       check(r.number("x") + r.number("width"), r.number("y") + r.number("height"), "rect end")
     }
     for c in svg.all("circle") { check(c.number("cx"), c.number("cy"), "circle") }
-    for l in svg.all("line") { check(l.number("x1"), l.number("y1"), "line"); check(l.number("x2"), l.number("y2"), "line") }
+    for l in svg.all("line") {
+      check(l.number("x1"), l.number("y1"), "line"); check(l.number("x2"), l.number("y2"), "line")
+    }
     for p in svg.all("polyline") {
       for pair in (p.attributes["points"] ?? "").split(separator: " ") {
         let xy = pair.split(separator: ",").compactMap { Double($0) }
@@ -105,7 +109,8 @@ final class ChartTests: XCTestCase {
     XCTAssertEqual(rects[2].title, "m0 eval, step 1\nstart 6 s, duration 4 s")
     let labels = svg.all("text").map(\.text)
     XCTAssert(labels.contains("device 0") && labels.contains("device 1"))
-    XCTAssertEqual(try XCTUnwrap(svg.group("x-axis")).all("text").map(\.text), ["0", "2", "4", "6", "8", "10", "time (s)"])
+    XCTAssertEqual(
+      try XCTUnwrap(svg.group("x-axis")).all("text").map(\.text), ["0", "2", "4", "6", "8", "10", "time (s)"])
     let legend = try XCTUnwrap(svg.group("legend")).all("text").map(\.text)
     XCTAssertEqual(legend, ["m0", "m1", "eval (hatched)"])
   }
@@ -113,11 +118,17 @@ final class ChartTests: XCTestCase {
   func testScheduleMergesBoxesLessThanAPixelApart() throws {
     var events: [TraceEvent] = []
     // Device 0: 1000 back-to-back tasks of one model (gaps of a microsecond): one box.
-    for i in 0..<1000 { events.append(event(0, "a", i % 2 == 0 ? "s0 fwd" : "s0 bwd", step: i / 2, Double(i) * 0.01 + 1e-6, Double(i + 1) * 0.01)) }
+    for i in 0..<1000 {
+      events.append(
+        event(0, "a", i % 2 == 0 ? "s0 fwd" : "s0 bwd", step: i / 2, Double(i) * 0.01 + 1e-6, Double(i + 1) * 0.01))
+    }
     // Device 1: ten tasks a second apart (80 pixels): ten boxes.
     for i in 0..<10 { events.append(event(1, "b", "s0 fwd", step: i, Double(i), Double(i) + 0.5)) }
     // Device 2: the same model, but an eval in between: three boxes.
-    events += [event(2, "a", "s0 fwd", step: 0, 0, 1), event(2, "a", "eval", step: 0, 1, 2), event(2, "a", "s0 fwd", step: 1, 2, 3)]
+    events += [
+      event(2, "a", "s0 fwd", step: 0, 0, 1), event(2, "a", "eval", step: 0, 1, 2),
+      event(2, "a", "s0 fwd", step: 1, 2, 3),
+    ]
     let svg = try parse(Charts.schedule(events, devices: 3, title: "merge"))
     assertInside(svg)
     let rects = try XCTUnwrap(svg.group("events")).all("rect")
@@ -131,7 +142,9 @@ final class ChartTests: XCTestCase {
     var sequential: [TraceEvent] = []
     for d in 0..<4 {
       for i in 0..<25_000 {
-        sequential.append(event(d, "m\(d * 10 + i / 2500)", "s\(i % 4) fwd", step: i / 8, Double(i) * 0.002, Double(i) * 0.002 + 0.0019))
+        sequential.append(
+          event(d, "m\(d * 10 + i / 2500)", "s\(i % 4) fwd", step: i / 8, Double(i) * 0.002, Double(i) * 0.002 + 0.0019)
+        )
       }
     }
     // Interleaved: two models alternating on one device, every task far under a pixel.
@@ -164,7 +177,8 @@ final class ChartTests: XCTestCase {
     let model = "a&b<c>\"d'", title = "<T & \"x\">"
     let svg = try parse(Charts.schedule([event(0, model, "s0 fwd", step: 0, 0, 1)], devices: 1, title: title))
     XCTAssertEqual(svg.title, title)
-    XCTAssertEqual(try XCTUnwrap(svg.group("events")).all("rect").first?.title, "\(model) s0 fwd, step 0\nstart 0 s, duration 1 s")
+    XCTAssertEqual(
+      try XCTUnwrap(svg.group("events")).all("rect").first?.title, "\(model) s0 fwd, step 0\nstart 0 s, duration 1 s")
     XCTAssert(try XCTUnwrap(svg.group("legend")).all("text").map(\.text).contains(model))
     let empty = try parse(Charts.schedule([], devices: 2, title: title))
     XCTAssert(empty.all("text").map(\.text).contains("no data"))
@@ -187,7 +201,8 @@ final class ChartTests: XCTestCase {
     XCTAssertEqual(lines.map { $0.attributes["points"] }, ["80,44 880,444", "80,244 480,344", "80,124"])
     XCTAssertEqual(lines.map { $0.attributes["stroke"] }, Array(Charts.palette.prefix(3)))
     XCTAssertEqual(try XCTUnwrap(svg.group("series")).all("circle").count, 2 + 2 + 1)
-    XCTAssertEqual(try XCTUnwrap(svg.group("x-axis")).all("text").map(\.text), ["0", "20", "40", "60", "80", "100", "step"])
+    XCTAssertEqual(
+      try XCTUnwrap(svg.group("x-axis")).all("text").map(\.text), ["0", "20", "40", "60", "80", "100", "step"])
     XCTAssertEqual(
       try XCTUnwrap(svg.group("y-axis")).all("text").map(\.text),
       ["1.0", "1.2", "1.4", "1.6", "1.8", "2.0", "validation loss"])
@@ -210,7 +225,9 @@ final class ChartTests: XCTestCase {
       // Steps are whole numbers, and so are the step ticks.
       XCTAssert(try XCTUnwrap(svg.group("x-axis")).all("text").dropLast().allSatisfy { Int($0.text) != nil })
     }
-    for series in [[], [(model: "gone", points: [(step: 1, loss: Double.nan)])]] as [[(model: String, points: [(step: Int, loss: Double)])]] {
+    for series in [[], [(model: "gone", points: [(step: 1, loss: Double.nan)])]]
+      as [[(model: String, points: [(step: Int, loss: Double)])]]
+    {
       let svg = try parse(Charts.loss(series, title: "empty & <nothing>", yLabel: "loss"))
       XCTAssertEqual(svg.title, "empty & <nothing>")
       XCTAssert(svg.all("text").map(\.text).contains("no data"))
@@ -227,8 +244,13 @@ final class ChartTests: XCTestCase {
     // Colour by rank among the sorted ids, cycling after twelve, as in the schedule.
     let strokes = groups.map { $0.all("polyline").first?.attributes["stroke"] }
     XCTAssertEqual(strokes, models.indices.reversed().map { Charts.palette[$0 % 12] })
-    let sched = try parse(Charts.schedule(models.enumerated().map { event(0, $1, "s0 fwd", step: 0, Double($0), Double($0) + 1) }, devices: 1, title: "s"))
-    XCTAssertEqual(try XCTUnwrap(sched.group("events")).all("rect").map { $0.attributes["fill"] }, models.indices.map { Charts.palette[$0 % 12] })
+    let sched = try parse(
+      Charts.schedule(
+        models.enumerated().map { event(0, $1, "s0 fwd", step: 0, Double($0), Double($0) + 1) }, devices: 1, title: "s")
+    )
+    XCTAssertEqual(
+      try XCTUnwrap(sched.group("events")).all("rect").map { $0.attributes["fill"] },
+      models.indices.map { Charts.palette[$0 % 12] })
   }
 
   func testTicksAreRoundNumbers() {

@@ -53,10 +53,15 @@ final class CommandLineTests: XCTestCase {
     let r = try hydra([job])
     XCTAssertEqual(r.status, 0, r.err)
     let out = dir + "/out"
-    for file in ["job.toml", "summary.json", "metrics.csv", "trace.json", "checkpoints/m000/model.safetensors", "checkpoints/m000/config.json"] {
+    for file in [
+      "job.toml", "summary.json", "metrics.csv", "trace.json", "checkpoints/m000/model.safetensors",
+      "checkpoints/m000/config.json",
+    ] {
       XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/" + file), file)
     }
-    let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json"))) as! [String: Any]
+    let summary =
+      try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/summary.json")))
+      as! [String: Any]
     XCTAssertEqual(summary["job"] as? String, "tiny")
     let models = summary["models"] as! [[String: Any]]
     XCTAssertEqual(models.map { $0["id"] as! String }, ["m000", "m001", "m002"])
@@ -72,7 +77,8 @@ final class CommandLineTests: XCTestCase {
     let rows = try String(contentsOfFile: out + "/metrics.csv", encoding: .utf8).split(separator: "\n")
     XCTAssertEqual(rows.first, "model,step,split,loss,accuracy,lr,seconds")
     XCTAssertEqual(rows.filter { $0.hasPrefix("m000,") && $0.contains(",train,") }.count, 6)
-    XCTAssertEqual(rows.filter { $0.hasPrefix("m000,") && $0.contains(",val,") }.map { $0.split(separator: ",")[1] }, ["3", "6"])
+    XCTAssertEqual(
+      rows.filter { $0.hasPrefix("m000,") && $0.contains(",val,") }.map { $0.split(separator: ",")[1] }, ["3", "6"])
     // The summary's validation loss is the last val row of metrics.csv.
     let lastVal = rows.last { $0.hasPrefix("m000,") && $0.contains(",val,") }!.split(separator: ",")[3]
     XCTAssertEqual(Double(lastVal)!, models[0]["val_loss"] as! Double, accuracy: 1e-6)
@@ -87,7 +93,9 @@ final class CommandLineTests: XCTestCase {
     let job = try writeJob(dir, tinyGPTJob(dir, data: data).replacingOccurrences(of: "1e-2, 1e-3, 1e6", with: "1e-2"))
     let r = try hydra([job])
     XCTAssertEqual(r.status, 0, r.err)
-    let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/out/summary.json"))) as! [String: Any]
+    let summary =
+      try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/out/summary.json")))
+      as! [String: Any]
     let valLoss = (summary["models"] as! [[String: Any]])[0]["val_loss"] as! Double
     // A second job that starts from the checkpoint and trains 0 further steps is not allowed
     // (steps >= 1), so evaluate directly: same data, same windows.
@@ -96,7 +104,8 @@ final class CommandLineTests: XCTestCase {
     let spec = ModelSpec.gpt(GPTShape(layers: 1, channels: 16, heads: 2, context: 8, vocab: 256))
     let run = try ModelRun(
       index: 0, id: "x", spec: spec, seed: 999,
-      settings: TrainSettings(steps: 1, batchSize: 4, evalBatches: 2, optimizer: Optimizer(kind: .adamw, lr: 1, totalSteps: 1)),
+      settings: TrainSettings(
+        steps: 1, batchSize: 4, evalBatches: 2, optimizer: Optimizer(kind: .adamw, lr: 1, totalSteps: 1)),
       data: dataset, shards: [0..<3], backend: SharedMemoryBackend(devices: 1), memory: kernels.memory)
     let fresh = try run.evaluate(kernels: kernels).loss
     try Checkpoint.load(into: run, from: dir + "/out/checkpoints/m000")
@@ -124,9 +133,15 @@ final class CommandLineTests: XCTestCase {
     let cases: [(job: String, expect: [String])] = [
       (tinyGPTJob(dir, data: short), ["short.txt", "window"]),
       (tinyGPTJob(dir, data: empty), ["empty.txt"]),
-      (tinyGPTJob(dir, data: odd).replacingOccurrences(of: "format = \"text\"", with: "format = \"tokens\""), ["odd.bin", "odd"]),
+      (
+        tinyGPTJob(dir, data: odd).replacingOccurrences(of: "format = \"text\"", with: "format = \"tokens\""),
+        ["odd.bin", "odd"]
+      ),
       (tinyGPTJob(dir, data: good).replacingOccurrences(of: "heads = 2", with: "heads = 3"), ["job.toml:", "heads"]),
-      (tinyGPTJob(dir, data: good).replacingOccurrences(of: "layers = 1", with: "layers = 1\ninit = \"\(badCheckpoint)\""), ["bad.safetensors"]),
+      (
+        tinyGPTJob(dir, data: good).replacingOccurrences(
+          of: "layers = 1", with: "layers = 1\ninit = \"\(badCheckpoint)\""), ["bad.safetensors"]
+      ),
       (mlpJob(csv), ["bad.csv:2", "column 2"]),
       (mlpJob(labels), ["labels.csv:2", "7"]),
       (tinyGPTJob(dir, data: good).replacingOccurrences(of: "vocab", with: "vocab"), []),  // control: good

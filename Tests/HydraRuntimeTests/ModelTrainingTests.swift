@@ -13,7 +13,9 @@ final class ModelTrainingTests: XCTestCase {
     _ spec: ModelSpec, data: BatchSource, shards: [Range<Int>], steps: Int, batch: Int = 4,
     optimizer: Optimizer? = nil
   ) throws -> ModelRun {
-    let opt = optimizer ?? Optimizer(kind: .adamw, lr: 3e-3, weightDecay: 0.1, schedule: .cosine, warmupSteps: 2, totalSteps: steps)
+    let opt =
+      optimizer
+      ?? Optimizer(kind: .adamw, lr: 3e-3, weightDecay: 0.1, schedule: .cosine, warmupSteps: 2, totalSteps: steps)
     return try ModelRun(
       index: 0, id: "m000", spec: spec, seed: 42,
       settings: TrainSettings(steps: steps, batchSize: batch, optimizer: opt),
@@ -82,7 +84,8 @@ final class ModelTrainingTests: XCTestCase {
   /// lost, which the 0.02-scale embedding gradient alone cannot reproduce).
   func testTiedEmbeddingReceivesTheHeadGradient() throws {
     let data = RandomTokens(vocab: 64, context: 8)
-    let run = try makeRun(.gpt(small), data: data, shards: shards([2, 2]), steps: 1,
+    let run = try makeRun(
+      .gpt(small), data: data, shards: shards([2, 2]), steps: 1,
       optimizer: Optimizer(kind: .sgd, lr: 1, momentum: 0, totalSteps: 1))
     let before = run.ownedParameters.first { $0.name == "wte.weight" }!.value.array
     try train(run, kernels: kernels)

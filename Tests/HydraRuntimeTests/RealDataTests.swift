@@ -5,8 +5,8 @@ import HydraCore
 import HydraKernelsCPU
 import HydraKernelsReference
 import HydraPartitioners
-import HydraSchedulers
 import HydraRuntime
+import HydraSchedulers
 import XCTest
 
 /// Whole jobs on the real data sets in Examples/data, through the same path as `hydra-mpi run`.

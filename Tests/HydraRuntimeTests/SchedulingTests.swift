@@ -72,7 +72,8 @@ final class SchedulingTests: XCTestCase {
         XCTAssertEqual(try weights(result), expected, "\(scheduler) on \(devices) device(s)")
         // Every boundary and tied tensor posted was taken and let go.
         XCTAssertEqual((result.backend as! SharedMemoryBackend).outstanding, 0)
-        try checkTrace(result.output + "/trace.json", runs: result.runs, devices: devices, label: "\(scheduler)/\(devices)")
+        try checkTrace(
+          result.output + "/trace.json", runs: result.runs, devices: devices, label: "\(scheduler)/\(devices)")
       }
     }
   }
@@ -116,16 +117,20 @@ final class SchedulingTests: XCTestCase {
   /// diverged, and every other model ends exactly as in a job without it.
   func testADivergingModelFailsAloneAndTheOthersAreUntouched() throws {
     let dir = try temporaryFolder()
-    let without = try runJob(try sweepJob(dir, lrs: "3e-3, 1e-3"), overrides: ["cluster.devices=2", "scheduler.name=\"lrtf\""])
+    let without = try runJob(
+      try sweepJob(dir, lrs: "3e-3, 1e-3"), overrides: ["cluster.devices=2", "scheduler.name=\"lrtf\""])
     let dir2 = try temporaryFolder()
     // The absurd rate comes last so that the other members keep their ids and seeds.
-    let with = try runJob(try sweepJob(dir2, lrs: "3e-3, 1e-3, 1e9"), overrides: ["cluster.devices=2", "scheduler.name=\"lrtf\""])
+    let with = try runJob(
+      try sweepJob(dir2, lrs: "3e-3, 1e-3, 1e9"), overrides: ["cluster.devices=2", "scheduler.name=\"lrtf\""])
     XCTAssertEqual(with.runs.count, 6)
     let diverged = with.runs.filter { $0.status.name == "diverged" }.map(\.id)
     XCTAssertEqual(diverged, ["m004", "m005"])
     XCTAssertEqual((with.backend as! SharedMemoryBackend).outstanding, 0, "a diverged model leaves nothing posted")
     XCTAssertEqual(try weights(with), try weights(without))
-    let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: with.output + "/summary.json"))) as! [String: Any]
+    let summary =
+      try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: with.output + "/summary.json")))
+      as! [String: Any]
     let statuses = (summary["models"] as! [[String: Any]]).map { $0["status"] as! String }
     XCTAssertEqual(statuses, ["done", "done", "done", "done", "diverged", "diverged"])
   }

@@ -11,7 +11,8 @@ import XCTest
 final class ShardExactnessTests: XCTestCase {
   func gptJob(_ dir: String) throws -> String {
     let data = dir + "/text.txt"
-    try String(repeating: "shards change when and where, never what. ", count: 200).write(toFile: data, atomically: true, encoding: .utf8)
+    try String(repeating: "shards change when and where, never what. ", count: 200).write(
+      toFile: data, atomically: true, encoding: .utf8)
     return try writeJob(
       dir,
       """
@@ -111,8 +112,10 @@ final class ShardExactnessTests: XCTestCase {
       for checkpointing in ["true", "false"] {
         for host in [[], ["cluster.host_memory=1"]] {
           out.append(
-            ["cluster.device_memory=\(budget)", "partitioner.name=\"\(partitioner)\"",
-             "cluster.activation_checkpointing=\(checkpointing)"] + host)
+            [
+              "cluster.device_memory=\(budget)", "partitioner.name=\"\(partitioner)\"",
+              "cluster.activation_checkpointing=\(checkpointing)",
+            ] + host)
         }
       }
     }
@@ -147,10 +150,12 @@ final class ShardExactnessTests: XCTestCase {
     XCTAssertTrue(seconds.allSatisfy { $0 > 0 && $0 < 1 }, "\(seconds)")
     // A transformer block does far more work than the embedding lookup.
     XCTAssertGreaterThan(seconds[1], seconds[0])
-    XCTAssertFalse(plans[0].request.options.keys.contains("profile_steps"), "the plugin must not see the runtime's option")
+    XCTAssertFalse(
+      plans[0].request.options.keys.contains("profile_steps"), "the plugin must not see the runtime's option")
     XCTAssertThrowsError(
       try JobRunner(
-        config: try JobConfig.load(path: dir + "/job.toml", known: testKnownPlugins(), overrides: ["partitioner.profile_steps=-1"]),
+        config: try JobConfig.load(
+          path: dir + "/job.toml", known: testKnownPlugins(), overrides: ["partitioner.profile_steps=-1"]),
         registry: testRegistry()
       ).plan())
   }

@@ -61,9 +61,12 @@ final class CPUKernelsTests: XCTestCase {
   func testGemmWithEmptyInnerDimension() {
     let cpu = CPUKernels()
     let c = Buf([1, 2, 3, 4, 5, 6]), a = Buf(count: 1), b = Buf(count: 1)
-    cpu.gemm(transA: false, transB: false, m: 2, n: 2, k: 0, alpha: 1, a: a.c, lda: 0, b: b.c, ldb: 2, beta: 0.5, c: c.p, ldc: 3)
+    cpu.gemm(
+      transA: false, transB: false, m: 2, n: 2, k: 0, alpha: 1, a: a.c, lda: 0, b: b.c, ldb: 2, beta: 0.5, c: c.p,
+      ldc: 3)
     XCTAssertEqual(c.array, [0.5, 1, 3, 2, 2.5, 6])
-    cpu.gemm(transA: false, transB: false, m: 2, n: 2, k: 0, alpha: 1, a: a.c, lda: 0, b: b.c, ldb: 2, beta: 0, c: c.p, ldc: 3)
+    cpu.gemm(
+      transA: false, transB: false, m: 2, n: 2, k: 0, alpha: 1, a: a.c, lda: 0, b: b.c, ldb: 2, beta: 0, c: c.p, ldc: 3)
     XCTAssertEqual(c.array, [0, 0, 3, 0, 0, 6])
     XCTAssertFalse(CPUKernels.blasCoreName.isEmpty)
   }
@@ -114,7 +117,8 @@ final class CPUKernelsTests: XCTestCase {
         cpu.accumulateBiasGradient(dy.c, rows: rows, cols: cols, into: d1.p)
         ref.accumulateBiasGradient(dy.c, rows: rows, cols: cols, into: d2.p)
         // A sum of `rows` N(0,1) terms: sqrt(rows)-sized, rows <= 300.
-        assertClose(d1.array, d2.array, tol: 2e-6 * Float(rows).squareRoot(), "biasGradient t\(threads) \(rows)x\(cols)")
+        assertClose(
+          d1.array, d2.array, tol: 2e-6 * Float(rows).squareRoot(), "biasGradient t\(threads) \(rows)x\(cols)")
       }
     }
   }
@@ -321,8 +325,10 @@ final class CPUKernelsTests: XCTestCase {
         let wte = Buf(rng.normal(vocab * C)), wpe = Buf(rng.normal(T * C))
         let o1 = Buf(count: B * T * C, value: .nan), o2 = Buf(count: B * T * C)
         tokens.withUnsafeBufferPointer { tok in
-          cpu.embeddingForward(tokens: tok.baseAddress!, wte: wte.c, wpe: wpe.c, out: o1.p, batch: B, seq: T, channels: C)
-          ref.embeddingForward(tokens: tok.baseAddress!, wte: wte.c, wpe: wpe.c, out: o2.p, batch: B, seq: T, channels: C)
+          cpu.embeddingForward(
+            tokens: tok.baseAddress!, wte: wte.c, wpe: wpe.c, out: o1.p, batch: B, seq: T, channels: C)
+          ref.embeddingForward(
+            tokens: tok.baseAddress!, wte: wte.c, wpe: wpe.c, out: o2.p, batch: B, seq: T, channels: C)
         }
         assertBitwise(o1.array, o2.array, "\(what) forward")
 
@@ -330,8 +336,10 @@ final class CPUKernelsTests: XCTestCase {
         let dte0 = rng.normal(vocab * C), dpe0 = rng.normal(T * C)
         let dte1 = Buf(dte0), dte2 = Buf(dte0), dpe1 = Buf(dpe0), dpe2 = Buf(dpe0)
         tokens.withUnsafeBufferPointer { tok in
-          cpu.embeddingBackward(dout: dout.c, tokens: tok.baseAddress!, dwte: dte1.p, dwpe: dpe1.p, batch: B, seq: T, channels: C)
-          ref.embeddingBackward(dout: dout.c, tokens: tok.baseAddress!, dwte: dte2.p, dwpe: dpe2.p, batch: B, seq: T, channels: C)
+          cpu.embeddingBackward(
+            dout: dout.c, tokens: tok.baseAddress!, dwte: dte1.p, dwpe: dpe1.p, batch: B, seq: T, channels: C)
+          ref.embeddingBackward(
+            dout: dout.c, tokens: tok.baseAddress!, dwte: dte2.p, dwpe: dpe2.p, batch: B, seq: T, channels: C)
         }
         // Rows are added in order i = 0, 1, ... in both: the same Float sums, bit for bit.
         assertBitwise(dte1.array, dte2.array, "\(what) dwte")

@@ -17,7 +17,9 @@ final class DeterminismTests: XCTestCase {
     if blas {
       let (m, nn, kk) = (192, 160, 384)
       let a = Buf(rng.normal(m * kk)), b = Buf(rng.normal(kk * nn)), c = Buf(rng.normal(m * nn))
-      k.gemm(transA: false, transB: false, m: m, n: nn, k: kk, alpha: 0.5, a: a.c, lda: kk, b: b.c, ldb: nn, beta: 0.5, c: c.p, ldc: nn)
+      k.gemm(
+        transA: false, transB: false, m: m, n: nn, k: kk, alpha: 0.5, a: a.c, lda: kk, b: b.c, ldb: nn, beta: 0.5,
+        c: c.p, ldc: nn)
       results.append(("gemm", c.array))
       let cb = Buf(rng.normal(2 * 64 * 64))
       k.gemmBatched(
@@ -56,10 +58,13 @@ final class DeterminismTests: XCTestCase {
 
     let gamma = Buf(rng.normal(cols)), beta = Buf(rng.normal(cols))
     let mean = Buf(count: rows), rstd = Buf(count: rows)
-    k.layerNormForward(x.c, gamma: gamma.c, beta: beta.c, o.p, mean: mean.p, rstd: rstd.p, rows: rows, cols: cols, eps: 1e-5)
+    k.layerNormForward(
+      x.c, gamma: gamma.c, beta: beta.c, o.p, mean: mean.p, rstd: rstd.p, rows: rows, cols: cols, eps: 1e-5)
     results.append(("layerNorm", o.array + mean.array + rstd.array))
     let dx = Buf(rng.normal(n)), dg = Buf(rng.normal(cols)), db = Buf(rng.normal(cols))
-    k.layerNormBackward(dy.c, x.c, gamma: gamma.c, mean: mean.c, rstd: rstd.c, dx: dx.p, dgamma: dg.p, dbeta: db.p, rows: rows, cols: cols)
+    k.layerNormBackward(
+      dy.c, x.c, gamma: gamma.c, mean: mean.c, rstd: rstd.c, dx: dx.p, dgamma: dg.p, dbeta: db.p, rows: rows, cols: cols
+    )
     results.append(("layerNormBackward", dx.array + dg.array + db.array))
 
     let (B, T, vocab) = (4, 128, 7)
@@ -68,7 +73,8 @@ final class DeterminismTests: XCTestCase {
     let emb = Buf(count: B * T * cols), dwte = Buf(rng.normal(vocab * cols)), dwpe = Buf(rng.normal(T * cols))
     tokens.withUnsafeBufferPointer { t in
       k.embeddingForward(tokens: t.baseAddress!, wte: wte.c, wpe: wpe.c, out: emb.p, batch: B, seq: T, channels: cols)
-      k.embeddingBackward(dout: dy.c, tokens: t.baseAddress!, dwte: dwte.p, dwpe: dwpe.p, batch: B, seq: T, channels: cols)
+      k.embeddingBackward(
+        dout: dy.c, tokens: t.baseAddress!, dwte: dwte.p, dwpe: dwpe.p, batch: B, seq: T, channels: cols)
     }
     results.append(("embedding", emb.array))
     results.append(("embeddingBackward", dwte.array + dwpe.array))
@@ -77,16 +83,23 @@ final class DeterminismTests: XCTestCase {
     let logits = Buf(rng.normal(256 * classes, std: 3)), targets = rng.ints(256, below: classes)
     let dlogits = Buf(count: 256 * classes)
     let ce = targets.withUnsafeBufferPointer {
-      k.softmaxCrossEntropy(logits: logits.c, targets: $0.baseAddress!, rows: 256, classes: classes, dlogits: dlogits.p, gradScale: 1.0 / 256)
+      k.softmaxCrossEntropy(
+        logits: logits.c, targets: $0.baseAddress!, rows: 256, classes: classes, dlogits: dlogits.p,
+        gradScale: 1.0 / 256)
     }
     let lossBits = ce.loss.bitPattern
-    results.append((
-      "crossEntropy",
-      dlogits.array + [Float(bitPattern: UInt32(lossBits >> 32)), Float(bitPattern: UInt32(lossBits & 0xFFFF_FFFF)), Float(ce.correct)]
-    ))
+    results.append(
+      (
+        "crossEntropy",
+        dlogits.array + [
+          Float(bitPattern: UInt32(lossBits >> 32)), Float(bitPattern: UInt32(lossBits & 0xFFFF_FFFF)),
+          Float(ce.correct),
+        ]
+      ))
 
     let ss = k.sumOfSquares(x.c, count: n).bitPattern
-    results.append(("sumOfSquares", [Float(bitPattern: UInt32(ss >> 32)), Float(bitPattern: UInt32(ss & 0xFFFF_FFFF))]))
+    results.append(
+      ("sumOfSquares", [Float(bitPattern: UInt32(ss >> 32)), Float(bitPattern: UInt32(ss & 0xFFFF_FFFF))]))
 
     let sum = Buf(count: n)
     k.add(x.c, dy.c, sum.p, count: n)
@@ -95,12 +108,16 @@ final class DeterminismTests: XCTestCase {
     results.append(("add/accumulate/scale", sum.array))
 
     let p = Buf(x.array), mom = Buf(count: n)
-    k.sgdStep(param: p.p, grad: dy.c, momentumBuffer: mom.p, count: n, lr: 0.1, momentum: 0.9, weightDecay: 0.01, step: 1)
-    k.sgdStep(param: p.p, grad: x.c, momentumBuffer: mom.p, count: n, lr: 0.1, momentum: 0.9, weightDecay: 0.01, step: 2)
+    k.sgdStep(
+      param: p.p, grad: dy.c, momentumBuffer: mom.p, count: n, lr: 0.1, momentum: 0.9, weightDecay: 0.01, step: 1)
+    k.sgdStep(
+      param: p.p, grad: x.c, momentumBuffer: mom.p, count: n, lr: 0.1, momentum: 0.9, weightDecay: 0.01, step: 2)
     results.append(("sgd", p.array + mom.array))
     let pa = Buf(x.array), am = Buf(count: n), av = Buf(count: n)
     for step in 1...2 {
-      k.adamwStep(param: pa.p, grad: dy.c, m: am.p, v: av.p, count: n, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, step: step)
+      k.adamwStep(
+        param: pa.p, grad: dy.c, m: am.p, v: av.p, count: n, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8,
+        weightDecay: 0.1, step: step)
     }
     results.append(("adamw", pa.array + am.array + av.array))
     return results

@@ -14,11 +14,14 @@ final class PartitionErrorTests: XCTestCase {
     let blocks = (0..<5).map { i in
       costs(i == 3 ? mib : 64 << 10, act: 1024, ws: 512, flops: 100)
     }
-    return PartitionRequest(blocks: blocks, blockNames: names, batchSize: 4, stateCopies: 1, budget: budget,
-                            doubleBuffering: db, options: options)
+    return PartitionRequest(
+      blocks: blocks, blockNames: names, batchSize: 4, stateCopies: 1, budget: budget,
+      doubleBuffering: db, options: options)
   }
 
-  func error(_ p: Partitioner, _ r: PartitionRequest, file: StaticString = #filePath, line: UInt = #line) -> PartitionError? {
+  func error(_ p: Partitioner, _ r: PartitionRequest, file: StaticString = #filePath, line: UInt = #line)
+    -> PartitionError?
+  {
     do {
       let shards = try p.partition(r)
       XCTFail("expected an error, got \(shards)", file: file, line: line)
@@ -47,7 +50,8 @@ final class PartitionErrorTests: XCTestCase {
     }
     // With double buffering a 4 MiB device leaves 2 MiB per shard: both sizes are named.
     let e = try XCTUnwrap(error(MemoryGreedyPartitioner(), request(budget: 4 * mib, db: true)))
-    XCTAssertTrue(e.message.contains("\"h.2\"") && e.message.contains("2.0 MiB") && e.message.contains("4.0 MiB"), e.message)
+    XCTAssertTrue(
+      e.message.contains("\"h.2\"") && e.message.contains("2.0 MiB") && e.message.contains("4.0 MiB"), e.message)
     XCTAssertTrue(e.message.contains("double buffering"), e.message)
     // 4 MiB without double buffering holds the whole model (3 MiB + 4 x 192 KiB + 22 KiB).
     XCTAssertEqual(try MemoryGreedyPartitioner().partition(request(budget: 4 * mib)), [0..<5])
@@ -74,12 +78,14 @@ final class PartitionErrorTests: XCTestCase {
 
   func testFixedOptions() throws {
     let fixed = FixedPartitioner()
-    let both = try XCTUnwrap(error(fixed, request(budget: .max, options: ["blocks_per_shard": .int(2), "boundaries": .array([])])))
+    let both = try XCTUnwrap(
+      error(fixed, request(budget: .max, options: ["blocks_per_shard": .int(2), "boundaries": .array([])])))
     XCTAssertEqual(both.key, "partitioner.boundaries")
     XCTAssertTrue(both.message.contains("not both"), both.message)
     let neither = try XCTUnwrap(error(fixed, request(budget: .max)))
     XCTAssertEqual(neither.key, "partitioner")
-    XCTAssertTrue(neither.message.contains("blocks_per_shard") && neither.message.contains("boundaries"), neither.message)
+    XCTAssertTrue(
+      neither.message.contains("blocks_per_shard") && neither.message.contains("boundaries"), neither.message)
     for bad: ConfigValue in [.int(0), .int(-2), .double(2), .string("2")] {
       let e = try XCTUnwrap(error(fixed, request(budget: .max, options: ["blocks_per_shard": bad])))
       XCTAssertEqual(e.key, "partitioner.blocks_per_shard")

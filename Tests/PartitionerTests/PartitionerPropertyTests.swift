@@ -13,8 +13,9 @@ final class PartitionerPropertyTests: XCTestCase {
   func randomRequest(_ g: inout SplitMix64, maxBlocks: Int) -> PartitionRequest {
     let n = 1 + g.nextInt(below: maxBlocks)
     let blocks = (0..<n).map { _ in
-      costs(1 + g.nextInt(below: 10_000), act: g.nextInt(below: 2_000), ws: g.nextInt(below: 1_000),
-            flops: 1 + g.nextInt(below: 50))
+      costs(
+        1 + g.nextInt(below: 10_000), act: g.nextInt(below: 2_000), ws: g.nextInt(below: 1_000),
+        flops: 1 + g.nextInt(below: 50))
     }
     var r = PartitionRequest(
       blocks: blocks, blockNames: (0..<n).map { "b\($0)" }, batchSize: 1 + g.nextInt(below: 8),

@@ -6,18 +6,24 @@ import XCTest
 
 /// A block with the given parameter, activation and workspace bytes (per sample) and forward FLOPs.
 func costs(_ p: Int, act: Int, ws: Int = 0, flops: Int = 1) -> BlockCosts {
-  BlockCosts(parameterBytes: p, activationBytesPerSample: act, workspaceBytesPerSample: ws, forwardFlopsPerSample: flops)
+  BlockCosts(
+    parameterBytes: p, activationBytesPerSample: act, workspaceBytesPerSample: ws, forwardFlopsPerSample: flops)
 }
 
 final class PartitionerTests: XCTestCase {
   // Three blocks, adamw (state = 4 x parameters), batch size 8:
   //   b0: p 10, act 4, ws 3    b1: p 20, act 5, ws 7    b2: p 30, act 6, ws 2
-  let three = [costs(10, act: 4, ws: 3, flops: 1), costs(20, act: 5, ws: 7, flops: 2), costs(30, act: 6, ws: 2, flops: 3)]
+  let three = [
+    costs(10, act: 4, ws: 3, flops: 1), costs(20, act: 5, ws: 7, flops: 2), costs(30, act: 6, ws: 2, flops: 3),
+  ]
 
-  func request(_ blocks: [BlockCosts], budget: Int = .max, db: Bool = false, ckpt: Bool = false, batch: Int = 8,
-               copies: Int = 2, names: [String]? = nil, options: [String: ConfigValue] = [:]) -> PartitionRequest {
-    PartitionRequest(blocks: blocks, blockNames: names, batchSize: batch, stateCopies: copies, budget: budget,
-                     doubleBuffering: db, activationCheckpointing: ckpt, options: options)
+  func request(
+    _ blocks: [BlockCosts], budget: Int = .max, db: Bool = false, ckpt: Bool = false, batch: Int = 8,
+    copies: Int = 2, names: [String]? = nil, options: [String: ConfigValue] = [:]
+  ) -> PartitionRequest {
+    PartitionRequest(
+      blocks: blocks, blockNames: names, batchSize: batch, stateCopies: copies, budget: budget,
+      doubleBuffering: db, activationCheckpointing: ckpt, options: options)
   }
 
   func testFootprintByHand() {
@@ -87,8 +93,9 @@ final class PartitionerTests: XCTestCase {
     let tight = request(heavyFirst, budget: 960, batch: 2, copies: 1)
     XCTAssertEqual(try MemoryGreedyPartitioner().partition(tight), [0..<3, 3..<5])
     XCTAssertEqual(try BalancedPartitioner().partition(tight), [0..<3, 3..<5])
-    XCTAssertEqual(try MemoryGreedyPartitioner().partition(request(heavyFirst, budget: 959, batch: 2, copies: 1)),
-                   [0..<2, 2..<4, 4..<5])
+    XCTAssertEqual(
+      try MemoryGreedyPartitioner().partition(request(heavyFirst, budget: 959, batch: 2, copies: 1)),
+      [0..<2, 2..<4, 4..<5])
 
     // Equal times: cutting at 2 or 3 both give max 18; ties go to the earliest boundary.
     let equal = request([1, 1, 1, 1, 1].map { costs(100, act: 10, flops: $0) }, budget: 1000, batch: 2, copies: 1)

@@ -55,9 +55,11 @@ final class SchedulerTests: XCTestCase {
     let s = RoundRobinScheduler()
     let all = (0..<4).map { ready($0) }
     XCTAssertEqual(
-      s.schedule(SchedulerView(now: 0, ready: all, freeDevices: [0], deviceCount: 2, modelCount: 4)).map(\.task.model), [0])
+      s.schedule(SchedulerView(now: 0, ready: all, freeDevices: [0], deviceCount: 2, modelCount: 4)).map(\.task.model),
+      [0])
     XCTAssertEqual(
-      s.schedule(SchedulerView(now: 1, ready: all, freeDevices: [0, 1], deviceCount: 2, modelCount: 4)).map(\.task.model),
+      s.schedule(SchedulerView(now: 1, ready: all, freeDevices: [0, 1], deviceCount: 2, modelCount: 4)).map(
+        \.task.model),
       [1, 2])
     // Model 3 is not ready: the pick after 2 wraps around to 0.
     XCTAssertEqual(
@@ -68,7 +70,8 @@ final class SchedulerTests: XCTestCase {
 
   func testRandomFillsEveryFreeDevice() {
     let s = RandomScheduler(seed: 3)
-    let view = SchedulerView(now: 0, ready: (0..<5).map { ready($0) }, freeDevices: [2, 0], deviceCount: 3, modelCount: 5)
+    let view = SchedulerView(
+      now: 0, ready: (0..<5).map { ready($0) }, freeDevices: [2, 0], deviceCount: 3, modelCount: 5)
     let a = s.schedule(view)
     XCTAssertEqual(a.map(\.device), [0, 2])
     XCTAssertNoThrow(try validate(a, against: view, scheduler: s.name))
@@ -86,7 +89,8 @@ final class SchedulerTests: XCTestCase {
     XCTAssertEqual(seq.schedule(v), [Assignment(task: fwd(1, shard: 3), device: 0)])
     XCTAssertEqual(mp.schedule(v), [Assignment(task: fwd(1, shard: 3), device: 1)])
     // Model 1 is running (neither ready nor finished): nobody else starts.
-    let running = SchedulerView(now: 0, ready: [ready(2)], freeDevices: [0], deviceCount: 2, modelCount: 3, finished: [0])
+    let running = SchedulerView(
+      now: 0, ready: [ready(2)], freeDevices: [0], deviceCount: 2, modelCount: 3, finished: [0])
     XCTAssertEqual(seq.schedule(running), [])
     XCTAssertEqual(mp.schedule(running), [])
     // Its pinned device is busy: wait.

@@ -169,7 +169,9 @@ final class SimulationTests: XCTestCase {
           XCTAssertEqual(mine.map(\.task), expected, label)
           for (i, iv) in mine.enumerated() {
             let t = iv.task
-            XCTAssertEqual(iv.end - iv.start, t.direction == .forward ? model.forwardSeconds[t.shard] : model.backwardSeconds[t.shard], label)
+            XCTAssertEqual(
+              iv.end - iv.start,
+              t.direction == .forward ? model.forwardSeconds[t.shard] : model.backwardSeconds[t.shard], label)
             if i > 0 { XCTAssertGreaterThanOrEqual(iv.start, mine[i - 1].end, label) }
           }
         }

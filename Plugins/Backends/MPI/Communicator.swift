@@ -164,7 +164,8 @@ public final class MPICommunicator: @unchecked Sendable {
     var finalizedFlag: Int32 = 0
     try check(MPI_Finalized(&finalizedFlag), "MPI_Finalized")
     if finalizedFlag != 0 {
-      throw MPIError(call: "MPI_Init_thread", message: "MPI was already finalized in this process; it cannot be started again")
+      throw MPIError(
+        call: "MPI_Init_thread", message: "MPI was already finalized in this process; it cannot be started again")
     }
     var initialized: Int32 = 0
     try check(MPI_Initialized(&initialized), "MPI_Initialized")
@@ -302,7 +303,8 @@ public final class MPICommunicator: @unchecked Sendable {
       MPI_Irecv(buffer.baseAddress, n, hydra_mpi_byte(), Int32(source), tag, handle, &request),
       "MPI_Irecv(\(buffer.count) bytes from rank \(source), tag \(tag))")
     return MPIRequest(
-      request, kind: .receive, peer: source, tag: tag, bytes: buffer.count, expectedBytes: exactly, keepAlive: keepAlive)
+      request, kind: .receive, peer: source, tag: tag, bytes: buffer.count, expectedBytes: exactly, keepAlive: keepAlive
+    )
   }
 
   /// Blocks until a message matching `source`/`tag` can be received, without receiving it.
@@ -354,7 +356,8 @@ public final class MPICommunicator: @unchecked Sendable {
   /// Root's bytes copied into `buffer` on every rank (all ranks pass buffers of the same size).
   public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws {
     let n = try Self.count(buffer.count, "MPI_Bcast")
-    try check(MPI_Bcast(buffer.baseAddress, n, hydra_mpi_byte(), Int32(root), handle), "MPI_Bcast(\(buffer.count) bytes)")
+    try check(
+      MPI_Bcast(buffer.baseAddress, n, hydra_mpi_byte(), Int32(root), handle), "MPI_Bcast(\(buffer.count) bytes)")
   }
 
   /// Root's byte array on every rank; the other ranks need not know its length (pass anything).
@@ -467,7 +470,8 @@ public final class MPIRequest: @unchecked Sendable {
     let s = try MPIMessageStatus(raw, call: call)
     status = s
     if let expectedBytes, s.count != expectedBytes {
-      throw MPIError(call: call, message: "expected \(expectedBytes) bytes, the message from rank \(s.source) had \(s.count)")
+      throw MPIError(
+        call: call, message: "expected \(expectedBytes) bytes, the message from rank \(s.source) had \(s.count)")
     }
     return s
   }

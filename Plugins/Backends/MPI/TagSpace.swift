@@ -202,9 +202,11 @@ public struct TagSpace: Equatable, Sendable, CustomStringConvertible {
         return false
       } catch is TagError { return true } catch { return false }
     }
-    try expect(throwsTagError { try layout.tag(.activation, model: layout.maxModels, shard: 0, step: 0) }, "model overflow")
+    try expect(
+      throwsTagError { try layout.tag(.activation, model: layout.maxModels, shard: 0, step: 0) }, "model overflow")
     try expect(throwsTagError { try layout.tag(.activation, model: -1, shard: 0, step: 0) }, "negative model")
-    try expect(throwsTagError { try layout.tag(.gradient, model: 0, shard: layout.maxShards, step: 0) }, "shard overflow")
+    try expect(
+      throwsTagError { try layout.tag(.gradient, model: 0, shard: layout.maxShards, step: 0) }, "shard overflow")
     try expect(throwsTagError { try layout.tag(.gradient, model: 0, shard: 0, step: -1) }, "negative step")
     do {
       _ = try TagSpace(models: 1 << 10, shards: 1 << 10, upperBound: 32767)

@@ -38,7 +38,9 @@ public struct BlockCosts: Sendable, Equatable {
   /// Multiply-adds x 2 of one forward pass, per sample. A backward costs about twice as much.
   public var forwardFlopsPerSample: Int
 
-  public init(parameterBytes: Int, activationBytesPerSample: Int, workspaceBytesPerSample: Int, forwardFlopsPerSample: Int) {
+  public init(
+    parameterBytes: Int, activationBytesPerSample: Int, workspaceBytesPerSample: Int, forwardFlopsPerSample: Int
+  ) {
     self.parameterBytes = parameterBytes
     self.activationBytesPerSample = activationBytesPerSample
     self.workspaceBytesPerSample = workspaceBytesPerSample

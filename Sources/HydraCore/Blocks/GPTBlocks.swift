@@ -209,7 +209,8 @@ public final class TransformerBlock: Block {
     let N = rows, B = N / T
     // MLP: y = x2 + c_proj(gelu(c_fc(ln_2(x2)))).
     let dGelu = try dWide.get([B, T, 4 * C], kernels: kernels)
-    fcProjDense.backward(x: gelu.data, dy: dy.data, rows: N, weight: fcProjW, bias: fcProjB, dx: dGelu.data, kernels: kernels)
+    fcProjDense.backward(
+      x: gelu.data, dy: dy.data, rows: N, weight: fcProjW, bias: fcProjB, dx: dGelu.data, kernels: kernels)
     let dFc = try dWide2.get([B, T, 4 * C], kernels: kernels)
     kernels.geluBackward(fc.data, dGelu.data, dFc.data, count: N * 4 * C)
     let dLn2 = try dNarrow.get([B, T, C], kernels: kernels)
@@ -301,7 +302,9 @@ public final class GPTHead: LossBlock {
     return logits
   }
 
-  public func loss(targets: [Int32], kernels: Kernels, keepGradient: Bool) throws -> (loss: Double, correct: Int, count: Int) {
+  public func loss(targets: [Int32], kernels: Kernels, keepGradient: Bool) throws -> (
+    loss: Double, correct: Int, count: Int
+  ) {
     guard let logits = logits.tensor else { preconditionFailure("head: loss before forward") }
     let N = rows, V = shape.vocab
     precondition(targets.count == N, "head: expected \(N) targets")

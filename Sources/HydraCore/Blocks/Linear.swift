@@ -7,7 +7,10 @@ struct Dense {
   let outputs: Int
   let weightIsOutByIn: Bool
 
-  func forward(x: UnsafePointer<Float>, rows: Int, weight: Parameter, bias: Parameter?, y: UnsafeMutablePointer<Float>, kernels: Kernels) {
+  func forward(
+    x: UnsafePointer<Float>, rows: Int, weight: Parameter, bias: Parameter?, y: UnsafeMutablePointer<Float>,
+    kernels: Kernels
+  ) {
     kernels.gemm(
       transA: false, transB: weightIsOutByIn, m: rows, n: outputs, k: inputs, alpha: 1,
       a: x, lda: inputs, b: weight.value.data, ldb: weightIsOutByIn ? inputs : outputs,

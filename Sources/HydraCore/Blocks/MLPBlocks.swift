@@ -53,7 +53,8 @@ public final class LinearBlock: LossBlock {
     let x: Tensor
     if isFirst {
       let B = inputs.batch.rows
-      precondition(inputs.batch.features.count == B * dense.inputs, "\(name): expected \(dense.inputs) features per row")
+      precondition(
+        inputs.batch.features.count == B * dense.inputs, "\(name): expected \(dense.inputs) features per row")
       x = try features.get([B, dense.inputs], kernels: kernels)
       inputs.batch.features.withUnsafeBufferPointer { kernels.copy($0.baseAddress!, x.data, count: $0.count) }
     } else {
@@ -71,7 +72,9 @@ public final class LinearBlock: LossBlock {
     return y
   }
 
-  public func loss(targets: [Int32], kernels: Kernels, keepGradient: Bool) throws -> (loss: Double, correct: Int, count: Int) {
+  public func loss(targets: [Int32], kernels: Kernels, keepGradient: Bool) throws -> (
+    loss: Double, correct: Int, count: Int
+  ) {
     guard let logits = pre.tensor else { preconditionFailure("\(name): loss before forward") }
     let B = rows
     precondition(targets.count == B, "\(name): expected \(B) targets")

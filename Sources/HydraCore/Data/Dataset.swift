@@ -94,7 +94,9 @@ public final class Dataset: @unchecked Sendable {
       return try loadStream(spec)
     case .csv:
       var table = try CSVTable.parse(try DataFile.bytesMaybeGzip(file), spec: spec)
-      if let seed = spec.splitSeed { table = table.permuted(Dataset.permutation(count: table.rows, seed: derivedSeed(seed, 0))) }
+      if let seed = spec.splitSeed {
+        table = table.permuted(Dataset.permutation(count: table.rows, seed: derivedSeed(seed, 0)))
+      }
       let validation = Int((Double(table.rows) * fraction).rounded(.down))
       let train = table.rows - validation
       guard train >= 1 else {

@@ -86,7 +86,9 @@ public final class SafeTensorsFile: @unchecked Sendable {
       }
       var lengthBytes = [UInt8](repeating: 0, count: 8)
       try SafeTensorsFile.readFully(fd: fd, into: &lengthBytes, at: 0, path: path)
-      let headerLength = lengthBytes.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+      let headerLength = lengthBytes.enumerated().reduce(UInt64(0)) {
+        $0 | UInt64($1.element) << (8 * UInt64($1.offset))
+      }
       guard headerLength <= SafeTensorsFile.maxHeaderLength else {
         throw InputError(
           file: path, "header length \(headerLength) is absurd (over the 100 MB limit); not a safetensors file?")
@@ -171,7 +173,8 @@ public final class SafeTensorsFile: @unchecked Sendable {
         throw InputError(file: path, "read failed at byte \(offset + done): \(String(cString: strerror(errno)))")
       }
       if n == 0 {
-        throw InputError(file: path, "file ended at byte \(offset + done), expected \(offset + buf.count): truncated while open?")
+        throw InputError(
+          file: path, "file ended at byte \(offset + done), expected \(offset + buf.count): truncated while open?")
       }
       done += n
     }

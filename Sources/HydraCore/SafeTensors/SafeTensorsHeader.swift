@@ -222,6 +222,6 @@ enum SafeTensorsHeader {
 
   private static func decodeJSONString(_ raw: [UInt8]) -> String? {
     let quoted = Data([UInt8(ascii: "["), UInt8(ascii: "\"")] + raw + [UInt8(ascii: "\""), UInt8(ascii: "]")])
-    return (try? JSONSerialization.jsonObject(with: quoted)) .flatMap { ($0 as? [Any])?.first as? String }
+    return (try? JSONSerialization.jsonObject(with: quoted)).flatMap { ($0 as? [Any])?.first as? String }
   }
 }

@@ -66,7 +66,9 @@ extension SafeTensorsFile {
   }
 
   /// The JSON header, padded with spaces to make 8 + its length a multiple of 8. Checks the tensors.
-  static func headerBytes(_ tensors: [(name: String, shape: [Int], count: Int)], metadata: [String: String], path: String)
+  static func headerBytes(
+    _ tensors: [(name: String, shape: [Int], count: Int)], metadata: [String: String], path: String
+  )
     throws -> [UInt8]
   {
     var json = "{"
@@ -78,7 +80,9 @@ extension SafeTensorsFile {
     var seen = Set<String>()
     var offset = 0
     for t in tensors {
-      func fail(_ message: String) -> InputError { InputError(file: path, "cannot write tensor \"\(t.name)\": \(message)") }
+      func fail(_ message: String) -> InputError {
+        InputError(file: path, "cannot write tensor \"\(t.name)\": \(message)")
+      }
       guard t.name != "__metadata__" else { throw fail("the name is reserved for metadata") }
       guard seen.insert(t.name).inserted else { throw fail("duplicate name") }
       var count = 1
