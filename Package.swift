@@ -1,4 +1,5 @@
 // swift-tools-version: 6.1
+import Foundation
 import PackageDescription
 
 // Shared settings, named once. Swift 5 language mode: tensors are raw buffers handed between device
@@ -7,6 +8,16 @@ let settings: [SwiftSetting] = [
   .swiftLanguageMode(.v5),
   .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]
+
+// The cpu kernels' vector code is compiled for Haswell (AVX2, FMA: every x86 server since 2013)
+// when building on x86-64, which halves GELU and the optimizer updates against the SSE2 baseline.
+// HYDRA_PORTABLE=1 builds them for the baseline instead (a binary for older processors).
+var kernelSettings = settings
+#if arch(x86_64)
+  if ProcessInfo.processInfo.environment["HYDRA_PORTABLE"] == nil {
+    kernelSettings.append(.unsafeFlags(["-target-cpu", "haswell"]))
+  }
+#endif
 
 let package = Package(
   name: "hydra-mpi",
@@ -38,7 +49,7 @@ let package = Package(
       swiftSettings: settings),
     .target(
       name: "HydraKernelsCPU", dependencies: ["HydraCore", "CBLAS"], path: "Plugins/Kernels/CPU",
-      swiftSettings: settings),
+      swiftSettings: kernelSettings),
 
     // Built-in partitioners: shard boundaries from block costs and the device budget.
     .target(
