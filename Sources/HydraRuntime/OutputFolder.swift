@@ -15,7 +15,7 @@ public final class OutputFolder {
       try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
       try writeAtomically(resolvedJob, to: path + "/job.toml")
       let csv = path + "/metrics.csv"
-      FileManager.default.createFile(atPath: csv, contents: Data("model,step,split,loss,accuracy,lr,seconds\n".utf8))
+      _ = FileManager.default.createFile(atPath: csv, contents: Data("model,step,split,loss,accuracy,lr,seconds\n".utf8))
       guard let handle = FileHandle(forWritingAtPath: csv) else { throw RuntimeError("cannot open \(csv)") }
       handle.seekToEndOfFile()
       metrics = handle

@@ -120,15 +120,15 @@ final class CommandLineTests: XCTestCase {
     let short = dir + "/short.txt"
     try "abc".write(toFile: short, atomically: true, encoding: .utf8)
     let empty = dir + "/empty.txt"
-    FileManager.default.createFile(atPath: empty, contents: Data())
+    _ = FileManager.default.createFile(atPath: empty, contents: Data())
     let odd = dir + "/odd.bin"
-    FileManager.default.createFile(atPath: odd, contents: Data([1, 0, 2]))
+    _ = FileManager.default.createFile(atPath: odd, contents: Data([1, 0, 2]))
     let csv = dir + "/bad.csv"
     try "1,2,0\n3,x,1\n".write(toFile: csv, atomically: true, encoding: .utf8)
     let labels = dir + "/labels.csv"
     try "1,2,0\n3,4,7\n5,6,1\n".write(toFile: labels, atomically: true, encoding: .utf8)
     let badCheckpoint = dir + "/bad.safetensors"
-    FileManager.default.createFile(atPath: badCheckpoint, contents: Data([255, 255, 255, 255, 0, 0, 0, 0, 1, 2]))
+    _ = FileManager.default.createFile(atPath: badCheckpoint, contents: Data([255, 255, 255, 255, 0, 0, 0, 0, 1, 2]))
 
     let cases: [(job: String, expect: [String])] = [
       (tinyGPTJob(dir, data: short), ["short.txt", "window"]),

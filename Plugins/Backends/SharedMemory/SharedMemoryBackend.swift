@@ -18,7 +18,9 @@ public final class SharedMemoryBackend: Backend, @unchecked Sendable {
   }
 
   public func execute(on device: Int, _ work: @escaping () -> Void) {
-    queues[device].async(execute: work)
+    // The runtime gives a model to one device at a time: the work's captures are that device's.
+    let task = UncheckedWork(run: work)
+    queues[device].async { task.run() }
   }
 
   public func post(_ tensor: Tensor, key: TransferKey, from device: Int) throws {
@@ -46,4 +48,8 @@ public final class SharedMemoryBackend: Backend, @unchecked Sendable {
     defer { lock.unlock() }
     return posted.count
   }
+}
+
+private struct UncheckedWork: @unchecked Sendable {
+  let run: () -> Void
 }
