@@ -8,6 +8,10 @@ import HydraCore
 public enum Checkpoint {
   public static let weightsFile = "model.safetensors"
   public static let configFile = "config.json"
+  /// Optimizer state (`<name>.state0`, `.state1`), for resuming; not read by other tools.
+  public static let optimizerFile = "optimizer.safetensors"
+  /// The step and the losses so far, for resuming. Written last.
+  public static let trainerStateFile = "trainer_state.json"
 
   static func storedName(_ parameter: Parameter, spec: ModelSpec) -> String {
     if case .gpt = spec { return "transformer." + parameter.name }
@@ -20,18 +24,78 @@ public enum Checkpoint {
     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     // Shard by shard (each may have to come off disk), copied out so that all are at hand at once.
     var names: [String] = [], shapes: [[Int]] = [], values: [[Float]] = []
+    var stateNames: [String] = [], stateShapes: [[Int]] = [], stateValues: [[Float]] = []
     try run.withEveryShard(on: device) { s in
       for p in run.parameters(ofShard: s) where p.replicaOf == nil {
         names.append(storedName(p, spec: run.spec))
         shapes.append(p.shape)
         values.append(p.value.array)
+        for (i, t) in p.state.enumerated() {
+          stateNames.append("\(storedName(p, spec: run.spec)).state\(i)")
+          stateShapes.append(p.shape)
+          stateValues.append(t.array)
+        }
       }
     }
+    // Every file says its step, so that a resume can tell a checkpoint cut short between files.
+    let step = "\(run.step)"
     try withBuffers(values) { buffers in
       let tensors = (0..<names.count).map { (name: names[$0], shape: shapes[$0], values: buffers[$0]) }
-      try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: folder + "/" + weightsFile)
+      try SafeTensorsFile.write(tensors, metadata: ["format": "pt", "hydra_step": step], to: folder + "/" + weightsFile)
+    }
+    try withBuffers(stateValues) { buffers in
+      let tensors = (0..<stateNames.count).map { (name: stateNames[$0], shape: stateShapes[$0], values: buffers[$0]) }
+      try SafeTensorsFile.write(tensors, metadata: ["hydra_step": step], to: folder + "/" + optimizerFile)
     }
     try writeAtomically(configJSON(run.spec), to: folder + "/" + configFile)
+    // JSON has no NaN or infinity: null stands for them.
+    func number(_ x: Double) -> Any { x.isFinite ? x : NSNull() }
+    let state: [String: Any] = [
+      "step": run.step,
+      "train_losses": run.trainLosses.map(number),
+      "evaluations": run.evaluations.map { ["step": $0.step, "loss": number($0.loss), "accuracy": number($0.accuracy)] },
+    ]
+    let json = try JSONSerialization.data(withJSONObject: state, options: [.sortedKeys])
+    try writeAtomically(String(decoding: json, as: UTF8.self) + "\n", to: folder + "/" + trainerStateFile)
+  }
+
+  /// Whether `folder` holds a checkpoint to resume from.
+  public static func canResume(from folder: String) -> Bool {
+    FileManager.default.fileExists(atPath: folder + "/" + trainerStateFile)
+  }
+
+  /// Puts a model back where its checkpoint in `folder` left it: weights, optimizer state, step
+  /// and the losses so far. The continued run computes exactly what an uninterrupted one would.
+  public static func resume(_ run: ModelRun, from folder: String, device: Int = 0) throws {
+    let statePath = folder + "/" + trainerStateFile
+    guard let data = FileManager.default.contents(atPath: statePath),
+      let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+      let step = json["step"] as? Int, step >= 0, step <= run.settings.steps,
+      let losses = (json["train_losses"] as? [Any])?.map({ ($0 as? Double) ?? .nan }),
+      let evals = json["evaluations"] as? [[String: Any]]
+    else { throw InputError(file: statePath, "not a trainer state this run can resume from") }
+    let weights = try SafeTensorsFile(path: folder + "/" + weightsFile)
+    let optimizer = try SafeTensorsFile(path: folder + "/" + optimizerFile)
+    for (file, st) in [(weightsFile, weights), (optimizerFile, optimizer)] where st.metadata["hydra_step"] != "\(step)" {
+      throw InputError(
+        file: folder + "/" + file,
+        "holds step \(st.metadata["hydra_step"] ?? "?"), but \(trainerStateFile) says \(step): the checkpoint was cut short")
+    }
+    try load(into: run, from: folder, device: device)
+    try run.withEveryShard(on: device) { s in
+      for p in run.parameters(ofShard: s) where p.replicaOf == nil {
+        for (i, t) in p.state.enumerated() {
+          let v = try optimizer.floats("\(storedName(p, spec: run.spec)).state\(i)", expectedShape: p.shape)
+          v.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) }
+        }
+      }
+    }
+    run.restore(
+      step: step, trainLosses: losses,
+      evaluations: evals.compactMap { e in
+        guard let s = e["step"] as? Int else { return nil }
+        return Evaluation(step: s, loss: (e["loss"] as? Double) ?? .nan, accuracy: (e["accuracy"] as? Double) ?? .nan)
+      })
   }
 
   static func configJSON(_ spec: ModelSpec) -> String {

@@ -11,6 +11,10 @@ public final class JobRunner {
   public var log: (String) -> Void = { print($0) }
   /// Redraw a live view in place (a terminal) instead of printing progress lines.
   public var live = false
+  /// Continue every model that has a checkpoint in the output folder from that checkpoint.
+  public var resume = false
+  /// Stop every model at this step (with a checkpoint there), to be resumed later.
+  public var pauseAt: Int?
   /// Print a progress line every this many steps of a model (evaluations always print).
   public var logEvery = 50
 
@@ -53,7 +57,7 @@ public final class JobRunner {
     }
     let store = HostStore(budget: cluster.hostMemory ?? .max, folder: config.job.output + "/spill")
     for d in devices { store.attach(device: d.index, memory: d.kernels.memory) }
-    let output = try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML())
+    let output = try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML(), append: resume)
     let runs = try buildRuns(plans, store: store, backend: backend)
     let lock = NSLock()
     let coordinator = Coordinator(
@@ -136,7 +140,8 @@ public final class JobRunner {
     var overrides: [String: Any] = [:]
     for o in member.overrides { overrides[o.key] = jsonValue(o.value) }
     var s: [String: Any] = [
-      "id": run.id, "overrides": overrides, "status": run.status.name, "steps": run.step,
+      "id": run.id, "overrides": overrides,
+      "status": run.status.isFinished || run.step == 0 ? run.status.name : "paused", "steps": run.step,
       "seconds": run.seconds, "shards": run.shards.map { [$0.lowerBound, $0.upperBound] },
       "seed": run.seed,
     ]
@@ -288,7 +293,14 @@ public final class JobRunner {
         index: i, id: member.id, spec: plan.spec, seed: member.seed, settings: settings, data: plan.data,
         shards: plan.shards, backend: backend, store: store, policy: plan.policy,
         footprints: plan.shards.map { plan.request.footprint($0) })
-      if let initPath = member.model.initPath { try Checkpoint.load(into: run, from: initPath) }
+      let folder = config.job.output + "/checkpoints/" + member.id
+      if resume && Checkpoint.canResume(from: folder) {
+        try Checkpoint.resume(run, from: folder)
+        log("\(member.id): resumed at step \(run.step) from \(folder)")
+      } else if let initPath = member.model.initPath {
+        try Checkpoint.load(into: run, from: initPath)
+      }
+      run.pauseAt = pauseAt
       runs.append(run)
     }
     return runs

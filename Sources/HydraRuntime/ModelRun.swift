@@ -172,9 +172,21 @@ public final class ModelRun {
     shards[s].flatMap { blocks[$0].parameters }
   }
 
-  /// The next task of this model's chain, or nil when it has finished.
+  /// Train no further than this step in this run (a checkpoint is written there); nil: all steps.
+  public var pauseAt: Int?
+
+  /// Continues from a checkpoint: `step` steps done, with these losses so far.
+  public func restore(step: Int, trainLosses: [Double], evaluations: [Evaluation]) {
+    self.step = step
+    position = 0
+    self.trainLosses = trainLosses
+    self.evaluations = evaluations
+    status = step >= settings.steps ? .done : .pending
+  }
+
+  /// The next task of this model's chain, or nil when it has finished (or reached `pauseAt`).
   public var nextTask: ShardTask? {
-    guard !status.isFinished, step < settings.steps else { return nil }
+    guard !status.isFinished, step < settings.steps, step < (pauseAt ?? .max) else { return nil }
     return task(at: position, step: step)
   }
 
@@ -329,7 +341,7 @@ public final class ModelRun {
     step == settings.steps || (settings.evalEvery > 0 && step % settings.evalEvery == 0)
   }
   public var checkpointDue: Bool {
-    step == settings.steps || (settings.checkpointEvery > 0 && step % settings.checkpointEvery == 0)
+    step == settings.steps || step == pauseAt || (settings.checkpointEvery > 0 && step % settings.checkpointEvery == 0)
   }
 
   /// Mean validation loss and accuracy (per prediction: per token for `gpt`, per row for `mlp`)

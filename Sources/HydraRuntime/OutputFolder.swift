@@ -9,13 +9,16 @@ public final class OutputFolder {
 
   /// Creates the folder (and parents) and starts `metrics.csv`. Called only after the job has been
   /// validated and its data loaded, so that bad input leaves nothing behind.
-  public init(path: String, resolvedJob: String) throws {
+  /// With `append`, an existing `metrics.csv` is continued (a resumed run).
+  public init(path: String, resolvedJob: String, append: Bool = false) throws {
     self.path = path
     do {
       try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
       try writeAtomically(resolvedJob, to: path + "/job.toml")
       let csv = path + "/metrics.csv"
-      _ = FileManager.default.createFile(atPath: csv, contents: Data("model,step,split,loss,accuracy,lr,seconds\n".utf8))
+      if !(append && FileManager.default.fileExists(atPath: csv)) {
+        _ = FileManager.default.createFile(atPath: csv, contents: Data("model,step,split,loss,accuracy,lr,seconds\n".utf8))
+      }
       guard let handle = FileHandle(forWritingAtPath: csv) else { throw RuntimeError("cannot open \(csv)") }
       handle.seekToEndOfFile()
       metrics = handle

@@ -47,12 +47,21 @@ struct Run: ParsableCommand {
   static let configuration = CommandConfiguration(abstract: "Train every model of a job (the default command).")
   @OptionGroup var options: JobOptions
 
+  @Flag(help: "Continue each model from its checkpoint in the output folder, where there is one.")
+  var resume = false
+
+  @Option(help: ArgumentHelp("Stop every model after this step, with a checkpoint there (continue with --resume).", valueName: "step"))
+  var pauseAt: Int?
+
   func run() throws {
     try reportingErrors {
       let registry = Builtins.registry()
       let config = try options.load(registry)
       let runner = JobRunner(config: config, registry: registry)
       runner.live = LiveView.outputIsTerminal
+      runner.resume = resume
+      if let pauseAt, pauseAt < 1 { throw InputError(file: "--pause-at", "needs a step >= 1, got \(pauseAt)") }
+      runner.pauseAt = pauseAt
       print(
         "hydra-mpi: job \(config.job.name): \(config.members.count) model(s) on \(config.cluster.devices) device(s), kernels \(config.cluster.kernels)"
       )
