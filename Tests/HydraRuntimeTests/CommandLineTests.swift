@@ -180,6 +180,24 @@ final class CommandLineTests: XCTestCase {
     """
   }
 
+  /// `plan` simulates the job under every scheduler: with 3 models on 2 devices lrtf must beat
+  /// the one-model-at-a-time baselines, which cannot use the second device.
+  func testPlanComparesTheSchedulers() throws {
+    let dir = try temporaryFolder()
+    let job = try writeJob(dir, tinyGPTJob(dir, data: try textFile(dir, bytes: 4000)))
+    let r = try hydra(["plan", job, "--devices", "2", "--gflops", "0.01"])
+    XCTAssertEqual(r.status, 0, r.err)
+    var makespans: [String: Double] = [:]
+    for line in r.out.split(separator: "\n") {
+      let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+      if parts.count >= 3, let m = Double(parts[1]) { makespans[String(parts[0])] = m }
+    }
+    XCTAssertEqual(Set(makespans.keys), ["fifo", "lrtf", "model-parallel", "random", "round-robin", "sequential"])
+    XCTAssertLessThan(makespans["lrtf"]!, makespans["sequential"]! * 0.75)
+    XCTAssertEqual(makespans["sequential"]!, makespans["model-parallel"]!, accuracy: 1e-9)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out"), "plan must not write")
+  }
+
   func testValidateAndPluginsDescribeTheJob() throws {
     let dir = try temporaryFolder()
     let job = try writeJob(dir, tinyGPTJob(dir, data: try textFile(dir, bytes: 4000)))
