@@ -132,7 +132,6 @@ public final class Coordinator: @unchecked Sendable {
     }
     while busy.contains(true) { condition.wait() }
     if let failure { throw failure }
-    for run in runs { run.seconds = max(run.seconds, 0) }
     return elapsed()
   }
 

@@ -203,39 +203,26 @@ public final class JobRunner {
       : nil
     // Every model may be in the middle of a step on one device (a scheduler interleaves them):
     // what each keeps between its tasks counts against every device's budget.
-    func between(_ spec: ModelSpec, batch: Int) -> (boundaries: Int, kept: Int) {
-      let n = spec.blockCount
-      let kept = (0..<n).reduce(0) { $0 + spec.blockCosts($1).activationBytesPerSample } * batch
-      let boundaries = (0..<max(n - 1, 0)).reduce(0) { $0 + 2 * spec.outputBytesPerSample($1) } * batch
-      return (boundaries, kept)
-    }
-    let held = zip(specs, config.members).map { between($0.spec, batch: $1.train.batchSize) }
+    let held = zip(specs, config.members).map { $0.spec.bytesHeldBetweenTasks(batch: $1.train.batchSize) }
     let allBoundaries = held.reduce(0) { $0 + $1.boundaries }
     let allKept = held.reduce(0) { $0 + $1.kept }
+    let checkpointing: Bool
+    switch cluster.activationCheckpointing {
+    case "true": checkpointing = true
+    case "false": checkpointing = false
+    default:
+      // Keep every block's activations from forward to backward when, for every model at once,
+      // that takes at most half the budget (the other half is for running shards).
+      checkpointing = budget != .max && allKept > (budget - min(budget, allBoundaries)) / 2
+    }
+    let reserved = allBoundaries + (checkpointing ? 0 : allKept)
     return try specs.enumerated().map { i, pair in
       let (spec, data) = pair
       let member = config.members[i]
-      let n = spec.blockCount
       let batch = member.train.batchSize
-      let costs = (0..<n).map(spec.blockCosts)
-      // Boundary tensors (a shard's output and its gradient, at most one pair per block, for every
-      // model) are set aside from the budget; the partition sizes a running shard with all its
-      // activations (a checkpointed shard recomputes them all in its backward).
-      let checkpointing: Bool
-      switch cluster.activationCheckpointing {
-      case "true": checkpointing = true
-      case "false": checkpointing = false
-      default:
-        // Keep every block's activations from forward to backward when, for every model at once,
-        // that takes at most half the budget (the other half is for running shards).
-        checkpointing = budget != .max && allKept > (budget - min(budget, allBoundaries)) / 2
-      }
-      let reserved = allBoundaries + (checkpointing ? 0 : allKept)
-      let request = PartitionRequest(
-        blocks: costs, blockNames: (0..<n).map(spec.blockName),
-        batchSize: batch, stateCopies: member.train.optimizer == "sgd" ? 1 : 2,
-        budget: budget == .max ? .max : max(0, budget - reserved), doubleBuffering: cluster.doubleBuffering,
-        activationCheckpointing: false,
+      let request = spec.partitionRequest(
+        batch: batch, stateCopies: member.train.optimizer == "sgd" ? 1 : 2, budget: budget, reserved: reserved,
+        doubleBuffering: cluster.doubleBuffering,
         blockSeconds: try profileKernels.map { kernels in
           let key = "\(spec) \(batch)"
           if let p = profiles[key] { return p }
@@ -243,7 +230,6 @@ public final class JobRunner {
           profiles[key] = p
           return p
         },
-        inputBytesPerSample: (0..<n).map { $0 == 0 ? 0 : spec.outputBytesPerSample($0 - 1) },
         options: partitionerOptions)
       let shards: [Range<Int>]
       do {
@@ -258,7 +244,8 @@ public final class JobRunner {
           : ""
         throw InputError(file: config.file, line: line, "\(member.id): \(e.message)\(aside)")
       }
-      precondition(validatePartition(shards, blockCount: n), "partitioner \(partitioner.name) returned \(shards)")
+      precondition(
+        validatePartition(shards, blockCount: spec.blockCount), "partitioner \(partitioner.name) returned \(shards)")
       if let initPath = member.model.initPath { try Checkpoint.check(spec, against: initPath) }
       return Plan(
         spec: spec, data: data, request: request, shards: shards,

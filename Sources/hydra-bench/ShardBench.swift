@@ -31,15 +31,12 @@ enum ShardBench {
       let folder = FileManager.default.temporaryDirectory.appendingPathComponent("hydra-bench-\(getpid())").path
       let store = HostStore(budget: host, folder: folder)
       store.attach(device: 0, memory: memory)
-      let n = spec.blockCount
-      let costs = (0..<n).map(spec.blockCosts)
-      let kept = costs.reduce(0) { $0 + $1.activationBytesPerSample } * batch
-      let boundaries = (0..<(n - 1)).reduce(0) { $0 + 2 * spec.outputBytesPerSample($1) } * batch
-      let request = PartitionRequest(
-        blocks: costs, blockNames: (0..<n).map(spec.blockName), batchSize: batch, stateCopies: 2,
-        budget: budget == .max ? .max : budget - boundaries - (checkpointing ? 0 : kept),
-        doubleBuffering: true,
-        inputBytesPerSample: (0..<n).map { $0 == 0 ? 0 : spec.outputBytesPerSample($0 - 1) })
+      let held = spec.bytesHeldBetweenTasks(batch: batch)
+      // Double buffering's room is left in every mode, so that modes of one budget get the same
+      // shards and differ only in whether the next one is prefetched.
+      let request = spec.partitionRequest(
+        batch: batch, stateCopies: 2, budget: budget, reserved: held.boundaries + (checkpointing ? 0 : held.kept),
+        doubleBuffering: true)
       let shards = try BalancedPartitioner().partition(request)
       let steps = steps + 2
       let run = try ModelRun(
