@@ -23,37 +23,29 @@ public enum Checkpoint {
   public static func write(_ run: ModelRun, to folder: String, device: Int = 0) throws {
     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     // Shard by shard (each may have to come off disk), copied out so that all are at hand at once.
-    var names: [String] = [], shapes: [[Int]] = [], values: [[Float]] = []
-    var stateNames: [String] = [], stateShapes: [[Int]] = [], stateValues: [[Float]] = []
+    var weights: [CopiedTensor] = [], states: [CopiedTensor] = []
     try run.withEveryShard(on: device) { s in
       for p in run.parameters(ofShard: s) where p.replicaOf == nil {
-        names.append(storedName(p, spec: run.spec))
-        shapes.append(p.shape)
-        values.append(p.value.array)
+        let name = storedName(p, spec: run.spec)
+        weights.append(CopiedTensor(name: name, shape: p.shape, values: p.value.array))
         for (i, t) in p.state.enumerated() {
-          stateNames.append("\(storedName(p, spec: run.spec)).state\(i)")
-          stateShapes.append(p.shape)
-          stateValues.append(t.array)
+          states.append(CopiedTensor(name: "\(name).state\(i)", shape: p.shape, values: t.array))
         }
       }
     }
     // Every file says its step, so that a resume can tell a checkpoint cut short between files.
     let step = "\(run.step)"
-    try withBuffers(values) { buffers in
-      let tensors = (0..<names.count).map { (name: names[$0], shape: shapes[$0], values: buffers[$0]) }
-      try SafeTensorsFile.write(tensors, metadata: ["format": "pt", "hydra_step": step], to: folder + "/" + weightsFile)
-    }
-    try withBuffers(stateValues) { buffers in
-      let tensors = (0..<stateNames.count).map { (name: stateNames[$0], shape: stateShapes[$0], values: buffers[$0]) }
-      try SafeTensorsFile.write(tensors, metadata: ["hydra_step": step], to: folder + "/" + optimizerFile)
-    }
+    try writeSafeTensors(weights, metadata: ["format": "pt", "hydra_step": step], to: folder + "/" + weightsFile)
+    try writeSafeTensors(states, metadata: ["hydra_step": step], to: folder + "/" + optimizerFile)
     try writeAtomically(configJSON(run.spec), to: folder + "/" + configFile)
     // JSON has no NaN or infinity: null stands for them.
     func number(_ x: Double) -> Any { x.isFinite ? x : NSNull() }
     let state: [String: Any] = [
       "step": run.step,
       "train_losses": run.trainLosses.map(number),
-      "evaluations": run.evaluations.map { ["step": $0.step, "loss": number($0.loss), "accuracy": number($0.accuracy)] },
+      "evaluations": run.evaluations.map {
+        ["step": $0.step, "loss": number($0.loss), "accuracy": number($0.accuracy)]
+      },
     ]
     let json = try JSONSerialization.data(withJSONObject: state, options: [.sortedKeys])
     try writeAtomically(String(decoding: json, as: UTF8.self) + "\n", to: folder + "/" + trainerStateFile)
@@ -76,10 +68,12 @@ public enum Checkpoint {
     else { throw InputError(file: statePath, "not a trainer state this run can resume from") }
     let weights = try SafeTensorsFile(path: folder + "/" + weightsFile)
     let optimizer = try SafeTensorsFile(path: folder + "/" + optimizerFile)
-    for (file, st) in [(weightsFile, weights), (optimizerFile, optimizer)] where st.metadata["hydra_step"] != "\(step)" {
+    for (file, st) in [(weightsFile, weights), (optimizerFile, optimizer)] where st.metadata["hydra_step"] != "\(step)"
+    {
       throw InputError(
         file: folder + "/" + file,
-        "holds step \(st.metadata["hydra_step"] ?? "?"), but \(trainerStateFile) says \(step): the checkpoint was cut short")
+        "holds step \(st.metadata["hydra_step"] ?? "?"), but \(trainerStateFile) says \(step): the checkpoint was cut short"
+      )
     }
     try load(into: run, from: folder, device: device)
     try run.withEveryShard(on: device) { s in
@@ -196,17 +190,29 @@ public enum Checkpoint {
   }
 }
 
-/// Calls `body` with a buffer pointer for each array, all valid at once.
-private func withBuffers<R>(_ arrays: [[Float]], _ body: ([UnsafeBufferPointer<Float>]) throws -> R) rethrows -> R {
+/// A tensor copied out of its shard, to be written with others.
+private struct CopiedTensor {
+  var name: String
+  var shape: [Int]
+  var values: [Float]
+}
+
+/// Writes `tensors` as one safetensors file, every buffer held valid at once.
+private func writeSafeTensors(_ tensors: [CopiedTensor], metadata: [String: String], to path: String) throws {
   var pointers: [UnsafeBufferPointer<Float>] = []
-  func nest(_ i: Int) throws -> R {
-    if i == arrays.count { return try body(pointers) }
-    return try arrays[i].withUnsafeBufferPointer { p in
+  func nest(_ i: Int) throws {
+    if i == tensors.count {
+      try SafeTensorsFile.write(
+        tensors.indices.map { (name: tensors[$0].name, shape: tensors[$0].shape, values: pointers[$0]) },
+        metadata: metadata, to: path)
+      return
+    }
+    try tensors[i].values.withUnsafeBufferPointer { p in
       pointers.append(p)
-      return try nest(i + 1)
+      try nest(i + 1)
     }
   }
-  return try nest(0)
+  try nest(0)
 }
 
 /// Writes `text` to `path` through a temporary file in the same folder and a rename.
