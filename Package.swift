@@ -82,7 +82,7 @@ let package = Package(
       name: "hydra-mpi",
       dependencies: [
         "HydraRuntime", "HydraConfig", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference",
-        "HydraPartitioners", "HydraSchedulers", "HydraBackendSHM",
+        "HydraPartitioners", "HydraSchedulers", "HydraBackendSHM", "HydraBackendMPI",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       swiftSettings: settings),

@@ -19,8 +19,9 @@ public final class SequentialScheduler: Scheduler {
   public init() {}
 
   public func schedule(_ view: SchedulerView) -> [Assignment] {
-    guard view.freeDevices.contains(0), let t = currentTask(view) else { return [] }
-    return [Assignment(task: t.task, device: 0)]
+    guard let t = currentTask(view) else { return [] }
+    let d = allowedDevice(0, for: t)
+    return view.freeDevices.contains(d) ? [Assignment(task: t.task, device: d)] : []
   }
 }
 
@@ -33,7 +34,7 @@ public final class ModelParallelScheduler: Scheduler {
 
   public func schedule(_ view: SchedulerView) -> [Assignment] {
     guard view.deviceCount > 0, let t = currentTask(view) else { return [] }
-    let d = t.task.shard % view.deviceCount
+    let d = allowedDevice(t.task.shard % view.deviceCount, for: t)
     return view.freeDevices.contains(d) ? [Assignment(task: t.task, device: d)] : []
   }
 }

@@ -17,25 +17,47 @@ public func makeBuiltinScheduler(_ name: String, seed: UInt64 = 0) -> Scheduler?
   }
 }
 
-/// The free device `task` should run on: the one whose memory holds its shard's state, else the one
-/// that ran the model's previous task (holding its input), else the lowest free index.
+/// The free device `task` should run on, among those it may run on: its home (the device holding its
+/// shard's state under `mpi`), else the device whose memory holds that state, else the one that ran
+/// the model's previous task (holding its input), else the lowest free index.
 func preferredDevice(for task: ReadyTask, among free: [Int]) -> Int? {
+  let free = task.allowedDevices.map { allowed in free.filter(allowed.contains) } ?? free
+  if let h = task.home, free.contains(h) { return h }
   if case .device(let d) = task.state, free.contains(d) { return d }
   if let d = task.lastDevice, free.contains(d) { return d }
   return free.min()
 }
 
 /// Hands out free devices to `tasks` in the order given, each to its preferred device, until one
-/// side runs out.
+/// side runs out. A task with a home (under `mpi`) first gets only its home; the devices still free
+/// afterwards go, in the same order, to tasks whose home was busy, when moving their shard's state
+/// costs less than the task itself (rather than leaving the device idle).
 func assignInOrder(_ tasks: [ReadyTask], freeDevices: [Int]) -> [Assignment] {
   var free = freeDevices.sorted()
   var out: [Assignment] = []
-  for t in tasks {
-    guard let d = preferredDevice(for: t, among: free) else { break }
+  var waiting: [ReadyTask] = []
+  for t in tasks where !free.isEmpty {
+    let d: Int?
+    if let h = t.home { d = free.contains(h) ? h : nil } else { d = preferredDevice(for: t, among: free) }
+    guard let d else {
+      waiting.append(t)
+      continue
+    }
+    free.removeAll { $0 == d }
+    out.append(Assignment(task: t.task, device: d))
+  }
+  for t in waiting where !free.isEmpty && t.moveSeconds <= t.estimatedSeconds {
+    guard let d = preferredDevice(for: t, among: free) else { continue }
     free.removeAll { $0 == d }
     out.append(Assignment(task: t.task, device: d))
   }
   return out
+}
+
+/// `want` if `task` may run there, else the first device it may run on.
+func allowedDevice(_ want: Int, for task: ReadyTask) -> Int {
+  guard let allowed = task.allowedDevices, !allowed.contains(want) else { return want }
+  return allowed[0]
 }
 
 /// Registers every built-in scheduler; none takes options.

@@ -50,7 +50,8 @@ public final class RoundRobinScheduler: Scheduler {
       let distance = { (t: ReadyTask) in ((t.task.model - start) % n + n) % n }
       let i = ready.indices.min { distance(ready[$0]) < distance(ready[$1]) }!
       let t = ready.remove(at: i)
-      let d = preferredDevice(for: t, among: free)!
+      // A task bound to a busy device (a backward under `mpi`) waits for it.
+      guard let d = preferredDevice(for: t, among: free) else { continue }
       free.removeAll { $0 == d }
       out.append(Assignment(task: t.task, device: d))
       next = (t.task.model + 1) % n
@@ -71,7 +72,10 @@ public final class RandomScheduler: Scheduler {
     var ready = view.ready.sorted { $0.task.model < $1.task.model }
     var out: [Assignment] = []
     for d in view.freeDevices.sorted() where !ready.isEmpty {
-      let t = ready.remove(at: rng.nextInt(below: ready.count))
+      // Only the tasks that may run on `d` (all of them, except under `mpi`).
+      let candidates = ready.indices.filter { ready[$0].allowedDevices?.contains(d) ?? true }
+      guard !candidates.isEmpty else { continue }
+      let t = ready.remove(at: candidates[rng.nextInt(below: candidates.count)])
       out.append(Assignment(task: t.task, device: d))
     }
     return out

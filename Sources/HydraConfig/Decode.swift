@@ -5,7 +5,7 @@ enum Keys {
   static let job = ["name", "output", "seed"]
   static let cluster = [
     "backend", "devices", "device_memory", "host_memory", "kernels", "threads_per_device",
-    "double_buffering", "activation_checkpointing",
+    "double_buffering", "activation_checkpointing", "placement",
   ]
   static let data = [
     "format", "path", "validation_fraction", "label_column", "feature_scale", "header", "split", "split_seed",
@@ -91,6 +91,8 @@ func decodeCluster(_ s: Section, known: KnownPlugins) throws -> ClusterSection {
     backend: backend, devices: devices, deviceMemory: deviceMemory, hostMemory: hostMemory,
     kernels: kernels, threadsPerDevice: threads)
   cluster.doubleBuffering = try s.bool("double_buffering", true)
+  cluster.devicesGiven = s.fields["devices"] != nil
+  cluster.placement = try s.string("placement", "by-model", oneOf: ["by-model", "by-shard"])
   switch s.fields["activation_checkpointing"]?.value {
   case nil: break
   case .bool(let on)?: cluster.activationCheckpointing = on ? "true" : "false"

@@ -24,6 +24,7 @@ extension JobConfig {
           "activation_checkpointing",
           cluster.activationCheckpointing == "auto" ? str("auto") : .bool(cluster.activationCheckpointing == "true")
         ),
+        ("placement", str(cluster.placement)),
       ])
     table(
       "data",

@@ -30,6 +30,13 @@ public struct ClusterSection: Sendable, Equatable {
   /// and backward and recomputes the rest. `auto` (the default) turns it on when a device budget
   /// cannot hold every block's activations.
   public var activationCheckpointing: String = "auto"
+  /// Whether the job file (or `--set`) gave `devices`: under `mpi` the number of ranks is the
+  /// number of devices, and only a value given explicitly can disagree with it.
+  public var devicesGiven = false
+  /// Under `mpi`, how shard states get their home ranks at the start (key `placement`):
+  /// `"by-model"` (default) keeps each model's shards on one rank, models balanced by estimated
+  /// work; `"by-shard"` balances shards one by one, so a model's chain crosses ranks.
+  public var placement = "by-model"
 }
 
 /// `[data]`: the data set, split into training and validation by `validationFraction`.

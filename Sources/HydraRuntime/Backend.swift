@@ -39,10 +39,79 @@ public protocol Backend: AnyObject {
   var deviceCount: Int { get }
   /// Runs `work` on `device`, after the work handed to it before.
   func execute(on device: Int, _ work: @escaping () -> Void)
-  /// Makes `tensor` available under `key`, held by `device`.
-  func post(_ tensor: Tensor, key: TransferKey, from device: Int) throws
+  /// Makes `tensor` available under `key`, held by `device`, for a task of shard `consumer` of the
+  /// same model (under `mpi` it is pushed at once to the device holding that shard).
+  func post(_ tensor: Tensor, key: TransferKey, from device: Int, for consumer: Int) throws
   /// The tensor posted under `key`, for use on `device`.
   func fetch(_ key: TransferKey, to device: Int) throws -> Tensor
   /// Nothing needs the tensor under `key` any more; its holder frees it.
   func discard(_ key: TransferKey)
+}
+
+/// What a task that ran in another process reported.
+public struct RemoteOutcome: Sendable {
+  /// Seconds the task computed there.
+  public var seconds: Double
+  /// The training loss, from a last shard's forward.
+  public var loss: Double?
+  public init(seconds: Double, loss: Double?) {
+    self.seconds = seconds
+    self.loss = loss
+  }
+}
+
+/// What another process's device reports when the job ends (for `summary.json`).
+public struct DeviceReport: Sendable {
+  public var device: Int
+  public var peakBytes: Int
+  public var storePeakBytes: Int
+  public var bytesWrittenToDisk: Int
+  public var bytesReadFromDisk: Int
+  public var host: String
+  public init(device: Int, peakBytes: Int, storePeakBytes: Int, bytesWrittenToDisk: Int, bytesReadFromDisk: Int, host: String)
+  {
+    self.device = device
+    self.peakBytes = peakBytes
+    self.storePeakBytes = storePeakBytes
+    self.bytesWrittenToDisk = bytesWrittenToDisk
+    self.bytesReadFromDisk = bytesReadFromDisk
+    self.host = host
+  }
+}
+
+/// A backend whose devices are separate processes (`mpi`: one per rank), each with its own memory,
+/// host store and copy of every model (built identically from the job's seeds).
+///
+/// The coordinator runs in device 0's process. Each shard's state has a home device, where all
+/// its tasks run: a backward must run where its forward left the shard's activations. A forward
+/// may run elsewhere; the coordinator then moves the shard's state (and the inputs already pushed
+/// to the old home) to the new home first. Tensors go straight from the device that makes them to
+/// the home of the shard that needs them, never through the coordinator.
+public protocol DistributedBackend: Backend {
+  /// The device this process runs.
+  var localDevice: Int { get }
+  /// Bytes per second between two devices, measured at start (the cost of moving a shard).
+  var bandwidth: Double { get }
+  /// Every process, before training: the job's models as this process built them, the device
+  /// they run on here, and the host store holding their state.
+  func attach(runs: [ModelRun], device: Device, store: HostStore) throws
+  /// Coordinator: runs `task` on `device` (another process), whose model's shards have `homes`;
+  /// `completion` runs on a backend thread once the task finished there.
+  /// `movedFrom` is the device its shard's state comes from when it just moved there.
+  func runRemote(
+    _ task: ShardTask, homes: [Int], movedFrom: Int?, on device: Int, completion: @escaping (RemoteOutcome) -> Void)
+  /// Before `task` runs in this process: where its model's shards live now (its outputs go there),
+  /// and, when its shard just moved here, the device it came from (its state is received first).
+  func willRun(_ task: ShardTask, of run: ModelRun, homes: [Int], movedFrom: Int?) throws
+  /// Coordinator: `shard` of `model` leaves `from` for `to`, before its forward of `step` there.
+  func move(model: Int, shard: Int, step: Int, from: Int, to: Int)
+  /// Coordinator: copies the current state of every shard of `run` whose home is another device into
+  /// this process's copy (for an evaluation or a checkpoint). The model must not be running.
+  func gather(_ run: ModelRun, homes: [Int]) throws
+  /// A model stopped in the middle of `step` (diverged): every process drops what it holds of it.
+  func discardAll(model: Int, step: Int)
+  /// Every device but the coordinator's: runs the tasks the coordinator sends until the job is over.
+  func serve() throws
+  /// Coordinator: the job is over; every other device stops and reports.
+  func finish() throws -> [DeviceReport]
 }

@@ -66,11 +66,27 @@ public final class Coordinator: @unchecked Sendable {
 
   /// Runs each device's tasks (its thread, or its rank).
   public let backend: Backend
+  /// The backend, when its devices are other processes (`mpi`).
+  private let distributed: DistributedBackend?
+  /// Under a distributed backend: the device holding each shard's state, [model][shard].
+  private var homes: [[Int]]
+  /// Bytes of each shard's state, [model][shard] (what a move costs).
+  private var stateBytes: [[Int]]
+  /// Shard states moved between devices, and their bytes.
+  public private(set) var moves = 0
+  public private(set) var movedBytes = 0
 
-  public init(runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend, doubleBuffering: Bool = true)
-  {
+  /// `homes` places every shard's state on a device under a distributed backend (default: all on
+  /// device 0); it is ignored otherwise.
+  public init(
+    runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend, doubleBuffering: Bool = true,
+    homes: [[Int]]? = nil
+  ) {
     precondition(backend.deviceCount == devices.count)
     self.backend = backend
+    distributed = backend as? DistributedBackend
+    self.homes = distributed == nil ? [] : homes ?? runs.map { Array(repeating: 0, count: $0.shards.count) }
+    stateBytes = distributed == nil ? [] : runs.map { run in run.shards.indices.map { run.stateBytes(of: $0) } }
     precondition(!devices.isEmpty)
     self.runs = runs
     self.devices = devices
@@ -111,13 +127,13 @@ public final class Coordinator: @unchecked Sendable {
     while failure == nil {
       let start = DispatchTime.now().uptimeNanoseconds
       let view = makeView()
-      if view.ready.isEmpty && !busy.contains(true) { break }
+      if view.ready.isEmpty && !busy.contains(true) && !running.contains(true) { break }
       if !view.ready.isEmpty && !view.freeDevices.isEmpty {
         let assignments = scheduler.schedule(view)
         decisions += 1
         do {
           try validate(assignments, against: view, scheduler: scheduler.name)
-          if assignments.isEmpty && !busy.contains(true) {
+          if assignments.isEmpty && !busy.contains(true) && !running.contains(true) {
             throw SchedulerError(
               "scheduler \"\(scheduler.name)\" left every device idle with \(view.ready.count) task(s) ready")
           }
@@ -130,7 +146,7 @@ public final class Coordinator: @unchecked Sendable {
       decisionSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
       condition.wait()
     }
-    while busy.contains(true) { condition.wait() }
+    while busy.contains(true) || running.contains(true) { condition.wait() }
     if let failure { throw failure }
     return elapsed()
   }
@@ -147,12 +163,20 @@ public final class Coordinator: @unchecked Sendable {
         done += p < k ? forwardSeconds[m][p] : backwardSeconds[m][2 * k - 1 - p]
       }
       let estimate = task.direction == .forward ? forwardSeconds[m][task.shard] : backwardSeconds[m][task.shard]
-      ready.append(
-        ReadyTask(
-          task: task, estimatedSeconds: estimate,
-          remainingSeconds: Double(run.settings.steps - run.step) * perStep - done,
-          state: run.residency(of: task.shard),
-          lastDevice: lastDevice[m], readySince: readySince[m], shardCount: k))
+      var r = ReadyTask(
+        task: task, estimatedSeconds: estimate,
+        remainingSeconds: Double(run.settings.steps - run.step) * perStep - done,
+        state: run.residency(of: task.shard),
+        lastDevice: lastDevice[m], readySince: readySince[m], shardCount: k)
+      if let distributed {
+        let home = homes[m][task.shard]
+        r.home = home
+        r.state = .device(home)
+        if task.direction == .backward { r.allowedDevices = [home] }
+        r.moveBytes = stateBytes[m][task.shard]
+        r.moveSeconds = Double(r.moveBytes) / max(distributed.bandwidth, 1)
+      }
+      ready.append(r)
     }
     // A running model is its device thread's alone: only models at rest are looked at.
     let finished = Set(runs.indices.filter { !running[$0] && runs[$0].nextTask == nil })
@@ -163,55 +187,114 @@ public final class Coordinator: @unchecked Sendable {
     return view
   }
 
-  /// Under the lock: hands `a` to its device's thread.
+  /// Under the lock: hands `a` to its device (a thread of this process, or another process).
   private func dispatch(_ a: Assignment) {
     busy[a.device] = true
     running[a.task.model] = true
-    let run = runs[a.task.model]
+    let m = a.task.model
+    let run = runs[m]
     current[a.device] = "\(run.id) s\(a.task.shard) \(a.task.direction == .forward ? "fwd" : "bwd") @\(a.task.step)"
+    var movedFrom: Int?
+    if let distributed, homes[m][a.task.shard] != a.device {
+      // Validated: only a forward runs away from its home, and its shard's state follows it there.
+      movedFrom = homes[m][a.task.shard]
+      homes[m][a.task.shard] = a.device
+      moves += 1
+      movedBytes += stateBytes[m][a.task.shard]
+      distributed.move(model: m, shard: a.task.shard, step: a.task.step, from: movedFrom!, to: a.device)
+    }
+    let modelHomes = distributed == nil ? [] : homes[m]
+    if let distributed, a.device != distributed.localDevice {
+      distributed.runRemote(a.task, homes: modelHomes, movedFrom: movedFrom, on: a.device) { [self] outcome in
+        // On the backend's thread: the model is this coordinator's until released below.
+        let completed = run.recordRemote(a.task, loss: outcome.loss)
+        let end = elapsed()
+        run.seconds += outcome.seconds
+        record(a, model: run, start: max(0, end - outcome.seconds), end: end)
+        let diverged = run.status.name == "diverged"
+        if diverged { distributed.discardAll(model: m, step: a.task.step) }
+        condition.lock()
+        busy[a.device] = false
+        current[a.device] = nil
+        condition.signal()
+        condition.unlock()
+        guard completed || diverged else { return release(a, run: run, error: nil) }
+        // Evaluations and checkpoints happen here, in the coordinator's process, which holds the
+        // output folder; the model stays busy until they are done.
+        let local = devices[distributed.localDevice]
+        backend.execute(on: local.index) { [self] in
+          var error: Error?
+          do { try afterStep(run, local) } catch let e { error = e }
+          release(a, run: run, error: error)
+        }
+      }
+      return
+    }
     let device = devices[a.device]
     backend.execute(on: a.device) { [self] in
       let start = elapsed()
       var error: Error?
       do {
+        try distributed?.willRun(a.task, of: run, homes: modelHomes, movedFrom: movedFrom)
         if doubleBuffering, let after = run.taskAfterNext, after.shard != a.task.shard {
           run.prefetch(after.shard, to: device.index, keeping: a.task.shard)
         }
         let completed = try run.run(a.task, kernels: device.kernels, device: device.index)
         let end = elapsed()
         run.seconds += end - start
-        condition.lock()
-        _trace.append(
-          TraceEvent(
-            device: device.index, model: run.id,
-            name: "s\(a.task.shard) \(a.task.direction == .forward ? "fwd" : "bwd")", step: a.task.step,
-            start: start, end: end))
-        let m = a.task.model, s = a.task.shard
-        if a.task.direction == .forward {
-          forwardSeconds[m][s] = end - start
-        } else {
-          backwardSeconds[m][s] = end - start
-        }
-        busySeconds[a.device] += end - start
-        condition.unlock()
-        if completed || run.status.name == "diverged" { try afterStep(run, device) }
+        record(a, model: run, start: start, end: end)
+        let diverged = run.status.name == "diverged"
+        if diverged { distributed?.discardAll(model: m, step: a.task.step) }
+        if completed || diverged { try afterStep(run, device) }
       } catch let e {
         error = e
       }
-      let now = Progress(
-        id: run.id, step: run.step, steps: run.settings.steps, loss: run.trainLosses.last,
-        validationLoss: run.evaluations.last?.loss, status: run.status.name)
       condition.lock()
-      progress[a.task.model] = now
-      if let error, failure == nil { failure = error }
       busy[a.device] = false
       current[a.device] = nil
-      running[a.task.model] = false
-      lastDevice[a.task.model] = a.device
-      readySince[a.task.model] = elapsed()
-      condition.signal()
       condition.unlock()
+      release(a, run: run, error: error)
     }
+  }
+
+  /// A finished task's box on the trace, and its measured time as the estimate from now on.
+  private func record(_ a: Assignment, model run: ModelRun, start: Double, end: Double) {
+    condition.lock()
+    defer { condition.unlock() }
+    _trace.append(
+      TraceEvent(
+        device: a.device, model: run.id,
+        name: "s\(a.task.shard) \(a.task.direction == .forward ? "fwd" : "bwd")", step: a.task.step,
+        start: start, end: end))
+    let m = a.task.model, s = a.task.shard
+    if a.task.direction == .forward {
+      forwardSeconds[m][s] = end - start
+    } else {
+      backwardSeconds[m][s] = end - start
+    }
+    busySeconds[a.device] += end - start
+  }
+
+  /// The model of `a` is at rest again (its task and anything after its step are done).
+  private func release(_ a: Assignment, run: ModelRun, error: Error?) {
+    let now = Progress(
+      id: run.id, step: run.step, steps: run.settings.steps, loss: run.trainLosses.last,
+      validationLoss: run.evaluations.last?.loss, status: run.status.name)
+    condition.lock()
+    progress[a.task.model] = now
+    if let error, failure == nil { failure = error }
+    running[a.task.model] = false
+    lastDevice[a.task.model] = a.device
+    readySince[a.task.model] = elapsed()
+    condition.signal()
+    condition.unlock()
+  }
+
+  /// Where each shard of `model` has its state now (a distributed backend; else empty).
+  public func homes(of model: Int) -> [Int] {
+    condition.lock()
+    defer { condition.unlock() }
+    return distributed == nil ? [] : homes[model]
   }
 
   public func modelSnapshot() -> [Progress] {

@@ -31,7 +31,8 @@ public final class ShardState {
 
   /// Bytes this shard's state takes wherever it is resident.
   public var bytes: Int { (persistent + transient).reduce(0) { $0 + $1.capacity * 4 } }
-  var persistentBytes: Int { persistent.reduce(0) { $0 + $1.capacity * 4 } }
+  /// Bytes of the parameters and optimizer state (what moves between processes, or to disk).
+  public var persistentBytes: Int { persistent.reduce(0) { $0 + $1.byteCount } }
 }
 
 /// The host store: shard state that is not on a device lives here, in RAM up to `host_memory`
@@ -128,6 +129,53 @@ public final class HostStore: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     return state.residency
+  }
+
+  /// Copies `state`'s parameters and optimizer state, in a fixed order, into `buffer`
+  /// (`persistentBytes` long), wherever the state is: a device, RAM or its spill file. Moves nothing.
+  public func read(_ state: ShardState, into buffer: UnsafeMutableRawPointer) throws {
+    lock.lock()
+    defer { lock.unlock() }
+    try copy(state, buffer, toState: false)
+  }
+
+  /// Overwrites `state`'s parameters and optimizer state with `buffer` (laid out as `read` writes
+  /// it), wherever the state is. Moves nothing.
+  public func write(_ state: ShardState, from buffer: UnsafeRawPointer) throws {
+    lock.lock()
+    defer { lock.unlock() }
+    try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true)
+  }
+
+  private func copy(_ state: ShardState, _ buffer: UnsafeMutableRawPointer, toState: Bool) throws {
+    if state.residency == .disk {
+      let fd = open(path(state), toState ? O_WRONLY : O_RDONLY)
+      guard fd >= 0 else {
+        throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))")
+      }
+      defer { close(fd) }
+      var done = 0
+      while done < state.persistentBytes {
+        let n =
+          toState
+          ? pwrite(fd, buffer + done, state.persistentBytes - done, off_t(done))
+          : pread(fd, buffer + done, state.persistentBytes - done, off_t(done))
+        guard n > 0 else {
+          throw RuntimeError("spill file \(path(state)): \(n < 0 ? String(cString: strerror(errno)) : "short file")")
+        }
+        done += n
+      }
+      return
+    }
+    var offset = 0
+    for t in state.persistent {
+      if toState {
+        UnsafeMutableRawPointer(t.data).copyMemory(from: buffer + offset, byteCount: t.byteCount)
+      } else {
+        (buffer + offset).copyMemory(from: t.data, byteCount: t.byteCount)
+      }
+      offset += t.byteCount
+    }
   }
 
   /// Waits for every prefetch started so far.

@@ -17,6 +17,9 @@ public final class JobRunner {
   public var pauseAt: Int?
   /// Print a progress line every this many steps of a model (evaluations always print).
   public var logEvery = 50
+  /// The backend, when the caller made it already (`mpi`: MPI is started before the job is
+  /// planned, so that a failure on any rank stops them all); else the registry makes it.
+  public var backend: Backend?
 
   public init(config: JobConfig, registry: PluginRegistry) {
     self.config = config
@@ -31,6 +34,8 @@ public final class JobRunner {
     public var devices: [Device]
     public var store: HostStore
     public var backend: Backend
+    /// False in the processes of a distributed backend that only ran tasks: they hold no results.
+    public var coordinating = true
   }
 
   /// One member, planned: its architecture, data, shards and activation policy.
@@ -46,32 +51,70 @@ public final class JobRunner {
     let cluster = config.cluster
     let plans = try plan()
     let scheduler = try makeScheduler()
-    let backend = try registry.makeBackend(cluster.backend, devices: cluster.devices)
+    let backend = try self.backend ?? registry.makeBackend(cluster.backend, devices: cluster.devices)
+    let distributed = backend as? DistributedBackend
+    if distributed != nil && cluster.devicesGiven && cluster.devices != backend.deviceCount {
+      throw InputError(
+        file: config.file, line: config.line(table: "cluster", key: "devices"),
+        "cluster.devices = \(cluster.devices), but backend \"\(backend.name)\" has one device per process and this job has \(backend.deviceCount) processes; leave devices out or make it \(backend.deviceCount)"
+      )
+    }
+    let local = distributed?.localDevice ?? 0
     let budget = cluster.deviceMemory ?? .max
-    let devices = try (0..<cluster.devices).map { d in
+    let devices = try (0..<backend.deviceCount).map { d in
       Device(
         index: d,
         kernels: try registry.makeKernels(
           cluster.kernels, threads: cluster.threadsPerDevice,
           memory: DeviceMemory(budget: budget, label: "device \(d)")))
     }
-    let store = HostStore(budget: cluster.hostMemory ?? .max, folder: config.job.output + "/spill")
+    // Each process spills to its own folder (under `mpi` the output folder is shared by all).
+    let store = HostStore(
+      budget: cluster.hostMemory ?? .max,
+      folder: config.job.output + (distributed == nil ? "/spill" : "/spill/rank-\(local)"))
     for d in devices { store.attach(device: d.index, memory: d.kernels.memory) }
+    if distributed != nil && local != 0 {
+      // A process that only runs tasks: no output, no log.
+      log = { _ in }
+      let runs = try buildRuns(plans, store: store, backend: backend)
+      try distributed!.attach(runs: runs, device: devices[local], store: store)
+      try distributed!.serve()
+      return Result(
+        makespan: 0, runs: runs, output: config.job.output, devices: devices, store: store, backend: backend,
+        coordinating: false)
+    }
     let output = try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML(), append: resume)
     let runs = try buildRuns(plans, store: store, backend: backend)
+    try distributed?.attach(runs: runs, device: devices[local], store: store)
+    let homes = distributed.map { _ in
+      Placement.homes(
+        work: runs.map { run in
+          run.shards.map { shard in
+            Double(shard.reduce(0) { $0 + run.spec.blockCosts($1).forwardFlopsPerSample } * run.settings.batchSize)
+              * 3 * Double(run.settings.steps - run.step)
+          }
+        },
+        bytes: runs.map { run in run.shards.indices.map { run.stateBytes(of: $0) } }, devices: devices.count,
+        byShard: cluster.placement == "by-shard")
+    }
     let lock = NSLock()
     let coordinator = Coordinator(
-      runs: runs, devices: devices, scheduler: scheduler, backend: backend, doubleBuffering: cluster.doubleBuffering)
+      runs: runs, devices: devices, scheduler: scheduler, backend: backend, doubleBuffering: cluster.doubleBuffering,
+      homes: homes)
     coordinator.afterStep = { [self] run, device in
       let evaluate = run.evaluationDue || run.status.name == "diverged"
+      let checkpoint = run.checkpointDue && run.status.name != "diverged"
       let rate = run.settings.optimizer.learningRate(step: max(run.step - 1, 0))
       let now = coordinator.elapsed()
+      if let distributed, run.status.name != "diverged" && (evaluate || checkpoint) {
+        // The shards homed in other processes: their current state, into this process's copy.
+        try distributed.gather(run, homes: coordinator.homes(of: run.index))
+      }
       var e: Evaluation?
       if evaluate && run.status.name != "diverged" {
         e = try run.evaluate(kernels: device.kernels, device: device.index)
         coordinator.recordEvaluation(of: run, on: device, start: now)
       }
-      let checkpoint = run.checkpointDue && run.status.name != "diverged"
       if checkpoint { try Checkpoint.write(run, to: output.checkpointFolder(run.id), device: device.index) }
       lock.lock()
       defer { lock.unlock() }
@@ -102,6 +145,7 @@ public final class JobRunner {
       view?.stop()
       throw error
     }
+    let reports = try distributed?.finish() ?? []
     let trace = coordinator.trace
     try output.writeTrace(trace, devices: devices.count)
     try output.writePicture(
@@ -116,6 +160,13 @@ public final class JobRunner {
     let memory: [String: Any] = [
       "devices": devices.map { d -> [String: Any] in
         var m: [String: Any] = ["index": d.index, "peak_bytes": d.kernels.memory.peak]
+        if let r = reports.first(where: { $0.device == d.index }) {
+          m["peak_bytes"] = r.peakBytes
+          m["host"] = r.host
+          m["host_store_peak_bytes"] = r.storePeakBytes
+          m["bytes_written_to_disk"] = r.bytesWrittenToDisk
+          m["bytes_read_from_disk"] = r.bytesReadFromDisk
+        }
         if budget != .max { m["budget_bytes"] = budget }
         return m
       },
@@ -124,11 +175,17 @@ public final class JobRunner {
         "bytes_written_to_disk": store.bytesWritten, "bytes_read_from_disk": store.bytesRead,
       ].compactMapValues { $0 is NSNull ? nil : $0 },
     ]
-    let decisions: [String: Any] = [
+    var decisions: [String: Any] = [
       "scheduler": scheduler.name, "decisions": coordinator.decisions,
       "seconds_per_decision": coordinator.decisionSeconds / Double(max(coordinator.decisions, 1)),
       "device_busy_fraction": coordinator.deviceSnapshot().map(\.busyFraction),
     ]
+    if let distributed {
+      decisions["backend"] = backend.name
+      decisions["shard_moves"] = coordinator.moves
+      decisions["moved_bytes"] = coordinator.movedBytes
+      decisions["measured_bandwidth_bytes_per_second"] = distributed.bandwidth
+    }
     try output.writeSummary(
       job: config.job.name, makespan: makespan, models: runs.map { summary($0) }, memory: memory,
       coordinator: decisions)

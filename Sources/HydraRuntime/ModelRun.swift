@@ -98,6 +98,8 @@ public final class ModelRun {
   /// Position in the current step's chain: 0 ..< 2k.
   public private(set) var position = 0
   private var batch: Batch?
+  /// The step `batch` belongs to.
+  private var batchStep = -1
   /// Moves boundary activations, their gradients and tied weights between this model's tasks.
   public let backend: Backend
 
@@ -190,6 +192,9 @@ public final class ModelRun {
     return task(at: position, step: step)
   }
 
+  /// The ties' shards: (owner, replica) for each tied weight, in tie order.
+  public var tiedShards: [(owner: Int, replica: Int)] { ties.map { ($0.ownerShard, $0.replicaShard) } }
+
   private func task(at position: Int, step: Int) -> ShardTask {
     let k = shards.count
     if position < k { return ShardTask(model: index, shard: position, direction: .forward, step: step) }
@@ -202,6 +207,46 @@ public final class ModelRun {
     let next = position + 1
     if next < 2 * shards.count { return task(at: next, step: step) }
     return step + 1 < settings.steps ? task(at: 0, step: step + 1) : nil
+  }
+
+  /// Where `task` stands in its step's chain.
+  private func position(of task: ShardTask) -> Int {
+    task.direction == .forward ? task.shard : 2 * shards.count - 1 - task.shard
+  }
+
+  /// Puts this copy of the model at `task`, whose earlier tasks ran in other processes (under
+  /// `mpi` each rank holds a copy of every model and runs only some of its tasks). Only the chain
+  /// position moves: what earlier tasks produced arrives through the backend.
+  public func seek(to task: ShardTask) {
+    if task.step != step { batchStep = -1 }
+    step = task.step
+    position = position(of: task)
+  }
+
+  /// Advances this copy of the model past `task`, which ran in another process: the coordinator's
+  /// bookkeeping of a model whose state lives elsewhere. `loss` is the training loss a last shard's
+  /// forward computed. Returns true when the task completed a step.
+  @discardableResult
+  public func recordRemote(_ task: ShardTask, loss: Double?) -> Bool {
+    precondition(task == nextTask, "\(id): \(task) finished out of order (expected \(String(describing: nextTask)))")
+    status = .running
+    if task.direction == .forward {
+      if let loss {
+        trainLosses.append(loss)
+        if !loss.isFinite {
+          status = .diverged(step: step)
+          return false
+        }
+      }
+      position += 1
+      return false
+    }
+    position += 1
+    guard task.shard == 0 else { return false }
+    position = 0
+    step += 1
+    if step == settings.steps { status = .done }
+    return true
   }
 
   /// Where the state of `shard` is now (`.host` without a store).
@@ -226,6 +271,38 @@ public final class ModelRun {
       alsoFree: max(0, footprints[running.shard] - running.bytes))
   }
 
+  /// The parameters and optimizer state of `shard`, in the order `readState` lays them out.
+  private func stateTensors(of shard: Int) -> [Tensor] {
+    parameters(ofShard: shard).flatMap { [$0.value] + $0.state }
+  }
+
+  /// Bytes of `shard`'s parameters and optimizer state: what moves when its home changes.
+  public func stateBytes(of shard: Int) -> Int {
+    store != nil ? shardStates[shard].persistentBytes : stateTensors(of: shard).reduce(0) { $0 + $1.byteCount }
+  }
+
+  /// Copies `shard`'s parameters and optimizer state into `buffer` (`stateBytes(of:)` long),
+  /// wherever the host store keeps them. The shard must not be running.
+  public func readState(of shard: Int, into buffer: UnsafeMutableRawPointer) throws {
+    if let store { return try store.read(shardStates[shard], into: buffer) }
+    var offset = 0
+    for t in stateTensors(of: shard) {
+      (buffer + offset).copyMemory(from: t.data, byteCount: t.byteCount)
+      offset += t.byteCount
+    }
+  }
+
+  /// Overwrites `shard`'s parameters and optimizer state with a buffer `readState` filled (in
+  /// another process holding the same model). The shard must not be running.
+  public func writeState(of shard: Int, from buffer: UnsafeRawPointer) throws {
+    if let store { return try store.write(shardStates[shard], from: buffer) }
+    var offset = 0
+    for t in stateTensors(of: shard) {
+      UnsafeMutableRawPointer(t.data).copyMemory(from: buffer + offset, byteCount: t.byteCount)
+      offset += t.byteCount
+    }
+  }
+
   private func key(_ kind: TransferKey.Kind, _ index: Int, _ step: Int) -> TransferKey {
     TransferKey(kind, model: self.index, index: index, step: step)
   }
@@ -239,11 +316,13 @@ public final class ModelRun {
     let k = shards.count
     let s = task.shard
     try promote(s, to: device)
+    // A pure function of (seed, step): made again wherever this step's earlier tasks ran elsewhere.
+    if batchStep != step {
+      batch = data.trainBatch(step: step, batchSize: settings.batchSize, seed: seed, shuffle: settings.shuffle)
+      batchStep = step
+    }
     switch task.direction {
     case .forward:
-      if s == 0 {
-        batch = data.trainBatch(step: step, batchSize: settings.batchSize, seed: seed, shuffle: settings.shuffle)
-      }
       let out = try forward(shard: s, batch: batch!, kernels: kernels, device: device, training: true)
       if s == k - 1 {
         let loss = try (blocks[shards[s].upperBound - 1] as! LossBlock)
@@ -256,7 +335,7 @@ public final class ModelRun {
           return false
         }
       } else {
-        try backend.post(try copy(out, kernels: kernels), key: key(.activation, s, step), from: device)
+        try backend.post(try copy(out, kernels: kernels), key: key(.activation, s, step), from: device, for: s + 1)
         if policy.checkpointing { release(shard: s) }
       }
       position += 1
@@ -272,7 +351,9 @@ public final class ModelRun {
       // A tied weight's two gradients: the owner's own, then the replica's, in that fixed order.
       for (t, tie) in ties.enumerated() {
         if tie.replicaShard == s {
-          try backend.post(try copy(tie.replica.grad, kernels: kernels), key: key(.tiedGradient, t, step), from: device)
+          try backend.post(
+            try copy(tie.replica.grad, kernels: kernels), key: key(.tiedGradient, t, step), from: device,
+            for: tie.ownerShard)
         }
         if tie.ownerShard == s {
           let g = try backend.fetch(key(.tiedGradient, t, step), to: device)
@@ -281,7 +362,9 @@ public final class ModelRun {
         }
       }
       try settings.optimizer.apply(to: parameters(ofShard: s), step: step, kernels: kernels)
-      if s > 0 { try backend.post(try copy(grad!, kernels: kernels), key: key(.gradient, s - 1, step), from: device) }
+      if s > 0 {
+        try backend.post(try copy(grad!, kernels: kernels), key: key(.gradient, s - 1, step), from: device, for: s - 1)
+      }
       if s < k - 1 { backend.discard(key(.gradient, s, step)) }
       if s > 0 { backend.discard(key(.activation, s - 1, step)) }
       if policy.releaseBuffers { release(shard: s) }
@@ -289,6 +372,7 @@ public final class ModelRun {
       guard s == 0 else { return false }
       position = 0
       batch = nil
+      batchStep = -1
       step += 1
       if step == settings.steps { status = .done }
       return true
@@ -313,7 +397,9 @@ public final class ModelRun {
   private func forward(shard s: Int, batch: Batch, kernels: Kernels, device: Int, training: Bool) throws -> Tensor {
     for (t, tie) in ties.enumerated() {
       if tie.ownerShard == s && training {
-        try backend.post(try copy(tie.owner.value, kernels: kernels), key: key(.tiedValue, t, step), from: device)
+        try backend.post(
+          try copy(tie.owner.value, kernels: kernels), key: key(.tiedValue, t, step), from: device,
+          for: tie.replicaShard)
       }
       if tie.replicaShard == s {
         let v = try backend.fetch(key(.tiedValue, t, step), to: device)

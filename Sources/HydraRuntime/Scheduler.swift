@@ -14,6 +14,17 @@ public struct ReadyTask: Sendable, Equatable {
   public var readySince: Double
   /// The model's index in the job; shards in the model.
   public var shardCount: Int
+  /// Under a backend whose devices hold shard state apart (`mpi`: one process per rank), the device
+  /// holding this shard's state: its home. nil under `shm`, where every device reaches every state.
+  public var home: Int?
+  /// The devices this task may run on; nil: any. A backward must run where its forward left the
+  /// shard's activations, so under `mpi` it is `[home]`; a forward may run elsewhere, and then the
+  /// shard's state moves there (its new home) first.
+  public var allowedDevices: [Int]?
+  /// What running this task away from `home` costs: the bytes of the shard's state (parameters and
+  /// optimizer state) and the seconds they take at the bandwidth measured between devices.
+  public var moveBytes: Int = 0
+  public var moveSeconds: Double = 0
 
   public init(
     task: ShardTask, estimatedSeconds: Double, remainingSeconds: Double, state: Residency = .host,
@@ -96,6 +107,12 @@ public func validate(_ assignments: [Assignment], against view: SchedulerView, s
     }
     guard view.freeDevices.contains(a.device) else {
       throw SchedulerError("scheduler \"\(scheduler)\" assigned device \(a.device), which is not free")
+    }
+    if let ready = view.ready.first(where: { $0.task == a.task }), let allowed = ready.allowedDevices,
+      !allowed.contains(a.device)
+    {
+      throw SchedulerError(
+        "scheduler \"\(scheduler)\" assigned \(a.task) to device \(a.device); it may only run on \(allowed)")
     }
     guard tasks.insert(a.task.model).inserted, devices.insert(a.device).inserted else {
       throw SchedulerError("scheduler \"\(scheduler)\" assigned a task or a device twice: \(assignments)")

@@ -1,3 +1,4 @@
+import HydraBackendMPI
 import HydraBackendSHM
 import HydraConfig
 import HydraCore
@@ -18,6 +19,8 @@ enum Builtins {
     registry.registerPartitioner("fixed") { FixedPartitioner() }
     registerBuiltinSchedulers(in: registry)
     registry.registerBackend("shm") { devices in SharedMemoryBackend(devices: devices) }
+    // One device per rank: `devices` is checked against the ranks by the runtime.
+    registry.registerBackend("mpi") { _ in try MPIBackend.start() }
     return registry
   }
 

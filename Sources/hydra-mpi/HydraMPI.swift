@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HydraBackendMPI
 import HydraConfig
 import HydraCore
 import HydraKernelsCPU
@@ -54,23 +55,58 @@ struct Run: ParsableCommand {
   var pauseAt: Int?
 
   func run() throws {
-    try reportingErrors {
-      let registry = Builtins.registry()
-      let config = try options.load(registry)
-      let runner = JobRunner(config: config, registry: registry)
-      runner.live = LiveView.outputIsTerminal
-      runner.resume = resume
-      if let pauseAt, pauseAt < 1 { throw InputError(file: "--pause-at", "needs a step >= 1, got \(pauseAt)") }
-      runner.pauseAt = pauseAt
-      print(
-        "hydra-mpi: job \(config.job.name): \(config.members.count) model(s) on \(config.cluster.devices) device(s), kernels \(config.cluster.kernels)"
-      )
-      let result = try runner.run()
-      result.store.removeSpillFiles()
-      print(Report.ranking(result.runs))
-      print(String(format: "makespan %.2f s; output in %@", result.makespan, result.output))
+    var mpi: MPIBackend?
+    do {
+      try reportingErrors {
+        let registry = Builtins.registry()
+        let config = try options.load(registry)
+        let runner = JobRunner(config: config, registry: registry)
+        if let pauseAt, pauseAt < 1 { throw InputError(file: "--pause-at", "needs a step >= 1, got \(pauseAt)") }
+        if config.cluster.backend == "mpi" {
+          // MPI starts before anything can fail on one rank only: from here on, a failure anywhere
+          // ends every rank (MPI_Abort) instead of leaving the others waiting.
+          let backend = try MPIBackend.start()
+          mpi = backend
+          backend.onFailure = { error in abortJob(backend, error) }
+          runner.backend = backend
+        }
+        let coordinating = (mpi?.localDevice ?? 0) == 0
+        // Under mpirun the standard output is forwarded (often a pty even when piped on): plain lines.
+        runner.live = mpi == nil && LiveView.outputIsTerminal
+        runner.resume = resume
+        runner.pauseAt = pauseAt
+        if coordinating {
+          print(
+            "hydra-mpi: job \(config.job.name): \(config.members.count) model(s) on \(mpi?.deviceCount ?? config.cluster.devices) device(s)\(mpi == nil ? "" : " (MPI ranks)"), kernels \(config.cluster.kernels)"
+          )
+        }
+        let result: JobRunner.Result
+        do {
+          result = try runner.run()
+        } catch {
+          if let mpi, mpi.deviceCount > 1 { abortJob(mpi, error) }
+          throw error
+        }
+        result.store.removeSpillFiles()
+        if result.coordinating {
+          print(Report.ranking(result.runs))
+          print(String(format: "makespan %.2f s; output in %@", result.makespan, result.output))
+        }
+      }
+    } catch {
+      mpi?.communicator.finalize()
+      throw error
     }
+    mpi?.communicator.finalize()
   }
+}
+
+/// Ends every rank of an MPI job: this rank's error on standard error (which `mpirun` gathers), then
+/// MPI_Abort with 2 for bad input and 1 for anything else.
+func abortJob(_ backend: MPIBackend, _ error: Error) -> Never {
+  let bad = error is InputError || error is ConfigError
+  FileHandle.standardError.write(Data("hydra-mpi: rank \(backend.localDevice): error: \(error)\n".utf8))
+  backend.communicator.abort(code: bad ? 2 : 1)
 }
 
 struct Validate: ParsableCommand {

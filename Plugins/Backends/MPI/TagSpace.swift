@@ -26,14 +26,14 @@ public struct TagSpace: Equatable, Sendable, CustomStringConvertible {
     case activation = 1
     /// The gradient w.r.t. a shard's input, going to the device that runs the previous shard backward.
     case gradient = 2
-    /// A shard's parameters, when shard state moves between ranks.
-    case parameters = 3
-    /// A shard's optimizer state, when shard state moves between ranks.
-    case optimizerState = 4
-    /// Checkpoint bytes sent to the writing rank.
-    case checkpoint = 5
-    /// Losses, timings and other metrics reported to rank 0.
-    case metrics = 6
+    /// A tied weight's value, from its owner shard's forward to the replica's.
+    case tiedValue = 3
+    /// A tied weight's replica gradient, from the replica's backward to the owner's.
+    case tiedGradient = 4
+    /// A shard's parameters and optimizer state, moving to its new home.
+    case shardState = 5
+    /// A shard's parameters and optimizer state, copied to the coordinator (evaluation, checkpoint).
+    case gather = 6
     /// Free for plugins and tests.
     case user = 7
   }

@@ -23,7 +23,7 @@ public final class SharedMemoryBackend: Backend, @unchecked Sendable {
     queues[device].async { task.run() }
   }
 
-  public func post(_ tensor: Tensor, key: TransferKey, from device: Int) throws {
+  public func post(_ tensor: Tensor, key: TransferKey, from device: Int, for consumer: Int) throws {
     lock.lock()
     defer { lock.unlock() }
     posted[key] = tensor

@@ -1,0 +1,507 @@
+import Foundation
+import HydraCore
+import HydraRuntime
+
+/// `mpi`: one device per MPI rank. Every rank builds every model (the same seeds give the same
+/// initial state), reads the data set itself, and keeps the state of the shards homed on it in its
+/// own host store; rank 0 also runs the coordinator and writes the output folder.
+///
+/// One thread per rank talks to MPI (`progress`): it starts the sends queued by the other threads,
+/// receives every message as it arrives (so a transfer overlaps whatever the rank computes) and
+/// carries out the coordinator's requests. The rank's tasks run on one serial queue, as under `shm`.
+///
+/// Messages, each tagged by `TagSpace` with its kind, model, shard (or tie) and step:
+/// - control (rank 0 to a device: run a task, move or send a shard's state, drop a stopped step,
+///   stop; a device to rank 0: task done, final report), a few 64-bit words;
+/// - tensors (activations, gradients, tied weights, shard states), each a header (step, shape) and
+///   then the Float32 bytes under the same tag, pushed by the device that makes them to the device
+///   that will use them, never through rank 0.
+public final class MPIBackend: DistributedBackend, @unchecked Sendable {
+  public let name = "mpi"
+  public let communicator: MPICommunicator
+  public var deviceCount: Int { communicator.size }
+  public var localDevice: Int { communicator.rank }
+  public let bandwidth: Double
+  /// Ends the job on an error no caller can catch (in a task run for the coordinator, or in MPI
+  /// itself): it must print the error and stop every rank. The default aborts with status 1.
+  public var onFailure: (Error) -> Void
+  /// How long a task waits for a tensor before it reports it lost.
+  public var receiveTimeout: Double = 600
+
+  private let queue = DispatchQueue(label: "hydra.mpi.device")
+  private let state = NSCondition()
+  // Under `state`:
+  private var tags: TagSpace?
+  private var runs: [ModelRun] = []
+  private var device: Device?
+  private var store: HostStore?
+  private var received: [DataKey: Tensor] = [:]
+  /// Tensors that were pushed here for a shard that has moved since: sent on when they arrive.
+  private var forwards: [DataKey: Int] = [:]
+  private var outbox: [Outgoing] = []
+  /// Where each model's shards are, as of the last task of the model run here.
+  private var homes: [Int: [Int]] = [:]
+  private var completions: [Int: (RemoteOutcome) -> Void] = [:]
+  private var reports: [DeviceReport] = []
+  private var stopRequested = false
+  private var exitRequested = false
+  private var progressThread: Thread?
+  private let progressDone = DispatchSemaphore(value: 0)
+
+  struct DataKey: Hashable, CustomStringConvertible {
+    var kind: TagSpace.Kind
+    var model: Int
+    var index: Int
+    var step: Int
+    var description: String { "\(kind) \(index) of model \(model) at step \(step)" }
+  }
+
+  enum Outgoing {
+    case control([Int64], to: Int)
+    case data(DataKey, Tensor, to: Int)
+  }
+
+  enum Op: Int64 {
+    case run = 1, done, move, gather, drop, stop, bye
+  }
+
+  /// Starts MPI (thread level `multiple`: the progress thread and the task queue both use it) and
+  /// measures the bandwidth between ranks 0 and 1.
+  public static func start() throws -> MPIBackend {
+    try MPIBackend(communicator: try MPICommunicator.initialize(required: .multiple))
+  }
+
+  public init(communicator: MPICommunicator) throws {
+    self.communicator = communicator
+    bandwidth = try MPIBackend.measureBandwidth(communicator)
+    let rank = communicator.rank
+    onFailure = { error in
+      FileHandle.standardError.write(Data("hydra-mpi: rank \(rank): error: \(error)\n".utf8))
+      communicator.abort(code: 1)
+    }
+  }
+
+  /// Bytes per second one way between ranks 0 and 1 (4 MiB messages bounced 4 times after one
+  /// warm-up), the same on every rank. A single rank has nothing to move to: infinity.
+  static func measureBandwidth(_ comm: MPICommunicator) throws -> Double {
+    guard comm.size > 1 else { return .infinity }
+    let bytes = 4 << 20
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes, alignment: 64)
+    defer { buffer.deallocate() }
+    buffer.initializeMemory(as: UInt8.self, repeating: 0)
+    var rate = [0.0]
+    try comm.barrier()
+    let tag: Int32 = 1
+    if comm.rank <= 1 {
+      let peer = 1 - comm.rank
+      var start = DispatchTime.now().uptimeNanoseconds
+      for i in 0..<5 {
+        if i == 1 { start = DispatchTime.now().uptimeNanoseconds }
+        if comm.rank == 0 {
+          try comm.send(UnsafeRawBufferPointer(buffer), to: peer, tag: tag)
+          try comm.receive(into: buffer, from: peer, tag: tag)
+        } else {
+          try comm.receive(into: buffer, from: peer, tag: tag)
+          try comm.send(UnsafeRawBufferPointer(buffer), to: peer, tag: tag)
+        }
+      }
+      let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+      rate[0] = Double(2 * 4 * bytes) / max(seconds, 1e-9)
+    }
+    try rate.withUnsafeMutableBytes { try comm.broadcast($0, root: 0) }
+    return rate[0]
+  }
+
+  // MARK: Backend
+
+  public func execute(on device: Int, _ work: @escaping () -> Void) {
+    precondition(device == localDevice, "mpi: rank \(localDevice) asked to run work of device \(device)")
+    let box = Work(run: work)
+    queue.async { box.run() }
+  }
+
+  public func post(_ tensor: Tensor, key: TransferKey, from device: Int, for consumer: Int) throws {
+    let k = dataKey(key)
+    state.lock()
+    defer { state.unlock() }
+    let destination = homes[key.model]?[consumer] ?? localDevice
+    if destination == localDevice {
+      received[k] = tensor
+      state.broadcast()
+    } else {
+      outbox.append(.data(k, tensor, to: destination))
+    }
+  }
+
+  public func fetch(_ key: TransferKey, to device: Int) throws -> Tensor {
+    try wait(for: dataKey(key), removing: false)
+  }
+
+  public func discard(_ key: TransferKey) {
+    state.lock()
+    received[dataKey(key)] = nil
+    state.unlock()
+  }
+
+  /// Tensors received (or posted here) and not yet discarded: a finished job leaves none.
+  public var outstanding: Int {
+    state.lock()
+    defer { state.unlock() }
+    return received.count
+  }
+
+  private func dataKey(_ key: TransferKey) -> DataKey {
+    let kind: TagSpace.Kind
+    switch key.kind {
+    case .activation: kind = .activation
+    case .gradient: kind = .gradient
+    case .tiedValue: kind = .tiedValue
+    case .tiedGradient: kind = .tiedGradient
+    }
+    return DataKey(kind: kind, model: key.model, index: key.index, step: key.step)
+  }
+
+  /// Blocks until `key` has arrived; with `removing`, takes it out of the received set.
+  private func wait(for key: DataKey, removing: Bool) throws -> Tensor {
+    let deadline = Date(timeIntervalSinceNow: receiveTimeout)
+    state.lock()
+    defer { state.unlock() }
+    while received[key] == nil {
+      if !state.wait(until: deadline) && received[key] == nil {
+        throw RuntimeError(
+          "mpi: rank \(localDevice) waited \(Int(receiveTimeout)) s for \(key), which never arrived")
+      }
+    }
+    return removing ? received.removeValue(forKey: key)! : received[key]!
+  }
+
+  private func send(_ message: Outgoing) {
+    state.lock()
+    outbox.append(message)
+    state.unlock()
+  }
+
+  // MARK: DistributedBackend
+
+  public func attach(runs: [ModelRun], device: Device, store: HostStore) throws {
+    let shards = runs.map { max($0.shards.count, $0.tiedShards.count) }.max() ?? 1
+    let layout = try TagSpace(models: max(runs.count, 1), shards: shards, upperBound: communicator.tagUpperBound)
+    state.lock()
+    tags = layout
+    self.runs = runs
+    self.device = device
+    self.store = store
+    state.unlock()
+    let thread = Thread { [self] in progress() }
+    thread.name = "hydra.mpi.progress"
+    progressThread = thread
+    thread.start()
+  }
+
+  public func runRemote(
+    _ task: ShardTask, homes: [Int], movedFrom: Int?, on device: Int, completion: @escaping (RemoteOutcome) -> Void
+  ) {
+    state.lock()
+    completions[device] = completion
+    outbox.append(
+      .control(
+        [
+          Op.run.rawValue, Int64(task.model), Int64(task.shard), task.direction == .forward ? 0 : 1, Int64(task.step),
+          Int64(movedFrom ?? -1), Int64(homes.count),
+        ] + homes.map { Int64($0) }, to: device))
+    state.unlock()
+  }
+
+  public func willRun(_ task: ShardTask, of run: ModelRun, homes: [Int], movedFrom: Int?) throws {
+    state.lock()
+    self.homes[task.model] = homes
+    state.unlock()
+    if movedFrom != nil { try receiveState(run, shard: task.shard, step: task.step, kind: .shardState) }
+  }
+
+  public func move(model: Int, shard: Int, step: Int, from: Int, to: Int) {
+    send(.control([Op.move.rawValue, Int64(model), Int64(shard), Int64(step), Int64(to)], to: from))
+  }
+
+  public func gather(_ run: ModelRun, homes: [Int]) throws {
+    let elsewhere = homes.indices.filter { homes[$0] != localDevice }
+    for s in elsewhere {
+      send(.control([Op.gather.rawValue, Int64(run.index), Int64(s), Int64(run.step)], to: homes[s]))
+    }
+    for s in elsewhere { try receiveState(run, shard: s, step: run.step, kind: .gather) }
+  }
+
+  public func discardAll(model: Int, step: Int) {
+    drop(model: model, step: step)
+    for d in 0..<deviceCount where d != localDevice {
+      send(.control([Op.drop.rawValue, Int64(model), Int64(step)], to: d))
+    }
+  }
+
+  public func serve() throws {
+    state.lock()
+    while !stopRequested { state.wait() }
+    state.unlock()
+    stopProgress()
+  }
+
+  public func finish() throws -> [DeviceReport] {
+    for d in 0..<deviceCount where d != localDevice { send(.control([Op.stop.rawValue], to: d)) }
+    state.lock()
+    while reports.count < deviceCount - 1 { state.wait() }
+    let result = reports.sorted { $0.device < $1.device }
+    state.unlock()
+    stopProgress()
+    return result
+  }
+
+  /// Lets the progress thread finish what it was sending, then ends it.
+  private func stopProgress() {
+    guard progressThread != nil else { return }
+    state.lock()
+    exitRequested = true
+    state.unlock()
+    progressDone.wait()
+    progressThread = nil
+  }
+
+  /// Copies the shard state that arrived as `kind` into this process's copy of `run`.
+  private func receiveState(_ run: ModelRun, shard: Int, step: Int, kind: TagSpace.Kind) throws {
+    let key = DataKey(kind: kind, model: run.index, index: shard, step: step)
+    let t = try wait(for: key, removing: true)
+    guard t.byteCount == run.stateBytes(of: shard) else {
+      throw RuntimeError(
+        "mpi: \(key) has \(t.byteCount) bytes but this rank's shard holds \(run.stateBytes(of: shard)): the ranks built different models (same job file and data everywhere?)"
+      )
+    }
+    try run.writeState(of: shard, from: t.data)
+  }
+
+  /// The state of `shard` of `run` in one tensor (not charged to any device: it is on its way out).
+  private func packState(_ run: ModelRun, shard: Int) throws -> Tensor {
+    let t = try Tensor(shape: [run.stateBytes(of: shard) / MemoryLayout<Float>.stride])
+    try run.readState(of: shard, into: t.data)
+    return t
+  }
+
+  private func drop(model: Int, step: Int) {
+    state.lock()
+    for k in received.keys where k.model == model && k.step == step { received[k] = nil }
+    for k in forwards.keys where k.model == model && k.step == step { forwards[k] = nil }
+    state.unlock()
+  }
+
+  // MARK: The progress thread
+
+  private func progress() {
+    var sends: [MPIRequest] = []
+    var receives: [(request: MPIRequest, key: DataKey, tensor: Tensor)] = []
+    var idle = 0
+    do {
+      let layout = tags!
+      let controlTag = try layout.tag(.control, model: 0, shard: 0, step: 0)
+      while true {
+        state.lock()
+        let out = outbox
+        outbox.removeAll()
+        let exiting = exitRequested
+        state.unlock()
+        var worked = !out.isEmpty
+        for message in out {
+          switch message {
+          case .control(let words, let to):
+            let bytes = Words(words)
+            sends.append(try communicator.isend(bytes.buffer, to: to, tag: controlTag, keepAlive: bytes))
+          case .data(let key, let tensor, let to):
+            let tag = try layout.tag(key.kind, model: key.model, shard: key.index, step: key.step)
+            let header = Words([Int64(key.step), Int64(tensor.shape.count)] + tensor.shape.map { Int64($0) })
+            sends.append(try communicator.isend(header.buffer, to: to, tag: tag, keepAlive: header))
+            sends.append(try communicator.isend(tensor, to: to, tag: tag))
+          }
+        }
+        var i = 0
+        while i < sends.count {
+          if try sends[i].test() {
+            sends.swapAt(i, sends.count - 1)
+            sends.removeLast()
+            worked = true
+          } else {
+            i += 1
+          }
+        }
+        i = 0
+        while i < receives.count {
+          if try receives[i].request.test() {
+            let r = receives[i]
+            receives.remove(at: i)
+            deliver(r.key, r.tensor)
+            worked = true
+          } else {
+            i += 1
+          }
+        }
+        while let status = try communicator.iprobe() {
+          worked = true
+          let words = Words(count: status.count / 8)
+          try communicator.receive(into: words.mutableBuffer, from: status.source, tag: status.tag)
+          let (kind, model, shard, _) = layout.decode(status.tag)
+          if kind == .control {
+            try handleControl(words.values, from: status.source)
+            continue
+          }
+          guard let kind, words.values.count >= 2 else {
+            throw RuntimeError("mpi: rank \(localDevice) got a message it cannot read (\(status))")
+          }
+          let v = words.values
+          let shape = v[2...].map { Int($0) }
+          let tensor = try Tensor(shape: shape)
+          let request = try communicator.irecv(into: tensor, from: status.source, tag: status.tag)
+          receives.append((request, DataKey(kind: kind, model: model, index: shard, step: Int(v[0])), tensor))
+        }
+        if exiting && out.isEmpty && sends.isEmpty && receives.isEmpty { break }
+        if worked {
+          idle = 0
+        } else {
+          // Nothing to do: poll again soon, but without taking a core from the tasks.
+          idle += 1
+          if idle > 16 { usleep(UInt32(min(20 * (idle - 16), 500))) }
+        }
+      }
+    } catch {
+      onFailure(error)
+    }
+    progressDone.signal()
+  }
+
+  /// A tensor that arrived: to whoever waits for it, or on to where its shard moved.
+  private func deliver(_ key: DataKey, _ tensor: Tensor) {
+    state.lock()
+    if let to = forwards.removeValue(forKey: key) {
+      outbox.append(.data(key, tensor, to: to))
+    } else {
+      received[key] = tensor
+      state.broadcast()
+    }
+    state.unlock()
+  }
+
+  private func handleControl(_ w: [Int64], from source: Int) throws {
+    guard let first = w.first, let op = Op(rawValue: first) else {
+      throw RuntimeError("mpi: rank \(localDevice) got an unknown control message from rank \(source): \(w)")
+    }
+    switch op {
+    case .run:
+      let task = ShardTask(
+        model: Int(w[1]), shard: Int(w[2]), direction: w[3] == 0 ? .forward : .backward, step: Int(w[4]))
+      let movedFrom = w[5] >= 0 ? Int(w[5]) : nil
+      let homes = w[7..<(7 + Int(w[6]))].map { Int($0) }
+      queue.async { [self] in
+        do {
+          try runTask(task, homes: homes, movedFrom: movedFrom)
+        } catch {
+          onFailure(error)
+        }
+      }
+    case .done:
+      state.lock()
+      let completion = completions.removeValue(forKey: source)
+      state.unlock()
+      let loss: Double? = w[6] != 0 ? Double(bitPattern: UInt64(bitPattern: w[7])) : nil
+      completion?(RemoteOutcome(seconds: Double(bitPattern: UInt64(bitPattern: w[5])), loss: loss))
+    case .move:
+      try moveOut(model: Int(w[1]), shard: Int(w[2]), step: Int(w[3]), to: Int(w[4]))
+    case .gather:
+      let (model, shard, step) = (Int(w[1]), Int(w[2]), Int(w[3]))
+      let packed = try packState(runs[model], shard: shard)
+      send(.data(DataKey(kind: .gather, model: model, index: shard, step: step), packed, to: source))
+    case .drop:
+      drop(model: Int(w[1]), step: Int(w[2]))
+    case .stop:
+      let memory = device?.kernels.memory
+      let host = Array(communicator.processorName.utf8.prefix(255)).map { Int64($0) }
+      send(
+        .control(
+          [
+            Op.bye.rawValue, Int64(memory?.peak ?? 0), Int64(store?.peakBytes ?? 0), Int64(store?.bytesWritten ?? 0),
+            Int64(store?.bytesRead ?? 0), Int64(host.count),
+          ] + host, to: source))
+      state.lock()
+      stopRequested = true
+      state.broadcast()
+      state.unlock()
+    case .bye:
+      let host = String(decoding: w[6..<(6 + Int(w[5]))].map { UInt8($0) }, as: UTF8.self)
+      state.lock()
+      reports.append(
+        DeviceReport(
+          device: source, peakBytes: Int(w[1]), storePeakBytes: Int(w[2]), bytesWrittenToDisk: Int(w[3]),
+          bytesReadFromDisk: Int(w[4]), host: host))
+      state.broadcast()
+      state.unlock()
+    }
+  }
+
+  /// Runs a task the coordinator sent, on this rank's queue, and reports back.
+  private func runTask(_ task: ShardTask, homes: [Int], movedFrom: Int?) throws {
+    let run = runs[task.model]
+    try willRun(task, of: run, homes: homes, movedFrom: movedFrom)
+    let start = DispatchTime.now().uptimeNanoseconds
+    run.seek(to: task)
+    _ = try run.run(task, kernels: device!.kernels, device: device!.index)
+    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    let lastForward = task.direction == .forward && task.shard == run.shards.count - 1
+    let loss = lastForward ? run.trainLosses.last : nil
+    send(
+      .control(
+        [
+          Op.done.rawValue, Int64(task.model), Int64(task.shard), task.direction == .forward ? 0 : 1,
+          Int64(task.step), Int64(bitPattern: seconds.bitPattern), loss == nil ? 0 : 1,
+          Int64(bitPattern: (loss ?? 0).bitPattern),
+        ], to: 0))
+  }
+
+  /// This rank was `shard`'s home; it now goes to `to` for its forward of `step`: the inputs of
+  /// that forward already pushed here go on, and then the state itself.
+  private func moveOut(model: Int, shard: Int, step: Int, to: Int) throws {
+    let run = runs[model]
+    var inputs: [DataKey] = []
+    if shard > 0 { inputs.append(DataKey(kind: .activation, model: model, index: shard - 1, step: step)) }
+    for (t, tie) in run.tiedShards.enumerated() where tie.replica == shard && tie.owner != shard {
+      inputs.append(DataKey(kind: .tiedValue, model: model, index: t, step: step))
+    }
+    state.lock()
+    for key in inputs {
+      if let t = received.removeValue(forKey: key) {
+        outbox.append(.data(key, t, to: to))
+      } else {
+        forwards[key] = to
+      }
+    }
+    state.unlock()
+    let packed = try packState(run, shard: shard)
+    send(.data(DataKey(kind: .shardState, model: model, index: shard, step: step), packed, to: to))
+  }
+}
+
+/// 64-bit words in memory that stays put while MPI sends or receives them.
+private final class Words: @unchecked Sendable {
+  let pointer: UnsafeMutablePointer<Int64>
+  let count: Int
+  init(count: Int) {
+    self.count = count
+    pointer = .allocate(capacity: max(count, 1))
+    pointer.initialize(repeating: 0, count: max(count, 1))
+  }
+  convenience init(_ values: [Int64]) {
+    self.init(count: values.count)
+    values.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: values.count) }
+  }
+  deinit { pointer.deallocate() }
+  var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: count * 8) }
+  var mutableBuffer: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: pointer, count: count * 8) }
+  var values: [Int64] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
+}
+
+private struct Work: @unchecked Sendable {
+  let run: () -> Void
+}
