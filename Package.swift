@@ -64,7 +64,8 @@ let package = Package(
       name: "HydraBackendMPI", dependencies: ["HydraRuntime", "HydraCore", "CMPI"], path: "Plugins/Backends/MPI",
       swiftSettings: settings),
     .executableTarget(
-      name: "hydra-pingpong", dependencies: ["HydraBackendMPI", "HydraCore"], swiftSettings: settings),
+      name: "hydra-pingpong", dependencies: ["HydraBackendMPI", "HydraRuntime", "HydraCore"],
+      swiftSettings: settings),
 
     // Built-in schedulers: which ready shard task runs on which free device.
     .target(

@@ -68,6 +68,9 @@ public struct DeviceReport: Sendable {
   public var bytesWrittenToDisk: Int
   public var bytesReadFromDisk: Int
   public var host: String
+  /// Tensors (and bytes) the device sent to other devices.
+  public var tensorsSent = 0
+  public var bytesSent = 0
   public init(device: Int, peakBytes: Int, storePeakBytes: Int, bytesWrittenToDisk: Int, bytesReadFromDisk: Int, host: String)
   {
     self.device = device
@@ -92,6 +95,12 @@ public protocol DistributedBackend: Backend {
   var localDevice: Int { get }
   /// Bytes per second between two devices, measured at start (the cost of moving a shard).
   var bandwidth: Double { get }
+  /// What this process's device sent to others so far: tensors and bytes.
+  var tensorsSent: Int { get }
+  var bytesSent: Int { get }
+  /// Every process, together (a collective): whether every process passed the same `value`. Also
+  /// the point where no process goes on until all have got there.
+  func agree(on value: UInt64) throws -> Bool
   /// Every process, before training: the job's models as this process built them, the device
   /// they run on here, and the host store holding their state.
   func attach(runs: [ModelRun], device: Device, store: HostStore) throws

@@ -39,7 +39,10 @@ public final class Coordinator: @unchecked Sendable {
   private var _trace: [TraceEvent] = []
   private var failure: Error?
   private var origin = Date()
-  private var busy: [Bool]
+  /// Tasks handed to each device and not finished: at most 1, or 2 under a distributed backend,
+  /// where a device's next task is decided while it runs one, so that it never waits for the
+  /// coordinator's answer from another process.
+  private var assigned: [Int]
   private var running: [Bool]
   private var lastDevice: [Int?]
   private var readySince: [Double]
@@ -59,6 +62,8 @@ public final class Coordinator: @unchecked Sendable {
   private var progress: [Progress]
   /// Per device: seconds spent on tasks, and what it is running now.
   private var busySeconds: [Double]
+  /// Where each device's last box on the trace ends.
+  private var lastEnd: [Double]
   private var current: [String?]
   /// Seconds the coordinator spent deciding (building views, asking the scheduler), and how often.
   public private(set) var decisionSeconds = 0.0
@@ -92,11 +97,12 @@ public final class Coordinator: @unchecked Sendable {
     self.devices = devices
     self.scheduler = scheduler
     self.doubleBuffering = doubleBuffering
-    busy = Array(repeating: false, count: devices.count)
+    assigned = Array(repeating: 0, count: devices.count)
     progress = runs.map {
       Progress(id: $0.id, step: 0, steps: $0.settings.steps, loss: nil, validationLoss: nil, status: "pending")
     }
     busySeconds = Array(repeating: 0, count: devices.count)
+    lastEnd = Array(repeating: 0, count: devices.count)
     current = Array(repeating: nil, count: devices.count)
     running = Array(repeating: false, count: runs.count)
     lastDevice = Array(repeating: nil, count: runs.count)
@@ -126,14 +132,14 @@ public final class Coordinator: @unchecked Sendable {
     defer { condition.unlock() }
     while failure == nil {
       let start = DispatchTime.now().uptimeNanoseconds
-      let view = makeView()
-      if view.ready.isEmpty && !busy.contains(true) && !running.contains(true) { break }
+      let view = makeView(ahead: false)
+      if view.ready.isEmpty && !assigned.contains(where: { $0 > 0 }) && !running.contains(true) { break }
       if !view.ready.isEmpty && !view.freeDevices.isEmpty {
         let assignments = scheduler.schedule(view)
         decisions += 1
         do {
           try validate(assignments, against: view, scheduler: scheduler.name)
-          if assignments.isEmpty && !busy.contains(true) && !running.contains(true) {
+          if assignments.isEmpty && !assigned.contains(where: { $0 > 0 }) && !running.contains(true) {
             throw SchedulerError(
               "scheduler \"\(scheduler.name)\" left every device idle with \(view.ready.count) task(s) ready")
           }
@@ -143,16 +149,33 @@ public final class Coordinator: @unchecked Sendable {
         }
         for a in assignments { dispatch(a) }
       }
+      if distributed != nil {
+        // One task ahead: devices running a task get their next one now (at its shard's home),
+        // so that it is waiting for them in their process when the current one finishes.
+        let ahead = makeView(ahead: true)
+        if !ahead.ready.isEmpty && !ahead.freeDevices.isEmpty {
+          let assignments = scheduler.schedule(ahead)
+          decisions += 1
+          do {
+            try validate(assignments, against: ahead, scheduler: scheduler.name)
+          } catch {
+            failure = error
+            break
+          }
+          for a in assignments { dispatch(a) }
+        }
+      }
       decisionSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
       condition.wait()
     }
-    while busy.contains(true) || running.contains(true) { condition.wait() }
+    while assigned.contains(where: { $0 > 0 }) || running.contains(true) { condition.wait() }
     if let failure { throw failure }
     return elapsed()
   }
 
-  /// Under the lock.
-  private func makeView() -> SchedulerView {
+  /// Under the lock. With `ahead`, the free devices are those running one task (with room for the
+  /// next), and every task may only go to its home.
+  private func makeView(ahead: Bool) -> SchedulerView {
     var ready: [ReadyTask] = []
     for (m, run) in runs.enumerated() where !running[m] {
       guard let task = run.nextTask else { continue }
@@ -172,7 +195,7 @@ public final class Coordinator: @unchecked Sendable {
         let home = homes[m][task.shard]
         r.home = home
         r.state = .device(home)
-        if task.direction == .backward { r.allowedDevices = [home] }
+        if task.direction == .backward || ahead { r.allowedDevices = [home] }
         r.moveBytes = stateBytes[m][task.shard]
         r.moveSeconds = Double(r.moveBytes) / max(distributed.bandwidth, 1)
       }
@@ -181,7 +204,7 @@ public final class Coordinator: @unchecked Sendable {
     // A running model is its device thread's alone: only models at rest are looked at.
     let finished = Set(runs.indices.filter { !running[$0] && runs[$0].nextTask == nil })
     var view = SchedulerView(
-      now: elapsed(), ready: ready, freeDevices: busy.indices.filter { !busy[$0] },
+      now: elapsed(), ready: ready, freeDevices: assigned.indices.filter { assigned[$0] == (ahead ? 1 : 0) },
       deviceCount: devices.count, modelCount: runs.count)
     view.finished = finished
     return view
@@ -189,7 +212,7 @@ public final class Coordinator: @unchecked Sendable {
 
   /// Under the lock: hands `a` to its device (a thread of this process, or another process).
   private func dispatch(_ a: Assignment) {
-    busy[a.device] = true
+    assigned[a.device] += 1
     running[a.task.model] = true
     let m = a.task.model
     let run = runs[m]
@@ -214,14 +237,20 @@ public final class Coordinator: @unchecked Sendable {
         let diverged = run.status.name == "diverged"
         if diverged { distributed.discardAll(model: m, step: a.task.step) }
         condition.lock()
-        busy[a.device] = false
-        current[a.device] = nil
+        assigned[a.device] -= 1
+        if assigned[a.device] == 0 { current[a.device] = nil }
         condition.signal()
         condition.unlock()
         guard completed || diverged else { return release(a, run: run, error: nil) }
         // Evaluations and checkpoints happen here, in the coordinator's process, which holds the
-        // output folder; the model stays busy until they are done.
+        // output folder, on its device; the model stays busy until they are done. A step with
+        // neither only records its loss: that is done at once, not after the device's task.
         let local = devices[distributed.localDevice]
+        if diverged || !(run.evaluationDue || run.checkpointDue) {
+          var error: Error?
+          do { try afterStep(run, local) } catch let e { error = e }
+          return release(a, run: run, error: error)
+        }
         backend.execute(on: local.index) { [self] in
           var error: Error?
           do { try afterStep(run, local) } catch let e { error = e }
@@ -250,8 +279,8 @@ public final class Coordinator: @unchecked Sendable {
         error = e
       }
       condition.lock()
-      busy[a.device] = false
-      current[a.device] = nil
+      assigned[a.device] -= 1
+      if assigned[a.device] == 0 { current[a.device] = nil }
       condition.unlock()
       release(a, run: run, error: error)
     }
@@ -261,6 +290,10 @@ public final class Coordinator: @unchecked Sendable {
   private func record(_ a: Assignment, model run: ModelRun, start: Double, end: Double) {
     condition.lock()
     defer { condition.unlock() }
+    // A task in another process is timed there and placed here by when its report arrived: it
+    // cannot have started before the device's previous box ended.
+    let start = max(start, lastEnd[a.device])
+    lastEnd[a.device] = end
     _trace.append(
       TraceEvent(
         device: a.device, model: run.id,
@@ -314,8 +347,10 @@ public final class Coordinator: @unchecked Sendable {
   /// Records an evaluation box on the trace.
   public func recordEvaluation(of run: ModelRun, on device: Device, start: Double) {
     condition.lock()
+    let end = elapsed()
+    lastEnd[device.index] = max(lastEnd[device.index], end)
     _trace.append(
-      TraceEvent(device: device.index, model: run.id, name: "eval", step: run.step, start: start, end: elapsed()))
+      TraceEvent(device: device.index, model: run.id, name: "eval", step: run.step, start: start, end: end))
     condition.unlock()
   }
 }

@@ -60,6 +60,16 @@ public final class JobRunner {
       )
     }
     let local = distributed?.localDevice ?? 0
+    if let distributed {
+      // Every process planned the job without error (one that failed has stopped them all by now),
+      // and they all read the same one: only then is anything written.
+      guard try distributed.agree(on: stableHash(config.resolvedTOML())) else {
+        throw InputError(
+          file: config.file,
+          "the processes of this job read different jobs (job file, --set options or data path differ between ranks); every rank must run the same job"
+        )
+      }
+    }
     let budget = cluster.deviceMemory ?? .max
     let devices = try (0..<backend.deviceCount).map { d in
       Device(
@@ -166,6 +176,7 @@ public final class JobRunner {
           m["host_store_peak_bytes"] = r.storePeakBytes
           m["bytes_written_to_disk"] = r.bytesWrittenToDisk
           m["bytes_read_from_disk"] = r.bytesReadFromDisk
+          m["tensors_sent"] = r.tensorsSent
         }
         if budget != .max { m["budget_bytes"] = budget }
         return m
@@ -184,7 +195,11 @@ public final class JobRunner {
       decisions["backend"] = backend.name
       decisions["shard_moves"] = coordinator.moves
       decisions["moved_bytes"] = coordinator.movedBytes
-      decisions["measured_bandwidth_bytes_per_second"] = distributed.bandwidth
+      if distributed.bandwidth.isFinite { decisions["measured_bandwidth_bytes_per_second"] = distributed.bandwidth }
+      // Tensors that went from one process to another (activations, gradients, tied weights,
+      // shard states), all devices together.
+      decisions["tensors_sent"] = distributed.tensorsSent + reports.reduce(0) { $0 + $1.tensorsSent }
+      decisions["bytes_sent"] = distributed.bytesSent + reports.reduce(0) { $0 + $1.bytesSent }
     }
     try output.writeSummary(
       job: config.job.name, makespan: makespan, models: runs.map { summary($0) }, memory: memory,

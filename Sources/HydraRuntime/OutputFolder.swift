@@ -71,7 +71,9 @@ public final class OutputFolder {
     for e in events {
       items.append([
         "name": "\(e.model) \(e.name)", "cat": e.name == "eval" ? "eval" : "shard", "ph": "X",
-        "pid": 0, "tid": e.device, "ts": (e.start * 1e6).rounded(), "dur": ((e.end - e.start) * 1e6).rounded(),
+        "pid": 0, "tid": e.device, "ts": (e.start * 1e6).rounded(),
+        // From the rounded ends, so that boxes that touch still touch after rounding.
+        "dur": (e.end * 1e6).rounded() - (e.start * 1e6).rounded(),
         "args": ["model": e.model, "task": e.name, "step": e.step],
       ])
     }

@@ -94,10 +94,10 @@ struct Run: ParsableCommand {
         }
       }
     } catch {
-      mpi?.communicator.finalize()
+      mpi?.close()
       throw error
     }
-    mpi?.communicator.finalize()
+    mpi?.close()
   }
 }
 

@@ -8,6 +8,7 @@ import CMPI
 import Foundation
 import HydraBackendMPI
 import HydraCore
+import HydraRuntime
 
 setvbuf(stdout, nil, _IOLBF, 0)
 
@@ -82,6 +83,29 @@ func rawRoundTrips(_ buffer: UnsafeMutableRawBufferPointer, count: Int, rank: In
   return times
 }
 
+/// The same through the `mpi` backend, as shard tasks move tensors: rank 0 posts an activation for
+/// a shard homed on rank 1, whose progress thread receives it (header, then the bytes); rank 1
+/// fetches it and posts it back as a gradient.
+func backendRoundTrips(_ backend: MPIBackend, _ tensor: Tensor, count: Int, first: Int) throws -> [Double] {
+  var times: [Double] = []
+  for i in first..<(first + count) {
+    let out = TransferKey(.activation, model: 0, index: 0, step: i)
+    let back = TransferKey(.gradient, model: 0, index: 0, step: i)
+    if backend.localDevice == 0 {
+      let start = MPI_Wtime()
+      try backend.post(tensor, key: out, from: 0, for: 1)
+      _ = try backend.fetch(back, to: 0)
+      backend.discard(back)
+      times.append(MPI_Wtime() - start)
+    } else if backend.localDevice == 1 {
+      let got = try backend.fetch(out, to: 1)
+      backend.discard(out)
+      try backend.post(got, key: back, from: 1, for: 0)
+    }
+  }
+  return times
+}
+
 /// The same through MPICommunicator's typed tensor path.
 func tensorRoundTrips(_ comm: MPICommunicator, _ tensor: Tensor, tag: Int32, count: Int) throws -> [Double] {
   var times: [Double] = []
@@ -102,13 +126,20 @@ func tensorRoundTrips(_ comm: MPICommunicator, _ tensor: Tensor, tag: Int32, cou
 func pingPong(_ comm: MPICommunicator) throws {
   let sizes = [64 << 10, 1 << 20, 16 << 20]
   let tags = try TagSpace(models: 1, shards: 1, upperBound: comm.tagUpperBound)
-  let tag = try tags.tag(.activation, model: 0, shard: 0, step: 0)
+  let tag = try tags.tag(.user, model: 0, shard: 0, step: 0)
+  // The backend's progress thread shares the communicator; the blocking paths use another tag.
+  let backend = try MPIBackend(communicator: comm)
+  try backend.start(models: 1, shards: 2)
+  backend.route(model: 0, homes: [0, 1])
   if comm.rank == 0 {
     print(
       "hydra-pingpong: \(comm.size) ranks, rank 0 on \(comm.processorName), \(comm.threadLevel); "
         + "bandwidth = 2 x bytes / median round trip")
-    print("size      raw MiB/s   tensor MiB/s   tensor/raw   raw rtt       tensor rtt    round trips")
+    print(
+      "size      raw MiB/s   tensor MiB/s  backend MiB/s  tensor/raw  backend/raw   raw rtt     backend rtt  round trips"
+    )
   }
+  var step = 0
   for size in sizes {
     // Round trips per batch: enough for a stable median, few enough to stay quick at 16 MiB.
     let perBatch = size <= 64 << 10 ? 100 : size <= 1 << 20 ? 30 : 8
@@ -118,33 +149,41 @@ func pingPong(_ comm: MPICommunicator) throws {
     raw.initializeMemory(as: UInt8.self, repeating: 0x5A)
     let tensor = try Tensor(shape: [size / MemoryLayout<Float>.stride])
     tensor.buffer.initialize(repeating: 1.5)
-    // Warm-up: connections, registration and first-touch of both paths.
+    // Warm-up: connections, registration and first-touch of every path.
     _ = rawRoundTrips(raw, count: 3, rank: comm.rank)
     _ = try tensorRoundTrips(comm, tensor, tag: tag, count: 3)
-    // Alternate batches so that both paths see the same load on a shared machine.
+    _ = try backendRoundTrips(backend, tensor, count: 3, first: step)
+    step += 3
+    // Alternate batches so that every path sees the same load on a shared machine.
     var rawTimes: [Double] = []
     var tensorTimes: [Double] = []
+    var backendTimes: [Double] = []
     for _ in 0..<batches {
       try comm.barrier()
       rawTimes += rawRoundTrips(raw, count: perBatch, rank: comm.rank)
       try comm.barrier()
       tensorTimes += try tensorRoundTrips(comm, tensor, tag: tag, count: perBatch)
+      try comm.barrier()
+      backendTimes += try backendRoundTrips(backend, tensor, count: perBatch, first: step)
+      step += perBatch
     }
     if comm.rank == 0 {
       let mib = Double(size) / Double(1 << 20)
       let rawRTT = median(rawTimes)
-      let tensorRTT = median(tensorTimes)
       let rawBW = 2 * mib / rawRTT
-      let tensorBW = 2 * mib / tensorRTT
+      let tensorBW = 2 * mib / median(tensorTimes)
+      let backendRTT = median(backendTimes)
+      let backendBW = 2 * mib / backendRTT
       let label = size >= 1 << 20 ? "\(size >> 20) MiB" : "\(size >> 10) KiB"
       print(
         label.padding(toLength: 10, withPad: " ", startingAt: 0)
           + String(
-            format: "%9.0f   %12.0f   %9.1f %%   %8.1f us   %8.1f us   %d + %d", rawBW, tensorBW,
-            100 * tensorBW / rawBW, rawRTT * 1e6, tensorRTT * 1e6, rawTimes.count, tensorTimes.count))
+            format: "%9.0f   %12.0f   %12.0f   %8.1f %%   %8.1f %%   %8.1f us   %8.1f us   %d x 3", rawBW, tensorBW,
+            backendBW, 100 * tensorBW / rawBW, 100 * backendBW / rawBW, rawRTT * 1e6, backendRTT * 1e6,
+            rawTimes.count))
     }
   }
-  try comm.barrier()
+  if comm.rank == 0 { _ = try backend.finish() } else { try backend.serve() }
 }
 
 // MARK: - self-test

@@ -197,11 +197,11 @@ public final class MPICommunicator: @unchecked Sendable {
         + "use an MPI built with thread support (OpenMPI: --enable-mpi-thread-multiple, the default since 3.0)")
   }
 
-  private init(threadLevel: ThreadLevel, ownsMPI: Bool) throws {
+  private init(threadLevel: ThreadLevel, ownsMPI: Bool, duplicating parent: MPI_Comm? = nil) throws {
     self.threadLevel = threadLevel
     self.ownsMPI = ownsMPI
     var dup: MPI_Comm? = nil
-    try check(MPI_Comm_dup(hydra_mpi_comm_world(), &dup), "MPI_Comm_dup")
+    try check(MPI_Comm_dup(parent ?? hydra_mpi_comm_world(), &dup), "MPI_Comm_dup")
     try check(MPI_Comm_set_errhandler(dup, hydra_mpi_errors_return()), "MPI_Comm_set_errhandler")
     handle = dup
     var r: Int32 = 0
@@ -220,6 +220,13 @@ public final class MPICommunicator: @unchecked Sendable {
 
   deinit { finalize() }
 
+  /// A communicator over the same ranks whose messages can never match this one's (MPI_Comm_dup):
+  /// a component that receives whatever arrives (the `mpi` backend's progress thread) gets its own.
+  /// It does not finalize MPI; free it (`finalize()`) before the communicator that started MPI.
+  public func duplicate() throws -> MPICommunicator {
+    try MPICommunicator(threadLevel: threadLevel, ownsMPI: false, duplicating: handle)
+  }
+
   /// Frees the communicator and, if this object started MPI, calls MPI_Finalize. Safe to call more
   /// than once; nothing may be sent or received afterwards. Every request must be complete.
   public func finalize() {
@@ -227,12 +234,11 @@ public final class MPICommunicator: @unchecked Sendable {
     defer { lock.unlock() }
     if finalized { return }
     finalized = true
+    var done: Int32 = 0
+    MPI_Finalized(&done)
+    if done != 0 { return }  // too late to free anything
     if handle != nil, handle != hydra_mpi_comm_null() { _ = MPI_Comm_free(&handle) }
-    if ownsMPI {
-      var done: Int32 = 0
-      MPI_Finalized(&done)
-      if done == 0 { MPI_Finalize() }
-    }
+    if ownsMPI { MPI_Finalize() }
   }
 
   /// Ends every rank of the job (MPI_Abort) with `code` as the exit status.

@@ -18,7 +18,10 @@ import HydraRuntime
 ///   that will use them, never through rank 0.
 public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   public let name = "mpi"
+  /// The job's communicator (its creator finalizes MPI with it).
   public let communicator: MPICommunicator
+  /// The backend's own duplicate of it: the progress thread receives whatever arrives there.
+  private let comm: MPICommunicator
   public var deviceCount: Int { communicator.size }
   public var localDevice: Int { communicator.rank }
   public let bandwidth: Double
@@ -29,6 +32,17 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   public var receiveTimeout: Double = 600
 
   private let queue = DispatchQueue(label: "hydra.mpi.device")
+  private let pollFast = UInt64(ProcessInfo.processInfo.environment["HYDRA_POLL_FAST_US"] ?? "20")! * 1000
+  private let pollSlow = UInt64(ProcessInfo.processInfo.environment["HYDRA_POLL_SLOW_US"] ?? "1000")! * 1000
+  /// Polling MPI for arrivals costs the tasks CPU time; not polling costs latency. The progress
+  /// thread polls often only while something is expected: a task waits for a tensor, a message
+  /// came or went within the last 2 ms, or (coordinator) a remote task is due to finish.
+  private var waiters = 0
+  private var fastUntil: UInt64 = 0
+  private var dueAt: [Int: UInt64] = [:]
+  private var remoteTasks: [Int: [[Int]]] = [:]
+  private var remoteStart: [Int: UInt64] = [:]
+  private var remoteSeconds: [[Int]: Double] = [:]
   private let state = NSCondition()
   // Under `state`:
   private var tags: TagSpace?
@@ -41,8 +55,12 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   private var outbox: [Outgoing] = []
   /// Where each model's shards are, as of the last task of the model run here.
   private var homes: [Int: [Int]] = [:]
-  private var completions: [Int: (RemoteOutcome) -> Void] = [:]
+  /// Per device, the completions of the tasks sent to it, in order (it runs them in that order).
+  private var completions: [Int: [(RemoteOutcome) -> Void]] = [:]
   private var reports: [DeviceReport] = []
+  /// Tensors (and their bytes) this rank sent to other ranks.
+  public private(set) var tensorsSent = 0
+  public private(set) var bytesSent = 0
   private var stopRequested = false
   private var exitRequested = false
   private var progressThread: Thread?
@@ -73,7 +91,8 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
 
   public init(communicator: MPICommunicator) throws {
     self.communicator = communicator
-    bandwidth = try MPIBackend.measureBandwidth(communicator)
+    comm = try communicator.duplicate()
+    bandwidth = try MPIBackend.measureBandwidth(comm)
     let rank = communicator.rank
     onFailure = { error in
       FileHandle.standardError.write(Data("hydra-mpi: rank \(rank): error: \(error)\n".utf8))
@@ -130,6 +149,7 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       state.broadcast()
     } else {
       outbox.append(.data(k, tensor, to: destination))
+      state.broadcast()
     }
   }
 
@@ -166,6 +186,9 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     let deadline = Date(timeIntervalSinceNow: receiveTimeout)
     state.lock()
     defer { state.unlock() }
+    waiters += 1
+    defer { waiters -= 1 }
+    if received[key] == nil { state.broadcast() }  // the progress thread: poll fast now
     while received[key] == nil {
       if !state.wait(until: deadline) && received[key] == nil {
         throw RuntimeError(
@@ -178,37 +201,43 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   private func send(_ message: Outgoing) {
     state.lock()
     outbox.append(message)
+    state.broadcast()
     state.unlock()
   }
 
   // MARK: DistributedBackend
 
+  public func agree(on value: UInt64) throws -> Bool {
+    // Two 32-bit halves, so that the values survive a reduction over signed integers.
+    let halves = [Int(value >> 32), Int(value & 0xFFFF_FFFF)]
+    let high = try comm.allreduce(halves + halves.map { -$0 }, .max)
+    return high[0] == -high[2] && high[1] == -high[3]
+  }
+
   public func attach(runs: [ModelRun], device: Device, store: HostStore) throws {
-    let shards = runs.map { max($0.shards.count, $0.tiedShards.count) }.max() ?? 1
-    let layout = try TagSpace(models: max(runs.count, 1), shards: shards, upperBound: communicator.tagUpperBound)
     state.lock()
-    tags = layout
     self.runs = runs
     self.device = device
     self.store = store
     state.unlock()
-    let thread = Thread { [self] in progress() }
-    thread.name = "hydra.mpi.progress"
-    progressThread = thread
-    thread.start()
+    try start(models: runs.count, shards: runs.map { max($0.shards.count, $0.tiedShards.count) }.max() ?? 1)
   }
 
   public func runRemote(
     _ task: ShardTask, homes: [Int], movedFrom: Int?, on device: Int, completion: @escaping (RemoteOutcome) -> Void
   ) {
     state.lock()
-    completions[device] = completion
+    completions[device, default: []].append(completion)
+    let kind = [task.model, task.shard, task.direction == .forward ? 0 : 1]
+    remoteTasks[device, default: []].append(kind)
+    if remoteTasks[device]!.count == 1 { expect(device, kind, from: DispatchTime.now().uptimeNanoseconds) }
     outbox.append(
       .control(
         [
           Op.run.rawValue, Int64(task.model), Int64(task.shard), task.direction == .forward ? 0 : 1, Int64(task.step),
           Int64(movedFrom ?? -1), Int64(homes.count),
         ] + homes.map { Int64($0) }, to: device))
+    state.broadcast()
     state.unlock()
   }
 
@@ -255,14 +284,52 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     return result
   }
 
+  /// Frees the backend's communicator, then the job's (which finalizes MPI if it started it). After
+  /// `finish` or `serve`; nothing may be sent afterwards.
+  public func close() {
+    stopProgress()
+    comm.finalize()
+    communicator.finalize()
+  }
+
   /// Lets the progress thread finish what it was sending, then ends it.
   private func stopProgress() {
     guard progressThread != nil else { return }
     state.lock()
     exitRequested = true
+    state.broadcast()
     state.unlock()
     progressDone.wait()
     progressThread = nil
+  }
+
+  /// Under `state`: device `device` starts a task like `kind` at `start`; poll often from shortly
+  /// before it is due to finish (as long as the last one like it took).
+  private func expect(_ device: Int, _ kind: [Int], from start: UInt64) {
+    remoteStart[device] = start
+    dueAt[device] = start + UInt64(max(0, (remoteSeconds[kind] ?? 0) * 0.9) * 1e9)
+  }
+
+  /// Starts the progress thread with a tag layout for `models` models of at most `shards` shards (or
+  /// ties) each. `attach` calls it; tools that move tensors without a job (the ping-pong benchmark)
+  /// call it themselves, with `route`.
+  public func start(models: Int, shards: Int) throws {
+    let layout = try TagSpace(models: max(models, 1), shards: max(shards, 1), upperBound: comm.tagUpperBound)
+    state.lock()
+    tags = layout
+    state.unlock()
+    let thread = Thread { [self] in progress() }
+    thread.name = "hydra.mpi.progress"
+    progressThread = thread
+    thread.start()
+  }
+
+  /// Where `model`'s shards are: a `post` for shard s goes to device `homes[s]`. The runtime sets
+  /// it before each task (`willRun`); tools without a job set it here.
+  public func route(model: Int, homes: [Int]) {
+    state.lock()
+    self.homes[model] = homes
+    state.unlock()
   }
 
   /// Copies the shard state that arrived as `kind` into this process's copy of `run`.
@@ -311,12 +378,16 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
           switch message {
           case .control(let words, let to):
             let bytes = Words(words)
-            sends.append(try communicator.isend(bytes.buffer, to: to, tag: controlTag, keepAlive: bytes))
+            sends.append(try comm.isend(bytes.buffer, to: to, tag: controlTag, keepAlive: bytes))
           case .data(let key, let tensor, let to):
+            state.lock()
+            tensorsSent += 1
+            bytesSent += tensor.byteCount
+            state.unlock()
             let tag = try layout.tag(key.kind, model: key.model, shard: key.index, step: key.step)
             let header = Words([Int64(key.step), Int64(tensor.shape.count)] + tensor.shape.map { Int64($0) })
-            sends.append(try communicator.isend(header.buffer, to: to, tag: tag, keepAlive: header))
-            sends.append(try communicator.isend(tensor, to: to, tag: tag))
+            sends.append(try comm.isend(header.buffer, to: to, tag: tag, keepAlive: header))
+            sends.append(try comm.isend(tensor, to: to, tag: tag))
           }
         }
         var i = 0
@@ -340,10 +411,10 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
             i += 1
           }
         }
-        while let status = try communicator.iprobe() {
+        while let status = try comm.iprobe() {
           worked = true
           let words = Words(count: status.count / 8)
-          try communicator.receive(into: words.mutableBuffer, from: status.source, tag: status.tag)
+          try comm.receive(into: words.mutableBuffer, from: status.source, tag: status.tag)
           let (kind, model, shard, _) = layout.decode(status.tag)
           if kind == .control {
             try handleControl(words.values, from: status.source)
@@ -354,17 +425,36 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
           }
           let v = words.values
           let shape = v[2...].map { Int($0) }
+          guard Int(v[1]) == shape.count, shape.allSatisfy({ $0 >= 0 && $0 <= Int(Int32.max) }),
+            shape.reduce(1, { $0.multipliedReportingOverflow(by: $1).overflow ? .max : $0 * $1 }) <= Int(Int32.max) / 4
+          else {
+            throw RuntimeError("mpi: rank \(localDevice) got a tensor header it cannot read from rank \(status.source): \(v)")
+          }
           let tensor = try Tensor(shape: shape)
-          let request = try communicator.irecv(into: tensor, from: status.source, tag: status.tag)
+          let request = try comm.irecv(into: tensor, from: status.source, tag: status.tag)
           receives.append((request, DataKey(kind: kind, model: model, index: shard, step: Int(v[0])), tensor))
         }
         if exiting && out.isEmpty && sends.isEmpty && receives.isEmpty { break }
+        let now = DispatchTime.now().uptimeNanoseconds
         if worked {
           idle = 0
+          fastUntil = now + 500_000
         } else {
-          // Nothing to do: poll again soon, but without taking a core from the tasks.
+          // Nothing to do: poll MPI again after a while (short while something is expected);
+          // anything queued for sending, or a task starting to wait, wakes the thread at once.
           idle += 1
-          if idle > 16 { usleep(UInt32(min(20 * (idle - 16), 500))) }
+          if idle > 4 {
+            state.lock()
+            let waiting = waiters > 0
+            if outbox.isEmpty && !exitRequested && !waiting {
+              let nextDue = dueAt.values.min() ?? .max
+              let pause = now < fastUntil || nextDue <= now ? pollFast : min(pollSlow, nextDue - now)
+              _ = state.wait(until: Date(timeIntervalSinceNow: Double(pause) / 1e9))
+            }
+            state.unlock()
+            // A task is blocked on a tensor: its core is free, spend it on noticing the arrival.
+            if waiting { sched_yield() }
+          }
         }
       }
     } catch {
@@ -404,10 +494,20 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       }
     case .done:
       state.lock()
-      let completion = completions.removeValue(forKey: source)
+      let completion = completions[source]?.isEmpty == false ? completions[source]!.removeFirst() : nil
+      let now = DispatchTime.now().uptimeNanoseconds
+      if remoteTasks[source]?.isEmpty == false {
+        let kind = remoteTasks[source]!.removeFirst()
+        remoteSeconds[kind] = Double(now - (remoteStart[source] ?? now)) / 1e9
+      }
+      dueAt[source] = nil
+      if let next = remoteTasks[source]?.first { expect(source, next, from: now) }
       state.unlock()
       let loss: Double? = w[6] != 0 ? Double(bitPattern: UInt64(bitPattern: w[7])) : nil
-      completion?(RemoteOutcome(seconds: Double(bitPattern: UInt64(bitPattern: w[5])), loss: loss))
+      guard let completion else {
+        throw RuntimeError("mpi: rank \(source) reported a task done that this rank did not send it")
+      }
+      completion(RemoteOutcome(seconds: Double(bitPattern: UInt64(bitPattern: w[5])), loss: loss))
     case .move:
       try moveOut(model: Int(w[1]), shard: Int(w[2]), step: Int(w[3]), to: Int(w[4]))
     case .gather:
@@ -423,19 +523,21 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
         .control(
           [
             Op.bye.rawValue, Int64(memory?.peak ?? 0), Int64(store?.peakBytes ?? 0), Int64(store?.bytesWritten ?? 0),
-            Int64(store?.bytesRead ?? 0), Int64(host.count),
+            Int64(store?.bytesRead ?? 0), Int64(tensorsSent), Int64(bytesSent), Int64(host.count),
           ] + host, to: source))
       state.lock()
       stopRequested = true
       state.broadcast()
       state.unlock()
     case .bye:
-      let host = String(decoding: w[6..<(6 + Int(w[5]))].map { UInt8($0) }, as: UTF8.self)
+      let host = String(decoding: w[8..<(8 + Int(w[7]))].map { UInt8($0) }, as: UTF8.self)
       state.lock()
-      reports.append(
-        DeviceReport(
-          device: source, peakBytes: Int(w[1]), storePeakBytes: Int(w[2]), bytesWrittenToDisk: Int(w[3]),
-          bytesReadFromDisk: Int(w[4]), host: host))
+      var report = DeviceReport(
+        device: source, peakBytes: Int(w[1]), storePeakBytes: Int(w[2]), bytesWrittenToDisk: Int(w[3]),
+        bytesReadFromDisk: Int(w[4]), host: host)
+      report.tensorsSent = Int(w[5])
+      report.bytesSent = Int(w[6])
+      reports.append(report)
       state.broadcast()
       state.unlock()
     }
