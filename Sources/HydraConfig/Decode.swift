@@ -91,7 +91,7 @@ func decodeCluster(_ s: Section, known: KnownPlugins) throws -> ClusterSection {
     backend: backend, devices: devices, deviceMemory: deviceMemory, hostMemory: hostMemory,
     kernels: kernels, threadsPerDevice: threads)
   cluster.doubleBuffering = try s.bool("double_buffering", true)
-  cluster.devicesGiven = s.fields["devices"] != nil
+  cluster.devicesGiven = backend == "mpi" && s.fields["devices"] != nil
   cluster.placement = try s.string("placement", "by-model", oneOf: ["by-model", "by-shard"])
   switch s.fields["activation_checkpointing"]?.value {
   case nil: break

@@ -16,7 +16,9 @@ extension JobConfig {
     table(
       "cluster",
       [
-        ("backend", str(cluster.backend)), ("devices", int(cluster.devices)),
+        ("backend", str(cluster.backend)),
+        // Under mpi the ranks are the devices: written only when the job gave it.
+        ("devices", cluster.backend == "mpi" && !cluster.devicesGiven ? nil : int(cluster.devices)),
         ("device_memory", int(cluster.deviceMemory)), ("host_memory", int(cluster.hostMemory)),
         ("kernels", str(cluster.kernels)), ("threads_per_device", int(cluster.threadsPerDevice)),
         ("double_buffering", .bool(cluster.doubleBuffering)),

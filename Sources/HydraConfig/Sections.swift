@@ -30,8 +30,8 @@ public struct ClusterSection: Sendable, Equatable {
   /// and backward and recomputes the rest. `auto` (the default) turns it on when a device budget
   /// cannot hold every block's activations.
   public var activationCheckpointing: String = "auto"
-  /// Whether the job file (or `--set`) gave `devices`: under `mpi` the number of ranks is the
-  /// number of devices, and only a value given explicitly can disagree with it.
+  /// Under `mpi`, whether the job file (or `--set`) gave `devices`: the number of ranks is the
+  /// number of devices, and only a value given explicitly can disagree with it. False otherwise.
   public var devicesGiven = false
   /// Under `mpi`, how shard states get their home ranks at the start (key `placement`):
   /// `"by-model"` (default) keeps each model's shards on one rank, models balanced by estimated

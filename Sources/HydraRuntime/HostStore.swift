@@ -6,6 +6,8 @@ public enum Residency: Equatable, Sendable {
   case device(Int)
   case host
   case disk
+  /// Held by another process (`mpi`: the shard's home rank): this copy has no bytes at all.
+  case elsewhere
 }
 
 /// The state of one shard of one model, as the host store moves it.
@@ -97,6 +99,9 @@ public final class HostStore: @unchecked Sendable {
     clock += 1
     state.lastUse = clock
     let device = deviceMemories[index]!
+    if state.residency == .elsewhere {
+      throw RuntimeError("the state of \(state.model) shard \(state.shard) is held by another process, not this one")
+    }
     let resident = state.residency == .device(index)
     let need = max(footprint, state.bytes) - (resident ? state.bytes : 0) + alsoFree
     try makeRoom(on: index, device, bytes: need, pinned: pinned + [state])
@@ -110,6 +115,8 @@ public final class HostStore: @unchecked Sendable {
       for t in state.persistent + state.transient { try t.move(to: device) }
     case .disk:
       try restore(state, into: device)
+    case .elsewhere:
+      preconditionFailure("checked above")
     }
     state.residency = .device(index)
   }
@@ -141,14 +148,42 @@ public final class HostStore: @unchecked Sendable {
 
   /// Overwrites `state`'s parameters and optimizer state with `buffer` (laid out as `read` writes
   /// it), wherever the state is. Moves nothing.
+  /// A state held elsewhere comes back (in RAM, or on disk when RAM is full).
   public func write(_ state: ShardState, from buffer: UnsafeRawPointer) throws {
     lock.lock()
     defer { lock.unlock() }
+    if state.residency == .elsewhere {
+      // Fresh bytes, charged nowhere yet; then into the store like a newly built shard.
+      for t in state.persistent + state.transient { try t.restore(from: -1, offset: 0, memory: nil, read: false) }
+      try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true, resident: true)
+      state.uncharged = true
+      state.residency = .disk
+      clock += 1
+      state.lastUse = clock
+      try bringToHost(state, pinned: [])
+      return
+    }
     try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true)
   }
 
-  private func copy(_ state: ShardState, _ buffer: UnsafeMutableRawPointer, toState: Bool) throws {
-    if state.residency == .disk {
+  /// Frees every byte of `state` in this process, wherever it was: another process holds it now
+  /// (its home under `mpi`). `write` brings it back.
+  public func release(_ state: ShardState) {
+    lock.lock()
+    defer { lock.unlock() }
+    if state.residency == .elsewhere { return }
+    for t in state.persistent + state.transient { try? t.evict(to: -1, offset: 0, write: false) }
+    state.uncharged = false
+    state.residency = .elsewhere
+  }
+
+  private func copy(
+    _ state: ShardState, _ buffer: UnsafeMutableRawPointer, toState: Bool, resident: Bool = false
+  ) throws {
+    if state.residency == .elsewhere && !resident {
+      throw RuntimeError("the state of \(state.model) shard \(state.shard) is held by another process, not this one")
+    }
+    if state.residency == .disk && !resident {
       let fd = open(path(state), toState ? O_WRONLY : O_RDONLY)
       guard fd >= 0 else {
         throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))")
@@ -194,7 +229,7 @@ public final class HostStore: @unchecked Sendable {
   /// Moves `state` into the store's RAM, evicting least recently used store shards to disk for
   /// room; writes `state` itself to disk when it cannot fit at all.
   private func bringToHost(_ state: ShardState, pinned: [ShardState]) throws {
-    if state.residency == .host { return }
+    if state.residency == .host || state.residency == .elsewhere { return }
     while memory.budget - memory.used < state.bytes {
       let candidates = states.filter { s in s.residency == .host && s !== state && !pinned.contains { $0 === s } }
       guard let victim = candidates.min(by: { $0.lastUse < $1.lastUse }) else { break }
@@ -215,6 +250,7 @@ public final class HostStore: @unchecked Sendable {
     case .device:
       for t in state.persistent + state.transient { try t.move(to: memory) }
     case .host: break
+    case .elsewhere: return  // nothing here to bring
     }
     state.residency = .host
   }

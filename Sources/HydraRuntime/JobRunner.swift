@@ -83,30 +83,37 @@ public final class JobRunner {
       budget: cluster.hostMemory ?? .max,
       folder: config.job.output + (distributed == nil ? "/spill" : "/spill/rank-\(local)"))
     for d in devices { store.attach(device: d.index, memory: d.kernels.memory) }
-    if distributed != nil && local != 0 {
-      // A process that only runs tasks: no output, no log.
-      log = { _ in }
-      let runs = try buildRuns(plans, store: store, backend: backend)
-      try distributed!.attach(runs: runs, device: devices[local], store: store)
-      try distributed!.serve()
-      return Result(
-        makespan: 0, runs: runs, output: config.job.output, devices: devices, store: store, backend: backend,
-        coordinating: false)
-    }
-    let output = try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML(), append: resume)
-    let runs = try buildRuns(plans, store: store, backend: backend)
-    try distributed?.attach(runs: runs, device: devices[local], store: store)
+    if distributed != nil && local != 0 { log = { _ in } }  // a process that only runs tasks: no log
+    let folder =
+      local == 0 ? try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML(), append: resume) : nil
+    // Under a distributed backend every process builds every model, places every shard the same way
+    // (from the plans: estimated work over the whole job, bytes of state) and keeps only the state
+    // of the shards homed on it, letting go of the others as soon as each model is built.
     let homes = distributed.map { _ in
       Placement.homes(
-        work: runs.map { run in
-          run.shards.map { shard in
-            Double(shard.reduce(0) { $0 + run.spec.blockCosts($1).forwardFlopsPerSample } * run.settings.batchSize)
-              * 3 * Double(run.settings.steps - run.step)
+        work: zip(plans, config.members).map { plan, member in
+          plan.shards.map { shard in
+            Double(shard.reduce(0) { $0 + plan.request.blocks[$1].forwardFlopsPerSample } * member.train.batchSize)
+              * 3 * Double(member.train.steps)
           }
         },
-        bytes: runs.map { run in run.shards.indices.map { run.stateBytes(of: $0) } }, devices: devices.count,
-        byShard: cluster.placement == "by-shard")
+        bytes: plans.map { plan in
+          plan.shards.map { shard in
+            shard.reduce(0) { $0 + plan.request.blocks[$1].stateBytes(stateCopies: plan.request.stateCopies) }
+          }
+        }, devices: devices.count, byShard: cluster.placement == "by-shard")
     }
+    let runs = try buildRuns(plans, store: store, backend: backend) { m, s in homes == nil || homes![m][s] == local }
+    if let distributed {
+      try distributed.attach(runs: runs, device: devices[local], store: store)
+      if local != 0 {
+        try distributed.serve()
+        return Result(
+          makespan: 0, runs: runs, output: config.job.output, devices: devices, store: store, backend: backend,
+          coordinating: false)
+      }
+    }
+    let output = folder!
     let lock = NSLock()
     let coordinator = Coordinator(
       runs: runs, devices: devices, scheduler: scheduler, backend: backend, doubleBuffering: cluster.doubleBuffering,
@@ -126,6 +133,11 @@ public final class JobRunner {
         coordinator.recordEvaluation(of: run, on: device, start: now)
       }
       if checkpoint { try Checkpoint.write(run, to: output.checkpointFolder(run.id), device: device.index) }
+      if distributed != nil {
+        // What was gathered goes back to being held by its homes only.
+        let homes = coordinator.homes(of: run.index)
+        for s in homes.indices where homes[s] != local { run.releaseState(of: s) }
+      }
       lock.lock()
       defer { lock.unlock() }
       if let loss = run.trainLosses.last {
@@ -334,8 +346,11 @@ public final class JobRunner {
     }
   }
 
-  /// Builds and initialises every member.
-  func buildRuns(_ plans: [Plan], store: HostStore, backend: Backend) throws -> [ModelRun] {
+  /// Builds and initialises every member. The state of shards for which `keep(model, shard)` is
+  /// false is let go once the model is built (another process holds it).
+  func buildRuns(
+    _ plans: [Plan], store: HostStore, backend: Backend, keep: (Int, Int) -> Bool = { _, _ in true }
+  ) throws -> [ModelRun] {
     var runs: [ModelRun] = []
     for (i, plan) in plans.enumerated() {
       let member = config.members[i]
@@ -360,6 +375,7 @@ public final class JobRunner {
         try Checkpoint.load(into: run, from: initPath)
       }
       run.pauseAt = pauseAt
+      for s in run.shards.indices where !keep(i, s) { run.releaseState(of: s) }
       runs.append(run)
     }
     return runs

@@ -292,6 +292,12 @@ public final class ModelRun {
     }
   }
 
+  /// Frees every byte of `shard`'s state in this process: another process holds it (its home under
+  /// `mpi`). `writeState` brings it back. A no-op without a host store.
+  public func releaseState(of shard: Int) {
+    store?.release(shardStates[shard])
+  }
+
   /// Overwrites `shard`'s parameters and optimizer state with a buffer `readState` filled (in
   /// another process holding the same model). The shard must not be running.
   public func writeState(of shard: Int, from buffer: UnsafeRawPointer) throws {

@@ -115,6 +115,30 @@ final class JobConfigTests: XCTestCase {
     }
   }
 
+  func testMPIClusterOptions() throws {
+    let f = try Fixture()
+    // Under mpi the ranks are the devices: `devices` counts as given only when written.
+    let plain = try f.load(Fixture.minimal + "[cluster]\nbackend = \"mpi\"\n")
+    XCTAssertFalse(plain.cluster.devicesGiven)
+    XCTAssertEqual(plain.cluster.placement, "by-model")
+    XCTAssertFalse(plain.resolvedTOML().contains("devices ="), plain.resolvedTOML())
+    let given = try f.load(Fixture.minimal + "[cluster]\nbackend = \"mpi\"\ndevices = 3\nplacement = \"by-shard\"\n")
+    XCTAssertTrue(given.cluster.devicesGiven)
+    XCTAssertEqual(given.cluster.devices, 3)
+    XCTAssertEqual(given.cluster.placement, "by-shard")
+    XCTAssertTrue(try f.load(Fixture.minimal, overrides: ["cluster.backend=mpi", "cluster.devices=2"]).cluster.devicesGiven)
+    // Under shm it never matters.
+    XCTAssertFalse(try f.load(Fixture.minimal + "[cluster]\ndevices = 2\n").cluster.devicesGiven)
+    for config in [plain, given] {
+      let other = try Fixture()
+      let again = try JobConfig.load(path: other.write(config.resolvedTOML(), as: "r.toml"), known: Fixture.known)
+      XCTAssertEqual(again.cluster, config.cluster)
+    }
+    f.assertFails(
+      Fixture.minimal + "[cluster]\nbackend = \"mpi\"\nplacement = \"spread\"\n", line: 15,
+      ["cluster.placement", "by-model", "by-shard"])
+  }
+
   func testMLPWithModelsAndOptions() throws {
     let f = try Fixture()
     try "w".write(toFile: f.dir + "/init.safetensors", atomically: true, encoding: .utf8)

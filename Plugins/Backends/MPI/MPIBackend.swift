@@ -581,6 +581,7 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     }
     state.unlock()
     let packed = try packState(run, shard: shard)
+    run.releaseState(of: shard)
     send(.data(DataKey(kind: .shardState, model: model, index: shard, step: step), packed, to: to))
   }
 }
