@@ -67,6 +67,9 @@ public final class HostStore: @unchecked Sendable {
   /// Deletes the spill folder. Only once nothing will be read back from it.
   public func removeSpillFiles() {
     try? FileManager.default.removeItem(atPath: folder)
+    // Under mpi each rank spills to `spill/rank-N`: the last rank to finish removes `spill` too.
+    let parent = (folder as NSString).deletingLastPathComponent
+    if (parent as NSString).lastPathComponent == "spill" { rmdir(parent) }
   }
 
   public func attach(device index: Int, memory: DeviceMemory) {
