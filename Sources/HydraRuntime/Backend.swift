@@ -71,8 +71,9 @@ public struct DeviceReport: Sendable {
   /// Tensors (and bytes) the device sent to other devices.
   public var tensorsSent = 0
   public var bytesSent = 0
-  public init(device: Int, peakBytes: Int, storePeakBytes: Int, bytesWrittenToDisk: Int, bytesReadFromDisk: Int, host: String)
-  {
+  public init(
+    device: Int, peakBytes: Int, storePeakBytes: Int, bytesWrittenToDisk: Int, bytesReadFromDisk: Int, host: String
+  ) {
     self.device = device
     self.peakBytes = peakBytes
     self.storePeakBytes = storePeakBytes

@@ -17,7 +17,8 @@ public final class OutputFolder {
       try writeAtomically(resolvedJob, to: path + "/job.toml")
       let csv = path + "/metrics.csv"
       if !(append && FileManager.default.fileExists(atPath: csv)) {
-        _ = FileManager.default.createFile(atPath: csv, contents: Data("model,step,split,loss,accuracy,lr,seconds\n".utf8))
+        _ = FileManager.default.createFile(
+          atPath: csv, contents: Data("model,step,split,loss,accuracy,lr,seconds\n".utf8))
       }
       guard let handle = FileHandle(forWritingAtPath: csv) else { throw RuntimeError("cannot open \(csv)") }
       handle.seekToEndOfFile()

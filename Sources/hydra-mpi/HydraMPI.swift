@@ -51,7 +51,9 @@ struct Run: ParsableCommand {
   @Flag(help: "Continue each model from its checkpoint in the output folder, where there is one.")
   var resume = false
 
-  @Option(help: ArgumentHelp("Stop every model after this step, with a checkpoint there (continue with --resume).", valueName: "step"))
+  @Option(
+    help: ArgumentHelp(
+      "Stop every model after this step, with a checkpoint there (continue with --resume).", valueName: "step"))
   var pauseAt: Int?
 
   func run() throws {

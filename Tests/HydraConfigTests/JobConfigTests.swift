@@ -126,7 +126,8 @@ final class JobConfigTests: XCTestCase {
     XCTAssertTrue(given.cluster.devicesGiven)
     XCTAssertEqual(given.cluster.devices, 3)
     XCTAssertEqual(given.cluster.placement, "by-shard")
-    XCTAssertTrue(try f.load(Fixture.minimal, overrides: ["cluster.backend=mpi", "cluster.devices=2"]).cluster.devicesGiven)
+    XCTAssertTrue(
+      try f.load(Fixture.minimal, overrides: ["cluster.backend=mpi", "cluster.devices=2"]).cluster.devicesGiven)
     // Under shm it never matters.
     XCTAssertFalse(try f.load(Fixture.minimal + "[cluster]\ndevices = 2\n").cluster.devicesGiven)
     for config in [plain, given] {

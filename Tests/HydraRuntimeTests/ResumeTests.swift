@@ -40,7 +40,8 @@ final class ResumeTests: XCTestCase {
   func testAPausedAndResumedRunEndsByteForByteWhereAnUninterruptedOneDoes() throws {
     let root = try temporaryFolder()
     let data = root + "/text.txt"
-    try String(repeating: "stopped and started again, the same. ", count: 200).write(toFile: data, atomically: true, encoding: .utf8)
+    try String(repeating: "stopped and started again, the same. ", count: 200).write(
+      toFile: data, atomically: true, encoding: .utf8)
     let whole = root + "/whole", parts = root + "/parts"
     for d in [whole, parts] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
 
@@ -48,8 +49,11 @@ final class ResumeTests: XCTestCase {
     XCTAssertEqual(a.status, 0, a.err)
     let first = try runTool(["run", try job(parts, data: data), "--pause-at", "3"])
     XCTAssertEqual(first.status, 0, first.err)
-    let paused = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: parts + "/out/summary.json"))) as! [String: Any]
-    XCTAssertEqual((paused["models"] as! [[String: Any]]).map { $0["status"] as! String }, ["paused", "paused", "paused", "paused"])
+    let paused =
+      try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: parts + "/out/summary.json")))
+      as! [String: Any]
+    XCTAssertEqual(
+      (paused["models"] as! [[String: Any]]).map { $0["status"] as! String }, ["paused", "paused", "paused", "paused"])
     XCTAssertEqual((paused["models"] as! [[String: Any]]).map { $0["steps"] as! Int }, [3, 3, 3, 3])
     let second = try runTool(["run", parts + "/job.toml", "--resume"])
     XCTAssertEqual(second.status, 0, second.err)

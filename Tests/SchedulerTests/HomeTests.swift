@@ -22,7 +22,8 @@ final class HomeTests: XCTestCase {
   func testLRTFRunsAtHomeFirstThenMovesWhatWouldWait() {
     // Device 0 is free, device 1 too. m0 (longest) lives on 1, m1 on 0, m2 on 1 as well.
     let view = SchedulerView(
-      now: 0, ready: [homed(1, home: 0, remaining: 5), homed(0, home: 1, remaining: 9), homed(2, home: 1, remaining: 7)],
+      now: 0,
+      ready: [homed(1, home: 0, remaining: 5), homed(0, home: 1, remaining: 9), homed(2, home: 1, remaining: 7)],
       freeDevices: [0, 1], deviceCount: 2, modelCount: 3)
     // Each device gets a task of its own: no move although m2 outranks m1.
     XCTAssertEqual(

@@ -428,7 +428,8 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
           guard Int(v[1]) == shape.count, shape.allSatisfy({ $0 >= 0 && $0 <= Int(Int32.max) }),
             shape.reduce(1, { $0.multipliedReportingOverflow(by: $1).overflow ? .max : $0 * $1 }) <= Int(Int32.max) / 4
           else {
-            throw RuntimeError("mpi: rank \(localDevice) got a tensor header it cannot read from rank \(status.source): \(v)")
+            throw RuntimeError(
+              "mpi: rank \(localDevice) got a tensor header it cannot read from rank \(status.source): \(v)")
           }
           let tensor = try Tensor(shape: shape)
           let request = try comm.irecv(into: tensor, from: status.source, tag: status.tag)
