@@ -102,6 +102,10 @@ public protocol DistributedBackend: Backend {
   /// Every process, together (a collective): whether every process passed the same `value`. Also
   /// the point where no process goes on until all have got there.
   func agree(on value: UInt64) throws -> Bool
+  /// Every process, together: the failures (`failure`, nil where there was none) of every process,
+  /// by device, on every process. So that a job whose start failed on some process stops everywhere
+  /// with that process's message printed by device 0.
+  func failures(_ failure: String?) throws -> [(device: Int, message: String)]
   /// Every process, before training: the job's models as this process built them, the device
   /// they run on here, and the host store holding their state.
   func attach(runs: [ModelRun], device: Device, store: HostStore) throws
@@ -124,4 +128,19 @@ public protocol DistributedBackend: Backend {
   func serve() throws
   /// Coordinator: the job is over; every other device stops and reports.
   func finish() throws -> [DeviceReport]
+}
+
+/// The job stopped on every process because some failed to start it; device 0 has printed why.
+public struct JobStopped: Error, CustomStringConvertible {
+  /// The failing processes' messages, by device.
+  public var failures: [(device: Int, message: String)]
+  /// The exit status: 2 when every failure was bad input, else 1.
+  public var exitCode: Int32
+  public init(failures: [(device: Int, message: String)], exitCode: Int32) {
+    self.failures = failures
+    self.exitCode = exitCode
+  }
+  public var description: String {
+    failures.map { "rank \($0.device): error: \($0.message)" }.joined(separator: "\n")
+  }
 }

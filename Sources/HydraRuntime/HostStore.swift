@@ -261,7 +261,17 @@ public final class HostStore: @unchecked Sendable {
   private func path(_ state: ShardState) -> String { "\(folder)/\(state.model)-s\(state.shard).bin" }
 
   private func evict(_ state: ShardState) throws {
-    try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    var isFolder: ObjCBool = false
+    let exists = FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder)
+    if !exists || !isFolder.boolValue {
+      do {
+        if exists { throw RuntimeError("a file of that name is in the way") }
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+      } catch {
+        let why = (error as? RuntimeError)?.description ?? (error as NSError).localizedDescription
+        throw RuntimeError("cannot create the spill folder \(folder) (for shard state past host_memory): \(why)")
+      }
+    }
     let fd = open(path(state), O_RDWR | O_CREAT, 0o644)
     guard fd >= 0 else {
       throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))")

@@ -49,20 +49,34 @@ public final class JobRunner {
 
   public func run() throws -> Result {
     let cluster = config.cluster
-    let plans = try plan()
-    let scheduler = try makeScheduler()
     let backend = try self.backend ?? registry.makeBackend(cluster.backend, devices: cluster.devices)
     let distributed = backend as? DistributedBackend
-    if distributed != nil && cluster.devicesGiven && cluster.devices != backend.deviceCount {
-      throw InputError(
-        file: config.file, line: config.line(table: "cluster", key: "devices"),
-        "cluster.devices = \(cluster.devices), but backend \"\(backend.name)\" has one device per process and this job has \(backend.deviceCount) processes; leave devices out or make it \(backend.deviceCount)"
-      )
+    var plans: [Plan] = []
+    var madeScheduler: Scheduler?
+    var startError: Error?
+    do {
+      plans = try plan()
+      madeScheduler = try makeScheduler()
+      if distributed != nil && cluster.devicesGiven && cluster.devices != backend.deviceCount {
+        throw InputError(
+          file: config.file, line: config.line(table: "cluster", key: "devices"),
+          "cluster.devices = \(cluster.devices), but backend \"\(backend.name)\" has one device per process and this job has \(backend.deviceCount) processes; leave devices out or make it \(backend.deviceCount)"
+        )
+      }
+    } catch {
+      startError = error
     }
-    let local = distributed?.localDevice ?? 0
     if let distributed {
-      // Every process planned the job without error (one that failed has stopped them all by now),
-      // and they all read the same one: only then is anything written.
+      // Every process planned the job (a bad data file on one node fails there only), and they
+      // all read the same one: only then is anything written. Otherwise all stop, with the
+      // failing processes' messages.
+      let bad = startError is InputError || startError is ConfigError
+      let failures = try distributed.failures(startError.map { "\(bad ? 2 : 1) \($0)" })
+      if !failures.isEmpty {
+        throw JobStopped(
+          failures: failures.map { ($0.device, String($0.message.dropFirst(2))) },
+          exitCode: failures.allSatisfy { $0.message.hasPrefix("2 ") } ? 2 : 1)
+      }
       guard try distributed.agree(on: stableHash(config.resolvedTOML())) else {
         throw InputError(
           file: config.file,
@@ -70,6 +84,8 @@ public final class JobRunner {
         )
       }
     }
+    if let startError { throw startError }
+    let local = distributed?.localDevice ?? 0
     let budget = cluster.deviceMemory ?? .max
     let devices = try (0..<backend.deviceCount).map { d in
       Device(
@@ -115,6 +131,7 @@ public final class JobRunner {
     }
     let output = folder!
     let lock = NSLock()
+    let scheduler = madeScheduler!
     let coordinator = Coordinator(
       runs: runs, devices: devices, scheduler: scheduler, backend: backend, doubleBuffering: cluster.doubleBuffering,
       homes: homes)

@@ -85,6 +85,13 @@ struct Run: ParsableCommand {
         let result: JobRunner.Result
         do {
           result = try runner.run()
+        } catch let stopped as JobStopped {
+          // Every rank got here: rank 0 says why, and all end normally with the same status.
+          if coordinating {
+            FileHandle.standardError.write(Data("error: the job could not start on every rank:\n\(stopped)\n".utf8))
+          }
+          mpi?.close()
+          throw ExitCode(stopped.exitCode)
         } catch {
           if let mpi, mpi.deviceCount > 1 { abortJob(mpi, error) }
           throw error
@@ -103,12 +110,11 @@ struct Run: ParsableCommand {
   }
 }
 
-/// Ends every rank of an MPI job: this rank's error on standard error (which `mpirun` gathers), then
-/// MPI_Abort with 2 for bad input and 1 for anything else.
+/// Ends every rank of an MPI job: this rank's error on its standard error and, through rank 0, on rank
+/// 0's; then MPI_Abort with 2 for bad input and 1 for anything else.
 func abortJob(_ backend: MPIBackend, _ error: Error) -> Never {
   let bad = error is InputError || error is ConfigError
-  FileHandle.standardError.write(Data("hydra-mpi: rank \(backend.localDevice): error: \(error)\n".utf8))
-  backend.communicator.abort(code: bad ? 2 : 1)
+  backend.fail("\(error)", code: bad ? 2 : 1)
 }
 
 struct Validate: ParsableCommand {

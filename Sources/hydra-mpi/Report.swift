@@ -16,7 +16,8 @@ enum Report {
       let e = r.evaluations.last
       lines.append(
         String(
-          format: "%4d  %@  %-9@ %6d  %10.4f  %8.4f  %7.4f  %7.1f", i + 1, r.id, r.status.name, r.step,
+          format: "%4d  %@  %-9@ %6d  %10.4f  %8.4f  %7.4f  %7.1f", i + 1, r.id,
+          r.status.isFinished || r.step == 0 ? r.status.name : "paused", r.step,
           r.trainLosses.last ?? .nan, e?.loss ?? .nan, e?.accuracy ?? .nan, r.seconds))
     }
     return lines.joined(separator: "\n")

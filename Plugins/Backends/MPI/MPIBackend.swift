@@ -80,7 +80,7 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   }
 
   enum Op: Int64 {
-    case run = 1, done, move, gather, drop, stop, bye
+    case run = 1, done, move, gather, drop, stop, bye, fail
   }
 
   /// Starts MPI (thread level `multiple`: the progress thread and the task queue both use it) and
@@ -93,11 +93,8 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     self.communicator = communicator
     comm = try communicator.duplicate()
     bandwidth = try MPIBackend.measureBandwidth(comm)
-    let rank = communicator.rank
-    onFailure = { error in
-      FileHandle.standardError.write(Data("hydra-mpi: rank \(rank): error: \(error)\n".utf8))
-      communicator.abort(code: 1)
-    }
+    onFailure = { _ in }
+    onFailure = { [unowned self] error in fail("\(error)", code: 1) }
   }
 
   /// Bytes per second one way between ranks 0 and 1 (4 MiB messages bounced 4 times after one
@@ -212,6 +209,45 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     let halves = [Int(value >> 32), Int(value & 0xFFFF_FFFF)]
     let high = try comm.allreduce(halves + halves.map { -$0 }, .max)
     return high[0] == -high[2] && high[1] == -high[3]
+  }
+
+  public func failures(_ failure: String?) throws -> [(device: Int, message: String)] {
+    let failed = try comm.allreduce(failure == nil ? 0 : 1, .sum)
+    if failed == 0 { return [] }
+    // The failing ranks send their messages to rank 0, which hands the list to everyone.
+    let tag: Int32 = 2
+    var list: [UInt8] = []
+    if let failure, localDevice != 0 {
+      try Array(failure.utf8).withUnsafeBytes { try comm.send($0, to: 0, tag: tag) }
+    }
+    if localDevice == 0 {
+      var lines: [String] = failure.map { ["0\t" + $0] } ?? []
+      for _ in 0..<(failed - (failure == nil ? 0 : 1)) {
+        let status = try comm.probe(tag: tag)
+        var bytes = [UInt8](repeating: 0, count: status.count)
+        try bytes.withUnsafeMutableBytes { _ = try comm.receive(into: $0, from: status.source, tag: tag) }
+        lines.append("\(status.source)\t" + String(decoding: bytes, as: UTF8.self))
+      }
+      list = Array(lines.joined(separator: "\u{0}").utf8)
+    }
+    list = try comm.broadcast(list, root: 0)
+    return String(decoding: list, as: UTF8.self).split(separator: "\u{0}").map { line in
+      let parts = line.split(separator: "\t", maxSplits: 1)
+      return (Int(parts[0]) ?? -1, parts.count > 1 ? String(parts[1]) : "")
+    }.sorted { $0.device < $1.device }
+  }
+
+  /// An error on this rank where no caller can catch it (a task run for the coordinator): rank 0
+  /// is told (it prints the message and stops the job), then this rank stops the job itself in case
+  /// rank 0 cannot. On rank 0, or before the progress thread runs, the job stops at once.
+  public func fail(_ message: String, code: Int32) -> Never {
+    FileHandle.standardError.write(Data("hydra-mpi: rank \(localDevice): error: \(message)\n".utf8))
+    if localDevice != 0 && progressThread != nil && Thread.current !== progressThread {
+      send(.control([Op.fail.rawValue, Int64(code)] + Array(message.utf8.prefix(4000)).map { Int64($0) }, to: 0))
+      // Rank 0 ends the job; should it not, this rank does after a moment.
+      Thread.sleep(forTimeInterval: 5)
+    }
+    communicator.abort(code: code)
   }
 
   public func attach(runs: [ModelRun], device: Device, store: HostStore) throws {
@@ -530,6 +566,10 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       stopRequested = true
       state.broadcast()
       state.unlock()
+    case .fail:
+      let message = String(decoding: w[2...].map { UInt8(truncatingIfNeeded: $0) }, as: UTF8.self)
+      FileHandle.standardError.write(Data("hydra-mpi: rank \(source) failed; stopping the job: \(message)\n".utf8))
+      communicator.abort(code: Int32(truncatingIfNeeded: w[1]))
     case .bye:
       let host = String(decoding: w[8..<(8 + Int(w[7]))].map { UInt8($0) }, as: UTF8.self)
       state.lock()
