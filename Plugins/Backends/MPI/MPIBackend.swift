@@ -30,6 +30,14 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   public var onFailure: (Error) -> Void
   /// How long a task waits for a tensor before it reports it lost.
   public var receiveTimeout: Double = 600
+  /// Fault injection, for testing how a job ends when a rank fails in the middle of it:
+  /// `HYDRA_MPI_FAULT=<rank>:<tasks>` makes that rank (not 0) fail after running that many tasks.
+  private let fault: (rank: Int, after: Int)? = {
+    guard let v = ProcessInfo.processInfo.environment["HYDRA_MPI_FAULT"] else { return nil }
+    let parts = v.split(separator: ":").compactMap { Int($0) }
+    return parts.count == 2 ? (parts[0], parts[1]) : nil
+  }()
+  private var tasksRun = 0
 
   private let queue = DispatchQueue(label: "hydra.mpi.device")
   private let pollFast = UInt64(ProcessInfo.processInfo.environment["HYDRA_POLL_FAST_US"] ?? "20")! * 1000
@@ -587,6 +595,10 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   /// Runs a task the coordinator sent, on this rank's queue, and reports back.
   private func runTask(_ task: ShardTask, homes: [Int], movedFrom: Int?) throws {
     let run = runs[task.model]
+    tasksRun += 1
+    if let fault, fault.rank == localDevice, tasksRun > fault.after {
+      throw RuntimeError("a fault injected by HYDRA_MPI_FAULT after \(fault.after) tasks")
+    }
     try willRun(task, of: run, homes: homes, movedFrom: movedFrom)
     let start = DispatchTime.now().uptimeNanoseconds
     run.seek(to: task)

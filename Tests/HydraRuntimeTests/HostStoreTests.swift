@@ -1,0 +1,70 @@
+import Foundation
+import HydraBackendSHM
+import HydraCore
+import HydraKernelsReference
+import HydraRuntime
+import XCTest
+
+/// Never asked for a batch: these tests only move shard state.
+private final class NoData: BatchSource {
+  func trainBatch(step: Int, batchSize: Int, seed: UInt64, shuffle: Bool) -> Batch { fatalError("no data") }
+  func validationBatches(batchSize: Int, limit: Int?) -> [Batch] { [] }
+}
+
+/// Shard state leaving this process and coming back (what the `mpi` backend does when a shard's home
+/// moves, or rank 0 gathers a model), from RAM and from the disk tier: the bytes must survive exactly.
+final class HostStoreTests: XCTestCase {
+  func makeRun(hostBudget: Int, folder: String) throws -> (ModelRun, HostStore) {
+    let store = HostStore(budget: hostBudget, folder: folder)
+    let device = DeviceMemory(budget: .max, label: "device 0")
+    store.attach(device: 0, memory: device)
+    let spec = ModelSpec.gpt(GPTShape(layers: 2, channels: 16, heads: 2, context: 8, vocab: 64))
+    let run = try ModelRun(
+      index: 0, id: "m000", spec: spec, seed: 7,
+      settings: TrainSettings(steps: 1, batchSize: 2, optimizer: Optimizer(kind: .adamw, lr: 1e-3, totalSteps: 1)),
+      data: NoData(), shards: [0..<1, 1..<3, 3..<4], backend: SharedMemoryBackend(devices: 1), store: store)
+    return (run, store)
+  }
+
+  func bytes(_ run: ModelRun, _ shard: Int) throws -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: run.stateBytes(of: shard))
+    try out.withUnsafeMutableBytes { try run.readState(of: shard, into: $0.baseAddress!) }
+    return out
+  }
+
+  func testReleasedStateComesBackExactlyFromRAMAndFromDisk() throws {
+    for budget in [Int.max, 1] {
+      let dir = try temporaryFolder()
+      let (run, store) = try makeRun(hostBudget: budget, folder: dir + "/spill")
+      for s in run.shards.indices {
+        let before = try bytes(run, s)
+        XCTAssertEqual(before.count, run.stateBytes(of: s))
+        // The parameters themselves, read independently of readState: the first value tensor.
+        try run.promote(s, to: 0)
+        let first = run.parameters(ofShard: s)[0].value.array
+        XCTAssertEqual(
+          Array(before.prefix(first.count * 4)), first.withUnsafeBytes { Array($0) }, "readState's layout, shard \(s)")
+        let held = store.memory.used
+        run.releaseState(of: s)
+        XCTAssertEqual(run.residency(of: s), .elsewhere)
+        XCTAssertLessThanOrEqual(store.memory.used, held)
+        XCTAssertThrowsError(try run.promote(s, to: 0)) { XCTAssertTrue("\($0)".contains("another process"), "\($0)") }
+        XCTAssertThrowsError(try bytes(run, s))
+        // Back with other bytes (as from another rank that trained it), then with the original ones.
+        let other = before.map { $0 &+ 1 }
+        try other.withUnsafeBytes { try run.writeState(of: s, from: $0.baseAddress!) }
+        XCTAssertNotEqual(run.residency(of: s), .elsewhere)
+        XCTAssertEqual(try bytes(run, s), other, "budget \(budget), shard \(s)")
+        try before.withUnsafeBytes { try run.writeState(of: s, from: $0.baseAddress!) }
+        XCTAssertEqual(try bytes(run, s), before)
+        // And it trains from there: promotion works again.
+        XCTAssertNoThrow(try run.promote(s, to: 0))
+        XCTAssertEqual(
+          run.parameters(ofShard: s)[0].value.array.withUnsafeBytes { Array($0) }, Array(before.prefix(first.count * 4))
+        )
+      }
+      if budget == 1 { XCTAssertGreaterThan(store.bytesWritten, 0, "the disk tier was not used") }
+      store.removeSpillFiles()
+    }
+  }
+}
