@@ -71,6 +71,8 @@ public struct DeviceReport: Sendable {
   /// Tensors (and bytes) the device sent to other devices.
   public var tensorsSent = 0
   public var bytesSent = 0
+  /// Tensors the device still held when the job ended (none, unless a message was lost or unused).
+  public var leftOver = 0
   public init(
     device: Int, peakBytes: Int, storePeakBytes: Int, bytesWrittenToDisk: Int, bytesReadFromDisk: Int, host: String
   ) {
@@ -99,6 +101,8 @@ public protocol DistributedBackend: Backend {
   /// What this process's device sent to others so far: tensors and bytes.
   var tensorsSent: Int { get }
   var bytesSent: Int { get }
+  /// Tensors this process holds that no task took (none once the job is over).
+  var leftOver: Int { get }
   /// Every process, together (a collective): whether every process passed the same `value`. Also
   /// the point where no process goes on until all have got there.
   func agree(on value: UInt64) throws -> Bool

@@ -229,6 +229,7 @@ public final class JobRunner {
       // shard states), all devices together.
       decisions["tensors_sent"] = distributed.tensorsSent + reports.reduce(0) { $0 + $1.tensorsSent }
       decisions["bytes_sent"] = distributed.bytesSent + reports.reduce(0) { $0 + $1.bytesSent }
+      decisions["tensors_left_over"] = distributed.leftOver + reports.reduce(0) { $0 + $1.leftOver }
     }
     try output.writeSummary(
       job: config.job.name, makespan: makespan, models: runs.map { summary($0) }, memory: memory,

@@ -8,7 +8,8 @@ usage: check_run.py REFERENCE OUTPUT [--min-moves N] [--min-tensors N] [--from-s
 - every model ends with the same status, step count and validation loss (exactly);
 - trace.json: on each device the boxes do not overlap, and every shard task of every trained step
   of every model appears exactly once;
-- summary.json's coordinator stats: at least N shard moves / N tensors sent between processes.
+- summary.json's coordinator stats: at least N shard moves / N tensors sent between processes, and
+  no tensor left over on any rank (every message sent was taken by the task it was for).
 Prints one line of figures; exits 1 with the reasons on failure.
 """
 import argparse
@@ -99,6 +100,8 @@ def main():
         problems.append(f"{moves} shard moves, expected at least {options.min_moves}")
     if tensors < options.min_tensors:
         problems.append(f"{tensors} tensors sent between processes, expected at least {options.min_tensors}")
+    if c.get("tensors_left_over", 0) != 0:
+        problems.append(f"{c['tensors_left_over']} tensors were never taken by a task (lost or crossed messages)")
     makespan = s_out["makespan_seconds"]
     print(
         f"{len(theirs)} checkpoint files identical; {len(seen)} tasks; {moves} shard moves; "

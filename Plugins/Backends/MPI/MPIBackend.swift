@@ -168,11 +168,12 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     state.unlock()
   }
 
-  /// Tensors received (or posted here) and not yet discarded: a finished job leaves none.
-  public var outstanding: Int {
+  /// Tensors received (or posted here) and not yet discarded, and tensors waiting to be sent on to
+  /// a moved shard: a finished job leaves none.
+  public var leftOver: Int {
     state.lock()
     defer { state.unlock() }
-    return received.count
+    return received.count + forwards.count
   }
 
   private func dataKey(_ key: TransferKey) -> DataKey {
@@ -563,12 +564,13 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       drop(model: Int(w[1]), step: Int(w[2]))
     case .stop:
       let memory = device?.kernels.memory
+      let left = leftOver
       let host = Array(communicator.processorName.utf8.prefix(255)).map { Int64($0) }
       send(
         .control(
           [
             Op.bye.rawValue, Int64(memory?.peak ?? 0), Int64(store?.peakBytes ?? 0), Int64(store?.bytesWritten ?? 0),
-            Int64(store?.bytesRead ?? 0), Int64(tensorsSent), Int64(bytesSent), Int64(host.count),
+            Int64(store?.bytesRead ?? 0), Int64(tensorsSent), Int64(bytesSent), Int64(left), Int64(host.count),
           ] + host, to: source))
       state.lock()
       stopRequested = true
@@ -579,13 +581,14 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       FileHandle.standardError.write(Data("hydra-mpi: rank \(source) failed; stopping the job: \(message)\n".utf8))
       communicator.abort(code: Int32(truncatingIfNeeded: w[1]))
     case .bye:
-      let host = String(decoding: w[8..<(8 + Int(w[7]))].map { UInt8($0) }, as: UTF8.self)
+      let host = String(decoding: w[9..<(9 + Int(w[8]))].map { UInt8($0) }, as: UTF8.self)
       state.lock()
       var report = DeviceReport(
         device: source, peakBytes: Int(w[1]), storePeakBytes: Int(w[2]), bytesWrittenToDisk: Int(w[3]),
         bytesReadFromDisk: Int(w[4]), host: host)
       report.tensorsSent = Int(w[5])
       report.bytesSent = Int(w[6])
+      report.leftOver = Int(w[7])
       reports.append(report)
       state.broadcast()
       state.unlock()
