@@ -55,14 +55,18 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     let given = ProcessInfo.processInfo.environment[variable].flatMap { UInt64($0) }
     return min(given ?? value, 1_000_000) * 1000
   }
+
+  private let state = NSCondition()
+  // Under `state`:
+  /// Tasks blocked on a tensor; until when to poll often; when each remote device's task is due.
   private var waiters = 0
   private var fastUntil: UInt64 = 0
   private var dueAt: [Int: UInt64] = [:]
+  /// Per remote device, its tasks in flight ([model, shard, direction]), when the first started,
+  /// and how long each kind of task took last time.
   private var remoteTasks: [Int: [[Int]]] = [:]
   private var remoteStart: [Int: UInt64] = [:]
   private var remoteSeconds: [[Int]: Double] = [:]
-  private let state = NSCondition()
-  // Under `state`:
   private var tags: TagSpace?
   private var runs: [ModelRun] = []
   private var device: Device?
