@@ -64,6 +64,16 @@ struct Run: ParsableCommand {
         let config = try options.load(registry)
         let runner = JobRunner(config: config, registry: registry)
         if let pauseAt, pauseAt < 1 { throw InputError(file: "--pause-at", "needs a step >= 1, got \(pauseAt)") }
+        let env = ProcessInfo.processInfo.environment
+        if config.cluster.backend != "mpi",
+          let launched = (env["OMPI_COMM_WORLD_SIZE"] ?? env["PMI_SIZE"]).flatMap({ Int($0) }), launched > 1
+        {
+          // Every process would train the whole job and write the same output folder.
+          throw InputError(
+            file: config.file, line: config.line(table: "cluster", key: "backend"),
+            "this is one of \(launched) processes started by an MPI launcher, but [cluster] backend = \"\(config.cluster.backend)\"; set backend = \"mpi\" (or run hydra-mpi without mpirun)"
+          )
+        }
         if config.cluster.backend == "mpi" {
           // MPI starts before anything can fail on one rank only: from here on, a failure anywhere
           // ends every rank (MPI_Abort) instead of leaving the others waiting.
