@@ -126,6 +126,17 @@ public protocol DistributedBackend: Backend {
   /// Coordinator: copies the current state of every shard of `run` whose home is another device into
   /// this process's copy (for an evaluation or a checkpoint). The model must not be running.
   func gather(_ run: ModelRun, homes: [Int]) throws
+  /// What a completed step needs beside training (an evaluation, a checkpoint), done by the device
+  /// where the step ran with the model's state gathered there. Set by the runtime in every process.
+  var stepWork: ((_ run: ModelRun, _ evaluate: Bool, _ checkpoint: Bool, _ device: Device) throws -> Evaluation?)? {
+    get set
+  }
+  /// Coordinator: has `device` (another process) gather `run`'s shards (homed at `homes`), take on
+  /// the model's history (losses, evaluations) and run `stepWork`; blocks until it is done. Returns
+  /// the evaluation and the seconds the work took there.
+  func runStepWork(_ run: ModelRun, on device: Int, homes: [Int], evaluate: Bool, checkpoint: Bool) throws -> (
+    evaluation: Evaluation?, seconds: Double
+  )
   /// A model stopped in the middle of `step` (diverged): every process drops what it holds of it.
   func discardAll(model: Int, step: Int)
   /// Every device but the coordinator's: runs the tasks the coordinator sends until the job is over.

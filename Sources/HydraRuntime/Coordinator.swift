@@ -242,18 +242,17 @@ public final class Coordinator: @unchecked Sendable {
         condition.signal()
         condition.unlock()
         guard completed || diverged else { return release(a, run: run, error: nil) }
-        // Evaluations and checkpoints happen here, in the coordinator's process, which holds the
-        // output folder, on its device; the model stays busy until they are done. A step with
-        // neither only records its loss: that is done at once, not after the device's task.
-        let local = devices[distributed.localDevice]
+        // A step with neither evaluation nor checkpoint only records its loss: at once. Otherwise
+        // the device where the step ran does that work (`DistributedBackend.runStepWork`) while
+        // this process waits for it off the backend's thread; the model stays busy until then.
         if diverged || !(run.evaluationDue || run.checkpointDue) {
           var error: Error?
-          do { try afterStep(run, local) } catch let e { error = e }
+          do { try afterStep(run, devices[a.device]) } catch let e { error = e }
           return release(a, run: run, error: error)
         }
-        backend.execute(on: local.index) { [self] in
+        DispatchQueue.global().async { [self] in
           var error: Error?
-          do { try afterStep(run, local) } catch let e { error = e }
+          do { try afterStep(run, devices[a.device]) } catch let e { error = e }
           release(a, run: run, error: error)
         }
       }
@@ -345,9 +344,10 @@ public final class Coordinator: @unchecked Sendable {
   }
 
   /// Records an evaluation box on the trace.
-  public func recordEvaluation(of run: ModelRun, on device: Device, start: Double) {
+  public func recordEvaluation(of run: ModelRun, on device: Device, start: Double, end: Double? = nil) {
     condition.lock()
-    let end = elapsed()
+    let end = end ?? elapsed()
+    let start = max(start, lastEnd[device.index])
     lastEnd[device.index] = max(lastEnd[device.index], end)
     _trace.append(
       TraceEvent(device: device.index, model: run.id, name: "eval", step: run.step, start: start, end: end))

@@ -121,6 +121,12 @@ public final class JobRunner {
     }
     let runs = try buildRuns(plans, store: store, backend: backend) { m, s in homes == nil || homes![m][s] == local }
     if let distributed {
+      let checkpoints = config.job.output + "/checkpoints/"
+      distributed.stepWork = { run, evaluate, checkpoint, device in
+        let e = evaluate ? try run.evaluate(kernels: device.kernels, device: device.index) : nil
+        if checkpoint { try Checkpoint.write(run, to: checkpoints + run.id, device: device.index) }
+        return e
+      }
       try distributed.attach(runs: runs, device: devices[local], store: store)
       if local != 0 {
         try distributed.serve()
@@ -140,20 +146,33 @@ public final class JobRunner {
       let checkpoint = run.checkpointDue && run.status.name != "diverged"
       let rate = run.settings.optimizer.learningRate(step: max(run.step - 1, 0))
       let now = coordinator.elapsed()
-      if let distributed, run.status.name != "diverged" && (evaluate || checkpoint) {
-        // The shards homed in other processes: their current state, into this process's copy.
-        try distributed.gather(run, homes: coordinator.homes(of: run.index))
-      }
       var e: Evaluation?
-      if evaluate && run.status.name != "diverged" {
-        e = try run.evaluate(kernels: device.kernels, device: device.index)
-        coordinator.recordEvaluation(of: run, on: device, start: now)
-      }
-      if checkpoint { try Checkpoint.write(run, to: output.checkpointFolder(run.id), device: device.index) }
-      if distributed != nil {
-        // What was gathered goes back to being held by its homes only.
-        let homes = coordinator.homes(of: run.index)
-        for s in homes.indices where homes[s] != local { run.releaseState(of: s) }
+      let diverged = run.status.name == "diverged"
+      if let distributed, device.index != local, !diverged && (evaluate || checkpoint) {
+        // The step ran in another process: that device evaluates and writes the checkpoint.
+        let done = try distributed.runStepWork(
+          run, on: device.index, homes: coordinator.homes(of: run.index), evaluate: evaluate, checkpoint: checkpoint)
+        if let ev = done.evaluation {
+          run.record(ev)
+          e = ev
+          let end = coordinator.elapsed()
+          coordinator.recordEvaluation(of: run, on: device, start: end - done.seconds, end: end)
+        }
+      } else {
+        if let distributed, !diverged && (evaluate || checkpoint) {
+          // The shards homed in other processes: their current state, into this process's copy.
+          try distributed.gather(run, homes: coordinator.homes(of: run.index))
+        }
+        if evaluate && !diverged {
+          e = try run.evaluate(kernels: device.kernels, device: device.index)
+          coordinator.recordEvaluation(of: run, on: device, start: now)
+        }
+        if checkpoint { try Checkpoint.write(run, to: output.checkpointFolder(run.id), device: device.index) }
+        if distributed != nil {
+          // What was gathered goes back to being held by its homes only.
+          let homes = coordinator.homes(of: run.index)
+          for s in homes.indices where homes[s] != local { run.releaseState(of: s) }
+        }
       }
       lock.lock()
       defer { lock.unlock() }

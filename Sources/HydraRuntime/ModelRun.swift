@@ -42,6 +42,11 @@ public struct Evaluation: Sendable {
   public var step: Int
   public var loss: Double
   public var accuracy: Double
+  public init(step: Int, loss: Double, accuracy: Double) {
+    self.step = step
+    self.loss = loss
+    self.accuracy = accuracy
+  }
 }
 
 /// How a model's activations use device memory.
@@ -426,6 +431,11 @@ public final class ModelRun {
     let c = try kernels.allocate(t.shape)
     kernels.copy(t.data, c.data, count: t.count)
     return c
+  }
+
+  /// An evaluation of this model made in another process (it ran where the step did).
+  public func record(_ evaluation: Evaluation) {
+    evaluations.append(evaluation)
   }
 
   /// Whether the evaluation/checkpoint cadence falls on the step just completed.

@@ -80,6 +80,10 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   /// Per device, the completions of the tasks sent to it, in order (it runs them in that order).
   private var completions: [Int: [(RemoteOutcome) -> Void]] = [:]
   private var reports: [DeviceReport] = []
+  /// Per model, the outcome of the step work a device did for the coordinator: evaluation (if
+  /// any: step, loss, accuracy) and seconds.
+  private var workResults: [Int: (evaluation: Evaluation?, seconds: Double)] = [:]
+  public var stepWork: ((ModelRun, Bool, Bool, Device) throws -> Evaluation?)?
   /// Tensors (and their bytes) this rank sent to other ranks.
   public private(set) var tensorsSent = 0
   public private(set) var bytesSent = 0
@@ -102,7 +106,7 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   }
 
   enum Op: Int64 {
-    case run = 1, done, move, gather, drop, stop, bye, fail
+    case run = 1, done, move, gather, drop, stop, bye, fail, work, workDone
   }
 
   /// Starts MPI (thread level `multiple`: the progress thread and the task queue both use it) and
@@ -325,6 +329,69 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       send(.control([Op.gather.rawValue, Int64(run.index), Int64(s), Int64(run.step)], to: homes[s]))
     }
     for s in elsewhere { try receiveState(run, shard: s, step: run.step, kind: .gather) }
+  }
+
+  public func runStepWork(_ run: ModelRun, on device: Int, homes: [Int], evaluate: Bool, checkpoint: Bool) throws
+    -> (evaluation: Evaluation?, seconds: Double)
+  {
+    // The model's history goes along: the checkpoint's trainer state holds it.
+    var words: [Int64] = [
+      Op.work.rawValue, Int64(run.index), Int64(run.step), evaluate ? 1 : 0, checkpoint ? 1 : 0, Int64(homes.count),
+    ]
+    words += homes.map { Int64($0) }
+    words.append(Int64(run.trainLosses.count))
+    words += run.trainLosses.map { Int64(bitPattern: $0.bitPattern) }
+    words.append(Int64(run.evaluations.count))
+    for e in run.evaluations {
+      words += [Int64(e.step), Int64(bitPattern: e.loss.bitPattern), Int64(bitPattern: e.accuracy.bitPattern)]
+    }
+    send(.control(words, to: device))
+    let deadline = Date(timeIntervalSinceNow: receiveTimeout)
+    state.lock()
+    defer { state.unlock() }
+    while workResults[run.index] == nil {
+      if !state.wait(until: deadline) && workResults[run.index] == nil {
+        throw RuntimeError("mpi: device \(device) did not finish the evaluation or checkpoint of \(run.id)")
+      }
+    }
+    return workResults.removeValue(forKey: run.index)!
+  }
+
+  /// On the device where a model's step ran: gathers the model, takes on its history, evaluates
+  /// and/or writes its checkpoint (`stepWork`), lets the gathered shards go, and reports.
+  private func doStepWork(_ w: [Int64]) throws {
+    let (model, step) = (Int(w[1]), Int(w[2]))
+    let evaluate = w[3] != 0, checkpoint = w[4] != 0
+    var i = 5
+    func next() -> Int64 {
+      defer { i += 1 }
+      return w[i]
+    }
+    let homes = (0..<Int(next())).map { _ in Int(next()) }
+    let losses = (0..<Int(next())).map { _ in Double(bitPattern: UInt64(bitPattern: next())) }
+    let evaluations = (0..<Int(next())).map { _ in
+      Evaluation(
+        step: Int(next()), loss: Double(bitPattern: UInt64(bitPattern: next())),
+        accuracy: Double(bitPattern: UInt64(bitPattern: next())))
+    }
+    let run = runs[model]
+    let start = DispatchTime.now().uptimeNanoseconds
+    let elsewhere = homes.indices.filter { homes[$0] != localDevice }
+    for s in elsewhere {
+      send(.control([Op.gather.rawValue, Int64(model), Int64(s), Int64(step)], to: homes[s]))
+    }
+    for s in elsewhere { try receiveState(run, shard: s, step: step, kind: .gather) }
+    run.restore(step: step, trainLosses: losses, evaluations: evaluations)
+    let e = try stepWork?(run, evaluate, checkpoint, device!)
+    for s in elsewhere { run.releaseState(of: s) }
+    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    send(
+      .control(
+        [
+          Op.workDone.rawValue, Int64(model), e == nil ? 0 : 1, Int64(e?.step ?? 0),
+          Int64(bitPattern: (e?.loss ?? 0).bitPattern), Int64(bitPattern: (e?.accuracy ?? 0).bitPattern),
+          Int64(bitPattern: seconds.bitPattern),
+        ], to: 0))
   }
 
   public func discardAll(model: Int, step: Int) {
@@ -602,6 +669,24 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       let message = String(decoding: w[2...].map { UInt8(truncatingIfNeeded: $0) }, as: UTF8.self)
       FileHandle.standardError.write(Data("hydra-mpi: rank \(source) failed; stopping the job: \(message)\n".utf8))
       communicator.abort(code: Int32(truncatingIfNeeded: w[1]))
+    case .work:
+      queue.async { [self] in
+        do {
+          try doStepWork(w)
+        } catch {
+          onFailure(error)
+        }
+      }
+    case .workDone:
+      let e =
+        w[2] != 0
+        ? Evaluation(
+          step: Int(w[3]), loss: Double(bitPattern: UInt64(bitPattern: w[4])),
+          accuracy: Double(bitPattern: UInt64(bitPattern: w[5]))) : nil
+      state.lock()
+      workResults[Int(w[1])] = (e, Double(bitPattern: UInt64(bitPattern: w[6])))
+      state.broadcast()
+      state.unlock()
     case .bye:
       let host = String(decoding: w[9..<(9 + Int(w[8]))].map { UInt8($0) }, as: UTF8.self)
       state.lock()
