@@ -44,6 +44,10 @@ public final class Coordinator: @unchecked Sendable {
   /// coordinator's answer from another process.
   private var assigned: [Int]
   private var running: [Bool]
+  /// Under a distributed backend, per model: its task in flight and the device running it, and the
+  /// task after it when that was already handed to the same device (chained one ahead).
+  private var inFlight: [Assignment?]
+  private var chained: [Assignment?]
   private var lastDevice: [Int?]
   private var readySince: [Double]
   /// Estimated seconds of each model's shard tasks: [model][shard], forward and backward.
@@ -105,6 +109,8 @@ public final class Coordinator: @unchecked Sendable {
     lastEnd = Array(repeating: 0, count: devices.count)
     current = Array(repeating: nil, count: devices.count)
     running = Array(repeating: false, count: runs.count)
+    inFlight = Array(repeating: nil, count: runs.count)
+    chained = Array(repeating: nil, count: runs.count)
     lastDevice = Array(repeating: nil, count: runs.count)
     readySince = Array(repeating: 0, count: runs.count)
     // Until measured: FLOPs at a nominal rate (only the ratios matter), a backward twice a forward.
@@ -201,6 +207,39 @@ public final class Coordinator: @unchecked Sendable {
       }
       ready.append(r)
     }
+    if ahead {
+      // A model whose task runs on a device that also holds its next shard: that next task can be
+      // queued behind it there (it will find its input in place). Not across the loss (the model
+      // may diverge there) nor the end of a step (evaluations, checkpoints, a pause come after).
+      for (m, run) in runs.enumerated() where running[m] && chained[m] == nil {
+        guard let a = inFlight[m] else { continue }
+        let k = run.shards.count
+        let t = a.task
+        let next: ShardTask
+        if t.direction == .forward && t.shard < k - 1 {
+          next = ShardTask(model: m, shard: t.shard + 1, direction: .forward, step: t.step)
+        } else if t.direction == .backward && t.shard > 0 {
+          next = ShardTask(model: m, shard: t.shard - 1, direction: .backward, step: t.step)
+        } else {
+          continue
+        }
+        guard homes[m][next.shard] == a.device else { continue }
+        let estimate = next.direction == .forward ? forwardSeconds[m][next.shard] : backwardSeconds[m][next.shard]
+        // From the task itself, not the model (whose copy the task's completion may be updating).
+        let perStep = (0..<k).reduce(0.0) { $0 + forwardSeconds[m][$1] + backwardSeconds[m][$1] }
+        let position = next.direction == .forward ? next.shard : 2 * k - 1 - next.shard
+        let done = (0..<position).reduce(0.0) { p, i in
+          p + (i < k ? forwardSeconds[m][i] : backwardSeconds[m][2 * k - 1 - i])
+        }
+        var r = ReadyTask(
+          task: next, estimatedSeconds: estimate,
+          remainingSeconds: Double(run.settings.steps - next.step) * perStep - done, state: .device(a.device),
+          lastDevice: a.device, readySince: elapsed(), shardCount: k)
+        r.home = a.device
+        r.allowedDevices = [a.device]
+        ready.append(r)
+      }
+    }
     // A running model is its device thread's alone: only models at rest are looked at.
     let finished = Set(runs.indices.filter { !running[$0] && runs[$0].nextTask == nil })
     var view = SchedulerView(
@@ -213,6 +252,11 @@ public final class Coordinator: @unchecked Sendable {
   /// Under the lock: hands `a` to its device (a thread of this process, or another process).
   private func dispatch(_ a: Assignment) {
     assigned[a.device] += 1
+    if running[a.task.model] {
+      chained[a.task.model] = a  // queued behind the model's task on the same device
+    } else {
+      inFlight[a.task.model] = a
+    }
     running[a.task.model] = true
     let m = a.task.model
     let run = runs[m]
@@ -262,7 +306,12 @@ public final class Coordinator: @unchecked Sendable {
     backend.execute(on: a.device) { [self] in
       let start = elapsed()
       var error: Error?
+      condition.lock()
+      let failed = failure != nil
+      condition.unlock()
       do {
+        // After a failure, a task chained behind the failed one must not run.
+        if failed { throw CancellationError() }
         try distributed?.willRun(a.task, of: run, homes: modelHomes, movedFrom: movedFrom)
         if doubleBuffering, let after = run.taskAfterNext, after.shard != a.task.shard {
           run.prefetch(after.shard, to: device.index, keeping: a.task.shard)
@@ -314,7 +363,17 @@ public final class Coordinator: @unchecked Sendable {
       validationLoss: run.evaluations.last?.loss, status: run.status.name)
     condition.lock()
     progress[a.task.model] = now
-    if let error, failure == nil { failure = error }
+    if let error, failure == nil, !(error is CancellationError) { failure = error }
+    let m = a.task.model
+    if let next = chained[m] {
+      // Its next task was queued behind it on the same device: the model stays busy with that.
+      chained[m] = nil
+      inFlight[m] = next
+      condition.signal()
+      condition.unlock()
+      return
+    }
+    inFlight[m] = nil
     running[a.task.model] = false
     lastDevice[a.task.model] = a.device
     readySince[a.task.model] = elapsed()

@@ -60,6 +60,9 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   // Under `state`:
   /// Tasks blocked on a tensor; until when to poll often; when each remote device's task is due.
   private var waiters = 0
+  /// Tasks and step work sent here by the coordinator and not finished: none means the coordinator's
+  /// next message is awaited (a worker polls often then).
+  private var queued = 0
   private var fastUntil: UInt64 = 0
   private var dueAt: [Int: UInt64] = [:]
   /// Per remote device, its tasks in flight ([model, shard, direction]), when the first started,
@@ -583,7 +586,11 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
             let waiting = waiters > 0
             if outbox.isEmpty && !exitRequested && !waiting {
               let nextDue = dueAt.values.min() ?? .max
-              let pause = now < fastUntil || nextDue <= now ? pollFast : min(pollSlow, nextDue - now)
+              // A worker with nothing to do awaits its next task: that wait is the coordinator's
+              // round trip, so it polls often (its core is idle anyway).
+              let idleWorker = localDevice != 0 && queued == 0 && !stopRequested
+              let pause =
+                now < fastUntil || nextDue <= now || idleWorker ? pollFast : min(pollSlow, nextDue - now)
               _ = state.wait(until: Date(timeIntervalSinceNow: Double(pause) / 1e9))
             }
             state.unlock()
@@ -620,12 +627,18 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
         model: Int(w[1]), shard: Int(w[2]), direction: w[3] == 0 ? .forward : .backward, step: Int(w[4]))
       let movedFrom = w[5] >= 0 ? Int(w[5]) : nil
       let homes = w[7..<(7 + Int(w[6]))].map { Int($0) }
+      state.lock()
+      queued += 1
+      state.unlock()
       queue.async { [self] in
         do {
           try runTask(task, homes: homes, movedFrom: movedFrom)
         } catch {
           onFailure(error)
         }
+        state.lock()
+        queued -= 1
+        state.unlock()
       }
     case .done:
       state.lock()
@@ -670,12 +683,18 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       FileHandle.standardError.write(Data("hydra-mpi: rank \(source) failed; stopping the job: \(message)\n".utf8))
       communicator.abort(code: Int32(truncatingIfNeeded: w[1]))
     case .work:
+      state.lock()
+      queued += 1
+      state.unlock()
       queue.async { [self] in
         do {
           try doStepWork(w)
         } catch {
           onFailure(error)
         }
+        state.lock()
+        queued -= 1
+        state.unlock()
       }
     case .workDone:
       let e =
