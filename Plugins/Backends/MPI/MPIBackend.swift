@@ -627,19 +627,7 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
         model: Int(w[1]), shard: Int(w[2]), direction: w[3] == 0 ? .forward : .backward, step: Int(w[4]))
       let movedFrom = w[5] >= 0 ? Int(w[5]) : nil
       let homes = w[7..<(7 + Int(w[6]))].map { Int($0) }
-      state.lock()
-      queued += 1
-      state.unlock()
-      queue.async { [self] in
-        do {
-          try runTask(task, homes: homes, movedFrom: movedFrom)
-        } catch {
-          onFailure(error)
-        }
-        state.lock()
-        queued -= 1
-        state.unlock()
-      }
+      runForCoordinator { [self] in try runTask(task, homes: homes, movedFrom: movedFrom) }
     case .done:
       state.lock()
       let completion = completions[source]?.isEmpty == false ? completions[source]!.removeFirst() : nil
@@ -683,19 +671,7 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       FileHandle.standardError.write(Data("hydra-mpi: rank \(source) failed; stopping the job: \(message)\n".utf8))
       communicator.abort(code: Int32(truncatingIfNeeded: w[1]))
     case .work:
-      state.lock()
-      queued += 1
-      state.unlock()
-      queue.async { [self] in
-        do {
-          try doStepWork(w)
-        } catch {
-          onFailure(error)
-        }
-        state.lock()
-        queued -= 1
-        state.unlock()
-      }
+      runForCoordinator { [self] in try doStepWork(w) }
     case .workDone:
       let e =
         w[2] != 0
@@ -719,6 +695,21 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       state.broadcast()
       state.unlock()
     }
+  }
+
+  /// Queues work the coordinator sent on this rank's device queue, counting it as queued while it
+  /// waits and runs (an idle worker polls often); an error ends the job.
+  private func runForCoordinator(_ work: @escaping () throws -> Void) {
+    state.lock()
+    queued += 1
+    state.unlock()
+    let box = Work(run: { [self] in
+      do { try work() } catch { onFailure(error) }
+      state.lock()
+      queued -= 1
+      state.unlock()
+    })
+    queue.async { box.run() }
   }
 
   /// Runs a task the coordinator sent, on this rank's queue, and reports back.
