@@ -76,7 +76,7 @@ public enum Checkpoint {
       )
     }
     try load(into: run, from: folder, device: device)
-    try run.withEveryShard(on: device) { s in
+    try run.withEveryShard(on: device, heldHere: true) { s in
       for p in run.parameters(ofShard: s) where p.replicaOf == nil {
         for (i, t) in p.state.enumerated() {
           let v = try optimizer.floats("\(storedName(p, spec: run.spec)).state\(i)", expectedShape: p.shape)
@@ -180,7 +180,7 @@ public enum Checkpoint {
   /// model's context is cut to its first `context` rows.
   public static func load(into run: ModelRun, from path: String, device: Int = 0) throws {
     let (file, st) = try open(path)
-    try run.withEveryShard(on: device) { s in
+    try run.withEveryShard(on: device, heldHere: true) { s in
       for p in run.parameters(ofShard: s) where p.replicaOf == nil {
         let (name, cut) = try entry(for: p, spec: run.spec, in: st, file: file)
         let values = cut ? Array(try st.floats(name).prefix(p.count)) : try st.floats(name, expectedShape: p.shape)

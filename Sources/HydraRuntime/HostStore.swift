@@ -169,6 +169,17 @@ public final class HostStore: @unchecked Sendable {
     try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true)
   }
 
+  /// Takes a newly built shard that another process holds: its bytes are freed at once, never
+  /// charged or written anywhere. `write` brings it here later.
+  public func adoptReleased(_ state: ShardState) {
+    lock.lock()
+    defer { lock.unlock() }
+    states.append(state)
+    for t in state.persistent + state.transient { try? t.evict(to: -1, offset: 0, write: false) }
+    state.uncharged = false
+    state.residency = .elsewhere
+  }
+
   /// Frees every byte of `state` in this process, wherever it was: another process holds it now
   /// (its home under `mpi`). `write` brings it back.
   public func release(_ state: ShardState) {

@@ -384,7 +384,8 @@ public final class JobRunner {
   }
 
   /// Builds and initialises every member. The state of shards for which `keep(model, shard)` is
-  /// false is let go once the model is built (another process holds it).
+  /// false is let go as soon as it is built (another process holds it), and no checkpoint is
+  /// loaded into it.
   func buildRuns(
     _ plans: [Plan], store: HostStore, backend: Backend, keep: (Int, Int) -> Bool = { _, _ in true }
   ) throws -> [ModelRun] {
@@ -403,7 +404,7 @@ public final class JobRunner {
       let run = try ModelRun(
         index: i, id: member.id, spec: plan.spec, seed: member.seed, settings: settings, data: plan.data,
         shards: plan.shards, backend: backend, store: store, policy: plan.policy,
-        footprints: plan.shards.map { plan.request.footprint($0) })
+        footprints: plan.shards.map { plan.request.footprint($0) }, keep: { keep(i, $0) })
       let folder = config.job.output + "/checkpoints/" + member.id
       if resume && Checkpoint.canResume(from: folder) {
         try Checkpoint.resume(run, from: folder)
@@ -412,7 +413,6 @@ public final class JobRunner {
         try Checkpoint.load(into: run, from: initPath)
       }
       run.pauseAt = pauseAt
-      for s in run.shards.indices where !keep(i, s) { run.releaseState(of: s) }
       runs.append(run)
     }
     return runs

@@ -113,11 +113,13 @@ public final class ModelRun {
   public var seconds: Double = 0
 
   /// Builds and initialises every block. Shard state goes to `store` when given (which may put it
-  /// on disk at once), else it is charged to `memory`.
+  /// on disk at once), else it is charged to `memory`. With a store, the state of a shard for which
+  /// `keep` is false is let go as soon as it is built: another process holds it (`mpi`).
   public init(
     index: Int, id: String, spec: ModelSpec, seed: UInt64, settings: TrainSettings,
     data: BatchSource, shards: [Range<Int>], backend: Backend, memory: DeviceMemory? = nil,
-    store: HostStore? = nil, policy: ActivationPolicy = ActivationPolicy(), footprints: [Int]? = nil
+    store: HostStore? = nil, policy: ActivationPolicy = ActivationPolicy(), footprints: [Int]? = nil,
+    keep: (Int) -> Bool = { _ in true }
   ) throws {
     self.backend = backend
     self.footprints = footprints ?? Array(repeating: 0, count: shards.count)
@@ -145,7 +147,7 @@ public final class ModelRun {
       }
       if let store {
         let state = ShardState(model: id, shard: s, parameters: params)
-        try store.admit(state)
+        if keep(s) { try store.admit(state) } else { store.adoptReleased(state) }
         states.append(state)
       } else {
         for p in params { for t in [p.value, p.grad] + p.state { try t.move(to: memory) } }
@@ -486,8 +488,12 @@ public final class ModelRun {
   }
 
   /// Every shard's state in turn on `device` (for writing a checkpoint), in block order.
-  public func withEveryShard(on device: Int, _ body: (Int) throws -> Void) throws {
+  /// With `heldHere`, the shards another process holds (`mpi`) are left out (loading a checkpoint:
+  /// each process loads what it holds); without, they are an error (writing a checkpoint needs them
+  /// gathered first).
+  public func withEveryShard(on device: Int, heldHere: Bool = false, _ body: (Int) throws -> Void) throws {
     for s in 0..<shards.count {
+      if heldHere && residency(of: s) == .elsewhere { continue }
       try promote(s, to: device)
       try body(s)
     }
