@@ -5,7 +5,7 @@ enum Keys {
   static let job = ["name", "output", "seed"]
   static let cluster = [
     "backend", "devices", "device_memory", "host_memory", "kernels", "threads_per_device",
-    "double_buffering", "activation_checkpointing", "placement",
+    "double_buffering", "activation_checkpointing", "placement", "spill_folder",
   ]
   static let data = [
     "format", "path", "validation_fraction", "label_column", "feature_scale", "header", "split", "split_seed",
@@ -75,7 +75,7 @@ private func size(_ s: Section, _ key: String) throws -> Int? {
   }
 }
 
-func decodeCluster(_ s: Section, known: KnownPlugins) throws -> ClusterSection {
+func decodeCluster(_ s: Section, known: KnownPlugins, jobDir: String) throws -> ClusterSection {
   try s.checkKeys(Keys.cluster)
   let backend = try s.string("backend", "shm")
   try registered(s, "backend", backend, known.backends, "backend")
@@ -93,6 +93,11 @@ func decodeCluster(_ s: Section, known: KnownPlugins) throws -> ClusterSection {
   cluster.doubleBuffering = try s.bool("double_buffering", true)
   cluster.devicesGiven = backend == "mpi" && s.fields["devices"] != nil
   cluster.placement = try s.string("placement", "by-model", oneOf: ["by-model", "by-shard"])
+  if s.fields["spill_folder"] != nil {
+    let folder = try s.string("spill_folder")
+    try s.check(!folder.isEmpty, "spill_folder", "a folder path")
+    cluster.spillFolder = resolvePath(folder, relativeTo: jobDir)
+  }
   switch s.fields["activation_checkpointing"]?.value {
   case nil: break
   case .bool(let on)?: cluster.activationCheckpointing = on ? "true" : "false"

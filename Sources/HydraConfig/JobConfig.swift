@@ -66,7 +66,7 @@ public struct JobConfig: Sendable, Equatable {
     for o in overrides { try doc.apply(override: o) }
     let dir = (file as NSString).deletingLastPathComponent
     let job = try decodeJob(doc.section("job"), jobDir: dir)
-    let cluster = try decodeCluster(doc.section("cluster"), known: known)
+    let cluster = try decodeCluster(doc.section("cluster"), known: known, jobDir: dir)
     let data = try decodeData(doc.section("data"), jobDir: dir)
     let modelSection = doc.section("model"), trainSection = doc.section("train")
     let model = try decodeModel(modelSection, jobDir: dir)

@@ -26,7 +26,7 @@ extension JobConfig {
           "activation_checkpointing",
           cluster.activationCheckpointing == "auto" ? str("auto") : .bool(cluster.activationCheckpointing == "true")
         ),
-        ("placement", str(cluster.placement)),
+        ("placement", str(cluster.placement)), ("spill_folder", str(cluster.spillFolder)),
       ])
     table(
       "data",

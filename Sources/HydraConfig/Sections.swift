@@ -37,6 +37,11 @@ public struct ClusterSection: Sendable, Equatable {
   /// `"by-model"` (default) keeps each model's shards on one rank, models balanced by estimated
   /// work; `"by-shard"` balances shards one by one, so a model's chain crosses ranks.
   public var placement = "by-model"
+  /// Where shard state past `host_memory` is written (key `spill_folder`; relative to the job
+  /// file); nil: `<output>/spill`. Each process makes a folder of its own inside it (and removes
+  /// it at the end), so a path every node has locally (its scratch disk) keeps spilling off the
+  /// shared filesystem under `mpi`.
+  public var spillFolder: String?
 }
 
 /// `[data]`: the data set, split into training and validation by `validationFraction`.

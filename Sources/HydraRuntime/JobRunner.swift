@@ -95,9 +95,12 @@ public final class JobRunner {
           memory: DeviceMemory(budget: budget, label: "device \(d)")))
     }
     // Each process spills to its own folder (under `mpi` the output folder is shared by all).
-    let store = HostStore(
-      budget: cluster.hostMemory ?? .max,
-      folder: config.job.output + (distributed == nil ? "/spill" : "/spill/rank-\(local)"))
+    // Each process spills into a folder of its own, removed at the end: `<output>/spill` (under mpi
+    // `spill/rank-N`), or a new folder inside the job's `spill_folder` (never that folder itself).
+    let spill =
+      cluster.spillFolder.map { "\($0)/hydra-\(config.job.name)-rank\(local)-pid\(getpid())" }
+      ?? config.job.output + (distributed == nil ? "/spill" : "/spill/rank-\(local)")
+    let store = HostStore(budget: cluster.hostMemory ?? .max, folder: spill)
     for d in devices { store.attach(device: d.index, memory: d.kernels.memory) }
     if distributed != nil && local != 0 { log = { _ in } }  // a process that only runs tasks: no log
     let folder =

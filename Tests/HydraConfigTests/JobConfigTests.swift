@@ -138,6 +138,14 @@ final class JobConfigTests: XCTestCase {
     f.assertFails(
       Fixture.minimal + "[cluster]\nbackend = \"mpi\"\nplacement = \"spread\"\n", line: 15,
       ["cluster.placement", "by-model", "by-shard"])
+    // spill_folder: relative to the job file, round-trips, an empty one is refused.
+    let spill = try f.load(Fixture.minimal + "[cluster]\nspill_folder = \"scratch/x\"\n")
+    XCTAssertEqual(spill.cluster.spillFolder, f.dir + "/scratch/x")
+    XCTAssertNil(plain.cluster.spillFolder)
+    let other = try Fixture()
+    let again = try JobConfig.load(path: other.write(spill.resolvedTOML(), as: "r.toml"), known: Fixture.known)
+    XCTAssertEqual(again.cluster, spill.cluster)
+    f.assertFails(Fixture.minimal + "[cluster]\nspill_folder = \"\"\n", line: 14, ["cluster.spill_folder"])
   }
 
   func testMLPWithModelsAndOptions() throws {
