@@ -138,16 +138,19 @@ public final class ModelRun {
     var states: [ShardState] = []
     for (s, range) in shards.enumerated() {
       var params: [Parameter] = []
+      // Each parameter's initial values come from its own seed (the model's and its name), so a
+      // shard held elsewhere need not be drawn here: its values arrive with it if it ever comes.
+      let held = store == nil || keep(s)
       for i in range {
         let block = try spec.makeBlock(i, memory: nil)
-        spec.initialize(block, seed: seed)
+        if held { spec.initialize(block, seed: seed) }
         try settings.optimizer.allocateState(block.parameters, memory: nil)
         blocks.append(block)
         params += block.parameters
       }
       if let store {
         let state = ShardState(model: id, shard: s, parameters: params)
-        if keep(s) { try store.admit(state) } else { store.adoptReleased(state) }
+        if held { try store.admit(state) } else { store.adoptReleased(state) }
         states.append(state)
       } else {
         for p in params { for t in [p.value, p.grad] + p.state { try t.move(to: memory) } }
