@@ -124,8 +124,9 @@ public protocol DistributedBackend: Backend {
   /// Coordinator: `shard` of `model` leaves `from` for `to`, before its forward of `step` there.
   func move(model: Int, shard: Int, step: Int, from: Int, to: Int)
   /// Coordinator: copies the current state of every shard of `run` whose home is another device into
-  /// this process's copy (for an evaluation or a checkpoint). The model must not be running.
-  func gather(_ run: ModelRun, homes: [Int]) throws
+  /// this process's copy (for an evaluation or a checkpoint): the parameters, and their optimizer
+  /// state with `optimizerState` (a checkpoint). The model must not be running.
+  func gather(_ run: ModelRun, homes: [Int], optimizerState: Bool) throws
   /// What a completed step needs beside training (an evaluation, a checkpoint), done by the device
   /// where the step ran with the model's state gathered there. Set by the runtime in every process.
   var stepWork: ((_ run: ModelRun, _ evaluate: Bool, _ checkpoint: Bool, _ device: Device) throws -> Evaluation?)? {

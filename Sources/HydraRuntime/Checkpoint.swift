@@ -60,12 +60,13 @@ public enum Checkpoint {
   /// and the losses so far. The continued run computes exactly what an uninterrupted one would.
   public static func resume(_ run: ModelRun, from folder: String, device: Int = 0) throws {
     let statePath = folder + "/" + trainerStateFile
+    // JSONDecoder reads numbers exactly; JSONSerialization on Linux reads some of them 1 ulp off
+    // (as NSDecimalNumber), and a resumed run must carry the very losses it had.
     guard let data = FileManager.default.contents(atPath: statePath),
-      let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-      let step = json["step"] as? Int, step >= 0, step <= run.settings.steps,
-      let losses = (json["train_losses"] as? [Any])?.map({ ($0 as? Double) ?? .nan }),
-      let evals = json["evaluations"] as? [[String: Any]]
+      let state = try? JSONDecoder().decode(TrainerState.self, from: data),
+      state.step >= 0, state.step <= run.settings.steps
     else { throw InputError(file: statePath, "not a trainer state this run can resume from") }
+    let step = state.step
     let weights = try SafeTensorsFile(path: folder + "/" + weightsFile)
     let optimizer = try SafeTensorsFile(path: folder + "/" + optimizerFile)
     for (file, st) in [(weightsFile, weights), (optimizerFile, optimizer)] where st.metadata["hydra_step"] != "\(step)"
@@ -85,11 +86,22 @@ public enum Checkpoint {
       }
     }
     run.restore(
-      step: step, trainLosses: losses,
-      evaluations: evals.compactMap { e in
-        guard let s = e["step"] as? Int else { return nil }
-        return Evaluation(step: s, loss: (e["loss"] as? Double) ?? .nan, accuracy: (e["accuracy"] as? Double) ?? .nan)
+      step: step, trainLosses: state.train_losses.map { $0 ?? .nan },
+      evaluations: state.evaluations.map {
+        Evaluation(step: $0.step, loss: $0.loss ?? .nan, accuracy: $0.accuracy ?? .nan)
       })
+  }
+
+  /// `trainer_state.json` as `write` lays it out (null for a loss that was not finite).
+  private struct TrainerState: Decodable {
+    var step: Int
+    var train_losses: [Double?]
+    var evaluations: [EvaluationEntry]
+    struct EvaluationEntry: Decodable {
+      var step: Int
+      var loss: Double?
+      var accuracy: Double?
+    }
   }
 
   static func configJSON(_ spec: ModelSpec) -> String {

@@ -16,6 +16,8 @@ public final class ShardState {
   public let shard: Int
   /// Parameters and optimizer state: what must survive a trip to disk.
   let persistent: [Tensor]
+  /// For each of `persistent`: a parameter's value (else optimizer state).
+  let isValue: [Bool]
   /// Gradients: zeroed at the start of every backward, so never written to disk.
   let transient: [Tensor]
   public fileprivate(set) var residency: Residency = .host
@@ -28,6 +30,7 @@ public final class ShardState {
     self.shard = shard
     let owned = parameters
     persistent = owned.flatMap { [$0.value] + $0.state }
+    isValue = owned.flatMap { [true] + Array(repeating: false, count: $0.state.count) }
     transient = owned.map(\.grad)
   }
 
@@ -35,6 +38,8 @@ public final class ShardState {
   public var bytes: Int { (persistent + transient).reduce(0) { $0 + $1.capacity * 4 } }
   /// Bytes of the parameters and optimizer state (what moves between processes, or to disk).
   public var persistentBytes: Int { persistent.reduce(0) { $0 + $1.byteCount } }
+  /// Bytes of the parameters' values alone.
+  public var valueBytes: Int { zip(persistent, isValue).reduce(0) { $0 + ($1.1 ? $1.0.byteCount : 0) } }
 }
 
 /// The host store: shard state that is not on a device lives here, in RAM up to `host_memory`
@@ -143,22 +148,25 @@ public final class HostStore: @unchecked Sendable {
 
   /// Copies `state`'s parameters and optimizer state, in a fixed order, into `buffer`
   /// (`persistentBytes` long), wherever the state is: a device, RAM or its spill file. Moves nothing.
-  public func read(_ state: ShardState, into buffer: UnsafeMutableRawPointer) throws {
+  /// With `valuesOnly`, the parameters' values alone (`valueBytes`), without optimizer state.
+  public func read(_ state: ShardState, into buffer: UnsafeMutableRawPointer, valuesOnly: Bool = false) throws {
     lock.lock()
     defer { lock.unlock() }
-    try copy(state, buffer, toState: false)
+    try copy(state, buffer, toState: false, valuesOnly: valuesOnly)
   }
 
   /// Overwrites `state`'s parameters and optimizer state with `buffer` (laid out as `read` writes
   /// it), wherever the state is. Moves nothing.
   /// A state held elsewhere comes back (in RAM, or on disk when RAM is full).
-  public func write(_ state: ShardState, from buffer: UnsafeRawPointer) throws {
+  /// With `valuesOnly`, the buffer holds the parameters' values alone; a state that comes back
+  /// that way has zero optimizer state (good for an evaluation, not for training).
+  public func write(_ state: ShardState, from buffer: UnsafeRawPointer, valuesOnly: Bool = false) throws {
     lock.lock()
     defer { lock.unlock() }
     if state.residency == .elsewhere {
       // Fresh bytes, charged nowhere yet; then into the store like a newly built shard.
       for t in state.persistent + state.transient { try t.restore(from: -1, offset: 0, memory: nil, read: false) }
-      try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true, resident: true)
+      try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true, valuesOnly: valuesOnly, resident: true)
       state.uncharged = true
       state.residency = .disk
       clock += 1
@@ -166,7 +174,7 @@ public final class HostStore: @unchecked Sendable {
       try bringToHost(state, pinned: [])
       return
     }
-    try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true)
+    try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true, valuesOnly: valuesOnly)
   }
 
   /// Takes a newly built shard that another process holds: its bytes are freed at once, never
@@ -191,34 +199,39 @@ public final class HostStore: @unchecked Sendable {
     state.residency = .elsewhere
   }
 
+  /// Copies between `buffer` and the state's tensors (values and optimizer state in order, or the
+  /// values alone), from or to its spill file when it is on disk (the file holds them all in order).
   private func copy(
-    _ state: ShardState, _ buffer: UnsafeMutableRawPointer, toState: Bool, resident: Bool = false
+    _ state: ShardState, _ buffer: UnsafeMutableRawPointer, toState: Bool, valuesOnly: Bool = false,
+    resident: Bool = false
   ) throws {
     if state.residency == .elsewhere && !resident {
       throw RuntimeError("the state of \(state.model) shard \(state.shard) is held by another process, not this one")
     }
-    if state.residency == .disk && !resident {
-      let fd = open(path(state), toState ? O_WRONLY : O_RDONLY)
+    let onDisk = state.residency == .disk && !resident
+    var fd: Int32 = -1
+    if onDisk {
+      fd = open(path(state), toState ? O_WRONLY : O_RDONLY)
       guard fd >= 0 else {
         throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))")
       }
-      defer { close(fd) }
-      var done = 0
-      while done < state.persistentBytes {
-        let n =
-          toState
-          ? pwrite(fd, buffer + done, state.persistentBytes - done, off_t(done))
-          : pread(fd, buffer + done, state.persistentBytes - done, off_t(done))
-        guard n > 0 else {
-          throw RuntimeError("spill file \(path(state)): \(n < 0 ? String(cString: strerror(errno)) : "short file")")
-        }
-        done += n
-      }
-      return
     }
-    var offset = 0
-    for t in state.persistent {
-      if toState {
+    defer { if fd >= 0 { close(fd) } }
+    var offset = 0, fileOffset = 0
+    for (t, value) in zip(state.persistent, state.isValue) {
+      defer { fileOffset += t.byteCount }
+      if valuesOnly && !value { continue }
+      if onDisk {
+        var done = 0
+        while done < t.byteCount {
+          let at = off_t(fileOffset + done), rest = t.byteCount - done
+          let n = toState ? pwrite(fd, buffer + offset + done, rest, at) : pread(fd, buffer + offset + done, rest, at)
+          guard n > 0 else {
+            throw RuntimeError("spill file \(path(state)): \(n < 0 ? String(cString: strerror(errno)) : "short file")")
+          }
+          done += n
+        }
+      } else if toState {
         UnsafeMutableRawPointer(t.data).copyMemory(from: buffer + offset, byteCount: t.byteCount)
       } else {
         (buffer + offset).copyMemory(from: t.data, byteCount: t.byteCount)

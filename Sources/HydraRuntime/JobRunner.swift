@@ -164,7 +164,7 @@ public final class JobRunner {
       } else {
         if let distributed, !diverged && (evaluate || checkpoint) {
           // The shards homed in other processes: their current state, into this process's copy.
-          try distributed.gather(run, homes: coordinator.homes(of: run.index))
+          try distributed.gather(run, homes: coordinator.homes(of: run.index), optimizerState: checkpoint)
         }
         if evaluate && !diverged {
           e = try run.evaluate(kernels: device.kernels, device: device.index)

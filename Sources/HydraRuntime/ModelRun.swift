@@ -281,22 +281,26 @@ public final class ModelRun {
       alsoFree: max(0, footprints[running.shard] - running.bytes))
   }
 
-  /// The parameters and optimizer state of `shard`, in the order `readState` lays them out.
-  private func stateTensors(of shard: Int) -> [Tensor] {
-    parameters(ofShard: shard).flatMap { [$0.value] + $0.state }
+  /// The parameters and optimizer state of `shard`, in the order `readState` lays them out (or the
+  /// parameters' values alone).
+  private func stateTensors(of shard: Int, valuesOnly: Bool = false) -> [Tensor] {
+    parameters(ofShard: shard).flatMap { [$0.value] + (valuesOnly ? [] : $0.state) }
   }
 
-  /// Bytes of `shard`'s parameters and optimizer state: what moves when its home changes.
-  public func stateBytes(of shard: Int) -> Int {
-    store != nil ? shardStates[shard].persistentBytes : stateTensors(of: shard).reduce(0) { $0 + $1.byteCount }
+  /// Bytes of `shard`'s parameters and optimizer state: what moves when its home changes. With
+  /// `valuesOnly`, of the parameters' values alone (what an evaluation needs).
+  public func stateBytes(of shard: Int, valuesOnly: Bool = false) -> Int {
+    guard let store else { return stateTensors(of: shard, valuesOnly: valuesOnly).reduce(0) { $0 + $1.byteCount } }
+    return valuesOnly ? shardStates[shard].valueBytes : shardStates[shard].persistentBytes
   }
 
-  /// Copies `shard`'s parameters and optimizer state into `buffer` (`stateBytes(of:)` long),
-  /// wherever the host store keeps them. The shard must not be running.
-  public func readState(of shard: Int, into buffer: UnsafeMutableRawPointer) throws {
-    if let store { return try store.read(shardStates[shard], into: buffer) }
+  /// Copies `shard`'s parameters and optimizer state (or, `valuesOnly`, the values alone) into
+  /// `buffer` (`stateBytes(of:)` long), wherever the host store keeps them. The shard must not be
+  /// running.
+  public func readState(of shard: Int, into buffer: UnsafeMutableRawPointer, valuesOnly: Bool = false) throws {
+    if let store { return try store.read(shardStates[shard], into: buffer, valuesOnly: valuesOnly) }
     var offset = 0
-    for t in stateTensors(of: shard) {
+    for t in stateTensors(of: shard, valuesOnly: valuesOnly) {
       (buffer + offset).copyMemory(from: t.data, byteCount: t.byteCount)
       offset += t.byteCount
     }
@@ -310,10 +314,10 @@ public final class ModelRun {
 
   /// Overwrites `shard`'s parameters and optimizer state with a buffer `readState` filled (in
   /// another process holding the same model). The shard must not be running.
-  public func writeState(of shard: Int, from buffer: UnsafeRawPointer) throws {
-    if let store { return try store.write(shardStates[shard], from: buffer) }
+  public func writeState(of shard: Int, from buffer: UnsafeRawPointer, valuesOnly: Bool = false) throws {
+    if let store { return try store.write(shardStates[shard], from: buffer, valuesOnly: valuesOnly) }
     var offset = 0
-    for t in stateTensors(of: shard) {
+    for t in stateTensors(of: shard, valuesOnly: valuesOnly) {
       UnsafeMutableRawPointer(t.data).copyMemory(from: buffer + offset, byteCount: t.byteCount)
       offset += t.byteCount
     }

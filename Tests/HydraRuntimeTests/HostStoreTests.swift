@@ -37,6 +37,9 @@ final class HostStoreTests: XCTestCase {
       let dir = try temporaryFolder()
       let (run, store) = try makeRun(hostBudget: budget, folder: dir + "/spill")
       for s in run.shards.indices {
+        // Optimizer state as after some training (not the zeros it starts as).
+        try run.promote(s, to: 0)
+        for p in run.parameters(ofShard: s) { for t in p.state { t.data.update(repeating: 0.25, count: t.count) } }
         let before = try bytes(run, s)
         XCTAssertEqual(before.count, run.stateBytes(of: s))
         // The parameters themselves, read independently of readState: the first value tensor.
@@ -57,6 +60,27 @@ final class HostStoreTests: XCTestCase {
         XCTAssertEqual(try bytes(run, s), other, "budget \(budget), shard \(s)")
         try before.withUnsafeBytes { try run.writeState(of: s, from: $0.baseAddress!) }
         XCTAssertEqual(try bytes(run, s), before)
+        // The values alone: the parameters' values in order, and back into a released shard they
+        // come with zero optimizer state (what an evaluation-only gather does).
+        var values = [UInt8](repeating: 0, count: run.stateBytes(of: s, valuesOnly: true))
+        try values.withUnsafeMutableBytes { try run.readState(of: s, into: $0.baseAddress!, valuesOnly: true) }
+        try run.promote(s, to: 0)
+        let expected = run.parameters(ofShard: s).flatMap { p in p.value.array.withUnsafeBytes { Array($0) } }
+        XCTAssertEqual(values, expected, "budget \(budget), shard \(s)")
+        run.releaseState(of: s)
+        try values.withUnsafeBytes { try run.writeState(of: s, from: $0.baseAddress!, valuesOnly: true) }
+        let back = try bytes(run, s)
+        try run.promote(s, to: 0)
+        var offset = 0
+        for p in run.parameters(ofShard: s) {
+          XCTAssertEqual(Array(back[offset..<offset + p.value.byteCount]), p.value.array.withUnsafeBytes { Array($0) })
+          offset += p.value.byteCount
+          for t in p.state {
+            XCTAssertTrue(back[offset..<offset + t.byteCount].allSatisfy { $0 == 0 }, "optimizer state not zero")
+            offset += t.byteCount
+          }
+        }
+        try before.withUnsafeBytes { try run.writeState(of: s, from: $0.baseAddress!) }
         // And it trains from there: promotion works again.
         XCTAssertNoThrow(try run.promote(s, to: 0))
         XCTAssertEqual(

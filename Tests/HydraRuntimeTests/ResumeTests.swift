@@ -60,7 +60,7 @@ final class ResumeTests: XCTestCase {
     XCTAssertTrue(second.out.contains("m003: resumed at step 3"), second.out)
 
     for model in ["m000", "m001", "m002", "m003"] {
-      for file in ["model.safetensors", "optimizer.safetensors"] {
+      for file in ["model.safetensors", "optimizer.safetensors", "trainer_state.json"] {
         let x = try Data(contentsOf: URL(fileURLWithPath: "\(whole)/out/checkpoints/\(model)/\(file)"))
         let y = try Data(contentsOf: URL(fileURLWithPath: "\(parts)/out/checkpoints/\(model)/\(file)"))
         XCTAssertEqual(x, y, "\(model)/\(file)")

@@ -3,8 +3,9 @@
 
 usage: check_run.py REFERENCE OUTPUT [--min-moves N] [--min-tensors N] [--from-step N]
 
-- every checkpoint file (weights and optimizer state, *.safetensors) of the reference exists in
-  OUTPUT with the same bytes, and OUTPUT has no other model checkpoints;
+- every checkpoint file (weights and optimizer state, *.safetensors, and trainer_state.json with
+  every training loss and evaluation so far) of the reference exists in OUTPUT with the same bytes,
+  and OUTPUT has no other model checkpoints;
 - every model ends with the same status, step count and validation loss (exactly);
 - trace.json: on each device the boxes do not overlap, and every shard task of every trained step
   of every model appears exactly once;
@@ -34,7 +35,7 @@ def main():
         base = os.path.join(root, "checkpoints")
         for folder, _, files in os.walk(base):
             for f in files:
-                if f.endswith(".safetensors"):
+                if f.endswith(".safetensors") or f == "trainer_state.json":
                     path = os.path.join(folder, f)
                     found[os.path.relpath(path, base)] = path
         return found

@@ -326,12 +326,22 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     send(.control([Op.move.rawValue, Int64(model), Int64(shard), Int64(step), Int64(to)], to: from))
   }
 
-  public func gather(_ run: ModelRun, homes: [Int]) throws {
+  public func gather(_ run: ModelRun, homes: [Int], optimizerState: Bool) throws {
+    try gather(run, homes: homes, step: run.step, valuesOnly: !optimizerState)
+  }
+
+  /// Asks the homes of `run`'s shards held elsewhere for their state (or values alone) and writes
+  /// it into this process's copy; returns those shards.
+  @discardableResult
+  private func gather(_ run: ModelRun, homes: [Int], step: Int, valuesOnly: Bool) throws -> [Int] {
     let elsewhere = homes.indices.filter { homes[$0] != localDevice }
     for s in elsewhere {
-      send(.control([Op.gather.rawValue, Int64(run.index), Int64(s), Int64(run.step)], to: homes[s]))
+      send(
+        .control(
+          [Op.gather.rawValue, Int64(run.index), Int64(s), Int64(step), valuesOnly ? 1 : 0], to: homes[s]))
     }
-    for s in elsewhere { try receiveState(run, shard: s, step: run.step, kind: .gather) }
+    for s in elsewhere { try receiveState(run, shard: s, step: step, kind: .gather, valuesOnly: valuesOnly) }
+    return elsewhere
   }
 
   public func runStepWork(_ run: ModelRun, on device: Int, homes: [Int], evaluate: Bool, checkpoint: Bool) throws
@@ -379,11 +389,8 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     }
     let run = runs[model]
     let start = DispatchTime.now().uptimeNanoseconds
-    let elsewhere = homes.indices.filter { homes[$0] != localDevice }
-    for s in elsewhere {
-      send(.control([Op.gather.rawValue, Int64(model), Int64(s), Int64(step)], to: homes[s]))
-    }
-    for s in elsewhere { try receiveState(run, shard: s, step: step, kind: .gather) }
+    // An evaluation alone needs the parameters only; a checkpoint their optimizer state too.
+    let elsewhere = try gather(run, homes: homes, step: step, valuesOnly: !checkpoint)
     run.restore(step: step, trainLosses: losses, evaluations: evaluations)
     let e = try stepWork?(run, evaluate, checkpoint, device!)
     for s in elsewhere { run.releaseState(of: s) }
@@ -470,21 +477,25 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   }
 
   /// Copies the shard state that arrived as `kind` into this process's copy of `run`.
-  private func receiveState(_ run: ModelRun, shard: Int, step: Int, kind: TagSpace.Kind) throws {
+  private func receiveState(
+    _ run: ModelRun, shard: Int, step: Int, kind: TagSpace.Kind, valuesOnly: Bool = false
+  ) throws {
     let key = DataKey(kind: kind, model: run.index, index: shard, step: step)
     let t = try wait(for: key, removing: true)
-    guard t.byteCount == run.stateBytes(of: shard) else {
+    let expected = run.stateBytes(of: shard, valuesOnly: valuesOnly)
+    guard t.byteCount == expected else {
       throw RuntimeError(
-        "mpi: \(key) has \(t.byteCount) bytes but this rank's shard holds \(run.stateBytes(of: shard)): the ranks built different models (same job file and data everywhere?)"
+        "mpi: \(key) has \(t.byteCount) bytes but this rank's shard holds \(expected): the ranks built different models (same job file and data everywhere?)"
       )
     }
-    try run.writeState(of: shard, from: t.data)
+    try run.writeState(of: shard, from: t.data, valuesOnly: valuesOnly)
   }
 
-  /// The state of `shard` of `run` in one tensor (not charged to any device: it is on its way out).
-  private func packState(_ run: ModelRun, shard: Int) throws -> Tensor {
-    let t = try Tensor(shape: [run.stateBytes(of: shard) / MemoryLayout<Float>.stride])
-    try run.readState(of: shard, into: t.data)
+  /// The state of `shard` of `run` (or its values alone) in one tensor (not charged to any device:
+  /// it is on its way out).
+  private func packState(_ run: ModelRun, shard: Int, valuesOnly: Bool = false) throws -> Tensor {
+    let t = try Tensor(shape: [run.stateBytes(of: shard, valuesOnly: valuesOnly) / MemoryLayout<Float>.stride])
+    try run.readState(of: shard, into: t.data, valuesOnly: valuesOnly)
     return t
   }
 
@@ -648,7 +659,7 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       try moveOut(model: Int(w[1]), shard: Int(w[2]), step: Int(w[3]), to: Int(w[4]))
     case .gather:
       let (model, shard, step) = (Int(w[1]), Int(w[2]), Int(w[3]))
-      let packed = try packState(runs[model], shard: shard)
+      let packed = try packState(runs[model], shard: shard, valuesOnly: w[4] != 0)
       send(.data(DataKey(kind: .gather, model: model, index: shard, step: step), packed, to: source))
     case .drop:
       drop(model: Int(w[1]), step: Int(w[2]))
