@@ -359,6 +359,8 @@ func selfTest(_ comm: MPICommunicator) throws {
     received += 1
   }
   try waitAll(crossingSends)
+  // A rank done here must not start section 5's sends while a neighbour still probes for any tag.
+  try comm.barrier()
   checks += 1
 
   // 5. Threads: with MPI_THREAD_MULTIPLE two threads of each rank exchange with the neighbours at once.
