@@ -185,18 +185,10 @@ public final class Coordinator: @unchecked Sendable {
     var ready: [ReadyTask] = []
     for (m, run) in runs.enumerated() where !running[m] {
       guard let task = run.nextTask else { continue }
-      let k = run.shards.count
-      let perStep = (0..<k).reduce(0.0) { $0 + forwardSeconds[m][$1] + backwardSeconds[m][$1] }
-      var done = 0.0
-      for p in 0..<run.position {
-        done += p < k ? forwardSeconds[m][p] : backwardSeconds[m][2 * k - 1 - p]
-      }
-      let estimate = task.direction == .forward ? forwardSeconds[m][task.shard] : backwardSeconds[m][task.shard]
+      let (estimate, remaining) = estimates(task)
       var r = ReadyTask(
-        task: task, estimatedSeconds: estimate,
-        remainingSeconds: Double(run.settings.steps - run.step) * perStep - done,
-        state: run.residency(of: task.shard),
-        lastDevice: lastDevice[m], readySince: readySince[m], shardCount: k)
+        task: task, estimatedSeconds: estimate, remainingSeconds: remaining, state: run.residency(of: task.shard),
+        lastDevice: lastDevice[m], readySince: readySince[m], shardCount: run.shards.count)
       if let distributed {
         let home = homes[m][task.shard]
         r.home = home
@@ -224,16 +216,11 @@ public final class Coordinator: @unchecked Sendable {
           continue
         }
         guard homes[m][next.shard] == a.device else { continue }
-        let estimate = next.direction == .forward ? forwardSeconds[m][next.shard] : backwardSeconds[m][next.shard]
-        // From the task itself, not the model (whose copy the task's completion may be updating).
-        let perStep = (0..<k).reduce(0.0) { $0 + forwardSeconds[m][$1] + backwardSeconds[m][$1] }
-        let position = next.direction == .forward ? next.shard : 2 * k - 1 - next.shard
-        let done = (0..<position).reduce(0.0) { p, i in
-          p + (i < k ? forwardSeconds[m][i] : backwardSeconds[m][2 * k - 1 - i])
-        }
+        // From the task itself, not the model (whose copy the running task's completion may be
+        // updating).
+        let (estimate, remaining) = estimates(next)
         var r = ReadyTask(
-          task: next, estimatedSeconds: estimate,
-          remainingSeconds: Double(run.settings.steps - next.step) * perStep - done, state: .device(a.device),
+          task: next, estimatedSeconds: estimate, remainingSeconds: remaining, state: .device(a.device),
           lastDevice: a.device, readySince: elapsed(), shardCount: k)
         r.home = a.device
         r.allowedDevices = [a.device]
@@ -247,6 +234,20 @@ public final class Coordinator: @unchecked Sendable {
       deviceCount: devices.count, modelCount: runs.count)
     view.finished = finished
     return view
+  }
+
+  /// Under the lock: the estimated seconds of `task`, and of everything its model has left from
+  /// `task` on (its step's remaining tasks, then its remaining steps).
+  private func estimates(_ task: ShardTask) -> (task: Double, remaining: Double) {
+    let m = task.model, k = runs[m].shards.count
+    let perStep = (0..<k).reduce(0.0) { $0 + forwardSeconds[m][$1] + backwardSeconds[m][$1] }
+    let position = task.direction == .forward ? task.shard : 2 * k - 1 - task.shard
+    var done = 0.0
+    for p in 0..<position {
+      done += p < k ? forwardSeconds[m][p] : backwardSeconds[m][2 * k - 1 - p]
+    }
+    let estimate = task.direction == .forward ? forwardSeconds[m][task.shard] : backwardSeconds[m][task.shard]
+    return (estimate, Double(runs[m].settings.steps - task.step) * perStep - done)
   }
 
   /// Under the lock: hands `a` to its device (a thread of this process, or another process).
@@ -280,11 +281,7 @@ public final class Coordinator: @unchecked Sendable {
         record(a, model: run, start: max(0, end - outcome.seconds), end: end)
         let diverged = run.status.name == "diverged"
         if diverged { distributed.discardAll(model: m, step: a.task.step) }
-        condition.lock()
-        assigned[a.device] -= 1
-        if assigned[a.device] == 0 { current[a.device] = nil }
-        condition.signal()
-        condition.unlock()
+        taskEnded(on: a.device)
         guard completed || diverged else { return release(a, run: run, error: nil) }
         // A step with neither evaluation nor checkpoint only records its loss: at once. Otherwise
         // the device where the step ran does that work (`DistributedBackend.runStepWork`) while
@@ -326,12 +323,18 @@ public final class Coordinator: @unchecked Sendable {
       } catch let e {
         error = e
       }
-      condition.lock()
-      assigned[a.device] -= 1
-      if assigned[a.device] == 0 { current[a.device] = nil }
-      condition.unlock()
+      taskEnded(on: a.device)
       release(a, run: run, error: error)
     }
+  }
+
+  /// A task handed to `device` has ended there.
+  private func taskEnded(on device: Int) {
+    condition.lock()
+    assigned[device] -= 1
+    if assigned[device] == 0 { current[device] = nil }
+    condition.signal()
+    condition.unlock()
   }
 
   /// A finished task's box on the trace, and its measured time as the estimate from now on.

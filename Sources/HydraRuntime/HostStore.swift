@@ -88,8 +88,15 @@ public final class HostStore: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     states.append(state)
+    try takeIn(state)
+  }
+
+  /// Under the lock: a state whose bytes are resident but charged nowhere (just built, or just
+  /// come from another process) goes into RAM, or to disk when RAM is full.
+  private func takeIn(_ state: ShardState) throws {
     clock += 1
     state.lastUse = clock
+    state.uncharged = true
     state.residency = .disk  // not yet charged anywhere
     try bringToHost(state, pinned: [])
   }
@@ -167,12 +174,7 @@ public final class HostStore: @unchecked Sendable {
       // Fresh bytes, charged nowhere yet; then into the store like a newly built shard.
       for t in state.persistent + state.transient { try t.restore(from: -1, offset: 0, memory: nil, read: false) }
       try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true, valuesOnly: valuesOnly, resident: true)
-      state.uncharged = true
-      state.residency = .disk
-      clock += 1
-      state.lastUse = clock
-      try bringToHost(state, pinned: [])
-      return
+      return try takeIn(state)
     }
     try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true, valuesOnly: valuesOnly)
   }
@@ -183,9 +185,7 @@ public final class HostStore: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     states.append(state)
-    for t in state.persistent + state.transient { try? t.evict(to: -1, offset: 0, write: false) }
-    state.uncharged = false
-    state.residency = .elsewhere
+    letGo(state)
   }
 
   /// Frees every byte of `state` in this process, wherever it was: another process holds it now
@@ -194,6 +194,11 @@ public final class HostStore: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     if state.residency == .elsewhere { return }
+    letGo(state)
+  }
+
+  /// Under the lock: frees the state's bytes without writing them anywhere.
+  private func letGo(_ state: ShardState) {
     for t in state.persistent + state.transient { try? t.evict(to: -1, offset: 0, write: false) }
     state.uncharged = false
     state.residency = .elsewhere

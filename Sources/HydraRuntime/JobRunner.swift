@@ -94,7 +94,6 @@ public final class JobRunner {
           cluster.kernels, threads: cluster.threadsPerDevice,
           memory: DeviceMemory(budget: budget, label: "device \(d)")))
     }
-    // Each process spills to its own folder (under `mpi` the output folder is shared by all).
     // Each process spills into a folder of its own, removed at the end: `<output>/spill` (under mpi
     // `spill/rank-N`), or a new folder inside the job's `spill_folder` (never that folder itself).
     let spill =
@@ -110,6 +109,7 @@ public final class JobRunner {
     // of the shards homed on it, letting go of the others as soon as each model is built.
     let homes = distributed.map { _ in
       Placement.homes(
+        // FLOPs, not a measured profile (`profile_steps`): every process must place alike.
         work: zip(plans, config.members).map { plan, member in
           plan.shards.map { shard in
             Double(shard.reduce(0) { $0 + plan.request.blocks[$1].forwardFlopsPerSample } * member.train.batchSize)
@@ -145,13 +145,13 @@ public final class JobRunner {
       runs: runs, devices: devices, scheduler: scheduler, backend: backend, doubleBuffering: cluster.doubleBuffering,
       homes: homes)
     coordinator.afterStep = { [self] run, device in
-      let evaluate = run.evaluationDue || run.status.name == "diverged"
-      let checkpoint = run.checkpointDue && run.status.name != "diverged"
+      let diverged = run.status.name == "diverged"
+      let evaluate = run.evaluationDue && !diverged
+      let checkpoint = run.checkpointDue && !diverged
       let rate = run.settings.optimizer.learningRate(step: max(run.step - 1, 0))
       let now = coordinator.elapsed()
       var e: Evaluation?
-      let diverged = run.status.name == "diverged"
-      if let distributed, device.index != local, !diverged && (evaluate || checkpoint) {
+      if let distributed, device.index != local, evaluate || checkpoint {
         // The step ran in another process: that device evaluates and writes the checkpoint.
         let done = try distributed.runStepWork(
           run, on: device.index, homes: coordinator.homes(of: run.index), evaluate: evaluate, checkpoint: checkpoint)
@@ -162,11 +162,11 @@ public final class JobRunner {
           coordinator.recordEvaluation(of: run, on: device, start: end - done.seconds, end: end)
         }
       } else {
-        if let distributed, !diverged && (evaluate || checkpoint) {
+        if let distributed, evaluate || checkpoint {
           // The shards homed in other processes: their current state, into this process's copy.
           try distributed.gather(run, homes: coordinator.homes(of: run.index), optimizerState: checkpoint)
         }
-        if evaluate && !diverged {
+        if evaluate {
           e = try run.evaluate(kernels: device.kernels, device: device.index)
           coordinator.recordEvaluation(of: run, on: device, start: now)
         }

@@ -228,7 +228,6 @@ public final class ModelRun {
   /// `mpi` each rank holds a copy of every model and runs only some of its tasks). Only the chain
   /// position moves: what earlier tasks produced arrives through the backend.
   public func seek(to task: ShardTask) {
-    if task.step != step { batchStep = -1 }
     step = task.step
     position = position(of: task)
   }
@@ -240,20 +239,24 @@ public final class ModelRun {
   public func recordRemote(_ task: ShardTask, loss: Double?) -> Bool {
     precondition(task == nextTask, "\(id): \(task) finished out of order (expected \(String(describing: nextTask)))")
     status = .running
-    if task.direction == .forward {
-      if let loss {
-        trainLosses.append(loss)
-        if !loss.isFinite {
-          status = .diverged(step: step)
-          return false
-        }
+    if let loss {
+      trainLosses.append(loss)
+      if !loss.isFinite {
+        status = .diverged(step: step)
+        return false
       }
-      position += 1
-      return false
     }
+    return advance(past: task)
+  }
+
+  /// Moves past `task`, which has just run (here or elsewhere); returns true when it completed a
+  /// step.
+  private func advance(past task: ShardTask) -> Bool {
     position += 1
-    guard task.shard == 0 else { return false }
+    guard task.direction == .backward && task.shard == 0 else { return false }
     position = 0
+    batch = nil
+    batchStep = -1
     step += 1
     if step == settings.steps { status = .done }
     return true
@@ -358,8 +361,7 @@ public final class ModelRun {
         try backend.post(try copy(out, kernels: kernels), key: key(.activation, s, step), from: device, for: s + 1)
         if policy.checkpointing { release(shard: s) }
       }
-      position += 1
-      return false
+      return advance(past: task)
     case .backward:
       for p in parameters(ofShard: s) { kernels.fill(p.grad.data, value: 0, count: p.count) }
       if policy.checkpointing && s < k - 1 {
@@ -388,14 +390,7 @@ public final class ModelRun {
       if s < k - 1 { backend.discard(key(.gradient, s, step)) }
       if s > 0 { backend.discard(key(.activation, s - 1, step)) }
       if policy.releaseBuffers { release(shard: s) }
-      position += 1
-      guard s == 0 else { return false }
-      position = 0
-      batch = nil
-      batchStep = -1
-      step += 1
-      if step == settings.steps { status = .done }
-      return true
+      return advance(past: task)
     }
   }
 

@@ -353,10 +353,10 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     ]
     words += homes.map { Int64($0) }
     words.append(Int64(run.trainLosses.count))
-    words += run.trainLosses.map { Int64(bitPattern: $0.bitPattern) }
+    words += run.trainLosses.map { word($0) }
     words.append(Int64(run.evaluations.count))
     for e in run.evaluations {
-      words += [Int64(e.step), Int64(bitPattern: e.loss.bitPattern), Int64(bitPattern: e.accuracy.bitPattern)]
+      words += [Int64(e.step), word(e.loss), word(e.accuracy)]
     }
     send(.control(words, to: device))
     let deadline = Date(timeIntervalSinceNow: receiveTimeout)
@@ -381,11 +381,11 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       return w[i]
     }
     let homes = (0..<Int(next())).map { _ in Int(next()) }
-    let losses = (0..<Int(next())).map { _ in Double(bitPattern: UInt64(bitPattern: next())) }
+    let losses = (0..<Int(next())).map { _ in double(next()) }
     let evaluations = (0..<Int(next())).map { _ in
       Evaluation(
-        step: Int(next()), loss: Double(bitPattern: UInt64(bitPattern: next())),
-        accuracy: Double(bitPattern: UInt64(bitPattern: next())))
+        step: Int(next()), loss: double(next()),
+        accuracy: double(next()))
     }
     let run = runs[model]
     let start = DispatchTime.now().uptimeNanoseconds
@@ -399,8 +399,8 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       .control(
         [
           Op.workDone.rawValue, Int64(model), e == nil ? 0 : 1, Int64(e?.step ?? 0),
-          Int64(bitPattern: (e?.loss ?? 0).bitPattern), Int64(bitPattern: (e?.accuracy ?? 0).bitPattern),
-          Int64(bitPattern: seconds.bitPattern),
+          word(e?.loss ?? 0), word(e?.accuracy ?? 0),
+          word(seconds),
         ], to: 0))
   }
 
@@ -650,11 +650,11 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       dueAt[source] = nil
       if let next = remoteTasks[source]?.first { expect(source, next, from: now) }
       state.unlock()
-      let loss: Double? = w[6] != 0 ? Double(bitPattern: UInt64(bitPattern: w[7])) : nil
+      let loss: Double? = w[6] != 0 ? double(w[7]) : nil
       guard let completion else {
         throw RuntimeError("mpi: rank \(source) reported a task done that this rank did not send it")
       }
-      completion(RemoteOutcome(seconds: Double(bitPattern: UInt64(bitPattern: w[5])), loss: loss))
+      completion(RemoteOutcome(seconds: double(w[5]), loss: loss))
     case .move:
       try moveOut(model: Int(w[1]), shard: Int(w[2]), step: Int(w[3]), to: Int(w[4]))
     case .gather:
@@ -687,10 +687,10 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       let e =
         w[2] != 0
         ? Evaluation(
-          step: Int(w[3]), loss: Double(bitPattern: UInt64(bitPattern: w[4])),
-          accuracy: Double(bitPattern: UInt64(bitPattern: w[5]))) : nil
+          step: Int(w[3]), loss: double(w[4]),
+          accuracy: double(w[5])) : nil
       state.lock()
-      workResults[Int(w[1])] = (e, Double(bitPattern: UInt64(bitPattern: w[6])))
+      workResults[Int(w[1])] = (e, double(w[6]))
       state.broadcast()
       state.unlock()
     case .bye:
@@ -741,8 +741,8 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       .control(
         [
           Op.done.rawValue, Int64(task.model), Int64(task.shard), task.direction == .forward ? 0 : 1,
-          Int64(task.step), Int64(bitPattern: seconds.bitPattern), loss == nil ? 0 : 1,
-          Int64(bitPattern: (loss ?? 0).bitPattern),
+          Int64(task.step), word(seconds), loss == nil ? 0 : 1,
+          word(loss ?? 0),
         ], to: 0))
   }
 
@@ -769,6 +769,10 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     send(.data(DataKey(kind: .shardState, model: model, index: shard, step: step), packed, to: to))
   }
 }
+
+/// A Double carried in a control message's 64-bit word, bit for bit.
+private func word(_ x: Double) -> Int64 { Int64(bitPattern: x.bitPattern) }
+private func double(_ w: Int64) -> Double { Double(bitPattern: UInt64(bitPattern: w)) }
 
 /// 64-bit words in memory that stays put while MPI sends or receives them.
 private final class Words: @unchecked Sendable {
