@@ -55,6 +55,16 @@ public final class JobRunner {
     var madeScheduler: Scheduler?
     var startError: Error?
     do {
+      if distributed != nil && backend.deviceCount > 1,
+        case .int(let n)? = config.partitioner.options["profile_steps"], n > 0
+      {
+        // Each process would time the blocks itself, and slightly different times cut models
+        // into different shards.
+        throw InputError(
+          file: config.file, line: config.line(table: "partitioner", key: "profile_steps"),
+          "partitioner.profile_steps cannot be used with backend \"\(backend.name)\" on several processes: each would measure its own times and cut the models differently; leave it out (FLOP counts are the same everywhere)"
+        )
+      }
       plans = try plan()
       madeScheduler = try makeScheduler()
       if distributed != nil && cluster.devicesGiven && cluster.devices != backend.deviceCount {
@@ -77,10 +87,12 @@ public final class JobRunner {
           failures: failures.map { ($0.device, String($0.message.dropFirst(2))) },
           exitCode: failures.allSatisfy { $0.message.hasPrefix("2 ") } ? 2 : 1)
       }
-      guard try distributed.agree(on: stableHash(config.resolvedTOML())) else {
+      // The job as read and the shards it was cut into: every process must train the same.
+      let planned = config.resolvedTOML() + plans.map { "\($0.shards)" }.joined(separator: "\n")
+      guard try distributed.agree(on: stableHash(planned)) else {
         throw InputError(
           file: config.file,
-          "the processes of this job read different jobs (job file, --set options or data path differ between ranks); every rank must run the same job"
+          "the processes of this job read or planned different jobs (job file, --set options or data path differ between ranks); every rank must run the same job"
         )
       }
     }
