@@ -18,8 +18,9 @@ public final class BalancedPartitioner: Partitioner {
     let n = request.blocks.count
     guard n > 0 else { return [] }
 
-    // For each start i: the shards i..<e that fit are e in i+1...lastEnd[i] (footprints only grow
-    // with e), and their times, summed left to right like `request.seconds`.
+    // For each start i: the shards i..<e grown block by block until one does not fit (as
+    // `memory-greedy` grows them): e in i+1...lastEnd[i], and their times, summed left to right like
+    // `request.seconds`.
     var lastEnd = [Int](repeating: 0, count: n)
     var time = [[Double]](repeating: [], count: n)  // time[i][e - i - 1] = seconds(i..<e)
     for i in 0..<n {

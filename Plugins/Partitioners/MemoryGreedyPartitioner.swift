@@ -4,8 +4,10 @@ import HydraRuntime
 /// Hydra's partitioner: walk the blocks in order and start a new shard when the next block would
 /// take the current one past the shard budget. It takes no options.
 ///
-/// A shard's footprint only grows as blocks are added at either end (a block's input is part of the
-/// previous block's activations), so this gives the fewest shards that fit.
+/// A shard grows block by block until the next block does not fit. Where footprints grow with
+/// every block added (as in `gpt` and most `mlp`s) this gives the fewest shards that fit; a shard's
+/// footprint can shrink when a block with a smaller output joins it, and such longer shards are not
+/// looked for.
 public final class MemoryGreedyPartitioner: Partitioner {
   public let name = "memory-greedy"
   public init() {}

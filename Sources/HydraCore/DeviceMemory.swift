@@ -2,19 +2,38 @@ import Foundation
 
 /// The allocator accounting of one device: every tensor a device holds is charged here, so that a
 /// budget (`[cluster] device_memory`) can be enforced and the peak reported.
+///
+/// A device's memory has two levels. The device itself (`budget` = `device_memory`) holds shard
+/// states and, while a task runs, one lump: the task's **working set**, a child `DeviceMemory`
+/// opened with the bytes the task was planned to need (`open`) and closed when it ends. Everything
+/// the task allocates (activations, scratch, the tensors it receives and sends) is charged to the
+/// working set, so a prefetch running beside the task can never take room the task counts on, and
+/// the working set's peak is the task's measured need, to the byte.
 public final class DeviceMemory: @unchecked Sendable {
-  /// Bytes this device may hold at once; `Int.max` for no limit.
-  public let budget: Int
   public let label: String
+  /// The device this is the working set of; nil for a device (or a host store) itself.
+  public let parent: DeviceMemory?
   private let lock = NSLock()
+  private var _budget: Int
   private var _used = 0
   private var _peak = 0
 
+  /// A device (or host store) holding at most `budget` bytes; `Int.max` for no limit.
   public init(budget: Int = .max, label: String = "device") {
-    self.budget = budget
+    _budget = budget
     self.label = label
+    parent = nil
   }
 
+  /// The working set of `device`: holds nothing until `open`ed.
+  public init(workingSetOf device: DeviceMemory) {
+    _budget = 0
+    label = device.label
+    parent = device
+  }
+
+  /// Bytes this memory may hold at once (a working set: the bytes it was opened with).
+  public var budget: Int { lock.lock(); defer { lock.unlock() }; return _budget }
   public var used: Int { lock.lock(); defer { lock.unlock() }; return _used }
   public var peak: Int { lock.lock(); defer { lock.unlock() }; return _peak }
 
@@ -22,9 +41,9 @@ public final class DeviceMemory: @unchecked Sendable {
   public func reserve(_ bytes: Int) throws {
     lock.lock()
     defer { lock.unlock() }
-    if bytes > budget - _used {
+    if bytes > _budget - _used {
       throw DeviceMemoryError(
-        label: label, requested: bytes, used: _used, budget: budget)
+        label: label, requested: bytes, used: _used, budget: _budget, workingSet: parent != nil)
     }
     _used += bytes
     _peak = max(_peak, _used)
@@ -41,6 +60,31 @@ public final class DeviceMemory: @unchecked Sendable {
     _peak = _used
     lock.unlock()
   }
+
+  /// A working set: takes `bytes` of the device for one task, and starts its peak afresh.
+  /// Throws, taking nothing, when the device has no room.
+  public func open(_ bytes: Int) throws {
+    guard let parent else { preconditionFailure("open: \(label) is a device, not a working set") }
+    try parent.reserve(bytes)
+    lock.lock()
+    _budget = bytes
+    _peak = _used
+    lock.unlock()
+  }
+
+  /// A working set: gives its bytes back to the device. Returns the bytes still charged to it
+  /// (0 unless a tensor of the task outlived it: a bug the caller reports).
+  @discardableResult
+  public func close() -> Int {
+    guard let parent else { preconditionFailure("close: \(label) is a device, not a working set") }
+    lock.lock()
+    let bytes = _budget
+    let left = _used
+    _budget = 0
+    lock.unlock()
+    parent.release(bytes)
+    return left
+  }
 }
 
 public struct DeviceMemoryError: Error, CustomStringConvertible {
@@ -48,15 +92,21 @@ public struct DeviceMemoryError: Error, CustomStringConvertible {
   public let requested: Int
   public let used: Int
   public let budget: Int
-  public init(label: String, requested: Int, used: Int, budget: Int) {
+  /// True when the budget was a task's planned working set (the plan was wrong: a bug).
+  public let workingSet: Bool
+  public init(label: String, requested: Int, used: Int, budget: Int, workingSet: Bool = false) {
     self.label = label
     self.requested = requested
     self.used = used
     self.budget = budget
+    self.workingSet = workingSet
   }
   public var description: String {
-    "\(label): allocating \(formatBytes(requested)) would exceed the device budget of "
-      + "\(formatBytes(budget)) (\(formatBytes(used)) in use)"
+    workingSet
+      ? "\(label): a task allocating \(formatBytes(requested)) would exceed its planned working set of "
+        + "\(formatBytes(budget)) (\(formatBytes(used)) in use): the footprint model missed an allocation"
+      : "\(label): allocating \(formatBytes(requested)) would exceed the device budget of "
+        + "\(formatBytes(budget)) (\(formatBytes(used)) in use)"
   }
 }
 

@@ -104,7 +104,8 @@ public protocol Kernels: AnyObject {
   /// Softmax cross-entropy of logits(rows, classes) against targets(rows).
   /// Returns the summed loss (natural log, Double) and the number of rows whose arg-max (first
   /// maximum) equals the target. If `dlogits` is given it is overwritten with
-  /// (softmax(logits) - onehot(target)) * gradScale.
+  /// (softmax(logits) - onehot(target)) * gradScale. `dlogits` may be `logits` itself (the
+  /// gradient written over the logits, as the loss blocks do).
   func softmaxCrossEntropy(
     logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int, classes: Int,
     dlogits: UnsafeMutablePointer<Float>?, gradScale: Float

@@ -46,6 +46,14 @@ public protocol Backend: AnyObject {
   func fetch(_ key: TransferKey, to device: Int) throws -> Tensor
   /// Nothing needs the tensor under `key` any more; its holder frees it.
   func discard(_ key: TransferKey)
+  /// Whether a posted tensor stays in this process until discarded (`shm`: a fetch is the same
+  /// object), so that the host store may hold it, and spill it, between tasks. Otherwise it is
+  /// sent away or received afresh, and waits in RAM outside the store.
+  var tensorsStayInProcess: Bool { get }
+}
+
+extension Backend {
+  public var tensorsStayInProcess: Bool { false }
 }
 
 /// What a task that ran in another process reported.

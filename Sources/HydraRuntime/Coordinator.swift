@@ -29,8 +29,6 @@ public final class Coordinator: @unchecked Sendable {
   public let runs: [ModelRun]
   public let devices: [Device]
   public let scheduler: Scheduler
-  /// Bring the next task's shard off disk while the current task computes.
-  public let doubleBuffering: Bool
   /// Called on the device's thread after each completed step (evaluation, checkpoints, progress),
   /// and once when a model diverges; the device stays busy meanwhile.
   public var afterStep: (ModelRun, Device) throws -> Void = { _, _ in }
@@ -88,8 +86,7 @@ public final class Coordinator: @unchecked Sendable {
   /// `homes` places every shard's state on a device under a distributed backend (default: all on
   /// device 0); it is ignored otherwise.
   public init(
-    runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend, doubleBuffering: Bool = true,
-    homes: [[Int]]? = nil
+    runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend, homes: [[Int]]? = nil
   ) {
     precondition(backend.deviceCount == devices.count)
     self.backend = backend
@@ -100,7 +97,6 @@ public final class Coordinator: @unchecked Sendable {
     self.runs = runs
     self.devices = devices
     self.scheduler = scheduler
-    self.doubleBuffering = doubleBuffering
     assigned = Array(repeating: 0, count: devices.count)
     progress = runs.map {
       Progress(id: $0.id, step: 0, steps: $0.settings.steps, loss: nil, validationLoss: nil, status: "pending")
@@ -310,9 +306,6 @@ public final class Coordinator: @unchecked Sendable {
         // After a failure, a task chained behind the failed one must not run.
         if failed { throw CancellationError() }
         try distributed?.willRun(a.task, of: run, homes: modelHomes, movedFrom: movedFrom)
-        if doubleBuffering, let after = run.taskAfterNext, after.shard != a.task.shard {
-          run.prefetch(after.shard, to: device.index, keeping: a.task.shard)
-        }
         let completed = try run.run(a.task, kernels: device.kernels, device: device.index)
         let end = elapsed()
         run.seconds += end - start

@@ -10,10 +10,14 @@ public enum Residency: Equatable, Sendable {
   case elsewhere
 }
 
-/// The state of one shard of one model, as the host store moves it.
+/// The state of one shard of one model, as the host store moves it; or (`shard` < 0) tensors a
+/// model keeps between two of its tasks: a boundary activation or gradient, a tied weight in
+/// transit, the activations a forward kept for its backward.
 public final class ShardState {
   public let model: String
   public let shard: Int
+  /// For tensors in transit: what they are, for the spill file's name.
+  let label: String
   /// Parameters and optimizer state: what must survive a trip to disk.
   let persistent: [Tensor]
   /// For each of `persistent`: a parameter's value (else optimizer state).
@@ -28,10 +32,21 @@ public final class ShardState {
   init(model: String, shard: Int, parameters: [Parameter]) {
     self.model = model
     self.shard = shard
+    label = "s\(shard)"
     let owned = parameters
     persistent = owned.flatMap { [$0.value] + $0.state }
     isValue = owned.flatMap { [true] + Array(repeating: false, count: $0.state.count) }
     transient = owned.map(\.grad)
+  }
+
+  /// Tensors in transit between a model's tasks: all of them survive a trip to disk.
+  init(model: String, label: String, tensors: [Tensor]) {
+    self.model = model
+    shard = -1
+    self.label = label
+    persistent = tensors
+    isValue = Array(repeating: false, count: tensors.count)
+    transient = []
   }
 
   /// Bytes this shard's state takes wherever it is resident.
@@ -55,9 +70,12 @@ public final class HostStore: @unchecked Sendable {
   private let lock = NSLock()
   private var states: [ShardState] = []
   private var clock = 0
+  private var serial = 0
   private var deviceMemories: [Int: DeviceMemory] = [:]
   public private(set) var bytesWritten = 0
   public private(set) var bytesRead = 0
+  /// Of `bytesWritten`, the bytes of tensors in transit between a model's tasks (not shard state).
+  public private(set) var transitBytesWritten = 0
   /// The most RAM the store itself held at once.
   public var peakBytes: Int { memory.peak }
   private let prefetchQueue = DispatchQueue(label: "hydra.host-store.prefetch")
@@ -111,6 +129,12 @@ public final class HostStore: @unchecked Sendable {
   ) throws {
     lock.lock()
     defer { lock.unlock() }
+    try promoteLocked(state, to: index, footprint: footprint, pinned: pinned, alsoFree: alsoFree)
+  }
+
+  private func promoteLocked(
+    _ state: ShardState, to index: Int, footprint: Int, pinned: [ShardState], alsoFree: Int
+  ) throws {
     clock += 1
     state.lastUse = clock
     let device = deviceMemories[index]!
@@ -134,6 +158,71 @@ public final class HostStore: @unchecked Sendable {
       preconditionFailure("checked above")
     }
     state.residency = .device(index)
+  }
+
+  /// Starts a task of `state`'s shard on device `index`: makes the state resident there (as
+  /// `promote` does) and opens the device's `workingSet` with `bytes` for what the task allocates,
+  /// in one step under the store's lock, so that no prefetch can take the room in between.
+  public func beginTask(_ state: ShardState, on index: Int, workingSet: DeviceMemory, bytes: Int) throws {
+    lock.lock()
+    defer { lock.unlock() }
+    precondition(workingSet.parent === deviceMemories[index], "the working set of another device")
+    try promoteLocked(state, to: index, footprint: state.bytes + bytes, pinned: [], alsoFree: 0)
+    try workingSet.open(bytes)
+  }
+
+  /// Takes tensors a model keeps between its tasks (charged to a task's working set, or to
+  /// nothing) into RAM, or to disk when RAM is full: an entry `take` gives back.
+  public func hold(_ tensors: [Tensor], model: String, label: String) throws -> ShardState {
+    lock.lock()
+    defer { lock.unlock() }
+    serial += 1
+    let entry = ShardState(model: model, label: "\(label)-\(serial)", tensors: tensors)
+    states.append(entry)
+    try takeIn(entry)
+    return entry
+  }
+
+  /// Gives an entry of `hold` back, its tensors resident again and charged to `memory` (a task's
+  /// working set); the store forgets it.
+  public func take(_ entry: ShardState, into memory: DeviceMemory?) throws {
+    lock.lock()
+    defer { lock.unlock() }
+    guard let i = states.firstIndex(where: { $0 === entry }) else { return }
+    switch entry.residency {
+    case .disk:
+      try restore(entry, into: memory)
+      unlink(path(entry))
+    default:
+      for t in entry.persistent { try t.move(to: memory) }
+    }
+    states.remove(at: i)
+    entry.residency = .elsewhere
+  }
+
+  /// Drops an entry of `hold` that nothing will take (a model stopped mid-step): its tensors are
+  /// freed once nothing else holds them.
+  public func forget(_ entry: ShardState) {
+    lock.lock()
+    defer { lock.unlock() }
+    guard let i = states.firstIndex(where: { $0 === entry }) else { return }
+    states.remove(at: i)
+    if entry.residency == .disk { unlink(path(entry)) }
+    entry.residency = .elsewhere
+  }
+
+  /// Bytes of shard states resident on device `index` now.
+  public func residentOn(device index: Int) -> Int {
+    lock.lock()
+    defer { lock.unlock() }
+    return states.filter { $0.residency == .device(index) }.reduce(0) { $0 + $1.bytes }
+  }
+
+  /// Entries of `hold` the store has now (none once every model is done).
+  public var heldEntries: Int {
+    lock.lock()
+    defer { lock.unlock() }
+    return states.filter { $0.shard < 0 }.count
   }
 
   /// Starts promoting `state` to device `index` on a background thread (double buffering): the
@@ -287,7 +376,7 @@ public final class HostStore: @unchecked Sendable {
     state.residency = .host
   }
 
-  private func path(_ state: ShardState) -> String { "\(folder)/\(state.model)-s\(state.shard).bin" }
+  private func path(_ state: ShardState) -> String { "\(folder)/\(state.model)-\(state.label).bin" }
 
   private func evict(_ state: ShardState) throws {
     var isFolder: ObjCBool = false
@@ -313,11 +402,12 @@ public final class HostStore: @unchecked Sendable {
     }
     for t in state.transient { try t.evict(to: fd, offset: 0, write: false) }
     bytesWritten += offset
+    if state.shard < 0 { transitBytesWritten += offset }
     state.uncharged = false
     state.residency = .disk
   }
 
-  private func restore(_ state: ShardState, into target: DeviceMemory) throws {
+  private func restore(_ state: ShardState, into target: DeviceMemory?) throws {
     let fd = open(path(state), O_RDONLY)
     guard fd >= 0 else {
       throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))")

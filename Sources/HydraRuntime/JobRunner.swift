@@ -45,6 +45,26 @@ public final class JobRunner {
     public var request: PartitionRequest
     public var shards: [Range<Int>]
     public var policy: ActivationPolicy
+    /// What the plan changed from the job file's settings, for the user (double buffering off).
+    public var notes: [String] = []
+  }
+
+  /// The device budget: `[cluster] device_memory`, or a quarter of this machine's memory shared
+  /// by the devices of this process (a device is never unlimited).
+  public var deviceBudget: Int {
+    config.cluster.deviceMemory ?? MachineMemory.share(fraction: 4, parts: devicesPerProcess)
+  }
+
+  /// The host store's RAM: `[cluster] host_memory`, or half of this machine's memory.
+  public var hostBudget: Int {
+    config.cluster.hostMemory ?? MachineMemory.share(fraction: 2, parts: 1)
+  }
+
+  /// Devices in one process: `devices` under `shm`, one per rank otherwise (and the ranks on one
+  /// machine share it, when the launcher says how many there are).
+  private var devicesPerProcess: Int {
+    if config.cluster.backend == "shm" { return max(config.cluster.devices, 1) }
+    return MachineMemory.localProcesses
   }
 
   public func run() throws -> Result {
@@ -98,21 +118,24 @@ public final class JobRunner {
     }
     if let startError { throw startError }
     let local = distributed?.localDevice ?? 0
-    let budget = cluster.deviceMemory ?? .max
+    let budget = deviceBudget
+    // A device's kernels charge its working set (one task's allocations); the device's own memory,
+    // above it, holds shard states too.
     let devices = try (0..<backend.deviceCount).map { d in
       Device(
         index: d,
         kernels: try registry.makeKernels(
           cluster.kernels, threads: cluster.threadsPerDevice,
-          memory: DeviceMemory(budget: budget, label: "device \(d)")))
+          memory: DeviceMemory(workingSetOf: DeviceMemory(budget: budget, label: "device \(d)"))))
     }
     // Each process spills into a folder of its own, removed at the end: `<output>/spill` (under mpi
     // `spill/rank-N`), or a new folder inside the job's `spill_folder` (never that folder itself).
     let spill =
       cluster.spillFolder.map { "\($0)/hydra-\(config.job.name)-rank\(local)-pid\(getpid())" }
       ?? config.job.output + (distributed == nil ? "/spill" : "/spill/rank-\(local)")
-    let store = HostStore(budget: cluster.hostMemory ?? .max, folder: spill)
-    for d in devices { store.attach(device: d.index, memory: d.kernels.memory) }
+    let store = HostStore(budget: hostBudget, folder: spill)
+    for d in devices { store.attach(device: d.index, memory: d.memory) }
+    for plan in plans { for note in plan.notes { log(note) } }
     if distributed != nil && local != 0 { log = { _ in } }  // a process that only runs tasks: no log
     let folder =
       local == 0 ? try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML(), append: resume) : nil
@@ -153,9 +176,7 @@ public final class JobRunner {
     let output = folder!
     let lock = NSLock()
     let scheduler = madeScheduler!
-    let coordinator = Coordinator(
-      runs: runs, devices: devices, scheduler: scheduler, backend: backend, doubleBuffering: cluster.doubleBuffering,
-      homes: homes)
+    let coordinator = Coordinator(runs: runs, devices: devices, scheduler: scheduler, backend: backend, homes: homes)
     coordinator.afterStep = { [self] run, device in
       let diverged = run.status.name == "diverged"
       let evaluate = run.evaluationDue && !diverged
@@ -232,7 +253,7 @@ public final class JobRunner {
         title: "\(config.job.name): validation loss", yLabel: "validation loss"))
     let memory: [String: Any] = [
       "devices": devices.map { d -> [String: Any] in
-        var m: [String: Any] = ["index": d.index, "peak_bytes": d.kernels.memory.peak]
+        var m: [String: Any] = ["index": d.index, "peak_bytes": d.memory.peak]
         if let r = reports.first(where: { $0.device == d.index }) {
           m["peak_bytes"] = r.peakBytes
           m["host"] = r.host
@@ -245,9 +266,9 @@ public final class JobRunner {
         return m
       },
       "host_store": [
-        "peak_bytes": store.peakBytes, "budget_bytes": cluster.hostMemory as Any,
+        "peak_bytes": store.peakBytes, "budget_bytes": hostBudget,
         "bytes_written_to_disk": store.bytesWritten, "bytes_read_from_disk": store.bytesRead,
-      ].compactMapValues { $0 is NSNull ? nil : $0 },
+      ],
     ]
     var decisions: [String: Any] = [
       "scheduler": scheduler.name, "decisions": coordinator.decisions,
@@ -279,6 +300,9 @@ public final class JobRunner {
       "id": run.id, "overrides": overrides,
       "status": run.status.isFinished || run.step == 0 ? run.status.name : "paused", "steps": run.step,
       "seconds": run.seconds, "shards": run.shards.map { [$0.lowerBound, $0.upperBound] },
+      // Per shard: the working set planned, and the most a task of it allocated in this process.
+      "working_set_bytes": run.workingSets, "measured_working_set_bytes": run.measuredWorkingSets,
+      "footprint_bytes": run.footprints,
       "seed": run.seed,
     ]
     if case .diverged(let step) = run.status { s["diverged_at_step"] = step }
@@ -317,7 +341,7 @@ public final class JobRunner {
   /// shards, activation policy. Bad input of any kind is found here, before the output folder exists.
   public func plan() throws -> [Plan] {
     let cluster = config.cluster
-    let budget = cluster.deviceMemory ?? .max
+    let budget = deviceBudget
     let partitioner = try registry.makePartitioner(config.partitioner.name)
     let specs = try modelSpecs()
     // `profile_steps` is the runtime's option, not the plugin's.
@@ -337,28 +361,34 @@ public final class JobRunner {
       ? try registry.makeKernels(
         cluster.kernels, threads: cluster.threadsPerDevice, memory: DeviceMemory(label: "profile"))
       : nil
-    // Every model may be in the middle of a step on one device (a scheduler interleaves them):
-    // what each keeps between its tasks counts against every device's budget.
-    let held = zip(specs, config.members).map { $0.spec.bytesHeldBetweenTasks(batch: $1.train.batchSize) }
-    let allBoundaries = held.reduce(0) { $0 + $1.boundaries }
-    let allKept = held.reduce(0) { $0 + $1.kept }
+    // Between its tasks a model keeps its boundary tensors, tied weights in transit and (unless
+    // recomputed) every block's activations in the host store, beside every shard's state. "auto"
+    // keeps activations when all of that, for every model at once, fits the store's RAM: otherwise
+    // they would go to disk and back, which costs more than computing them again.
     let checkpointing: Bool
     switch cluster.activationCheckpointing {
     case "true": checkpointing = true
     case "false": checkpointing = false
     default:
-      // Keep every block's activations from forward to backward when, for every model at once,
-      // that takes at most half the budget (the other half is for running shards).
-      checkpointing = budget != .max && allKept > (budget - min(budget, allBoundaries)) / 2
+      var total = 0
+      for (spec, member) in zip(specs.map(\.spec), config.members) {
+        let held = spec.bytesHeldBetweenTasks(batch: member.train.batchSize)
+        let copies = member.train.optimizer == "sgd" ? 1 : 2
+        let state = (0..<spec.blockCount).reduce(0) { $0 + spec.blockCosts($1).stateBytes(stateCopies: copies) }
+        for part in [held.boundaries, held.kept, state] {
+          let (sum, overflow) = total.addingReportingOverflow(part)
+          total = overflow ? .max : sum
+        }
+      }
+      checkpointing = total > hostBudget
     }
-    let reserved = allBoundaries + (checkpointing ? 0 : allKept)
     return try specs.enumerated().map { i, pair in
       let (spec, data) = pair
       let member = config.members[i]
       let batch = member.train.batchSize
-      let request = spec.partitionRequest(
-        batch: batch, stateCopies: member.train.optimizer == "sgd" ? 1 : 2, budget: budget, reserved: reserved,
-        doubleBuffering: cluster.doubleBuffering,
+      var request = spec.partitionRequest(
+        batch: batch, stateCopies: member.train.optimizer == "sgd" ? 1 : 2, budget: budget,
+        doubleBuffering: cluster.doubleBuffering, activationCheckpointing: checkpointing,
         blockSeconds: try profileKernels.map { kernels in
           let key = "\(spec) \(batch)"
           if let p = profiles[key] { return p }
@@ -367,25 +397,38 @@ public final class JobRunner {
           return p
         },
         options: partitionerOptions)
+      var notes: [String] = []
       let shards: [Range<Int>]
       do {
-        shards = try partitioner.partition(request)
+        do {
+          shards = try partitioner.partition(request)
+        } catch let e as PartitionError where request.doubleBuffering && e.key == "cluster.device_memory" {
+          // A block too big for half the device: this model runs single-buffered (its next shard is
+          // promoted when its task starts, not while the previous one computes).
+          var single = request
+          single.doubleBuffering = false
+          shards = try partitioner.partition(single)
+          request = single
+          notes.append(
+            "\(member.id): a shard does not fit half of the device budget (\(formatBytes(budget))), so double buffering is off for this model"
+          )
+        }
       } catch let e as PartitionError {
         let parts = e.key.split(separator: ".", maxSplits: 1).map(String.init)
         let line =
           parts.count == 2 ? config.line(table: parts[0], key: parts[1]) : config.line(table: e.key, key: "name")
-        let aside =
-          reserved > 0 && budget != .max
-          ? " (of cluster.device_memory = \(formatBytes(budget)), \(formatBytes(reserved)) is set aside for \(checkpointing ? "" : "kept activations and ")shard boundaries)"
-          : ""
-        throw InputError(file: config.file, line: line, "\(member.id): \(e.message)\(aside)")
+        let given =
+          cluster.deviceMemory == nil
+          ? " (cluster.device_memory is not set: a quarter of this machine's memory, shared by its devices)" : ""
+        throw InputError(file: config.file, line: line, "\(member.id): \(e.message)\(given)")
       }
       precondition(
         validatePartition(shards, blockCount: spec.blockCount), "partitioner \(partitioner.name) returned \(shards)")
       if let initPath = member.model.initPath { try Checkpoint.check(spec, against: initPath) }
       return Plan(
         spec: spec, data: data, request: request, shards: shards,
-        policy: ActivationPolicy(checkpointing: checkpointing, releaseBuffers: budget != .max))
+        policy: ActivationPolicy(checkpointing: checkpointing, releaseBuffers: true, prefetch: request.doubleBuffering),
+        notes: notes)
     }
   }
 
@@ -419,7 +462,8 @@ public final class JobRunner {
       let run = try ModelRun(
         index: i, id: member.id, spec: plan.spec, seed: member.seed, settings: settings, data: plan.data,
         shards: plan.shards, backend: backend, store: store, policy: plan.policy,
-        footprints: plan.shards.map { plan.request.footprint($0) }, keep: { keep(i, $0) })
+        footprints: plan.shards.map { plan.request.footprint($0) },
+        workingSets: plan.shards.map { plan.request.workingSet($0) }, keep: { keep(i, $0) })
       let folder = config.job.output + "/checkpoints/" + member.id
       if resume && Checkpoint.canResume(from: folder) {
         try Checkpoint.resume(run, from: folder)

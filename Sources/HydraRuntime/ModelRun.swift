@@ -57,9 +57,13 @@ public struct ActivationPolicy: Sendable, Equatable {
   /// Free every block buffer after its shard's backward (and, with checkpointing, after its
   /// forward), so that a device with a budget holds only what the running shard needs.
   public var releaseBuffers: Bool
-  public init(checkpointing: Bool = false, releaseBuffers: Bool = false) {
+  /// Bring the next shard of this model onto the device while the current one computes (double
+  /// buffering); off for a model whose shards do not fit the device twice.
+  public var prefetch: Bool
+  public init(checkpointing: Bool = false, releaseBuffers: Bool = false, prefetch: Bool = false) {
     self.checkpointing = checkpointing
     self.releaseBuffers = releaseBuffers
+    self.prefetch = prefetch
   }
 }
 
@@ -82,8 +86,13 @@ public final class ModelRun {
   /// Contiguous ranges of block indices, covering every block once, in order.
   public let shards: [Range<Int>]
   public let policy: ActivationPolicy
-  /// Bytes each shard's task needs on its device (state and activations), made free before it runs.
+  /// Bytes each shard's task needs on its device (state and working set), made free before it runs.
   public let footprints: [Int]
+  /// Bytes each shard's task allocates beside its state (`PartitionRequest.workingSet`): what its
+  /// device's working set is opened with when the device has one (`DeviceMemory.parent`).
+  public let workingSets: [Int]
+  /// The most each shard's tasks really allocated (the working set's peak), per shard.
+  public private(set) var measuredWorkingSets: [Int]
   /// The state of each shard, as the host store moves it (nil without a store).
   public let shardStates: [ShardState]
   private let store: HostStore?
@@ -107,6 +116,13 @@ public final class ModelRun {
   private var batchStep = -1
   /// Moves boundary activations, their gradients and tied weights between this model's tasks.
   public let backend: Backend
+  /// What this model keeps between its tasks, in the host store: tensors posted (by key) and the
+  /// activations a shard's forward kept for its backward (by shard).
+  private var held: [TransferKey: ShardState] = [:]
+  private var kept: [Int: ShardState] = [:]
+  /// The transfers the running task posted or fetched, and those it discarded.
+  private var touched: [TransferKey: Tensor] = [:]
+  private var discarded: Set<TransferKey> = []
 
   public private(set) var trainLosses: [Double] = []
   public private(set) var evaluations: [Evaluation] = []
@@ -119,10 +135,12 @@ public final class ModelRun {
     index: Int, id: String, spec: ModelSpec, seed: UInt64, settings: TrainSettings,
     data: BatchSource, shards: [Range<Int>], backend: Backend, memory: DeviceMemory? = nil,
     store: HostStore? = nil, policy: ActivationPolicy = ActivationPolicy(), footprints: [Int]? = nil,
-    keep: (Int) -> Bool = { _ in true }
+    workingSets: [Int]? = nil, keep: (Int) -> Bool = { _ in true }
   ) throws {
     self.backend = backend
     self.footprints = footprints ?? Array(repeating: 0, count: shards.count)
+    self.workingSets = workingSets ?? Array(repeating: 0, count: shards.count)
+    measuredWorkingSets = Array(repeating: 0, count: shards.count)
     precondition(shards.first?.lowerBound == 0 && shards.last?.upperBound == spec.blockCount)
     self.index = index
     self.id = id
@@ -155,6 +173,11 @@ public final class ModelRun {
       } else {
         for p in params { for t in [p.value, p.grad] + p.state { try t.move(to: memory) } }
       }
+    }
+    // The blocks of a shard share one workspace: their backwards run one after another.
+    for range in shards {
+      let workspace = Workspace()
+      for b in range { blocks[b].workspace = workspace }
     }
     self.blocks = blocks
     self.shardStates = states
@@ -274,14 +297,13 @@ public final class ModelRun {
     try store.promote(shardStates[shard], to: deviceIndex, footprint: footprints[shard])
   }
 
-  /// Starts bringing the state of `shard` off disk in the background (double buffering).
+  /// Starts bringing the state of `shard` onto `device` in the background (double buffering),
+  /// beside the running shard's state and working set, which it never displaces.
   public func prefetch(_ shard: Int, to device: Int, keeping running: Int) {
     guard let store else { return }
-    // The running task may not have allocated its activations yet: keep room for them.
-    let running = shardStates[running]
     store.prefetch(
-      shardStates[shard], to: device, footprint: footprints[shard], pinned: [running],
-      alsoFree: max(0, footprints[running.shard] - running.bytes))
+      shardStates[shard], to: device, footprint: shardStates[shard].bytes, pinned: [shardStates[running]],
+      alsoFree: 0)
   }
 
   /// The parameters and optimizer state of `shard`, in the order `readState` lays them out (or the
@@ -332,13 +354,107 @@ public final class ModelRun {
 
   /// Runs `task`, which must be `nextTask`, on `kernels` of device `device`. Returns true when it
   /// completed a step.
+  ///
+  /// Where the device has a working set (`kernels.memory.parent`), the task's shard state is made
+  /// resident and the working set opened with the shard's planned bytes before anything runs;
+  /// everything the task allocates is charged there, and when it ends what the model keeps for
+  /// later tasks goes to the host store and the working set is closed, empty.
   @discardableResult
   public func run(_ task: ShardTask, kernels: Kernels, device: Int = 0) throws -> Bool {
     precondition(task == nextTask, "\(id): ran \(task) out of order (expected \(String(describing: nextTask)))")
     status = .running
+    let s = task.shard
+    try begin(shard: s, kernels: kernels, device: device)
+    if policy.prefetch, let after = taskAfterNext, after.shard != s {
+      prefetch(after.shard, to: device, keeping: s)
+    }
+    let completed: Bool
+    do {
+      completed = try runTask(task, kernels: kernels, device: device)
+    } catch {
+      try? end(shard: s, kernels: kernels, failed: true)
+      throw error
+    }
+    try end(shard: s, kernels: kernels, failed: false)
+    return completed
+  }
+
+  /// Whether `kernels` charge a working set opened per task (a device of the job), rather than a
+  /// plain memory (tests that run a model alone).
+  private func hasWorkingSet(_ kernels: Kernels) -> Bool { kernels.memory.parent != nil && store != nil }
+
+  private func begin(shard s: Int, kernels: Kernels, device: Int) throws {
+    touched = [:]
+    discarded = []
+    if hasWorkingSet(kernels) {
+      try store!.beginTask(shardStates[s], on: device, workingSet: kernels.memory, bytes: workingSets[s])
+    } else {
+      try promote(s, to: device)
+    }
+  }
+
+  /// The task on shard `s` ended: what it posted or fetched that later tasks need goes to the host
+  /// store, the rest is let go, and the working set closes. Throws when a tensor of the task is
+  /// still charged to it (the footprint model and the runtime disagree).
+  private func end(shard s: Int, kernels: Kernels, failed: Bool) throws {
+    let memory = kernels.memory
+    let working = hasWorkingSet(kernels)
+    if store != nil {
+      for (key, t) in touched {
+        if !failed && !discarded.contains(key) && backend.tensorsStayInProcess {
+          held[key] = try store!.hold([t], model: id, label: "\(key.kind)\(key.index)")
+        } else if working {
+          // Sent to another process, or dropped: no longer this task's to account for.
+          try? t.move(to: nil)
+        }
+      }
+    }
+    touched = [:]
+    discarded = []
+    guard working else { return }
+    measuredWorkingSets[s] = max(measuredWorkingSets[s], memory.peak)
+    let left = memory.close()
+    if left != 0 && !failed {
+      throw RuntimeError(
+        "\(id) shard \(s): \(formatBytes(left)) still charged to device \(device(of: kernels)) after its task ended (a tensor the runtime does not account for)"
+      )
+    }
+  }
+
+  private func device(of kernels: Kernels) -> String { kernels.memory.label }
+
+  /// Posts `tensor` (made by the running task) for a task of shard `consumer`.
+  private func post(_ tensor: Tensor, _ key: TransferKey, device: Int, for consumer: Int) throws {
+    try backend.post(tensor, key: key, from: device, for: consumer)
+    touched[key] = tensor
+  }
+
+  /// The tensor posted as `key`, resident and charged to the running task's memory.
+  private func fetch(_ key: TransferKey, device: Int, memory: DeviceMemory) throws -> Tensor {
+    if let t = touched[key] { return t }
+    let t = try backend.fetch(key, to: device)
+    if let entry = held.removeValue(forKey: key) {
+      try store!.take(entry, into: memory)
+    } else if t.memory == nil && store != nil && memory.parent != nil {
+      try t.move(to: memory)  // arrived from another process, charged nowhere yet
+    }
+    touched[key] = t
+    return t
+  }
+
+  private func discard(_ key: TransferKey) {
+    backend.discard(key)
+    discarded.insert(key)
+    if let entry = held.removeValue(forKey: key) { store?.forget(entry) }
+  }
+
+  /// Whether a task's block buffers are freed when it ends: always on a device with a working set.
+  private func releasing(_ kernels: Kernels) -> Bool { policy.releaseBuffers || hasWorkingSet(kernels) }
+
+  private func runTask(_ task: ShardTask, kernels: Kernels, device: Int) throws -> Bool {
     let k = shards.count
     let s = task.shard
-    try promote(s, to: device)
+    let memory = kernels.memory
     // A pure function of (seed, step): made again wherever this step's earlier tasks ran elsewhere.
     if batchStep != step {
       batch = data.trainBatch(step: step, batchSize: settings.batchSize, seed: seed, shuffle: settings.shuffle)
@@ -354,42 +470,55 @@ public final class ModelRun {
         if !loss.isFinite {
           status = .diverged(step: step)
           discardStep()
-          if policy.releaseBuffers { for b in blocks { b.releaseBuffers() } }
+          if releasing(kernels) { for b in blocks { b.releaseBuffers() } }
           return false
         }
       } else {
-        try backend.post(try copy(out, kernels: kernels), key: key(.activation, s, step), from: device, for: s + 1)
-        if policy.checkpointing { release(shard: s) }
+        try post(try copy(out, kernels: kernels), key(.activation, s, step), device: device, for: s + 1)
+      }
+      if policy.checkpointing && s < k - 1 {
+        release(shard: s)
+      } else {
+        // Scratch goes; what the backward reads waits in the host store.
+        shards[s].forEach { blocks[$0].workspace.release() }
+        if let store, hasWorkingSet(kernels) || policy.releaseBuffers {
+          kept[s] = try store.hold(
+            shards[s].flatMap { blocks[$0].keptTensors }, model: id, label: "kept\(s)")
+        }
       }
       return advance(past: task)
     case .backward:
       for p in parameters(ofShard: s) { kernels.fill(p.grad.data, value: 0, count: p.count) }
+      if let entry = kept.removeValue(forKey: s) { try store!.take(entry, into: memory) }
       if policy.checkpointing && s < k - 1 {
         // Recompute what the forward released.
         _ = try forward(shard: s, batch: batch!, kernels: kernels, device: device, training: false)
+      } else if s > 0 {
+        // The first block reads its input again: bring it back from the store.
+        _ = try fetch(key(.activation, s - 1, step), device: device, memory: memory)
       }
-      var grad = s == k - 1 ? nil : try backend.fetch(key(.gradient, s, step), to: device)
+      var grad = s == k - 1 ? nil : try fetch(key(.gradient, s, step), device: device, memory: memory)
       for b in shards[s].reversed() { grad = try blocks[b].backward(grad, kernels: kernels) }
       // A tied weight's two gradients: the owner's own, then the replica's, in that fixed order.
       for (t, tie) in ties.enumerated() {
         if tie.replicaShard == s {
-          try backend.post(
-            try copy(tie.replica.grad, kernels: kernels), key: key(.tiedGradient, t, step), from: device,
+          try post(
+            try copy(tie.replica.grad, kernels: kernels), key(.tiedGradient, t, step), device: device,
             for: tie.ownerShard)
         }
         if tie.ownerShard == s {
-          let g = try backend.fetch(key(.tiedGradient, t, step), to: device)
+          let g = try fetch(key(.tiedGradient, t, step), device: device, memory: memory)
           kernels.accumulate(g.data, into: tie.owner.grad.data, count: g.count)
-          backend.discard(key(.tiedGradient, t, step))
+          discard(key(.tiedGradient, t, step))
         }
       }
       try settings.optimizer.apply(to: parameters(ofShard: s), step: step, kernels: kernels)
       if s > 0 {
-        try backend.post(try copy(grad!, kernels: kernels), key: key(.gradient, s - 1, step), from: device, for: s - 1)
+        try post(try copy(grad!, kernels: kernels), key(.gradient, s - 1, step), device: device, for: s - 1)
       }
-      if s < k - 1 { backend.discard(key(.gradient, s, step)) }
-      if s > 0 { backend.discard(key(.activation, s - 1, step)) }
-      if policy.releaseBuffers { release(shard: s) }
+      if s < k - 1 { discard(key(.gradient, s, step)) }
+      if s > 0 { discard(key(.activation, s - 1, step)) }
+      if releasing(kernels) { release(shard: s) }
       return advance(past: task)
     }
   }
@@ -397,32 +526,35 @@ public final class ModelRun {
   /// Whatever this step posted that no task will take any more (a model that stopped mid-step).
   private func discardStep() {
     for s in 0..<shards.count {
-      backend.discard(key(.activation, s, step))
-      backend.discard(key(.gradient, s, step))
+      discard(key(.activation, s, step))
+      discard(key(.gradient, s, step))
     }
     for t in ties.indices {
-      backend.discard(key(.tiedValue, t, step))
-      backend.discard(key(.tiedGradient, t, step))
+      discard(key(.tiedValue, t, step))
+      discard(key(.tiedGradient, t, step))
     }
+    for entry in kept.values { store?.forget(entry) }
+    kept = [:]
   }
 
   /// The forward of shard `s`'s blocks from its input (the previous shard's posted output, or the
   /// batch), with tied values passed along. Returns the last block's output. `training` false is a
   /// recomputation: nothing is posted again.
   private func forward(shard s: Int, batch: Batch, kernels: Kernels, device: Int, training: Bool) throws -> Tensor {
-    for (t, tie) in ties.enumerated() {
-      if tie.ownerShard == s && training {
-        try backend.post(
-          try copy(tie.owner.value, kernels: kernels), key: key(.tiedValue, t, step), from: device,
+    // A recomputation finds the replica's value in place from the training forward.
+    for (t, tie) in ties.enumerated() where training {
+      if tie.ownerShard == s {
+        try post(
+          try copy(tie.owner.value, kernels: kernels), key(.tiedValue, t, step), device: device,
           for: tie.replicaShard)
       }
       if tie.replicaShard == s {
-        let v = try backend.fetch(key(.tiedValue, t, step), to: device)
+        let v = try fetch(key(.tiedValue, t, step), device: device, memory: kernels.memory)
         kernels.copy(v.data, tie.replica.value.data, count: v.count)
-        if training { backend.discard(key(.tiedValue, t, step)) }
+        discard(key(.tiedValue, t, step))
       }
     }
-    var act = s == 0 ? nil : try backend.fetch(key(.activation, s - 1, step), to: device)
+    var act = s == 0 ? nil : try fetch(key(.activation, s - 1, step), device: device, memory: kernels.memory)
     for b in shards[s] { act = try blocks[b].forward(BlockInput(activation: act, batch: batch), kernels: kernels) }
     return act!
   }
@@ -457,36 +589,70 @@ public final class ModelRun {
   public func evaluate(kernels: Kernels, device: Int = 0) throws -> Evaluation {
     var lossSum = 0.0, correct = 0, count = 0
     let k = shards.count
-    // One device runs the whole evaluation, shard after shard: the tied value is taken from the
-    // owner before its shard may leave the device.
-    var tied: [Tensor] = []
+    let memory = kernels.memory
+    // One device runs the whole evaluation, shard after shard, each a task of its own (its state
+    // promoted, its working set opened). What passes from one shard to the next (the boundary
+    // activation, and the tied value taken from the owner before its shard may leave the device)
+    // waits in the host store in between, as in training.
+    var tied: [ShardState?] = Array(repeating: nil, count: ties.count)
+    var tiedTensors: [Tensor?] = Array(repeating: nil, count: ties.count)
+    defer { for e in tied.compactMap({ $0 }) { store?.forget(e) } }
     for batch in data.validationBatches(batchSize: settings.batchSize, limit: settings.evalBatches) {
-      var input: Tensor? = nil
+      var input: (tensor: Tensor, entry: ShardState?)? = nil
       for s in 0..<k {
-        try promote(s, to: device)
+        try begin(shard: s, kernels: kernels, device: device)
+        var ok = false
+        defer { if !ok { try? end(shard: s, kernels: kernels, failed: true) } }
+        if let entry = input?.entry { try store!.take(entry, into: memory) }
+        var used: [Int] = []
         for (t, tie) in ties.enumerated() {
-          if tie.ownerShard == s && tied.count <= t { tied.append(try copy(tie.owner.value, kernels: kernels)) }
-          if tie.replicaShard == s { kernels.copy(tied[t].data, tie.replica.value.data, count: tied[t].count) }
+          if tie.ownerShard == s && tiedTensors[t] == nil {
+            tiedTensors[t] = try copy(tie.owner.value, kernels: kernels)
+            used.append(t)
+          }
+          if tie.replicaShard == s, let v = tiedTensors[t] {
+            if let e = tied[t] {
+              try store!.take(e, into: memory)
+              tied[t] = nil
+              used.append(t)
+            }
+            kernels.copy(v.data, tie.replica.value.data, count: v.count)
+          }
         }
-        var act = input
+        var act = input?.tensor
         for b in shards[s] { act = try blocks[b].forward(BlockInput(activation: act, batch: batch), kernels: kernels) }
+        var output: Tensor?
         if s < k - 1 {
-          input = try copy(act!, kernels: kernels)
-          if policy.releaseBuffers { release(shard: s) }
+          output = try copy(act!, kernels: kernels)
+        } else {
+          let r = try (blocks.last as! LossBlock).loss(targets: batch.targets, kernels: kernels, keepGradient: false)
+          lossSum += r.loss * Double(r.count)
+          correct += r.correct
+          count += r.count
         }
+        act = nil
+        if releasing(kernels) { release(shard: s) }
+        // This shard's input is spent; its output and the tied values it used wait in the store.
+        if let old = input?.tensor, hasWorkingSet(kernels) { try old.move(to: nil) }
+        input = nil
+        if let output { input = (output, try stash(output, label: "eval\(s)", kernels: kernels)) }
+        for t in Set(used) { tied[t] = try stash(tiedTensors[t]!, label: "evaltied\(t)", kernels: kernels) }
+        ok = true
+        try end(shard: s, kernels: kernels, failed: false)
       }
-      let r = try (blocks.last as! LossBlock).loss(targets: batch.targets, kernels: kernels, keepGradient: false)
-      input = nil
-      if policy.releaseBuffers { release(shard: k - 1) }
-      lossSum += r.loss * Double(r.count)
-      correct += r.correct
-      count += r.count
     }
     let e = Evaluation(
       step: step, loss: count > 0 ? lossSum / Double(count) : .nan,
       accuracy: count > 0 ? Double(correct) / Double(count) : .nan)
     evaluations.append(e)
     return e
+  }
+
+  /// Puts a tensor an evaluation passes between shards into the host store (when the device
+  /// has a working set: otherwise it simply stays where it is).
+  private func stash(_ t: Tensor, label: String, kernels: Kernels) throws -> ShardState? {
+    guard hasWorkingSet(kernels) else { return nil }
+    return try store!.hold([t], model: id, label: label)
   }
 
   /// Every shard's state in turn on `device` (for writing a checkpoint), in block order.

@@ -3,16 +3,12 @@ import HydraCore
 
 /// What a partitioner is asked: one model's blocks with their costs, and the device budget.
 ///
-/// The footprint of a shard (blocks `l..<r`) is what it needs on the device while it runs:
-/// - the state of all its blocks: parameters + gradients + optimizer state;
-/// - its input boundary activation (the output of block `l - 1`; none for block 0), held from the
-///   shard's forward to its backward because its first block's backward reads it;
-/// - activations: without checkpointing, every block's; with checkpointing only the largest single
-///   block's (the one being recomputed in the backward);
-/// - the workspace (backward scratch) of all its blocks: each keeps its own until the shard's
-///   backward ends;
-/// the last three per sample, times the batch size. The boundary tensors passed between shards are
-/// not in it: the runtime sets their bytes aside from the budget before it asks.
+/// The footprint of a shard (blocks `l..<r`) is, to the byte, what the runtime holds on the device
+/// while one of its tasks runs: the shard's state (parameters, gradients, optimizer state; a tied
+/// replica's value and gradient) and the task's **working set**, the larger of a forward's and a
+/// backward's (`workingSet`). Nothing else stays on a device between tasks: what a model keeps
+/// from one task to the next waits in the host store. So the budget a model needs depends on its
+/// largest shard, never on how many models the job has.
 public struct PartitionRequest: Sendable {
   /// The costs of the model's blocks, in model order.
   public var blocks: [BlockCosts]
@@ -35,13 +31,18 @@ public struct PartitionRequest: Sendable {
   /// (block 0 reads the batch). Each must be <= the previous block's `activationBytesPerSample`, which
   /// includes its output. nil: the previous block's `activationBytesPerSample` (an upper bound).
   public var inputBytesPerSample: [Int]?
+  /// Weights one block owns and another uses a replica of (the `gpt` head's token embedding): a
+  /// task of either shard holds one copy of the value (forward) or of the replica's gradient
+  /// (backward) in transit.
+  public var ties: [TiedWeight]
   /// The `[partitioner]` table without `name`: the plugin's options.
   public var options: [String: ConfigValue]
 
   public init(
     blocks: [BlockCosts], blockNames: [String]? = nil, batchSize: Int, stateCopies: Int,
     budget: Int = .max, doubleBuffering: Bool = false, activationCheckpointing: Bool = false,
-    blockSeconds: [Double]? = nil, inputBytesPerSample: [Int]? = nil, options: [String: ConfigValue] = [:]
+    blockSeconds: [Double]? = nil, inputBytesPerSample: [Int]? = nil, ties: [TiedWeight] = [],
+    options: [String: ConfigValue] = [:]
   ) {
     let names = blockNames ?? blocks.indices.map { String($0) }
     precondition(names.count == blocks.count, "one name per block")
@@ -66,6 +67,7 @@ public struct PartitionRequest: Sendable {
     self.activationCheckpointing = activationCheckpointing
     self.blockSeconds = blockSeconds
     self.inputBytesPerSample = inputBytesPerSample
+    self.ties = ties
     self.options = options
   }
 
@@ -80,23 +82,60 @@ public struct PartitionRequest: Sendable {
     return inputBytesPerSample?[i] ?? blocks[i - 1].activationBytesPerSample
   }
 
-  /// Bytes the shard of blocks `range` needs on the device while it runs (see the type's comment).
-  /// Saturates at `Int.max` rather than overflowing.
+  /// Bytes the shard of blocks `range` needs on the device while it runs: its state and its
+  /// working set. Saturates at `Int.max` rather than overflowing.
   public func footprint(_ range: Range<Int>) -> Int {
     guard !range.isEmpty else { return 0 }
-    var state = 0, kept = 0, largestKept = 0, workspace = 0
+    return saturating(stateBytes(range), workingSet(range))
+  }
+
+  /// Bytes of the shard's parameters, gradients and optimizer state.
+  public func stateBytes(_ range: Range<Int>) -> Int {
+    range.reduce(0) { saturating($0, blocks[$1].stateBytes(stateCopies: stateCopies)) }
+  }
+
+  /// Bytes one task of the shard allocates beside its state, the larger of
+  /// - a forward: its input (the previous shard's output, fetched), every block's kept activations,
+  ///   the forward scratch, its output (a copy, posted for the next shard);
+  /// - a backward: its input again, the kept activations (brought back, or recomputed), the
+  ///   backward scratch (and, recomputing, the forward's), the incoming gradient (output-sized) and
+  ///   the outgoing one (input-sized);
+  /// each with one copy of every tied weight the shard's blocks own or replicate. Within a task
+  /// nothing is freed before it ends, so this is also the task's peak.
+  public func workingSet(_ range: Range<Int>) -> Int {
+    guard !range.isEmpty else { return 0 }
+    let l = range.lowerBound, r = range.upperBound
+    var kept = 0
+    var forwardScratch: [String: Int] = [:], backwardScratch: [String: Int] = [:]
     for i in range {
       let c = blocks[i]
-      state = saturating(state, c.stateBytes(stateCopies: stateCopies))
       kept = saturating(kept, c.activationBytesPerSample)
-      largestKept = max(largestKept, c.activationBytesPerSample)
-      workspace = saturating(workspace, c.workspaceBytesPerSample)
+      // One workspace per shard: each role as large as its largest user.
+      for (role, bytes) in c.forwardWorkspace {
+        forwardScratch[Self.role(role, block: i)] = max(forwardScratch[Self.role(role, block: i)] ?? 0, bytes)
+      }
+      for (role, bytes) in c.workspace {
+        backwardScratch[Self.role(role, block: i)] = max(backwardScratch[Self.role(role, block: i)] ?? 0, bytes)
+      }
     }
-    let activations = activationCheckpointing ? largestKept : kept
-    let perSample = saturating(saturating(inputBytes(range.lowerBound), activations), workspace)
+    if activationCheckpointing && r < blocks.count {
+      for (role, bytes) in forwardScratch { backwardScratch[role] = max(backwardScratch[role] ?? 0, bytes) }
+    }
+    let input = l > 0 ? inputBytes(l) : 0
+    let output = r < blocks.count ? inputBytes(r) : 0
+    let forwardPerSample = [input, kept, forwardScratch.values.reduce(0, Self.saturating), output].reduce(
+      0, Self.saturating)
+    let backwardPerSample = [input, kept, backwardScratch.values.reduce(0, Self.saturating), output, input].reduce(
+      0, Self.saturating)
+    var tied = 0
+    for t in ties where range.contains(t.owner) || range.contains(t.replica) { tied = saturating(tied, t.bytes) }
+    let perSample = max(forwardPerSample, backwardPerSample)
     let (batch, overflow) = perSample.multipliedReportingOverflow(by: batchSize)
-    return overflow ? .max : saturating(state, batch)
+    return overflow ? .max : saturating(batch, tied)
   }
+
+  /// A workspace role as the blocks share it: "dx" alternates between two buffers by block index.
+  static func role(_ role: String, block: Int) -> String { role == "dx" ? "dx\(block % 2)" : role }
 
   /// The time of one forward + backward of the shard: measured, or its FLOPs proxy. Summed left to
   /// right, so that a partitioner that sums the same way gets bit-identical values.
@@ -144,8 +183,24 @@ public struct PartitionRequest: Sendable {
   }
 
   private func saturating(_ a: Int, _ b: Int) -> Int {
+    Self.saturating(a, b)
+  }
+
+  private static func saturating(_ a: Int, _ b: Int) -> Int {
     let (s, overflow) = a.addingReportingOverflow(b)
     return overflow ? .max : s
+  }
+}
+
+/// A weight block `owner` owns and block `replica` uses a copy of; `bytes` of its value.
+public struct TiedWeight: Sendable, Equatable {
+  public var owner: Int
+  public var replica: Int
+  public var bytes: Int
+  public init(owner: Int, replica: Int, bytes: Int) {
+    self.owner = owner
+    self.replica = replica
+    self.bytes = bytes
   }
 }
 

@@ -25,6 +25,9 @@ public final class Device: @unchecked Sendable {
     self.index = index
     self.kernels = kernels
   }
+  /// The device's memory: shard states and the running task's working set (which its kernels
+  /// charge), or the kernels' memory itself when it has no working set.
+  public var memory: DeviceMemory { kernels.memory.parent ?? kernels.memory }
 }
 
 /// Makes the batches of a model: a pure function of (seed, step), so that any device can make the

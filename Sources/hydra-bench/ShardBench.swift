@@ -27,16 +27,14 @@ enum ShardBench {
     ]
     for (label, budget, host, doubleBuffering, checkpointing) in modes {
       let memory = DeviceMemory(budget: budget, label: "device 0")
-      let kernels = CPUKernels(threads: 1, memory: memory)
+      let kernels = CPUKernels(threads: 1, memory: DeviceMemory(workingSetOf: memory))
       let folder = FileManager.default.temporaryDirectory.appendingPathComponent("hydra-bench-\(getpid())").path
       let store = HostStore(budget: host, folder: folder)
       store.attach(device: 0, memory: memory)
-      let held = spec.bytesHeldBetweenTasks(batch: batch)
       // Double buffering's room is left in every mode, so that modes of one budget get the same
       // shards and differ only in whether the next one is prefetched.
       let request = spec.partitionRequest(
-        batch: batch, stateCopies: 2, budget: budget, reserved: held.boundaries + (checkpointing ? 0 : held.kept),
-        doubleBuffering: true)
+        batch: batch, stateCopies: 2, budget: budget, doubleBuffering: true, activationCheckpointing: checkpointing)
       let shards = try BalancedPartitioner().partition(request)
       let steps = steps + 2
       let run = try ModelRun(
@@ -44,14 +42,11 @@ enum ShardBench {
         settings: TrainSettings(
           steps: steps, batchSize: batch, optimizer: Optimizer(kind: .adamw, lr: 1e-4, totalSteps: steps)),
         data: SyntheticData(spec: spec), shards: shards, backend: SharedMemoryBackend(devices: 1), store: store,
-        policy: ActivationPolicy(checkpointing: checkpointing, releaseBuffers: budget != .max),
-        footprints: shards.map { request.footprint($0) })
+        policy: ActivationPolicy(checkpointing: checkpointing, releaseBuffers: true, prefetch: doubleBuffering),
+        footprints: shards.map { request.footprint($0) }, workingSets: shards.map { request.workingSet($0) })
       var times: [Double] = []
       var start = DispatchTime.now().uptimeNanoseconds
       while let task = run.nextTask {
-        if doubleBuffering, let after = run.taskAfterNext, after.shard != task.shard {
-          run.prefetch(after.shard, to: 0, keeping: task.shard)
-        }
         if try run.run(task, kernels: kernels) {
           let end = DispatchTime.now().uptimeNanoseconds
           times.append(Double(end - start) / 1e9)

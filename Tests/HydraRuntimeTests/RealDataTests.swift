@@ -127,9 +127,33 @@ func testKnownPlugins() -> KnownPlugins {
     schedulers: builtinSchedulerNames, defaultPartitioner: "balanced", defaultScheduler: "lrtf")
 }
 
-func runJob(_ path: String, overrides: [String] = []) throws -> JobRunner.Result {
+/// Runs a job and checks its memory plan held, as every run must: no device went past its budget,
+/// the host store's RAM stayed within `host_memory`, every shard's tasks allocated exactly the
+/// working set planned for them, and nothing a model kept between tasks was left in the store.
+func runJob(
+  _ path: String, overrides: [String] = [], file: StaticString = #filePath, line: UInt = #line
+) throws -> JobRunner.Result {
   let config = try JobConfig.load(path: path, known: testKnownPlugins(), overrides: overrides)
   let runner = JobRunner(config: config, registry: testRegistry())
   runner.log = { _ in }
-  return try runner.run()
+  let result = try runner.run()
+  checkMemoryPlan(result, label: "\(overrides)", file: file, line: line)
+  return result
+}
+
+func checkMemoryPlan(_ result: JobRunner.Result, label: String, file: StaticString = #filePath, line: UInt = #line) {
+  for d in result.devices {
+    XCTAssertLessThanOrEqual(d.memory.peak, d.memory.budget, "device \(d.index) peak, \(label)", file: file, line: line)
+    XCTAssertEqual(
+      d.memory.used - result.store.residentOn(device: d.index), 0,
+      "device \(d.index) holds more than shard states at the end, \(label)", file: file, line: line)
+  }
+  XCTAssertLessThanOrEqual(
+    result.store.peakBytes, result.store.memory.budget, "host store peak, \(label)", file: file, line: line)
+  XCTAssertEqual(result.store.heldEntries, 0, "tensors left in the host store, \(label)", file: file, line: line)
+  for run in result.runs where run.status == .done && run.step > 0 {
+    XCTAssertEqual(
+      run.measuredWorkingSets, run.workingSets, "\(run.id): measured against planned working sets, \(label)",
+      file: file, line: line)
+  }
 }

@@ -22,7 +22,7 @@ final class SchedulingTests: XCTestCase {
       output = "out"
       seed = 4
       [cluster]
-      device_memory = "1MiB"
+      device_memory = "400KiB"
       [data]
       format = "text"
       path = "\(data)"

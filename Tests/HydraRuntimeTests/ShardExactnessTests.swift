@@ -92,15 +92,13 @@ final class ShardExactnessTests: XCTestCase {
       XCTAssertGreaterThanOrEqual(run.shards.count, minimumShards, "\(overrides)")
       XCTAssertEqual(try finalState(result), expected, "\(overrides)")
       XCTAssertEqual(run.evaluations.map(\.loss), expectedEvals, "\(overrides)")
-      // The budget held, and was binding: the devices' peak is within it.
-      if let budget = overrides.first(where: { $0.hasPrefix("cluster.device_memory=") }) {
-        let bytes = try XCTUnwrap(result.devices.first?.kernels.memory.budget)
-        XCTAssertLessThanOrEqual(result.devices[0].kernels.memory.peak, bytes, budget)
-      }
+      // (`runJob` checked every device's peak against its budget.)
       if overrides.contains("cluster.host_memory=1") {
+        // Shard states and everything a model keeps between its tasks went to disk and came back.
         XCTAssertGreaterThan(result.store.bytesWritten, 0, "\(overrides): nothing went to disk")
         XCTAssertGreaterThan(result.store.bytesRead, 0, "\(overrides): nothing came back from disk")
         XCTAssertEqual(result.store.peakBytes, 0)
+        XCTAssertGreaterThan(result.store.transitBytesWritten, 0, "\(overrides): no in-flight tensor went to disk")
       }
     }
   }

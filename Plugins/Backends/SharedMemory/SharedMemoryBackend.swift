@@ -6,6 +6,7 @@ import HydraRuntime
 /// transfer is a reference handed over, never a copy. The embedded default: no MPI launcher.
 public final class SharedMemoryBackend: Backend, @unchecked Sendable {
   public let name = "shm"
+  public let tensorsStayInProcess = true
   public let deviceCount: Int
   private let queues: [DispatchQueue]
   private let lock = NSLock()

@@ -665,6 +665,8 @@ public final class CPUKernels: Kernels {
       c += 1
     }
     best = c < V ? c : 0
+    // Read before the loop below, which may write the gradient over the logits (in place).
+    let targetLogit = Double(row[target])
     // Sum of exp(x - top): Float lanes over blocks of 1024 classes, blocks added in Double.
     var total = 0.0
     c = 0
@@ -685,7 +687,7 @@ public final class CPUKernels: Kernels {
       }
       total += Double(hsum(acc))
     }
-    let loss = log(total) - (Double(row[target]) - Double(top))
+    let loss = log(total) - (targetLogit - Double(top))
     if let d {
       let f = Float(Double(gradScale) / total)
       c = 0

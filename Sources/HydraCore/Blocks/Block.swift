@@ -27,28 +27,49 @@ public final class Parameter {
   public var count: Int { value.count }
 }
 
-/// What a partitioner needs to know about a block, from its shapes alone.
+/// What a partitioner needs to know about a block, from its shapes alone. The byte counts are
+/// exactly what the block allocates (tested against a device's measured peak), so that a shard's
+/// planned footprint is what the runtime reaches.
 public struct BlockCosts: Sendable, Equatable {
-  /// Parameter bytes (gradients take as many again).
+  /// Bytes of the parameters the block owns (gradients take as many again, optimizer state
+  /// `stateCopies` times as many).
   public var parameterBytes: Int
-  /// Bytes of the values the forward keeps for the backward, and the block output, per sample.
+  /// Bytes of replicas of another block's parameters (the `gpt` head's copy of the token
+  /// embedding): a value and a gradient, no optimizer state.
+  public var replicaBytes: Int
+  /// Bytes per sample of what the forward keeps for the backward, its output included (and, for a
+  /// loss block, the loss gradient, written over the logits).
   public var activationBytesPerSample: Int
-  /// Bytes of scratch the backward needs per sample (freed between tasks in principle).
-  public var workspaceBytesPerSample: Int
+  /// Bytes per sample of the backward's scratch, by role. The blocks of one shard share one
+  /// workspace: a role's buffer is as large as the largest block's need and reused by every block.
+  /// The role "dx" (the gradient a block returns) alternates between two buffers, "dx0" and "dx1",
+  /// by the block's index in the model, since a backward reads the next block's while it writes its
+  /// own.
+  public var workspace: [String: Int]
+  /// The roles of `workspace` the forward uses too (and their bytes per sample); freed when the
+  /// forward's task ends.
+  public var forwardWorkspace: [String: Int]
   /// Multiply-adds x 2 of one forward pass, per sample. A backward costs about twice as much.
   public var forwardFlopsPerSample: Int
 
   public init(
-    parameterBytes: Int, activationBytesPerSample: Int, workspaceBytesPerSample: Int, forwardFlopsPerSample: Int
+    parameterBytes: Int, replicaBytes: Int = 0, activationBytesPerSample: Int, workspaceBytesPerSample: Int = 0,
+    forwardWorkspace: [String: Int] = [:], workspace: [String: Int]? = nil, forwardFlopsPerSample: Int
   ) {
+    self.forwardWorkspace = forwardWorkspace
     self.parameterBytes = parameterBytes
+    self.replicaBytes = replicaBytes
     self.activationBytesPerSample = activationBytesPerSample
-    self.workspaceBytesPerSample = workspaceBytesPerSample
+    self.workspace = workspace ?? (workspaceBytesPerSample > 0 ? ["scratch": workspaceBytesPerSample] : [:])
     self.forwardFlopsPerSample = forwardFlopsPerSample
   }
 
-  /// Parameters + gradients + optimizer state (`stateCopies` tensors the size of the parameters).
-  public func stateBytes(stateCopies: Int) -> Int { parameterBytes * (2 + stateCopies) }
+  /// Bytes per sample of this block's scratch alone (every role).
+  public var workspaceBytesPerSample: Int { workspace.values.reduce(0, +) }
+
+  /// Parameters + gradients + optimizer state (`stateCopies` tensors the size of the owned
+  /// parameters), and a replica's value and gradient.
+  public func stateBytes(stateCopies: Int) -> Int { parameterBytes * (2 + stateCopies) + 2 * replicaBytes }
 }
 
 /// The input of a block's forward: the previous block's output, or (for the first block) nothing
@@ -77,6 +98,11 @@ public protocol Block: AnyObject {
   /// `dOutput` is nil for the last block, which takes its gradient from `LossBlock.loss`.
   /// Returns the gradient of the input activation, or nil for the first block.
   func backward(_ dOutput: Tensor?, kernels: Kernels) throws -> Tensor?
+  /// The backward's scratch. The runtime gives the blocks of one shard one workspace to share.
+  var workspace: Workspace { get set }
+  /// The buffers the last forward filled that the backward reads (not its input, which the
+  /// previous block owns): what the runtime moves to the host store between the two tasks.
+  var keptTensors: [Tensor] { get }
   /// Frees every buffer the block holds (activations kept for the backward, backward scratch) and
   /// forgets its input: the device memory they were charged to gets it back. The next forward
   /// allocates them again.
@@ -88,6 +114,27 @@ public protocol LossBlock: Block {
   /// Mean loss over the batch's predictions, and how many were right. With `keepGradient` the
   /// block stores dLoss/dOutput for its next `backward(nil)`.
   func loss(targets: [Int32], kernels: Kernels, keepGradient: Bool) throws -> (loss: Double, correct: Int, count: Int)
+}
+
+/// Scratch for backwards, by role ("wide0", "dx1", ...), shared by the blocks of a shard: each
+/// role's buffer grows to the largest request and is reused by every block after.
+public final class Workspace {
+  private var buffers: [String: Buffer] = [:]
+  public init() {}
+
+  func get(_ role: String, _ shape: [Int], kernels: Kernels) throws -> Tensor {
+    // Out of the dictionary first, so that a buffer regrown for a larger block is freed before
+    // its successor is charged.
+    var b = buffers.removeValue(forKey: role) ?? Buffer()
+    defer { buffers[role] = b }
+    return try b.get(shape, kernels: kernels)
+  }
+
+  /// Frees every buffer (the device gets their bytes back).
+  public func release() { buffers.removeAll() }
+
+  /// Bytes held now.
+  public var bytes: Int { buffers.values.reduce(0) { $0 + ($1.tensor.map { max($0.capacity, 1) * 4 } ?? 0) } }
 }
 
 /// A buffer a block sizes on first use and regrows only when a larger batch arrives.

@@ -28,6 +28,7 @@ public final class EmbeddingBlock: Block {
   private var out = Buffer()
   private var tokens: [Int32] = []
   private var batchRows = 0
+  public var workspace = Workspace()
 
   init(shape: GPTShape, memory: DeviceMemory?) throws {
     self.shape = shape
@@ -39,6 +40,8 @@ public final class EmbeddingBlock: Block {
     out.release()
   }
 
+  public var keptTensors: [Tensor] { [out.tensor].compactMap { $0 } }
+
   public var parameters: [Parameter] { [wte, wpe] }
 
   public var costs: BlockCosts { Self.costs(shape) }
@@ -46,8 +49,8 @@ public final class EmbeddingBlock: Block {
   static func costs(_ shape: GPTShape) -> BlockCosts {
     BlockCosts(
       parameterBytes: (shape.vocab + shape.context) * shape.channels * floatBytes,
-      activationBytesPerSample: shape.context * (shape.channels * floatBytes + 4),
-      workspaceBytesPerSample: 0, forwardFlopsPerSample: shape.context * shape.channels)
+      activationBytesPerSample: shape.context * shape.channels * floatBytes,
+      forwardFlopsPerSample: shape.context * shape.channels)
   }
 
   public func forward(_ input: BlockInput, kernels: Kernels) throws -> Tensor {
@@ -77,6 +80,10 @@ public final class EmbeddingBlock: Block {
 
 /// One pre-LayerNorm GPT-2 block on x (B, T, C):
 ///   x2 = x + proj(attention(ln_1(x)));  y = x2 + mlp.c_proj(gelu(mlp.c_fc(ln_2(x2)))).
+///
+/// Kept for the backward, per token: ln1 (C), qkv (3C), att (C), x2 (C), ln2 (C), fc (4C), y (C),
+/// four LayerNorm statistics, and the attention probabilities (heads x T): 12 C + 4 + heads T
+/// floats. GELU's output is not kept: the backward recomputes it from fc into scratch.
 public final class TransformerBlock: Block {
   public let name: String
   let shape: GPTShape
@@ -88,16 +95,19 @@ public final class TransformerBlock: Block {
   private var ln1 = Buffer(), ln1Mean = Buffer(), ln1Rstd = Buffer()  // (B,T,C), (B,T), (B,T)
   private var qkv = Buffer(), probs = Buffer(), att = Buffer()  // (B,T,3C), (B,H,T,T), (B,T,C)
   private var x2 = Buffer(), ln2 = Buffer(), ln2Mean = Buffer(), ln2Rstd = Buffer()
-  private var fc = Buffer(), gelu = Buffer(), out = Buffer()  // (B,T,4C), (B,T,4C), (B,T,C)
-  // Backward scratch.
-  private var dx = Buffer(), dx2 = Buffer(), dWide = Buffer(), dWide2 = Buffer()
-  private var dNarrow = Buffer(), dqkv = Buffer(), dProbs = Buffer()
+  private var fc = Buffer(), out = Buffer()  // (B,T,4C), (B,T,C)
+  /// Backward scratch, shared with the shard's other blocks.
+  public var workspace = Workspace()
+  /// "dx0" or "dx1": the buffer this block's input gradient goes to (by its index in the model).
+  private let dxRole: String
   private var rows = 0
 
+  /// `index` is the layer (block `index + 1` of the model).
   init(index: Int, shape: GPTShape, memory: DeviceMemory?) throws {
     let C = shape.channels
     name = "h.\(index)"
     self.shape = shape
+    dxRole = "dx\((index + 1) % 2)"
     func p(_ suffix: String, _ dims: [Int], decays: Bool) throws -> Parameter {
       try Parameter(name: "h.\(index).\(suffix)", shape: dims, memory: memory, decays: decays)
     }
@@ -119,27 +129,18 @@ public final class TransformerBlock: Block {
     fcProjDense = Dense(inputs: 4 * C, outputs: C, weightIsOutByIn: false)
   }
 
+  private var keptBuffers: [Buffer] { [ln1, ln1Mean, ln1Rstd, qkv, probs, att, x2, ln2, ln2Mean, ln2Rstd, fc, out] }
+
+  public var keptTensors: [Tensor] { keptBuffers.compactMap(\.tensor) }
+
   public func releaseBuffers() {
-    ln1.release()
-    ln1Mean.release()
-    ln1Rstd.release()
-    qkv.release()
-    probs.release()
-    att.release()
-    x2.release()
-    ln2.release()
-    ln2Mean.release()
-    ln2Rstd.release()
-    fc.release()
-    gelu.release()
-    out.release()
-    dx.release()
-    dx2.release()
-    dWide.release()
-    dWide2.release()
-    dNarrow.release()
-    dqkv.release()
-    dProbs.release()
+    for b in [
+      \TransformerBlock.ln1, \.ln1Mean, \.ln1Rstd, \.qkv, \.probs, \.att, \.x2, \.ln2, \.ln2Mean, \.ln2Rstd, \.fc,
+      \.out,
+    ] {
+      self[keyPath: b].release()
+    }
+    workspace.release()
     input = nil
   }
 
@@ -152,15 +153,18 @@ public final class TransformerBlock: Block {
   static func costs(_ shape: GPTShape) -> BlockCosts {
     let T = shape.context, C = shape.channels, H = shape.heads
     let params = 12 * C * C + 13 * C
-    // Kept: ln1, qkv, att, x2, ln2, out (C-wide: 1+3+1+1+1+1), fc, gelu (4C each), probs, 4 stats.
-    let kept = T * (8 * C + 8 * C) + H * T * T + 4 * T
-    // Scratch: dx, dx2, dNarrow (C), dqkv (3C), dWide x2 (4C), dProbs (H T T).
-    let scratch = T * (3 * C + 3 * C + 8 * C) + H * T * T
+    let kept = T * 12 * C + H * T * T + 4 * T
     let matmuls = T * 2 * (3 * C * C + C * C + 4 * C * C + 4 * C * C)
     let attention = 2 * 2 * T * T * C
+    let f = floatBytes
     return BlockCosts(
-      parameterBytes: params * floatBytes, activationBytesPerSample: kept * floatBytes,
-      workspaceBytesPerSample: scratch * floatBytes, forwardFlopsPerSample: matmuls + attention)
+      parameterBytes: params * f, activationBytesPerSample: kept * f,
+      forwardWorkspace: ["wide0": T * 4 * C * f],
+      workspace: [
+        "wide0": T * 4 * C * f, "wide1": T * 4 * C * f, "narrow": T * C * f, "residual": T * C * f,
+        "qkv": T * 3 * C * f, "probs": H * T * T * f, "dx": T * C * f,
+      ],
+      forwardFlopsPerSample: matmuls + attention)
   }
 
   public func forward(_ inputs: BlockInput, kernels: Kernels) throws -> Tensor {
@@ -191,46 +195,50 @@ public final class TransformerBlock: Block {
       rows: N, cols: C, eps: layerNormEps)
     let fc = try fc.get([B, T, 4 * C], kernels: kernels)
     fcDense.forward(x: ln2.data, rows: N, weight: fcW, bias: fcB, y: fc.data, kernels: kernels)
-    let gelu = try gelu.get([B, T, 4 * C], kernels: kernels)
+    // GELU's output is read by the next product only, so it goes to scratch; the backward makes it
+    // again.
+    let gelu = try workspace.get("wide0", [B, T, 4 * C], kernels: kernels)
     kernels.geluForward(fc.data, gelu.data, count: N * 4 * C)
     let y = try out.get([B, T, C], kernels: kernels)
     fcProjDense.forward(x: gelu.data, rows: N, weight: fcProjW, bias: fcProjB, y: y.data, kernels: kernels)
     kernels.accumulate(x2.data, into: y.data, count: N * C)
     return y
   }
-
   public func backward(_ dOutput: Tensor?, kernels: Kernels) throws -> Tensor? {
     guard let dy = dOutput, let x = input,
       let ln1 = ln1.tensor, let m1 = ln1Mean.tensor, let r1 = ln1Rstd.tensor, let qkv = qkv.tensor,
       let probs = probs.tensor, let att = att.tensor, let x2 = x2.tensor, let ln2 = ln2.tensor,
-      let m2 = ln2Mean.tensor, let r2 = ln2Rstd.tensor, let fc = fc.tensor, let gelu = gelu.tensor
+      let m2 = ln2Mean.tensor, let r2 = ln2Rstd.tensor, let fc = fc.tensor
     else { preconditionFailure("\(name): backward before forward") }
     let T = shape.context, C = shape.channels, H = shape.heads
     let N = rows, B = N / T
-    // MLP: y = x2 + c_proj(gelu(c_fc(ln_2(x2)))).
-    let dGelu = try dWide.get([B, T, 4 * C], kernels: kernels)
+    // MLP: y = x2 + c_proj(gelu(c_fc(ln_2(x2)))). GELU's output again, into wide0, for c_proj's
+    // weight gradient; then wide0 takes dFc once c_proj's backward is done with it.
+    let gelu = try workspace.get("wide0", [B, T, 4 * C], kernels: kernels)
+    kernels.geluForward(fc.data, gelu.data, count: N * 4 * C)
+    let dGelu = try workspace.get("wide1", [B, T, 4 * C], kernels: kernels)
     fcProjDense.backward(
       x: gelu.data, dy: dy.data, rows: N, weight: fcProjW, bias: fcProjB, dx: dGelu.data, kernels: kernels)
-    let dFc = try dWide2.get([B, T, 4 * C], kernels: kernels)
+    let dFc = gelu
     kernels.geluBackward(fc.data, dGelu.data, dFc.data, count: N * 4 * C)
-    let dLn2 = try dNarrow.get([B, T, C], kernels: kernels)
+    let dLn2 = try workspace.get("narrow", [B, T, C], kernels: kernels)
     fcDense.backward(x: ln2.data, dy: dFc.data, rows: N, weight: fcW, bias: fcB, dx: dLn2.data, kernels: kernels)
-    let dX2 = try dx2.get([B, T, C], kernels: kernels)
+    let dX2 = try workspace.get("residual", [B, T, C], kernels: kernels)
     kernels.copy(dy.data, dX2.data, count: N * C)
     kernels.layerNormBackward(
       dLn2.data, x2.data, gamma: ln2w.value.data, mean: m2.data, rstd: r2.data, dx: dX2.data,
       dgamma: ln2w.grad.data, dbeta: ln2b.grad.data, rows: N, cols: C)
     // Attention: x2 = x + c_proj(attention(c_attn(ln_1(x)))).
-    let dAtt = try dNarrow.get([B, T, C], kernels: kernels)
+    let dAtt = dLn2
     projDense.backward(x: att.data, dy: dX2.data, rows: N, weight: projW, bias: projB, dx: dAtt.data, kernels: kernels)
-    let dQkv = try dqkv.get([B, T, 3 * C], kernels: kernels)
-    let scratch = try dProbs.get([B, H, T, T], kernels: kernels)
+    let dQkv = try workspace.get("qkv", [B, T, 3 * C], kernels: kernels)
+    let scratch = try workspace.get("probs", [B, H, T, T], kernels: kernels)
     kernels.attentionBackward(
       dout: dAtt.data, qkv: qkv.data, probs: probs.data, dqkv: dQkv.data, scratch: scratch.data,
       batch: B, seq: T, channels: C, heads: H)
-    let dLn1 = try dNarrow.get([B, T, C], kernels: kernels)
+    let dLn1 = dLn2
     qkvDense.backward(x: ln1.data, dy: dQkv.data, rows: N, weight: attnW, bias: attnB, dx: dLn1.data, kernels: kernels)
-    let dX = try dx.get([B, T, C], kernels: kernels)
+    let dX = try workspace.get(dxRole, [B, T, C], kernels: kernels)
     kernels.copy(dX2.data, dX.data, count: N * C)
     kernels.layerNormBackward(
       dLn1.data, x.data, gamma: ln1w.value.data, mean: m1.data, rstd: r1.data, dx: dX.data,
@@ -241,6 +249,7 @@ public final class TransformerBlock: Block {
 
 /// Final LayerNorm and the output projection, tied to the token embedding:
 /// x (B, T, C) -> logits (B, T, V) = ln_f(x) wte^T; the loss is softmax cross-entropy per token.
+/// The loss gradient is written over the logits (nothing reads them after the loss).
 public final class GPTHead: LossBlock {
   public let name = "head"
   let shape: GPTShape
@@ -249,11 +258,15 @@ public final class GPTHead: LossBlock {
   public let wte: Parameter
   private var input: Tensor?
   private var lnf = Buffer(), mean = Buffer(), rstd = Buffer(), logits = Buffer()
-  private var dLogits = Buffer(), dLnf = Buffer(), dx = Buffer()
+  public var workspace = Workspace()
+  private let dxRole: String
   private var rows = 0
+  /// Whether `logits` holds the loss gradient now.
+  private var hasGradient = false
 
   init(shape: GPTShape, memory: DeviceMemory?) throws {
     self.shape = shape
+    dxRole = "dx\((shape.layers + 1) % 2)"
     lnfw = try Parameter(name: "ln_f.weight", shape: [shape.channels], memory: memory, decays: false)
     lnfb = try Parameter(name: "ln_f.bias", shape: [shape.channels], memory: memory, decays: false)
     wte = try Parameter(
@@ -266,11 +279,11 @@ public final class GPTHead: LossBlock {
     mean.release()
     rstd.release()
     logits.release()
-    dLogits.release()
-    dLnf.release()
-    dx.release()
+    workspace.release()
     input = nil
   }
+
+  public var keptTensors: [Tensor] { [lnf, mean, rstd, logits].compactMap(\.tensor) }
 
   public var parameters: [Parameter] { [lnfw, lnfb, wte] }
 
@@ -279,9 +292,9 @@ public final class GPTHead: LossBlock {
   static func costs(_ shape: GPTShape) -> BlockCosts {
     let T = shape.context, C = shape.channels, V = shape.vocab
     return BlockCosts(
-      parameterBytes: (2 * C + V * C) * floatBytes,
-      activationBytesPerSample: (T * (C + 2 * V) + 2 * T) * floatBytes,
-      workspaceBytesPerSample: 2 * T * C * floatBytes, forwardFlopsPerSample: 2 * T * C * V)
+      parameterBytes: 2 * C * floatBytes, replicaBytes: V * C * floatBytes,
+      activationBytesPerSample: (T * (C + V) + 2 * T) * floatBytes,
+      workspace: ["narrow": T * C * floatBytes, "dx": T * C * floatBytes], forwardFlopsPerSample: 2 * T * C * V)
   }
 
   public func forward(_ inputs: BlockInput, kernels: Kernels) throws -> Tensor {
@@ -290,6 +303,7 @@ public final class GPTHead: LossBlock {
     let B = x.count / (T * C), N = B * T
     rows = N
     input = x
+    hasGradient = false
     let lnf = try lnf.get([B, T, C], kernels: kernels)
     let mean = try mean.get([N], kernels: kernels), rstd = try rstd.get([N], kernels: kernels)
     kernels.layerNormForward(
@@ -305,21 +319,21 @@ public final class GPTHead: LossBlock {
   public func loss(targets: [Int32], kernels: Kernels, keepGradient: Bool) throws -> (
     loss: Double, correct: Int, count: Int
   ) {
-    guard let logits = logits.tensor else { preconditionFailure("head: loss before forward") }
+    guard let logits = logits.tensor, !hasGradient else { preconditionFailure("head: loss before forward") }
     let N = rows, V = shape.vocab
     precondition(targets.count == N, "head: expected \(N) targets")
-    let d = keepGradient ? try dLogits.get([N, V], kernels: kernels) : nil
     let (sum, correct) = targets.withUnsafeBufferPointer { t in
       kernels.softmaxCrossEntropy(
-        logits: logits.data, targets: t.baseAddress!, rows: N, classes: V, dlogits: d?.data,
-        gradScale: 1 / Float(N))
+        logits: logits.data, targets: t.baseAddress!, rows: N, classes: V,
+        dlogits: keepGradient ? logits.data : nil, gradScale: 1 / Float(N))
     }
+    hasGradient = keepGradient
     return (sum / Double(N), correct, N)
   }
 
   public func backward(_ dOutput: Tensor?, kernels: Kernels) throws -> Tensor? {
     guard let x = input, let lnf = lnf.tensor, let mean = mean.tensor, let rstd = rstd.tensor,
-      let dl = dLogits.tensor
+      let dl = logits.tensor, hasGradient
     else { preconditionFailure("head: backward before loss") }
     let T = shape.context, C = shape.channels, V = shape.vocab
     let N = rows, B = N / T
@@ -327,11 +341,11 @@ public final class GPTHead: LossBlock {
     kernels.gemm(
       transA: true, transB: false, m: V, n: C, k: N, alpha: 1, a: dl.data, lda: V, b: lnf.data,
       ldb: C, beta: 1, c: wte.grad.data, ldc: C)
-    let dLnf = try dLnf.get([B, T, C], kernels: kernels)
+    let dLnf = try workspace.get("narrow", [B, T, C], kernels: kernels)
     kernels.gemm(
       transA: false, transB: false, m: N, n: C, k: V, alpha: 1, a: dl.data, lda: V,
       b: wte.value.data, ldb: C, beta: 0, c: dLnf.data, ldc: C)
-    let dX = try dx.get([B, T, C], kernels: kernels)
+    let dX = try workspace.get(dxRole, [B, T, C], kernels: kernels)
     kernels.fill(dX.data, value: 0, count: N * C)
     kernels.layerNormBackward(
       dLnf.data, x.data, gamma: lnfw.value.data, mean: mean.data, rstd: rstd.data, dx: dX.data,

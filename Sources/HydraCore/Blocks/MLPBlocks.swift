@@ -10,11 +10,16 @@ public final class LinearBlock: LossBlock {
   public let bias: Parameter
   private var input: Tensor?
   private var features = Buffer(), pre = Buffer(), out = Buffer()
-  private var dPre = Buffer(), dx = Buffer(), dLogits = Buffer()
+  public var workspace = Workspace()
+  private let dxRole: String
   private var rows = 0
+  /// Whether `pre` (the logits of the classifier) holds the loss gradient now.
+  private var hasGradient = false
 
+  /// `sequentialIndex` is twice the block's index in the model (Linear, ReLU, Linear, ...).
   init(sequentialIndex: Int, inputs: Int, outputs: Int, relu: Bool, isFirst: Bool, memory: DeviceMemory?) throws {
     name = "\(sequentialIndex)"
+    dxRole = "dx\((sequentialIndex / 2) % 2)"
     dense = Dense(inputs: inputs, outputs: outputs, weightIsOutByIn: true)
     self.relu = relu
     self.isFirst = isFirst
@@ -26,11 +31,11 @@ public final class LinearBlock: LossBlock {
     features.release()
     pre.release()
     out.release()
-    dPre.release()
-    dx.release()
-    dLogits.release()
+    workspace.release()
     input = nil
   }
+
+  public var keptTensors: [Tensor] { [features, pre, out].compactMap(\.tensor) }
 
   public var parameters: [Parameter] { [weight, bias] }
 
@@ -39,13 +44,15 @@ public final class LinearBlock: LossBlock {
   }
 
   static func costs(inputs: Int, outputs: Int, relu: Bool, isFirst: Bool) -> BlockCosts {
-    // Kept: the features (first block), pre-activation, output (with ReLU); the last block's
-    // loss gradient counts as kept too.
-    let kept = (isFirst ? inputs : 0) + (relu ? 2 : 2) * outputs
+    // Kept: the features (first block), the pre-activation (the classifier's logits, then its loss
+    // gradient), the output (with ReLU).
+    let kept = (isFirst ? inputs : 0) + (relu ? 2 : 1) * outputs
+    var workspace: [String: Int] = [:]
+    if relu { workspace["pre"] = outputs * floatBytes }
+    if !isFirst { workspace["dx"] = inputs * floatBytes }
     return BlockCosts(
       parameterBytes: (inputs * outputs + outputs) * floatBytes,
-      activationBytesPerSample: kept * floatBytes,
-      workspaceBytesPerSample: (inputs + outputs) * floatBytes,
+      activationBytesPerSample: kept * floatBytes, workspace: workspace,
       forwardFlopsPerSample: 2 * inputs * outputs)
   }
 
@@ -64,6 +71,7 @@ public final class LinearBlock: LossBlock {
     let B = x.count / dense.inputs
     rows = B
     input = x
+    hasGradient = false
     let z = try pre.get([B, dense.outputs], kernels: kernels)
     dense.forward(x: x.data, rows: B, weight: weight, bias: bias, y: z.data, kernels: kernels)
     guard relu else { return z }
@@ -75,15 +83,15 @@ public final class LinearBlock: LossBlock {
   public func loss(targets: [Int32], kernels: Kernels, keepGradient: Bool) throws -> (
     loss: Double, correct: Int, count: Int
   ) {
-    guard let logits = pre.tensor else { preconditionFailure("\(name): loss before forward") }
+    guard let logits = pre.tensor, !hasGradient else { preconditionFailure("\(name): loss before forward") }
     let B = rows
     precondition(targets.count == B, "\(name): expected \(B) targets")
-    let d = keepGradient ? try dLogits.get([B, dense.outputs], kernels: kernels) : nil
     let (sum, correct) = targets.withUnsafeBufferPointer { t in
       kernels.softmaxCrossEntropy(
         logits: logits.data, targets: t.baseAddress!, rows: B, classes: dense.outputs,
-        dlogits: d?.data, gradScale: 1 / Float(B))
+        dlogits: keepGradient ? logits.data : nil, gradScale: 1 / Float(B))
     }
+    hasGradient = keepGradient
     return (sum / Double(B), correct, B)
   }
 
@@ -93,16 +101,16 @@ public final class LinearBlock: LossBlock {
     let dz: Tensor
     if let dy = dOutput {
       if relu {
-        dz = try dPre.get([B, dense.outputs], kernels: kernels)
+        dz = try workspace.get("pre", [B, dense.outputs], kernels: kernels)
         kernels.reluBackward(z.data, dy.data, dz.data, count: B * dense.outputs)
       } else {
         dz = dy
       }
     } else {
-      guard let d = dLogits.tensor else { preconditionFailure("\(name): backward before loss") }
-      dz = d
+      guard hasGradient else { preconditionFailure("\(name): backward before loss") }
+      dz = z
     }
-    let dX = isFirst ? nil : try dx.get([B, dense.inputs], kernels: kernels)
+    let dX = isFirst ? nil : try workspace.get(dxRole, [B, dense.inputs], kernels: kernels)
     dense.backward(x: x.data, dy: dz.data, rows: B, weight: weight, bias: bias, dx: dX?.data, kernels: kernels)
     return dX
   }
