@@ -135,8 +135,9 @@ struct Validate: ParsableCommand {
     try reportingErrors {
       let registry = Builtins.registry()
       let config = try options.load(registry)
-      let plans = try JobRunner(config: config, registry: registry).plan()
-      print(Report.validation(config, plans: plans))
+      let runner = JobRunner(config: config, registry: registry)
+      let plans = try runner.plan()
+      print(Report.validation(config, plans: plans, deviceBudget: runner.deviceBudget, hostBudget: runner.hostBudget))
     }
   }
 }

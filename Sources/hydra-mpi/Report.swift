@@ -23,38 +23,40 @@ enum Report {
     return lines.joined(separator: "\n")
   }
 
-  /// Every model's blocks with their costs, the shards chosen, each shard's footprint against the
-  /// device budget, and what the host store will hold.
-  static func validation(_ config: JobConfig, plans: [JobRunner.Plan]) -> String {
-    let budget = config.cluster.deviceMemory ?? .max
+  /// Every model's blocks with their costs, the shards chosen, each shard's footprint (state and
+  /// working set: what `run` allocates for its tasks, to the byte) against the device budget, and
+  /// what the host store will hold.
+  static func validation(_ config: JobConfig, plans: [JobRunner.Plan], deviceBudget: Int, hostBudget: Int) -> String {
+    let unset = " (not set: from this machine's memory)"
     var lines = [
       "job \(config.job.name): \(config.members.count) model(s), output \(config.job.output)",
-      "device budget \(formatBytes(budget))\(config.cluster.doubleBuffering ? " (double buffering: a shard may use half)" : ""), host store \(formatBytes(config.cluster.hostMemory ?? .max)), partitioner \(config.partitioner.name)",
+      "device budget \(formatBytes(deviceBudget))\(config.cluster.deviceMemory == nil ? unset : ""), host store \(formatBytes(hostBudget))\(config.cluster.hostMemory == nil ? unset : ""), partitioner \(config.partitioner.name)",
     ]
     var storeTotal = 0
     for (m, plan) in zip(config.members, plans) {
       let overrides = m.overrides.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-      lines.append(
-        "\(m.id) \(overrides.isEmpty ? "(base)" : overrides), batch \(m.train.batchSize), activation checkpointing \(plan.policy.checkpointing ? "on" : "off")"
-      )
       let r = plan.request
+      lines.append(
+        "\(m.id) \(overrides.isEmpty ? "(base)" : overrides), batch \(m.train.batchSize), activation checkpointing \(plan.policy.checkpointing ? "on" : "off"), double buffering \(r.doubleBuffering ? "on (a shard may use half the device)" : "off")"
+      )
+      for note in plan.notes { lines.append("  note: \(note)") }
       for i in 0..<plan.spec.blockCount {
         let c = r.blocks[i]
         let measured = r.blockSeconds.map { String(format: ", measured %.2f ms fwd+bwd", $0[i] * 1e3) } ?? ""
         lines.append(
-          "  block \(r.blockNames[i].padding(toLength: 10, withPad: " ", startingAt: 0)) state \(formatBytes(c.stateBytes(stateCopies: r.stateCopies))), activations \(formatBytes(c.activationBytesPerSample * r.batchSize)), \(String(format: "%.3f", Double(c.forwardFlopsPerSample * r.batchSize) / 1e9)) GFLOP forward\(measured)"
+          "  block \(r.blockNames[i].padding(toLength: 10, withPad: " ", startingAt: 0)) state \(formatBytes(c.stateBytes(stateCopies: r.stateCopies))), kept activations \(formatBytes(c.activationBytesPerSample * r.batchSize)), \(String(format: "%.3f", Double(c.forwardFlopsPerSample * r.batchSize) / 1e9)) GFLOP forward\(measured)"
         )
       }
       for (s, range) in plan.shards.enumerated() {
-        let state = range.reduce(0) { $0 + r.blocks[$1].stateBytes(stateCopies: r.stateCopies) }
+        let state = r.stateBytes(range)
         storeTotal += state
         lines.append(
-          "  shard \(s): blocks \(r.names(range)), footprint \(formatBytes(r.footprint(range))) of \(formatBytes(r.shardBudget)), state \(formatBytes(state))"
+          "  shard \(s): blocks \(r.names(range)), footprint \(formatBytes(r.footprint(range))) of \(formatBytes(r.shardBudget)) (state \(formatBytes(state)), working set \(formatBytes(r.workingSet(range))))"
         )
       }
     }
     lines.append(
-      "host store: \(formatBytes(storeTotal)) of shard state in all (RAM up to \(formatBytes(config.cluster.hostMemory ?? .max)), the rest on disk)"
+      "host store: \(formatBytes(storeTotal)) of shard state in all (RAM up to \(formatBytes(hostBudget)), the rest on disk), and what each model keeps between its tasks"
     )
     return lines.joined(separator: "\n")
   }
