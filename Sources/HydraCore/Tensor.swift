@@ -24,11 +24,37 @@ public final class Tensor: @unchecked Sendable {
   public var isResident: Bool { storage != nil }
   private var allocatedBytes: Int { max(capacity, 1) * MemoryLayout<Float>.stride }
 
+  /// Buffers this large are mapped from the kernel and unmapped when freed, so that the process
+  /// gives their memory back at once. From malloc, a freed buffer of a few MiB stays in the heap
+  /// (glibc raises its mmap threshold after each large free) and the process's resident memory
+  /// drifts gigabytes past what the budgets account for.
+  static let mappedBytes = 256 << 10
+
   private static func allocateZeroed(_ count: Int) -> UnsafeMutablePointer<Float> {
-    let raw = UnsafeMutableRawPointer.allocate(
-      byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: Tensor.alignment)
-    raw.initializeMemory(as: Float.self, repeating: 0, count: max(count, 1))
+    allocate(count, zeroed: true)
+  }
+
+  /// Storage for `count` floats (at least one), 64-byte aligned; zero-filled when `zeroed`.
+  private static func allocate(_ count: Int, zeroed: Bool) -> UnsafeMutablePointer<Float> {
+    let bytes = max(count, 1) * MemoryLayout<Float>.stride
+    if bytes >= mappedBytes {
+      // Fresh pages are zero already.
+      guard let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED
+      else { fatalError("out of memory: cannot map \(bytes) bytes for a tensor (\(String(cString: strerror(errno))))") }
+      return p.bindMemory(to: Float.self, capacity: max(count, 1))
+    }
+    let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: Tensor.alignment)
+    if zeroed { raw.initializeMemory(as: Float.self, repeating: 0, count: max(count, 1)) }
     return raw.assumingMemoryBound(to: Float.self)
+  }
+
+  private static func deallocate(_ p: UnsafeMutablePointer<Float>, count: Int) {
+    let bytes = max(count, 1) * MemoryLayout<Float>.stride
+    if bytes >= mappedBytes {
+      munmap(UnsafeMutableRawPointer(p), bytes)
+    } else {
+      UnsafeMutableRawPointer(p).deallocate()
+    }
   }
 
   /// Allocates a zero-filled tensor, charging `memory` (if given) for its bytes.
@@ -52,7 +78,7 @@ public final class Tensor: @unchecked Sendable {
   deinit {
     if let storage {
       memory?.release(allocatedBytes)
-      UnsafeMutableRawPointer(storage).deallocate()
+      Tensor.deallocate(storage, count: capacity)
     }
   }
 
@@ -72,7 +98,7 @@ public final class Tensor: @unchecked Sendable {
   public func evict(to fd: Int32, offset: Int, write: Bool = true) throws {
     guard let storage else { return }
     if write { try Tensor.io(fd, UnsafeMutableRawPointer(storage), byteCount, offset, reading: false) }
-    UnsafeMutableRawPointer(storage).deallocate()
+    Tensor.deallocate(storage, count: capacity)
     self.storage = nil
     memory?.release(allocatedBytes)
   }
@@ -82,19 +108,13 @@ public final class Tensor: @unchecked Sendable {
   public func restore(from fd: Int32, offset: Int, memory newMemory: DeviceMemory?, read: Bool = true) throws {
     guard storage == nil else { return try move(to: newMemory) }
     try newMemory?.reserve(allocatedBytes)
-    let fresh: UnsafeMutablePointer<Float>
-    if read {
-      // Every byte is about to be read over: no need to zero them first.
-      fresh = UnsafeMutableRawPointer.allocate(byteCount: allocatedBytes, alignment: Tensor.alignment)
-        .bindMemory(to: Float.self, capacity: max(capacity, 1))
-    } else {
-      fresh = Tensor.allocateZeroed(capacity)
-    }
+    // Every byte is about to be read over when `read`: no need to zero them first.
+    let fresh = Tensor.allocate(capacity, zeroed: !read)
     if read {
       do {
         try Tensor.io(fd, UnsafeMutableRawPointer(fresh), byteCount, offset, reading: true)
       } catch {
-        UnsafeMutableRawPointer(fresh).deallocate()
+        Tensor.deallocate(fresh, count: capacity)
         newMemory?.release(allocatedBytes)
         throw error
       }

@@ -251,7 +251,7 @@ public final class JobRunner {
       Charts.loss(
         runs.map { run in (model: run.id, points: run.evaluations.map { (step: $0.step, loss: $0.loss) }) },
         title: "\(config.job.name): validation loss", yLabel: "validation loss"))
-    let memory: [String: Any] = [
+    var memory: [String: Any] = [
       "devices": devices.map { d -> [String: Any] in
         var m: [String: Any] = ["index": d.index, "peak_bytes": d.memory.peak]
         if let r = reports.first(where: { $0.device == d.index }) {
@@ -268,8 +268,11 @@ public final class JobRunner {
       "host_store": [
         "peak_bytes": store.peakBytes, "budget_bytes": hostBudget,
         "bytes_written_to_disk": store.bytesWritten, "bytes_read_from_disk": store.bytesRead,
+        "in_transit_bytes_written_to_disk": store.transitBytesWritten,
       ],
     ]
+    // This process (the coordinator's, under mpi) at its most, the final checkpoints included.
+    if let rss = MachineMemory.processPeakResidentBytes { memory["process_peak_resident_bytes"] = rss }
     var decisions: [String: Any] = [
       "scheduler": scheduler.name, "decisions": coordinator.decisions,
       "seconds_per_decision": coordinator.decisionSeconds / Double(max(coordinator.decisions, 1)),

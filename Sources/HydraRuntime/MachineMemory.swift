@@ -18,3 +18,15 @@ enum MachineMemory {
     return 1
   }
 }
+
+extension MachineMemory {
+  /// The most resident memory this process has held (Linux's VmHWM), or nil where unknown.
+  static var processPeakResidentBytes: Int? {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
+    for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+      let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+      if fields.count >= 2, let kib = Int(fields[1]) { return kib * 1024 }
+    }
+    return nil
+  }
+}

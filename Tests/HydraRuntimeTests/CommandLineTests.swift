@@ -210,3 +210,53 @@ final class CommandLineTests: XCTestCase {
     XCTAssertTrue(p.out.contains("cpu, reference"))
   }
 }
+
+/// `host_memory` and `device_memory` bound the process: trained through the tool, a sweep whose
+/// state is several times its budgets stays within them plus a stated overhead.
+final class ResidentMemoryTests: XCTestCase {
+  func testResidentMemoryStaysWithinTheBudgetsPlusOverhead() throws {
+    let dir = try temporaryFolder()
+    // 12 models of ~19 MiB of state each (adamw): 230 MiB, against 24 MiB of host store and two
+    // devices of 24 MiB: without spilling, the process would hold more than the bound below.
+    let job = try writeJob(
+      dir,
+      """
+      [job]
+      name = "rss"
+      output = "out"
+      [cluster]
+      devices = 2
+      device_memory = "24MiB"
+      host_memory = "24MiB"
+      [data]
+      format = "text"
+      path = "\(repositoryRoot)/Examples/data/fortunes.txt"
+      [model]
+      kind = "gpt"
+      layers = 4
+      d_model = 192
+      heads = 4
+      context = 32
+      [train]
+      steps = 2
+      batch_size = 4
+      eval_every = 0
+      eval_batches = 1
+      [sweep]
+      "train.lr" = [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4, 9e-4, 1e-3, 2e-3, 3e-3]
+      """)
+    let (status, _, err) = try runTool(["run", job])
+    XCTAssertEqual(status, 0, err)
+    let summary = try XCTUnwrap(
+      JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/out/summary.json")))
+        as? [String: Any])
+    let memory = try XCTUnwrap(summary["memory"] as? [String: Any])
+    let store = try XCTUnwrap(memory["host_store"] as? [String: Any])
+    XCTAssertGreaterThan(try XCTUnwrap(store["bytes_written_to_disk"] as? Int), 100 << 20, "the state spilled")
+    let rss = try XCTUnwrap(memory["process_peak_resident_bytes"] as? Int)
+    // The stated overhead: 120 MiB for the program, its libraries, OpenBLAS's buffers and the data
+    // (about 80 MiB measured), and one model's state while its final checkpoint is written.
+    let budgets = (24 << 20) + 2 * (24 << 20)
+    XCTAssertLessThanOrEqual(rss, budgets + (120 << 20) + (20 << 20), "peak resident \(rss >> 20) MiB")
+  }
+}
