@@ -31,6 +31,8 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    // SHA-256 of checkpoint files (their manifest).
+    .package(url: "https://github.com/apple/swift-crypto", "3.12.0"..<"5.0.0"),
   ],
   targets: [
     // C shims over system libraries.
@@ -69,7 +71,7 @@ let package = Package(
 
     // Built-in schedulers: which ready shard task runs on which free device.
     .target(
-      name: "HydraSchedulers", dependencies: ["HydraRuntime", "HydraCore"], path: "Plugins/Schedulers",
+      name: "HydraSchedulers", dependencies: ["HydraRuntime", "HydraCore", "HydraConfig"], path: "Plugins/Schedulers",
       swiftSettings: settings),
 
     // job.toml: decoding, validation, sweep expansion.
@@ -77,7 +79,10 @@ let package = Package(
       name: "HydraConfig", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")],
       swiftSettings: settings),
     // Protocols, registry, the step loop, output folder.
-    .target(name: "HydraRuntime", dependencies: ["HydraCore", "HydraConfig"], swiftSettings: settings),
+    .target(
+      name: "HydraRuntime",
+      dependencies: ["HydraCore", "HydraConfig", .product(name: "Crypto", package: "swift-crypto")],
+      swiftSettings: settings),
 
     .executableTarget(
       name: "hydra-mpi",

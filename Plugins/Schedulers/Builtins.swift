@@ -1,3 +1,4 @@
+import HydraConfig
 import HydraRuntime
 
 /// The built-in schedulers by the names `[scheduler] name` uses, for the one place that registers
@@ -60,10 +61,23 @@ func allowedDevice(_ want: Int, for task: ReadyTask) -> Int {
   return allowed[0]
 }
 
-/// Registers every built-in scheduler; none takes options.
+/// Registers every built-in scheduler; only `lrtf` takes an option (`prefer_resident`, a boolean).
 public func registerBuiltinSchedulers(in registry: PluginRegistry) {
   for name in builtinSchedulerNames {
     registry.registerScheduler(name) { options, seed in
+      if name == "lrtf" {
+        var rest = options
+        let prefer = rest.removeValue(forKey: "prefer_resident")
+        guard rest.isEmpty else {
+          throw SchedulerError(
+            "scheduler \"lrtf\" takes only prefer_resident; found \(rest.keys.sorted().joined(separator: ", "))")
+        }
+        switch prefer {
+        case nil: return LRTFScheduler()
+        case .bool(let b)?: return LRTFScheduler(preferResident: b)
+        default: throw SchedulerError("scheduler.prefer_resident must be true or false")
+        }
+      }
       guard options.isEmpty else {
         throw SchedulerError(
           "scheduler \"\(name)\" takes no options; found \(options.keys.sorted().joined(separator: ", "))")

@@ -5,13 +5,28 @@ import HydraRuntime
 /// first (ties: the lower model index), each to a free device, preferring the device that already
 /// holds the shard's state, then the one holding its input, then the lowest index. Keeping the
 /// longest model moving shortens the tail where too few models are left to fill the devices.
+///
+/// With `prefer_resident` (the default), tasks whose shard state is in memory (a device or the
+/// host store's RAM) go before those whose state was spilled to disk; Sharded-LRTF orders each
+/// group. Where nothing is on disk this is Hydra's policy unchanged; where the store spills, it
+/// trains what is at hand while the rest waits, instead of reading back the state least recently
+/// used, which a store that cycles through more models than it holds has just written out
+/// (`Examples/gpt2-sweep/README.md` has the figures). `prefer_resident = false`: Hydra's policy
+/// always.
 public final class LRTFScheduler: Scheduler {
   public let name = "lrtf"
-  public init() {}
+  public let preferResident: Bool
+  public init(preferResident: Bool = true) { self.preferResident = preferResident }
 
   public func schedule(_ view: SchedulerView) -> [Assignment] {
+    func tier(_ t: ReadyTask) -> Int {
+      guard preferResident else { return 0 }
+      return t.state == .disk ? 1 : 0
+    }
     let order = view.ready.sorted {
-      $0.remainingSeconds != $1.remainingSeconds
+      let a = tier($0), b = tier($1)
+      if a != b { return a < b }
+      return $0.remainingSeconds != $1.remainingSeconds
         ? $0.remainingSeconds > $1.remainingSeconds : $0.task.model < $1.task.model
     }
     return assignInOrder(order, freeDevices: view.freeDevices)

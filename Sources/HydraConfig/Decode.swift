@@ -15,7 +15,7 @@ enum Keys {
   ]
   static let train = [
     "steps", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "betas", "eps", "schedule",
-    "warmup_steps", "shuffle", "eval_every", "eval_batches", "checkpoint_every",
+    "warmup_steps", "shuffle", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
   ]
   static let plugins = ["load"]
   static let tables = [
@@ -195,7 +195,11 @@ func decodeTrain(_ s: Section) throws -> TrainSection {
   try s.check(t.evalEvery >= 0, "eval_every", ">= 0 (0 = only at the end)")
   try s.check(t.evalBatches >= 1, "eval_batches", ">= 1")
   try s.check(t.checkpointEvery >= 0, "checkpoint_every", ">= 0 (0 = only at the end)")
-  return t
+  var train = t
+  train.keepCheckpoints = try s.int("keep_checkpoints", 2)
+  try s.check(
+    (1...1000).contains(train.keepCheckpoints), "keep_checkpoints", "in 1...1000 (complete checkpoints kept per model)")
+  return train
 }
 
 /// `[partitioner]` / `[scheduler]`: `name` (registered) and every other key as an option.

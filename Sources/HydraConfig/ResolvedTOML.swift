@@ -53,7 +53,7 @@ extension JobConfig {
         ("betas", .array(train.betas.map { .double($0) })), ("eps", .double(train.eps)),
         ("schedule", str(train.schedule)), ("warmup_steps", int(train.warmupSteps)), ("shuffle", .bool(train.shuffle)),
         ("eval_every", int(train.evalEvery)), ("eval_batches", int(train.evalBatches)),
-        ("checkpoint_every", int(train.checkpointEvery)),
+        ("checkpoint_every", int(train.checkpointEvery)), ("keep_checkpoints", int(train.keepCheckpoints)),
       ])
     if !sweep.isEmpty {
       table("sweep", sweep.map { ($0.key, .array($0.values)) })

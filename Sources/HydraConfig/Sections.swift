@@ -112,6 +112,7 @@ public struct TrainSection: Sendable, Equatable {
   public var evalEvery: Int  // eval_every, default 100, >= 0; 0 = only at the end
   public var evalBatches: Int  // eval_batches, default 20, >= 1
   public var checkpointEvery: Int  // checkpoint_every, default 0, >= 0; 0 = only at the end
+  public var keepCheckpoints: Int = 2  // keep_checkpoints, default 2, in 1...1000: complete ones kept per model
 
   /// The `[train]` defaults, for training without a job file (tests, benchmarks).
   public init(

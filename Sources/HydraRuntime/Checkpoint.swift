@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import HydraCore
 
@@ -18,42 +19,232 @@ public enum Checkpoint {
     return parameter.name
   }
 
-  /// Writes `model.safetensors` and `config.json` into `folder` (created if needed). Each file is
-  /// written beside its final name and renamed over it, so a crash leaves the previous checkpoint.
-  public static func write(_ run: ModelRun, to folder: String, device: Int = 0) throws {
+  /// The manifest of a checkpoint: its step, and each file's size and SHA-256.
+  public static let manifestFile = "manifest.json"
+
+  /// The folder of the checkpoint of `step` inside a model's checkpoint folder.
+  public static func unitName(_ step: Int) -> String { "step-" + String(format: "%08d", step) }
+
+  /// Writes the checkpoint of `run`'s current step into `folder` (the model's checkpoint folder,
+  /// created if needed) as one unit: every file goes into a temporary folder beside it, each is
+  /// fsynced and its SHA-256 recorded in `manifest.json`, and the folder is renamed to
+  /// `step-<step>` in one step. A crash at any moment leaves the earlier checkpoints whole. Then
+  /// `model.safetensors` and `config.json` at the top of `folder` (what transformers loads) are
+  /// replaced by links to the new unit's, and all but the newest `keep` units are removed.
+  ///
+  /// Shards are written one at a time as they come off the host store: nothing holds the whole
+  /// model in memory.
+  public static func write(_ run: ModelRun, to folder: String, device: Int = 0, keep: Int = 2) throws {
     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    // Shard by shard (each may have to come off disk), copied out so that all are at hand at once.
-    var weights: [CopiedTensor] = [], states: [CopiedTensor] = []
-    try run.withEveryShard(on: device) { s in
-      for p in run.parameters(ofShard: s) where p.replicaOf == nil {
+    let unit = folder + "/" + unitName(run.step)
+    let temp = folder + "/.tmp-" + unitName(run.step) + "-\(getpid())"
+    try? FileManager.default.removeItem(atPath: temp)
+    try FileManager.default.createDirectory(atPath: temp, withIntermediateDirectories: false)
+    do {
+      var files: [String: ManifestFile] = [:]
+      // Every file says its step, so that a file from another step is never taken for this one.
+      let step = "\(run.step)"
+      var weightEntries: [(name: String, shape: [Int])] = [], stateEntries: [(name: String, shape: [Int])] = []
+      for p in run.ownedParameters {
         let name = storedName(p, spec: run.spec)
-        weights.append(CopiedTensor(name: name, shape: p.shape, values: p.value.array))
-        for (i, t) in p.state.enumerated() {
-          states.append(CopiedTensor(name: "\(name).state\(i)", shape: p.shape, values: t.array))
+        weightEntries.append((name, p.shape))
+        for i in p.state.indices { stateEntries.append(("\(name).state\(i)", p.shape)) }
+      }
+      var weightsHash = SHA256(), stateHash = SHA256()
+      var weightBytes = 0, stateBytes = 0
+      let weights = try SafeTensorsWriter(
+        path: temp + "/" + weightsFile, tensors: weightEntries, metadata: ["format": "pt", "hydra_step": step]
+      ) {
+        weightsHash.update(bufferPointer: $0)
+        weightBytes += $0.count
+      }
+      let states = try SafeTensorsWriter(
+        path: temp + "/" + optimizerFile, tensors: stateEntries, metadata: ["hydra_step": step]
+      ) {
+        stateHash.update(bufferPointer: $0)
+        stateBytes += $0.count
+      }
+      try run.withEveryShard(on: device) { s in
+        for p in run.parameters(ofShard: s) where p.replicaOf == nil {
+          try weights.append(UnsafeBufferPointer(p.value.buffer))
+          for t in p.state { try states.append(UnsafeBufferPointer(t.buffer)) }
         }
       }
+      try weights.finish()
+      try states.finish()
+      files[weightsFile] = ManifestFile(bytes: weightBytes, sha256: hex(weightsHash.finalize()))
+      files[optimizerFile] = ManifestFile(bytes: stateBytes, sha256: hex(stateHash.finalize()))
+      files[configFile] = try writeDurably(configJSON(run.spec), to: temp + "/" + configFile)
+      // JSON has no NaN or infinity: null stands for them.
+      func number(_ x: Double) -> Any { x.isFinite ? x : NSNull() }
+      let state: [String: Any] = [
+        "step": run.step,
+        "train_losses": run.trainLosses.map(number),
+        "evaluations": run.evaluations.map {
+          ["step": $0.step, "loss": number($0.loss), "accuracy": number($0.accuracy)]
+        },
+      ]
+      let json = try JSONSerialization.data(withJSONObject: state, options: [.sortedKeys])
+      files[trainerStateFile] = try writeDurably(
+        String(decoding: json, as: UTF8.self) + "\n", to: temp + "/" + trainerStateFile)
+      let manifest = Manifest(step: run.step, files: files)
+      let encoder = JSONEncoder()
+      encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+      _ = try writeDurably(
+        String(decoding: try encoder.encode(manifest), as: UTF8.self) + "\n", to: temp + "/" + manifestFile)
+      syncFolder(temp)
+      if FileManager.default.fileExists(atPath: unit) {
+        // The same step again (a resumed run repeating it): the new unit replaces the old whole.
+        let old = folder + "/.tmp-replaced-\(getpid())"
+        try? FileManager.default.removeItem(atPath: old)
+        guard rename(unit, old) == 0 else { throw RuntimeError("cannot move \(unit) aside: \(lastError)") }
+        try? FileManager.default.removeItem(atPath: old)
+      }
+      guard rename(temp, unit) == 0 else { throw RuntimeError("cannot rename \(temp) to \(unit): \(lastError)") }
+      syncFolder(folder)
+    } catch {
+      try? FileManager.default.removeItem(atPath: temp)
+      throw error
     }
-    // Every file says its step, so that a resume can tell a checkpoint cut short between files.
-    let step = "\(run.step)"
-    try writeSafeTensors(weights, metadata: ["format": "pt", "hydra_step": step], to: folder + "/" + weightsFile)
-    try writeSafeTensors(states, metadata: ["hydra_step": step], to: folder + "/" + optimizerFile)
-    try writeAtomically(configJSON(run.spec), to: folder + "/" + configFile)
-    // JSON has no NaN or infinity: null stands for them.
-    func number(_ x: Double) -> Any { x.isFinite ? x : NSNull() }
-    let state: [String: Any] = [
-      "step": run.step,
-      "train_losses": run.trainLosses.map(number),
-      "evaluations": run.evaluations.map {
-        ["step": $0.step, "loss": number($0.loss), "accuracy": number($0.accuracy)]
-      },
-    ]
-    let json = try JSONSerialization.data(withJSONObject: state, options: [.sortedKeys])
-    try writeAtomically(String(decoding: json, as: UTF8.self) + "\n", to: folder + "/" + trainerStateFile)
+    for file in [weightsFile, configFile] { try publish(unit + "/" + file, as: folder + "/" + file) }
+    // The layout before units kept these at the top: a unit supersedes them.
+    for file in [optimizerFile, trainerStateFile] { unlink(folder + "/" + file) }
+    for old in units(in: folder).dropFirst(max(keep, 1)) {
+      try? FileManager.default.removeItem(atPath: folder + "/" + old)
+    }
   }
 
-  /// Whether `folder` holds a checkpoint to resume from.
+  /// `path` replaced, atomically, by a hard link to `source` (a copy where links are refused).
+  private static func publish(_ source: String, as path: String) throws {
+    let temp = (path as NSString).deletingLastPathComponent + "/.tmp-link-\(getpid())"
+    unlink(temp)
+    if link(source, temp) != 0 {
+      try FileManager.default.copyItem(atPath: source, toPath: temp)
+    }
+    guard rename(temp, path) == 0 else {
+      unlink(temp)
+      throw RuntimeError("cannot replace \(path): \(lastError)")
+    }
+  }
+
+  /// The unit folders in a model's checkpoint folder, newest first.
+  static func units(in folder: String) -> [String] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+    return names.compactMap { name -> (Int, String)? in
+      guard name.hasPrefix("step-"), let step = Int(name.dropFirst(5)), step >= 0 else { return nil }
+      return (step, name)
+    }.sorted { $0.0 > $1.0 }.map(\.1)
+  }
+
+  /// Removes what an interrupted write left in a model's checkpoint folder (temporary folders and
+  /// files); returns their names.
+  @discardableResult
+  public static func removeTemporaries(in folder: String) -> [String] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+    let stale = names.filter { $0.hasPrefix(".tmp-") || $0.contains(".tmp-") }
+    for name in stale { try? FileManager.default.removeItem(atPath: folder + "/" + name) }
+    return stale
+  }
+
+  /// The newest complete, intact checkpoint in a model's checkpoint folder: a unit whose every file
+  /// matches its manifest. A unit that does not is skipped, with `warn` naming the file and what is
+  /// wrong. A folder in the layout before units (its files at the top) counts as one checkpoint
+  /// without a manifest. Nil when there is none.
+  public static func newest(in folder: String, warn: (String) -> Void) -> String? {
+    let found = units(in: folder)
+    for name in found {
+      let unit = folder + "/" + name
+      if let problem = verify(unit) {
+        warn("\(problem); using an earlier checkpoint")
+        continue
+      }
+      return unit
+    }
+    if found.isEmpty && FileManager.default.fileExists(atPath: folder + "/" + trainerStateFile) { return folder }
+    return nil
+  }
+
+  /// What is wrong with a checkpoint unit (naming the file), or nil when every file is whole.
+  public static func verify(_ unit: String) -> String? {
+    let manifestPath = unit + "/" + manifestFile
+    guard let data = FileManager.default.contents(atPath: manifestPath),
+      let manifest = try? JSONDecoder().decode(Manifest.self, from: data)
+    else { return "\(manifestPath): missing or unreadable" }
+    for name in [weightsFile, optimizerFile, configFile, trainerStateFile] {
+      guard let expected = manifest.files[name] else { return "\(manifestPath): does not list \(name)" }
+      let path = unit + "/" + name
+      guard let (bytes, digest) = sha256(of: path) else { return "\(path): missing or unreadable" }
+      if bytes != expected.bytes {
+        return "\(path): \(bytes) bytes, the manifest says \(expected.bytes)"
+      }
+      if digest != expected.sha256 { return "\(path): its SHA-256 does not match the manifest" }
+    }
+    return nil
+  }
+
+  /// Writes `text` to `path`, flushed to disk; its size and SHA-256.
+  private static func writeDurably(_ text: String, to path: String) throws -> ManifestFile {
+    let bytes = Array(text.utf8)
+    let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw RuntimeError("cannot create \(path): \(lastError)") }
+    defer { close(fd) }
+    var done = 0
+    while done < bytes.count {
+      let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, bytes.count - done) }
+      if n < 0 && errno == EINTR { continue }
+      guard n > 0 else { throw RuntimeError("cannot write \(path): \(lastError)") }
+      done += n
+    }
+    guard fsync(fd) == 0 else { throw RuntimeError("cannot flush \(path): \(lastError)") }
+    return ManifestFile(bytes: bytes.count, sha256: hex(SHA256.hash(data: bytes)))
+  }
+
+  private static func syncFolder(_ path: String) {
+    let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+    if fd >= 0 {
+      _ = fsync(fd)
+      close(fd)
+    }
+  }
+
+  /// The size and SHA-256 of a file, read in pieces; nil when it cannot be read.
+  static func sha256(of path: String) -> (Int, String)? {
+    let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var hash = SHA256()
+    var total = 0
+    let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 64)
+    defer { chunk.deallocate() }
+    while true {
+      let n = read(fd, chunk.baseAddress!, chunk.count)
+      if n < 0 && errno == EINTR { continue }
+      if n < 0 { return nil }
+      if n == 0 { break }
+      hash.update(bufferPointer: UnsafeRawBufferPointer(rebasing: chunk[0..<n]))
+      total += n
+    }
+    return (total, hex(hash.finalize()))
+  }
+
+  private static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
+    digest.map { String(format: "%02x", $0) }.joined()
+  }
+
+  private static var lastError: String { String(cString: strerror(errno)) }
+
+  struct Manifest: Codable {
+    var step: Int
+    var files: [String: ManifestFile]
+  }
+  struct ManifestFile: Codable {
+    var bytes: Int
+    var sha256: String
+  }
+
+  /// Whether `folder` (a model's checkpoint folder) holds a checkpoint to resume from.
   public static func canResume(from folder: String) -> Bool {
-    FileManager.default.fileExists(atPath: folder + "/" + trainerStateFile)
+    newest(in: folder, warn: { _ in }) != nil
   }
 
   /// Puts a model back where its checkpoint in `folder` left it: weights, optimizer state, step
@@ -202,32 +393,6 @@ public enum Checkpoint {
   }
 }
 
-/// A tensor copied out of its shard, to be written with others.
-private struct CopiedTensor {
-  var name: String
-  var shape: [Int]
-  var values: [Float]
-}
-
-/// Writes `tensors` as one safetensors file, every buffer held valid at once.
-private func writeSafeTensors(_ tensors: [CopiedTensor], metadata: [String: String], to path: String) throws {
-  var pointers: [UnsafeBufferPointer<Float>] = []
-  func nest(_ i: Int) throws {
-    if i == tensors.count {
-      try SafeTensorsFile.write(
-        tensors.indices.map { (name: tensors[$0].name, shape: tensors[$0].shape, values: pointers[$0]) },
-        metadata: metadata, to: path)
-      return
-    }
-    try tensors[i].values.withUnsafeBufferPointer { p in
-      pointers.append(p)
-      try nest(i + 1)
-    }
-  }
-  try nest(0)
-}
-
-/// Writes `text` to `path` through a temporary file in the same folder and a rename.
 func writeAtomically(_ text: String, to path: String) throws {
   let temp = path + ".tmp-\(getpid())"
   try Data(text.utf8).write(to: URL(fileURLWithPath: temp))

@@ -67,6 +67,8 @@ public final class Coordinator: @unchecked Sendable {
   /// Where each device's last box on the trace ends.
   private var lastEnd: [Double]
   private var current: [String?]
+  /// Set by `requestStop`: no model starts another step.
+  public private(set) var stopping = false
   /// Seconds the coordinator spent deciding (building views, asking the scheduler), and how often.
   public private(set) var decisionSeconds = 0.0
   public private(set) var decisions = 0
@@ -321,6 +323,26 @@ public final class Coordinator: @unchecked Sendable {
     }
   }
 
+  /// Stops the run as soon as every model is at a step boundary (SIGTERM): a model drops its
+  /// current step if no backward of it has run yet, else finishes it (and checkpoints there, as at
+  /// a pause); no model starts another step. `run` then returns as usual. Any thread.
+  public func requestStop() {
+    condition.lock()
+    defer { condition.unlock() }
+    guard !stopping else { return }
+    stopping = true
+    for m in runs.indices where !running[m] { stop(model: m) }
+    condition.broadcast()
+  }
+
+  /// Under the lock, with model `m` at rest: no step after the current one.
+  private func stop(model m: Int) {
+    let run = runs[m]
+    guard run.nextTask != nil else { return }
+    let end = run.dropCurrentStep() ? run.step : run.step + 1
+    run.pauseAt = min(run.pauseAt ?? .max, end)
+  }
+
   /// A task handed to `device` has ended there.
   private func taskEnded(on device: Int) {
     condition.lock()
@@ -371,6 +393,7 @@ public final class Coordinator: @unchecked Sendable {
     }
     inFlight[m] = nil
     running[a.task.model] = false
+    if stopping { stop(model: m) }
     lastDevice[a.task.model] = a.device
     readySince[a.task.model] = elapsed()
     condition.signal()

@@ -21,6 +21,21 @@ public final class JobRunner {
   /// planned, so that a failure on any rank stops them all); else the registry makes it.
   public var backend: Backend?
 
+  private let stopLock = NSLock()
+  private var stopRequested = false
+  private var activeCoordinator: Coordinator?
+
+  /// Stops the run early (SIGTERM, SIGINT): no model starts another step, each ends its current
+  /// one or drops it (see `Coordinator.requestStop`), every model that trained gets a checkpoint at
+  /// the step it reached, and `run` returns with `stopped` set. Any thread, any time.
+  public func requestStop() {
+    stopLock.lock()
+    stopRequested = true
+    let coordinator = activeCoordinator
+    stopLock.unlock()
+    coordinator?.requestStop()
+  }
+
   public init(config: JobConfig, registry: PluginRegistry) {
     self.config = config
     self.registry = registry
@@ -36,6 +51,8 @@ public final class JobRunner {
     public var backend: Backend
     /// False in the processes of a distributed backend that only ran tasks: they hold no results.
     public var coordinating = true
+    /// The run was stopped early by `requestStop`.
+    public var stopped = false
   }
 
   /// One member, planned: its architecture, data, shards and activation policy.
@@ -87,6 +104,9 @@ public final class JobRunner {
       }
       plans = try plan()
       madeScheduler = try makeScheduler()
+      if (distributed?.localDevice ?? 0) == 0 {
+        try OutputLock.check(folder: config.job.output, config: config, resume: resume)
+      }
       if distributed != nil && cluster.devicesGiven && cluster.devices != backend.deviceCount {
         throw InputError(
           file: config.file, line: config.line(table: "cluster", key: "devices"),
@@ -137,6 +157,8 @@ public final class JobRunner {
     for d in devices { store.attach(device: d.index, memory: d.memory) }
     for plan in plans { for note in plan.notes { log(note) } }
     if distributed != nil && local != 0 { log = { _ in } }  // a process that only runs tasks: no log
+    let outputLock = local == 0 ? try OutputLock(folder: config.job.output, config: config, log: log) : nil
+    defer { outputLock?.release() }
     let folder =
       local == 0 ? try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML(), append: resume) : nil
     // Under a distributed backend every process builds every model, places every shard the same way
@@ -162,7 +184,11 @@ public final class JobRunner {
       let checkpoints = config.job.output + "/checkpoints/"
       distributed.stepWork = { run, evaluate, checkpoint, device in
         let e = evaluate ? try run.evaluate(kernels: device.kernels, device: device.index) : nil
-        if checkpoint { try Checkpoint.write(run, to: checkpoints + run.id, device: device.index) }
+        if checkpoint {
+          try Checkpoint.write(
+            run, to: checkpoints + run.id, device: device.index,
+            keep: self.config.members[run.index].train.keepCheckpoints)
+        }
         return e
       }
       try distributed.attach(runs: runs, device: devices[local], store: store)
@@ -203,7 +229,11 @@ public final class JobRunner {
           e = try run.evaluate(kernels: device.kernels, device: device.index)
           coordinator.recordEvaluation(of: run, on: device, start: now)
         }
-        if checkpoint { try Checkpoint.write(run, to: output.checkpointFolder(run.id), device: device.index) }
+        if checkpoint {
+          try Checkpoint.write(
+            run, to: output.checkpointFolder(run.id), device: device.index,
+            keep: config.members[run.index].train.keepCheckpoints)
+        }
         if distributed != nil {
           // What was gathered goes back to being held by its homes only.
           let homes = coordinator.homes(of: run.index)
@@ -231,6 +261,11 @@ public final class JobRunner {
     }
     let view = live ? LiveView(coordinator: coordinator) : nil
     view?.start()
+    stopLock.lock()
+    activeCoordinator = coordinator
+    let stopNow = stopRequested
+    stopLock.unlock()
+    if stopNow { coordinator.requestStop() }
     let makespan: Double
     do {
       makespan = try coordinator.run()
@@ -238,6 +273,21 @@ public final class JobRunner {
     } catch {
       view?.stop()
       throw error
+    }
+    stopLock.lock()
+    activeCoordinator = nil
+    stopLock.unlock()
+    if coordinator.stopping && distributed == nil {
+      // Every model that trained and has no checkpoint of the step it reached gets one (those that
+      // finished their step wrote theirs as at a pause).
+      for run in runs where run.step > 0 {
+        let folder = output.checkpointFolder(run.id)
+        if Checkpoint.units(in: folder).first != Checkpoint.unitName(run.step) {
+          try Checkpoint.write(
+            run, to: folder, device: devices[0].index, keep: config.members[run.index].train.keepCheckpoints)
+        }
+      }
+      log("stopped: every model checkpointed at the step it reached; continue with --resume")
     }
     let reports = try distributed?.finish() ?? []
     let trace = coordinator.trace
@@ -292,7 +342,10 @@ public final class JobRunner {
     try output.writeSummary(
       job: config.job.name, makespan: makespan, models: runs.map { summary($0) }, memory: memory,
       coordinator: decisions)
-    return Result(makespan: makespan, runs: runs, output: output.path, devices: devices, store: store, backend: backend)
+    var result = Result(
+      makespan: makespan, runs: runs, output: output.path, devices: devices, store: store, backend: backend)
+    result.stopped = coordinator.stopping
+    return result
   }
 
   private func summary(_ run: ModelRun) -> [String: Any] {
@@ -468,9 +521,12 @@ public final class JobRunner {
         footprints: plan.shards.map { plan.request.footprint($0) },
         workingSets: plan.shards.map { plan.request.workingSet($0) }, keep: { keep(i, $0) })
       let folder = config.job.output + "/checkpoints/" + member.id
-      if resume && Checkpoint.canResume(from: folder) {
-        try Checkpoint.resume(run, from: folder)
-        log("\(member.id): resumed at step \(run.step) from \(folder)")
+      for name in Checkpoint.removeTemporaries(in: folder) {
+        log("\(member.id): removed \(folder)/\(name), left by an interrupted checkpoint")
+      }
+      if resume, let unit = Checkpoint.newest(in: folder, warn: { [self] in log("warning: \(member.id): \($0)") }) {
+        try Checkpoint.resume(run, from: unit)
+        log("\(member.id): resumed at step \(run.step) from \(unit)")
       } else if let initPath = member.model.initPath {
         try Checkpoint.load(into: run, from: initPath)
       }

@@ -523,6 +523,25 @@ public final class ModelRun {
     }
   }
 
+  /// Stopping a run (SIGTERM): before any backward of the current step has run (so no optimizer
+  /// has stepped), the step is dropped as if it never started: what it posted and kept is let go,
+  /// and a loss it recorded is taken back. Returns false, changing nothing, once a backward ran
+  /// (the step must then be finished).
+  @discardableResult
+  public func dropCurrentStep() -> Bool {
+    let k = shards.count
+    guard position > 0 else { return true }
+    guard position <= k else { return false }
+    discardStep()
+    if position == k && trainLosses.count > step { trainLosses.removeLast() }
+    touched = [:]
+    discarded = []
+    position = 0
+    batch = nil
+    batchStep = -1
+    return true
+  }
+
   /// Whatever this step posted that no task will take any more (a model that stopped mid-step).
   private func discardStep() {
     for s in 0..<shards.count {

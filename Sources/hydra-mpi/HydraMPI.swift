@@ -10,6 +10,9 @@ import HydraRuntime
 struct HydraMPI: ParsableCommand {
   static func main() {
     BLASCore.restartWithBetterCoreIfNeeded()
+    // Output that goes to a file or a pipe (a batch system's log) is flushed line by line, so that
+    // a run stopped by a signal keeps what it printed.
+    if isatty(STDOUT_FILENO) == 0 { setvbuf(stdout, nil, _IOLBF, 0) }
     do {
       var command = try parseAsRoot()
       try command.run()
@@ -92,6 +95,9 @@ struct Run: ParsableCommand {
             "hydra-mpi: job \(config.job.name): \(config.members.count) model(s) on \(mpi?.deviceCount ?? config.cluster.devices) device(s)\(mpi == nil ? "" : " (MPI ranks)"), kernels \(config.cluster.kernels)"
           )
         }
+        // SIGTERM (what Slurm sends before it kills a job) or SIGINT: stop with a checkpoint of every
+        // model; a second one ends the process at once.
+        let signals = mpi == nil ? StopSignals(runner) : nil
         let result: JobRunner.Result
         do {
           result = try runner.run()
@@ -110,6 +116,10 @@ struct Run: ParsableCommand {
         if result.coordinating {
           print(Report.ranking(result.runs))
           print(String(format: "makespan %.2f s; output in %@", result.makespan, result.output))
+        }
+        if result.stopped, let signal = signals?.received {
+          fflush(stdout)
+          throw ExitCode(128 + signal)
         }
       }
     } catch {
@@ -217,5 +227,37 @@ func reportingErrors(_ body: () throws -> Void) throws {
   } catch {
     FileHandle.standardError.write(Data("error: \(error)\n".utf8))
     throw ExitCode(1)
+  }
+}
+
+/// SIGTERM and SIGINT while a job runs: the first asks the runner to stop with checkpoints, the
+/// second ends the process at once (exit 128 + the signal).
+final class StopSignals: @unchecked Sendable {
+  private var sources: [DispatchSourceSignal] = []
+  private let lock = NSLock()
+  private var _received: Int32?
+  /// The first signal received, if any.
+  var received: Int32? { lock.lock(); defer { lock.unlock() }; return _received }
+
+  init(_ runner: JobRunner) {
+    for sig in [SIGTERM, SIGINT] {
+      signal(sig, SIG_IGN)
+      let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+      source.setEventHandler { [self] in
+        lock.lock()
+        let first = _received == nil
+        if first { _received = sig }
+        lock.unlock()
+        if !first { _exit(128 + sig) }
+        let name = sig == SIGTERM ? "SIGTERM" : "SIGINT"
+        FileHandle.standardError.write(
+          Data(
+            "hydra-mpi: \(name): stopping; every model ends or drops its current step and is checkpointed (again to quit at once)\n"
+              .utf8))
+        runner.requestStop()
+      }
+      source.resume()
+      sources.append(source)
+    }
   }
 }

@@ -134,6 +134,8 @@ func runJob(
   _ path: String, overrides: [String] = [], file: StaticString = #filePath, line: UInt = #line
 ) throws -> JobRunner.Result {
   let config = try JobConfig.load(path: path, known: testKnownPlugins(), overrides: overrides)
+  // Tests run one job after another into one folder: each starts afresh (the tool would refuse).
+  try? FileManager.default.removeItem(atPath: config.job.output)
   let runner = JobRunner(config: config, registry: testRegistry())
   runner.log = { _ in }
   let result = try runner.run()

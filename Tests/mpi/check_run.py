@@ -31,13 +31,21 @@ def main():
     problems = []
 
     def checkpoints(root):
+        # Per model: the files at the top (what transformers loads) and those of its newest
+        # checkpoint unit (step-N/). Older units depend on when a run was paused, so they are not
+        # compared.
         found = {}
         base = os.path.join(root, "checkpoints")
-        for folder, _, files in os.walk(base):
-            for f in files:
-                if f.endswith(".safetensors") or f == "trainer_state.json":
-                    path = os.path.join(folder, f)
-                    found[os.path.relpath(path, base)] = path
+        for model in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            folder = os.path.join(base, model)
+            for f in os.listdir(folder):
+                if f.endswith(".safetensors"):
+                    found[f"{model}/{f}"] = os.path.join(folder, f)
+            units = sorted(u for u in os.listdir(folder) if u.startswith("step-"))
+            if units:
+                unit = os.path.join(folder, units[-1])
+                for f in os.listdir(unit):
+                    found[f"{model}/{units[-1]}/{f}"] = os.path.join(unit, f)
         return found
 
     mine, theirs = checkpoints(out), checkpoints(ref)

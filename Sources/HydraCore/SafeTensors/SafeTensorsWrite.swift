@@ -65,6 +65,95 @@ extension SafeTensorsFile {
     }
   }
 
+}
+
+/// Writes a safetensors file tensor by tensor, so that a model too large to hold twice in memory
+/// is written one shard at a time: the header (every name and shape) first, then each tensor's
+/// values in the header's order. Every byte written also goes to `observe` (a checksum). `finish`
+/// fsyncs and closes; a writer dropped before `finish` removes its file.
+public final class SafeTensorsWriter {
+  public let path: String
+  private var fd: Int32
+  private let counts: [Int]
+  private var next = 0
+  private let observe: (UnsafeRawBufferPointer) -> Void
+
+  /// Creates `path` (which must not exist) and writes the header. Throws `InputError` naming
+  /// `path` for bad tensors or I/O failures.
+  public init(
+    path: String, tensors: [(name: String, shape: [Int])], metadata: [String: String],
+    observe: @escaping (UnsafeRawBufferPointer) -> Void = { _ in }
+  ) throws {
+    var counts: [Int] = []
+    for t in tensors {
+      var n = 1
+      for d in t.shape {
+        let (p, overflow) = n.multipliedReportingOverflow(by: max(d, 0))
+        n = overflow ? .max : p
+      }
+      counts.append(n)
+    }
+    let header = try SafeTensorsFile.headerBytes(
+      zip(tensors, counts).map { ($0.name, $0.shape, $1) }, metadata: metadata, path: path)
+    self.path = path
+    self.counts = counts
+    self.observe = observe
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw InputError(file: path, "cannot create: \(String(cString: strerror(errno)))") }
+    var length = UInt64(header.count).littleEndian
+    try withUnsafeBytes(of: &length) { try put($0) }
+    try header.withUnsafeBytes { try put($0) }
+  }
+
+  deinit {
+    if fd >= 0 {
+      close(fd)
+      unlink(path)
+    }
+  }
+
+  /// The next tensor's values (as many as its shape holds).
+  public func append(_ values: UnsafeBufferPointer<Float>) throws {
+    guard next < counts.count, values.count == counts[next] else {
+      throw InputError(
+        file: path, "tensor \(next) written with \(values.count) values out of order or of the wrong size")
+    }
+    next += 1
+    #if _endian(big)
+      let le = values.map { $0.bitPattern.littleEndian }
+      try le.withUnsafeBytes { try put($0) }
+    #else
+      try put(UnsafeRawBufferPointer(values))
+    #endif
+  }
+
+  /// Every tensor written: flushes the file to disk and closes it.
+  public func finish() throws {
+    guard next == counts.count else {
+      throw InputError(file: path, "only \(next) of \(counts.count) tensors were written")
+    }
+    guard fsync(fd) == 0 else { throw InputError(file: path, "fsync failed: \(String(cString: strerror(errno)))") }
+    let result = close(fd)
+    fd = -1
+    guard result == 0 else { throw InputError(file: path, "close failed: \(String(cString: strerror(errno)))") }
+  }
+
+  private func put(_ buf: UnsafeRawBufferPointer) throws {
+    guard let base = buf.baseAddress else { return }
+    var done = 0
+    while done < buf.count {
+      let n = posixWrite(fd, base + done, buf.count - done)
+      if n < 0 {
+        if errno == EINTR { continue }
+        throw InputError(file: path, "write failed: \(String(cString: strerror(errno)))")
+      }
+      done += n
+    }
+    observe(buf)
+  }
+}
+
+extension SafeTensorsFile {
   /// The JSON header, padded with spaces to make 8 + its length a multiple of 8. Checks the tensors.
   static func headerBytes(
     _ tensors: [(name: String, shape: [Int], count: Int)], metadata: [String: String], path: String
