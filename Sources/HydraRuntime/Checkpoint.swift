@@ -64,7 +64,13 @@ public enum Checkpoint {
         stateHash.update(bufferPointer: $0)
         stateBytes += $0.count
       }
+      // A full disk in the middle of a checkpoint, for the tests: HYDRA_FAULT_CHECKPOINT=<model>:<step>.
+      let fault = ProcessInfo.processInfo.environment["HYDRA_FAULT_CHECKPOINT"] == "\(run.id):\(run.step)"
       try run.withEveryShard(on: device) { s in
+        if fault && s == run.shards.count / 2 {
+          throw RuntimeError(
+            "cannot write \(temp)/\(weightsFile): No space left on device (injected by HYDRA_FAULT_CHECKPOINT)")
+        }
         for p in run.parameters(ofShard: s) where p.replicaOf == nil {
           try weights.append(UnsafeBufferPointer(p.value.buffer))
           for t in p.state { try states.append(UnsafeBufferPointer(t.buffer)) }

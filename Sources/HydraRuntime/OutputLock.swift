@@ -127,7 +127,8 @@ public final class OutputLock {
         continue
       }
       guard let eq = line.firstIndex(of: "="), !line.hasPrefix("#") else { continue }
-      let key = line[..<eq].trimmingCharacters(in: .whitespaces)
+      let key = line[..<eq].trimmingCharacters(in: .whitespaces).trimmingCharacters(
+        in: CharacterSet(charactersIn: "\""))
       let value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
       let name = "\(table).\(key)"
       let counts =

@@ -1,0 +1,277 @@
+import Foundation
+import XCTest
+
+/// Never losing a sweep, through the tool as a user runs it: killed at any moment (SIGKILL) or
+/// stopped (SIGTERM), a run resumes and ends with the bytes of one never interrupted; an output
+/// folder belongs to one run; results are not replaced, nor continued by a different job.
+final class ReliabilityTests: XCTestCase {
+  func job(_ dir: String, data: String, steps: Int = 12, dModel: Int = 64, extra: String = "") throws -> String {
+    try writeJob(
+      dir,
+      """
+      [job]
+      name = "reliable"
+      output = "out"
+      seed = 21
+      [cluster]
+      devices = 2
+      device_memory = "8MiB"
+      host_memory = "2MiB"
+      [data]
+      format = "text"
+      path = "\(data)"
+      [model]
+      kind = "gpt"
+      layers = 2
+      d_model = \(dModel)
+      heads = 2
+      context = 16
+      [train]
+      steps = \(steps)
+      batch_size = 4
+      warmup_steps = 2
+      eval_every = 0
+      eval_batches = 1
+      \(extra)
+      [sweep]
+      "train.lr" = [3e-3, 1e-3]
+      """)
+  }
+
+  func textData(_ dir: String) throws -> String {
+    let data = dir + "/text.txt"
+    try String(repeating: "a run stopped at any moment loses nothing. ", count: 300).write(
+      toFile: data, atomically: true, encoding: .utf8)
+    return data
+  }
+
+  /// The tool in the background, its output going to files (no pipe to fill up).
+  func launch(_ args: [String], log: String, environment: [String: String] = [:]) throws -> Process {
+    let bundle = URL(
+      fileURLWithPath: CommandLine.arguments.first { $0.hasSuffix(".xctest") } ?? CommandLine.arguments[0])
+    let p = Process()
+    p.executableURL = bundle.deletingLastPathComponent().appendingPathComponent("hydra-mpi")
+    p.arguments = args
+    p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    FileManager.default.createFile(atPath: log, contents: nil)
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+    p.standardOutput = handle
+    p.standardError = handle
+    try p.run()
+    return p
+  }
+
+  /// Waits until `condition` holds (polling), at most `seconds`.
+  func wait(_ seconds: Double, until condition: () -> Bool) -> Bool {
+    let end = Date().addingTimeInterval(seconds)
+    while Date() < end {
+      if condition() { return true }
+      usleep(20_000)
+    }
+    return condition()
+  }
+
+  func trainRows(_ out: String) -> Int {
+    let text = (try? String(contentsOfFile: out + "/metrics.csv", encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").filter { $0.contains(",train,") }.count
+  }
+
+  /// Each model's newest checkpoint unit and the files transformers loads, byte for byte.
+  func assertSameEnd(_ a: String, _ b: String, step: Int, file: StaticString = #filePath, line: UInt = #line) throws {
+    let unit = String(format: "step-%08d", step)
+    for model in ["m000", "m001"] {
+      for name in [
+        "\(unit)/model.safetensors", "\(unit)/optimizer.safetensors", "\(unit)/trainer_state.json",
+        "\(unit)/manifest.json", "model.safetensors",
+      ] {
+        let x = try Data(contentsOf: URL(fileURLWithPath: "\(a)/out/checkpoints/\(model)/\(name)"))
+        let y = try Data(contentsOf: URL(fileURLWithPath: "\(b)/out/checkpoints/\(model)/\(name)"))
+        XCTAssertEqual(x, y, "\(model)/\(name)", file: file, line: line)
+      }
+    }
+  }
+
+  /// SIGKILL at many moments of a run that checkpoints every step (inside checkpoint writes too):
+  /// every `--resume` starts, and the last one ends where an uninterrupted run does.
+  func testKilledAtManyMomentsTheSweepAlwaysResumesToTheSameEnd() throws {
+    let root = try temporaryFolder()
+    let data = try textData(root)
+    let whole = root + "/whole", parts = root + "/parts"
+    for d in [whole, parts] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+    // About 2.5 s here, a good part of it writing checkpoints (one per step of each model).
+    let steps = 60
+    let started = Date()
+    let a = try runTool(["run", try job(whole, data: data, steps: steps, dModel: 128, extra: "checkpoint_every = 1")])
+    XCTAssertEqual(a.status, 0, a.err)
+    let wholeSeconds = Date().timeIntervalSince(started)
+    let jobFile = try job(parts, data: data, steps: steps, dModel: 128, extra: "checkpoint_every = 1")
+    var kills = 0, finished = false
+    // Kills at fractions of an uninterrupted run's time (start-up included): each resumed run gets
+    // part of the way, and they add up to about three whole runs.
+    let fractions = [0.1, 0.25, 0.15, 0.3, 0.2, 0.12, 0.28, 0.18, 0.22, 0.08, 0.3, 0.16, 0.26, 0.2, 0.14, 0.24]
+    for (i, fraction) in fractions.enumerated() {
+      let delay = fraction * wholeSeconds
+      let p = try launch(["run", jobFile] + (i == 0 ? [] : ["--resume"]), log: root + "/run-\(i).log")
+      usleep(useconds_t(delay * 1e6))
+      if p.isRunning {
+        kill(p.processIdentifier, SIGKILL)
+        kills += 1
+      }
+      p.waitUntilExit()
+      let log = (try? String(contentsOfFile: root + "/run-\(i).log", encoding: .utf8)) ?? ""
+      if p.terminationReason == .exit {
+        XCTAssertEqual(p.terminationStatus, 0, log)
+        finished = true
+        break
+      }
+      XCTAssertFalse(log.contains("error"), log)
+    }
+    if !finished {
+      let last = try runTool(["run", jobFile, "--resume"])
+      XCTAssertEqual(last.status, 0, last.err)
+    }
+    XCTAssertGreaterThanOrEqual(kills, 4, "the kills must land while the run works")
+    try assertSameEnd(whole, parts, step: steps)
+  }
+
+  /// SIGTERM in the middle of a run without periodic checkpoints: the process exits 143 within
+  /// seconds, every model has a checkpoint of a step > 0, and `--resume` ends where an uninterrupted
+  /// run does.
+  func testSIGTERMCheckpointsEveryModelAndTheResumedRunEndsTheSame() throws {
+    let root = try temporaryFolder()
+    let data = try textData(root)
+    let whole = root + "/whole", parts = root + "/parts"
+    for d in [whole, parts] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+    let steps = 400
+    let a = try runTool(["run", try job(whole, data: data, steps: steps)])
+    XCTAssertEqual(a.status, 0, a.err)
+    let jobFile = try job(parts, data: data, steps: steps)
+    let log = root + "/term.log"
+    let p = try launch(["run", jobFile], log: log)
+    XCTAssertTrue(wait(60) { trainRows(parts + "/out") >= 20 }, "the run did not get going")
+    let sent = Date()
+    kill(p.processIdentifier, SIGTERM)
+    p.waitUntilExit()
+    let seconds = Date().timeIntervalSince(sent)
+    let said = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+    XCTAssertEqual(p.terminationStatus, 143, said)
+    XCTAssertLessThan(seconds, 10, said)
+    XCTAssertTrue(said.contains("SIGTERM"), said)
+    let summary = try XCTUnwrap(
+      JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: parts + "/out/summary.json")))
+        as? [String: Any])
+    let models = try XCTUnwrap(summary["models"] as? [[String: Any]])
+    XCTAssertEqual(models.count, 2)
+    for m in models {
+      let id = try XCTUnwrap(m["id"] as? String)
+      let step = try XCTUnwrap(m["steps"] as? Int)
+      XCTAssertGreaterThan(step, 0, id)
+      XCTAssertLessThan(step, steps, id)
+      XCTAssertEqual(m["status"] as? String, "paused", id)
+      let units = try FileManager.default.contentsOfDirectory(atPath: parts + "/out/checkpoints/" + id)
+      XCTAssertTrue(units.contains(String(format: "step-%08d", step)), "\(id): \(units)")
+    }
+    XCTAssertFalse(FileManager.default.fileExists(atPath: parts + "/out/.hydra-lock"))
+    let resumed = try runTool(["run", jobFile, "--resume"])
+    XCTAssertEqual(resumed.status, 0, resumed.err)
+    try assertSameEnd(whole, parts, step: steps)
+  }
+
+  /// The disk fills up in the middle of a checkpoint: the run fails with the reason, the earlier
+  /// checkpoints are whole and nothing half-written is left; `--resume` ends the same.
+  func testADiskFullDuringACheckpointLosesNothing() throws {
+    let root = try temporaryFolder()
+    let data = try textData(root)
+    let whole = root + "/whole", parts = root + "/parts"
+    for d in [whole, parts] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+    XCTAssertEqual(try runTool(["run", try job(whole, data: data, steps: 8, extra: "checkpoint_every = 1")]).status, 0)
+    let jobFile = try job(parts, data: data, steps: 8, extra: "checkpoint_every = 1")
+    let p = try launch(["run", jobFile], log: root + "/full.log", environment: ["HYDRA_FAULT_CHECKPOINT": "m001:5"])
+    p.waitUntilExit()
+    let said = (try? String(contentsOfFile: root + "/full.log", encoding: .utf8)) ?? ""
+    XCTAssertEqual(p.terminationStatus, 1, said)
+    XCTAssertTrue(said.contains("No space left on device"), said)
+    let folder = parts + "/out/checkpoints/m001"
+    let names = try FileManager.default.contentsOfDirectory(atPath: folder)
+    XCTAssertFalse(names.contains { $0.hasPrefix(".tmp-") || $0 == "step-00000005" }, "\(names)")
+    let resumed = try runTool(["run", jobFile, "--resume"])
+    XCTAssertEqual(resumed.status, 0, resumed.err)
+    XCTAssertTrue(resumed.out.contains("m001: resumed at step 4"), resumed.out)
+    try assertSameEnd(whole, parts, step: 8)
+  }
+
+  func testAnOutputFolderBelongsToOneRun() throws {
+    let root = try temporaryFolder()
+    let data = try textData(root)
+    let jobFile = try job(root, data: data, steps: 3)
+    XCTAssertEqual(try runTool(["run", jobFile]).status, 0)
+    let summary = try Data(contentsOf: URL(fileURLWithPath: root + "/out/summary.json"))
+
+    // Results are not replaced without --resume; both ways forward are named.
+    let again = try runTool(["run", jobFile])
+    XCTAssertEqual(again.status, 2, again.err)
+    XCTAssertTrue(again.err.contains("holds the results of an earlier run"), again.err)
+    XCTAssertTrue(again.err.contains("--resume") && again.err.contains("job.output"), again.err)
+    XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: root + "/out/summary.json")), summary)
+
+    // A folder held by a live run is refused; the lock names it.
+    let lock = root + "/out/.hydra-lock"
+    try "\(ProcessInfo.processInfo.hostName) \(getpid())\n".write(toFile: lock, atomically: true, encoding: .utf8)
+    let busy = try runTool(["run", jobFile, "--resume"])
+    XCTAssertEqual(busy.status, 2, busy.err)
+    XCTAssertTrue(busy.err.contains("in use by another run") && busy.err.contains("pid \(getpid())"), busy.err)
+
+    // The lock of a process that is gone is broken, with a line saying so, and released at the end.
+    let gone = Process()
+    gone.executableURL = URL(fileURLWithPath: "/bin/true")
+    try gone.run()
+    gone.waitUntilExit()
+    try "\(ProcessInfo.processInfo.hostName) \(gone.processIdentifier)\n".write(
+      toFile: lock, atomically: true, encoding: .utf8)
+    let taken = try runTool(["run", jobFile, "--resume", "--set", "train.steps=4"])
+    XCTAssertEqual(taken.status, 0, taken.err)
+    XCTAssertTrue(taken.out.contains("is gone; taking the folder over"), taken.out)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: lock))
+
+    // Two runs at once: the second is refused while the first holds the folder.
+    try FileManager.default.createDirectory(atPath: root + "/two", withIntermediateDirectories: true)
+    let longJob = try job(root + "/two", data: data, steps: 2000)
+    let first = try launch(["run", longJob], log: root + "/first.log")
+    XCTAssertTrue(wait(60) { FileManager.default.fileExists(atPath: root + "/two/out/.hydra-lock") })
+    let second = try runTool(["run", longJob, "--resume"])
+    XCTAssertEqual(second.status, 2, second.err)
+    XCTAssertTrue(second.err.contains("in use by another run"), second.err)
+    kill(first.processIdentifier, SIGKILL)
+    first.waitUntilExit()
+  }
+
+  /// `--resume` continues only the job that made the results: a change to what the models compute
+  /// is refused with the keys that changed; scheduling, devices and more steps are not.
+  func testResumeRefusesAJobThatTrainsDifferentModels() throws {
+    let root = try temporaryFolder()
+    let data = try textData(root)
+    let jobFile = try job(root, data: data, steps: 3)
+    XCTAssertEqual(try runTool(["run", jobFile, "--pause-at", "2"]).status, 0)
+    for (overrides, key) in [
+      (["job.seed=5"], "job.seed: 21 -> 5"), (["train.batch_size=2"], "train.batch_size: 4 -> 2"),
+      (["model.d_model=32"], "model.d_model: 64 -> 32"), (["sweep.train.lr=[3e-3, 2e-3]"], "sweep.train.lr"),
+    ] {
+      let r = try runTool(["run", jobFile, "--resume"] + overrides.flatMap { ["--set", $0] })
+      XCTAssertEqual(r.status, 2, "\(overrides): \(r.err)")
+      XCTAssertTrue(r.err.contains(key), "\(overrides): \(r.err)")
+    }
+    // The data file's content changed under the same name.
+    let original = try String(contentsOfFile: data, encoding: .utf8)
+    try (original + "more").write(toFile: data, atomically: true, encoding: .utf8)
+    let changed = try runTool(["run", jobFile, "--resume"])
+    XCTAssertEqual(changed.status, 2, changed.err)
+    XCTAssertTrue(changed.err.contains("the data file \(data) changed"), changed.err)
+    try original.write(toFile: data, atomically: true, encoding: .utf8)
+    let fine = try runTool([
+      "run", jobFile, "--resume", "--set", "scheduler.name=\"fifo\"", "--set", "cluster.devices=1", "--set",
+      "train.steps=4",
+    ])
+    XCTAssertEqual(fine.status, 0, fine.err)
+    XCTAssertTrue(fine.out.contains("m001: resumed at step 2"), fine.out)
+  }
+}
