@@ -80,13 +80,13 @@ func decodeCluster(_ s: Section, known: KnownPlugins, jobDir: String) throws -> 
   let backend = try s.string("backend", "shm")
   try registered(s, "backend", backend, known.backends, "backend")
   let devices = try s.int("devices", 1)
-  try s.check(devices >= 1, "devices", ">= 1")
+  try s.check((1...Limits.devices).contains(devices), "devices", "in 1...\(Limits.devices)")
   let deviceMemory = try size(s, "device_memory")
   let hostMemory = try size(s, "host_memory")
   let kernels = try s.string("kernels", "cpu")
   try registered(s, "kernels", kernels, known.kernels, "kernels")
   let threads = try s.int("threads_per_device", 1)
-  try s.check(threads >= 1, "threads_per_device", ">= 1")
+  try s.check((1...Limits.threads).contains(threads), "threads_per_device", "in 1...\(Limits.threads)")
   var cluster = ClusterSection(
     backend: backend, devices: devices, deviceMemory: deviceMemory, hostMemory: hostMemory,
     kernels: kernels, threadsPerDevice: threads)
@@ -137,26 +137,28 @@ func decodeModel(_ s: Section, jobDir: String) throws -> ModelSection {
     kind: kind, layers: try s.int("layers", 4), dModel: try s.int("d_model", 128), heads: try s.int("heads", 4),
     context: try s.int("context", 64), vocab: try s.int("vocab", 256), hidden: try s.ints("hidden", []),
     classes: try s.optionalInt("classes"), inputs: try s.optionalInt("inputs"), initPath: nil)
-  for (key, v) in [
-    ("layers", m.layers), ("d_model", m.dModel), ("heads", m.heads), ("context", m.context),
-    ("vocab", m.vocab),
+  for (key, v, limit) in [
+    ("layers", m.layers, Limits.layers), ("d_model", m.dModel, Limits.width), ("heads", m.heads, Limits.heads),
+    ("context", m.context, Limits.context), ("vocab", m.vocab, Limits.vocab),
   ] {
-    try s.check(v >= 1, key, ">= 1")
+    try s.check((1...limit).contains(v), key, "in 1...\(limit)")
   }
   guard m.dModel % m.heads == 0 else {
     throw s.error(
       keys: ["d_model", "heads"],
       "model.d_model (\(m.dModel)) must be divisible by model.heads (\(m.heads))")
   }
-  try s.check(m.hidden.allSatisfy { $0 >= 1 }, "hidden", "a list of sizes >= 1")
-  if let inputs = m.inputs { try s.check(inputs >= 1, "inputs", ">= 1") }
+  try s.check(
+    m.hidden.allSatisfy { (1...Limits.width).contains($0) } && m.hidden.count <= Limits.layers, "hidden",
+    "a list of at most \(Limits.layers) sizes, each in 1...\(Limits.width)")
+  if let inputs = m.inputs { try s.check((1...Limits.width).contains(inputs), "inputs", "in 1...\(Limits.width)") }
   if kind == "mlp" {
     guard let classes = m.classes else {
       throw s.error("kind", "model.classes is missing: required for kind = \"mlp\"")
     }
-    try s.check(classes >= 2, "classes", ">= 2")
+    try s.check((2...Limits.width).contains(classes), "classes", "in 2...\(Limits.width)")
   } else if let classes = m.classes {
-    try s.check(classes >= 2, "classes", ">= 2")
+    try s.check((2...Limits.width).contains(classes), "classes", "in 2...\(Limits.width)")
   }
   if let p = try s.optionalString("init") {
     let path = resolvePath(p, relativeTo: jobDir)
@@ -179,8 +181,8 @@ func decodeTrain(_ s: Section) throws -> TrainSection {
     warmupSteps: try s.int("warmup_steps", 0), shuffle: try s.bool("shuffle", true),
     evalEvery: try s.int("eval_every", 100), evalBatches: try s.int("eval_batches", 20),
     checkpointEvery: try s.int("checkpoint_every", 0))
-  try s.check(t.steps >= 1, "steps", ">= 1")
-  try s.check(t.batchSize >= 1, "batch_size", ">= 1")
+  try s.check((1...Limits.steps).contains(t.steps), "steps", "in 1...\(Limits.steps)")
+  try s.check((1...Limits.batch).contains(t.batchSize), "batch_size", "in 1...\(Limits.batch)")
   try s.check(t.lr > 0 && t.lr.isFinite, "lr", "> 0")
   try s.check(t.weightDecay >= 0 && t.weightDecay.isFinite, "weight_decay", ">= 0")
   try s.check(t.momentum >= 0 && t.momentum < 1, "momentum", "in [0, 1)")
@@ -223,4 +225,23 @@ func decodePlugins(_ s: Section, jobDir: String) throws -> PluginsSection {
     throw s.error("load", "plugins.load: no such file: \(p)")
   }
   return PluginsSection(load: load)
+}
+
+/// Upper bounds on sizes, far above any model trained today, so that every size computed from a job
+/// (parameters, bytes, FLOPs) fits in 64 bits: a block's parameters are at most 12 x 65536^2 floats,
+/// its attention scores 1024 x 131072^2 per sample.
+enum Limits {
+  static let layers = 4096
+  static let width = 65536  // d_model, mlp widths, inputs, classes
+  static let heads = 1024
+  static let context = 131072
+  static let vocab = 16_777_216
+  static let batch = 65536
+  static let steps = 1_000_000_000
+  static let devices = 65536
+  static let threads = 1024
+  /// Dotted key parts and nesting of arrays and inline tables in a job file.
+  static let depth = 64
+  /// A job file's size.
+  static let fileBytes = 4 << 20
 }

@@ -17,6 +17,7 @@ struct Document: Sendable {
     let map = SourceMap(source: source)
     self.map = map
     let root: Raw
+    try TOMLGuard.check(source, file: file)
     do {
       root = Raw(try TOMLTable(string: source))
     } catch let e as TOMLParseError {

@@ -114,7 +114,8 @@ public final class Coordinator: @unchecked Sendable {
     // Until measured: FLOPs at a nominal rate (only the ratios matter), a backward twice a forward.
     forwardSeconds = runs.map { run in
       run.shards.map { shard in
-        Double(shard.reduce(0) { $0 + run.spec.blockCosts($1).forwardFlopsPerSample } * run.settings.batchSize) / 1e10
+        shard.reduce(0.0) { $0 + Double(run.spec.blockCosts($1).forwardFlopsPerSample) }
+          * Double(run.settings.batchSize) / 1e10
       }
     }
     backwardSeconds = forwardSeconds.map { $0.map { 2 * $0 } }

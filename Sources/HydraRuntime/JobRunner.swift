@@ -169,7 +169,8 @@ public final class JobRunner {
         // FLOPs, not a measured profile (`profile_steps`): every process must place alike.
         work: zip(plans, config.members).map { plan, member in
           plan.shards.map { shard in
-            Double(shard.reduce(0) { $0 + plan.request.blocks[$1].forwardFlopsPerSample } * member.train.batchSize)
+            shard.reduce(0.0) { $0 + Double(plan.request.blocks[$1].forwardFlopsPerSample) }
+              * Double(member.train.batchSize)
               * 3 * Double(member.train.steps)
           }
         },
@@ -568,7 +569,9 @@ public final class JobRunner {
     case (.mlp, .text), (.mlp, .tokens):
       throw InputError(file: config.file, "[model] kind = \"mlp\" needs csv data")
     case (.gpt(let s), .text) where s.vocab < 256:
-      throw InputError(file: config.file, "\(member.id): text data has 256 byte values but vocab = \(s.vocab)")
+      throw InputError(
+        file: config.file, line: config.line(table: "model", key: "vocab"),
+        "\(member.id): text data has 256 byte values but vocab = \(s.vocab)")
     default: break
     }
   }

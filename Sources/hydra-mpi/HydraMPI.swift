@@ -174,13 +174,16 @@ struct Plan: ParsableCommand {
       let plans = try runner.plan()
       let models = zip(plans, config.members).map { plan, member in
         let forward = plan.shards.map { range in
-          Double(range.reduce(0) { $0 + plan.request.blocks[$1].forwardFlopsPerSample } * member.train.batchSize)
+          range.reduce(0.0) { $0 + Double(plan.request.blocks[$1].forwardFlopsPerSample) }
+            * Double(member.train.batchSize)
             / (gflops * 1e9)
         }
         return SimulatedModel(
           steps: member.train.steps, forwardSeconds: forward, backwardSeconds: forward.map { 2 * $0 })
       }
       let n = devices ?? config.cluster.devices
+      guard (1...65536).contains(n) else { throw InputError(file: "--devices", "needs 1...65536 devices, got \(n)") }
+      guard gflops.isFinite && gflops > 0 else { throw InputError(file: "--gflops", "needs a rate > 0, got \(gflops)") }
       guard n >= 1 else { throw InputError(file: "--devices", "needs at least 1 device") }
       let total = models.reduce(0) { $0 + $1.totalSeconds }
       print(

@@ -44,7 +44,7 @@ enum Report {
         let c = r.blocks[i]
         let measured = r.blockSeconds.map { String(format: ", measured %.2f ms fwd+bwd", $0[i] * 1e3) } ?? ""
         lines.append(
-          "  block \(r.blockNames[i].padding(toLength: 10, withPad: " ", startingAt: 0)) state \(formatBytes(c.stateBytes(stateCopies: r.stateCopies))), kept activations \(formatBytes(c.activationBytesPerSample * r.batchSize)), \(String(format: "%.3f", Double(c.forwardFlopsPerSample * r.batchSize) / 1e9)) GFLOP forward\(measured)"
+          "  block \(r.blockNames[i].padding(toLength: 10, withPad: " ", startingAt: 0)) state \(formatBytes(c.stateBytes(stateCopies: r.stateCopies))), kept activations \(formatBytes(c.activationBytesPerSample.multipliedReportingOverflow(by: r.batchSize).overflow ? .max : c.activationBytesPerSample * r.batchSize)), \(String(format: "%.3f", Double(c.forwardFlopsPerSample) * Double(r.batchSize) / 1e9)) GFLOP forward\(measured)"
         )
       }
       for (s, range) in plan.shards.enumerated() {

@@ -86,10 +86,10 @@ final class BadJobTests: XCTestCase {
 
   func testRanges() throws {
     let f = try Fixture()
-    f.assertFails(M.minimal(appending: "[cluster]\ndevices = 0\n"), line: 14, ["cluster.devices must be >= 1 (got 0)"])
+    f.assertFails(M.minimal(appending: "[cluster]\ndevices = 0\n"), line: 14, ["cluster.devices must be in 1...65536 (got 0)"])
     f.assertFails(
       M.minimal(appending: "[cluster]\nthreads_per_device = -1\n"), line: 14,
-      ["cluster.threads_per_device must be >= 1 (got -1)"])
+      ["cluster.threads_per_device must be in 1...1024 (got -1)"])
     f.assertFails(M.minimal(appending: "lr = -0.1\n"), line: 13, ["train.lr must be > 0 (got -0.1)"])
     f.assertFails(
       M.minimal(replacing: 10, with: "d_model = 130"), line: 10,
@@ -102,7 +102,7 @@ final class BadJobTests: XCTestCase {
     f.assertFails(M.minimal(appending: "betas = [0.9]\n"), line: 13, ["train.betas must be two numbers"])
     f.assertFails(M.minimal(appending: "momentum = 1.0\n"), line: 13, ["train.momentum must be in [0, 1)"])
     f.assertFails(
-      M.minimal(replacing: 10, with: "hidden = [64, 0]"), line: 10, ["model.hidden must be a list of sizes >= 1"])
+      M.minimal(replacing: 10, with: "hidden = [64, 0]"), line: 10, ["model.hidden must be a list of at most 4096 sizes, each in 1...65536"])
     f.assertFails(M.minimal(replacing: 2, with: "name = \"a b\""), line: 2, ["job.name must be letters, digits"])
     f.assertFails(
       M.minimal(replacing: 9, with: "kind = \"cnn\""), line: 9,
@@ -181,7 +181,7 @@ final class BadJobTests: XCTestCase {
     let f = try Fixture()
     f.assertFails(
       M.minimal(appending: "[[models]]\n\"train.lr\" = 0.1\n[[models]]\n\"model.heads\" = 0\n"), line: 16,
-      ["model.heads must be >= 1 (got 0)", "in model m001 of [[models]] entry 2"])
+      ["model.heads must be in 1...1024 (got 0)", "in model m001 of [[models]] entry 2"])
     f.assertFails(M.minimal(appending: "[[models]]\nmodel = { heads = 3 }\n"), line: 14, ["must be divisible", "m000"])
   }
 }

@@ -352,6 +352,9 @@ final class DataTests: XCTestCase {
     assertInputError(spec(notNumber), ["digits.csv:3: column 2: \"x1\" is not a number"])
     let nanCell = try write("nan.csv", "1,2,0\nnan,4,1\n")
     assertInputError(spec(nanCell), ["nan.csv:2: column 1", "\"nan\" is not a number"])
+    // Finite as a Double, infinite as a Float: refused rather than diverging at step 0.
+    let huge = try write("huge.csv", "1,2,0\n1e39,4,1\n")
+    assertInputError(spec(huge), ["huge.csv:2: column 1", "\"1e39\"", "not finite as a 32-bit float"])
     let emptyCell = try write("emptycell.csv", "1,,0\n")
     assertInputError(spec(emptyCell), ["emptycell.csv:1: column 2", "\"\" is not a number"])
     let ragged = try write("ragged.csv", "h1,h2,h3\n1,2,0\n3,4,5,1\n")

@@ -226,8 +226,21 @@ final class SafeTensorsTests: XCTestCase {
   }
 
   func testRejectsAbsurdHeaderLengthBeforeAllocating() throws {
-    assertRejects(try handBuilt("huge.safetensors", header: "{}", headerLength: UInt64.max), "absurd")
-    assertRejects(try handBuilt("big.safetensors", header: "{}", headerLength: 100_000_001), "absurd")
+    assertRejects(try handBuilt("huge.safetensors", header: "{}", headerLength: UInt64.max), "over the limit")
+    assertRejects(
+      try handBuilt("big.safetensors", header: "{}", headerLength: 16 << 20 + 1), "over the limit", "16777217")
+  }
+
+  /// A header of a million tiny entries is refused after counting them, before JSON parses it
+  /// (parsing one took 12 s and 4 GB).
+  func testRejectsAHeaderOfTooManyTensorsBeforeParsingIt() throws {
+    let entry = #""t":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"#
+    let header = "{" + String(repeating: entry, count: 100_001).dropLast() + "}"
+    let start = Date()
+    assertRejects(
+      try handBuilt("many.safetensors", header: header, headerLength: UInt64(header.utf8.count)), "100001 tensors",
+      "100000")
+    XCTAssertLessThan(Date().timeIntervalSince(start), 2)
   }
 
   func testRejectsHeaderThatIsNotUTF8() throws {

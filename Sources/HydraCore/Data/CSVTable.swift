@@ -85,7 +85,15 @@ struct CSVTable {
           }
           labels.append(Int32(k))
         } else {
-          features.append(Float(value) * spec.featureScale)
+          // Finite as a Double is not enough: 1e39 is infinite as a Float, and so may the scaled
+          // value be; either would make the model diverge at its first step.
+          let feature = Float(value) * spec.featureScale
+          guard feature.isFinite else {
+            throw InputError(
+              file: file, line: line.number,
+              "column \(c + 1): \"\(text(bytes, cell))\" times feature_scale is not finite as a 32-bit float")
+          }
+          features.append(feature)
         }
       }
     }

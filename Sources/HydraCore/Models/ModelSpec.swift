@@ -104,15 +104,14 @@ public enum ModelSpec: Sendable, Equatable {
 public func modelFlopsPerStep(_ spec: ModelSpec, batch: Int) -> Double {
   switch spec {
   case .gpt(let s):
-    let C = s.channels
-    let params = s.vocab * C + s.context * C + s.layers * (12 * C * C + 13 * C) + 2 * C
-    let tokens = batch * s.context
-    return 6 * Double(params) * Double(tokens)
-      + 12 * Double(s.layers * batch * s.context * s.context * C)
+    let C = Double(s.channels), T = Double(s.context), L = Double(s.layers)
+    let params = Double(s.vocab) * C + T * C + L * (12 * C * C + 13 * C) + 2 * C
+    let tokens = Double(batch) * T
+    return 6 * params * tokens + 12 * L * Double(batch) * T * T * C
   case .mlp(let inputs, let hidden, let classes):
-    let widths = [inputs] + hidden + [classes]
-    var params = 0
+    let widths = ([inputs] + hidden + [classes]).map(Double.init)
+    var params = 0.0
     for i in 0..<(widths.count - 1) { params += widths[i] * widths[i + 1] + widths[i + 1] }
-    return 6 * Double(params) * Double(batch)
+    return 6 * params * Double(batch)
   }
 }

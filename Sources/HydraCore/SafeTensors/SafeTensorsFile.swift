@@ -50,7 +50,10 @@ public struct SafeTensorsEntry: Sendable, Equatable {
 /// Every problem with the file is an `InputError` naming the file.
 public final class SafeTensorsFile: @unchecked Sendable {
   /// Headers above this size are refused before anything is allocated for them.
-  public static let maxHeaderLength: UInt64 = 100_000_000
+  /// Limits checked before anything is parsed or allocated: a header of 16 MiB holds about 100,000
+  /// entries, far more than any model's (GPT-2 XL's header is 60 KB).
+  public static let maxHeaderLength: UInt64 = 16 << 20
+  public static let maxTensors = 100_000
 
   public let path: String
   public let metadata: [String: String]
@@ -91,7 +94,9 @@ public final class SafeTensorsFile: @unchecked Sendable {
       }
       guard headerLength <= SafeTensorsFile.maxHeaderLength else {
         throw InputError(
-          file: path, "header length \(headerLength) is absurd (over the 100 MB limit); not a safetensors file?")
+          file: path,
+          "header length \(headerLength) is over the limit of \(SafeTensorsFile.maxHeaderLength) bytes; not a safetensors file, or not one of a model"
+        )
       }
       guard headerLength <= UInt64(fileSize - 8) else {
         throw InputError(

@@ -19,6 +19,18 @@ enum SafeTensorsHeader {
     guard String(validating: header, as: UTF8.self) != nil else {
       throw fail("header is not valid UTF-8")
     }
+    // Every entry names its dtype: counting the word bounds the entries before JSON is parsed.
+    let dtype = Array("\"dtype\"".utf8)
+    var tensors = 0
+    if header.count >= dtype.count {
+      for i in 0...(header.count - dtype.count)
+      where header[i] == dtype[0] && Array(header[i..<i + dtype.count]) == dtype {
+        tensors += 1
+      }
+    }
+    guard tensors <= SafeTensorsFile.maxTensors else {
+      throw fail("header lists \(tensors) tensors, more than the limit of \(SafeTensorsFile.maxTensors)")
+    }
     if let dup = duplicateTopLevelKey(header) {
       throw fail("header names tensor \"\(dup)\" twice (duplicate key)")
     }
