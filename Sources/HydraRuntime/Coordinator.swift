@@ -359,7 +359,11 @@ public final class Coordinator: @unchecked Sendable {
     defer { condition.unlock() }
     // A task in another process is timed there and placed here by when its report arrived: it
     // cannot have started before the device's previous box ended.
+    // Reports from other processes may be recorded out of the order they were timed in: boxes of
+    // one device are kept in order and apart by construction (a box whose report came late is
+    // shortened, never overlapping the one before).
     let start = max(start, lastEnd[a.device])
+    let end = max(end, start)
     lastEnd[a.device] = end
     _trace.append(
       TraceEvent(
@@ -425,9 +429,9 @@ public final class Coordinator: @unchecked Sendable {
   /// Records an evaluation box on the trace.
   public func recordEvaluation(of run: ModelRun, on device: Device, start: Double, end: Double? = nil) {
     condition.lock()
-    let end = end ?? elapsed()
     let start = max(start, lastEnd[device.index])
-    lastEnd[device.index] = max(lastEnd[device.index], end)
+    let end = max(end ?? elapsed(), start)
+    lastEnd[device.index] = end
     _trace.append(
       TraceEvent(device: device.index, model: run.id, name: "eval", step: run.step, start: start, end: end))
     condition.unlock()
