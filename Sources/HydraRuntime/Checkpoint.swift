@@ -35,6 +35,7 @@ public enum Checkpoint {
   /// Shards are written one at a time as they come off the host store: nothing holds the whole
   /// model in memory.
   public static func write(_ run: ModelRun, to folder: String, device: Int = 0, keep: Int = 2) throws {
+    let started = Date()
     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     let unit = folder + "/" + unitName(run.step)
     let temp = folder + "/.tmp-" + unitName(run.step) + "-\(getpid())"
@@ -118,6 +119,8 @@ public enum Checkpoint {
     for old in units(in: folder).dropFirst(max(keep, 1)) {
       try? FileManager.default.removeItem(atPath: folder + "/" + old)
     }
+    run.checkpointsWritten += 1
+    run.checkpointSeconds += Date().timeIntervalSince(started)
   }
 
   /// `path` replaced, atomically, by a hard link to `source` (a copy where links are refused).

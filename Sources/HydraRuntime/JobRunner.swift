@@ -359,6 +359,8 @@ public final class JobRunner {
       "seconds": run.seconds, "shards": run.shards.map { [$0.lowerBound, $0.upperBound] },
       // Per shard: the working set planned, and the most a task of it allocated in this process.
       "working_set_bytes": run.workingSets, "measured_working_set_bytes": run.measuredWorkingSets,
+      // Written in this process (under mpi, those of steps that ran on rank 0).
+      "checkpoints_written": run.checkpointsWritten, "checkpoint_seconds": run.checkpointSeconds,
       "footprint_bytes": run.footprints,
       "seed": run.seed,
     ]

@@ -127,6 +127,9 @@ public final class ModelRun {
   public private(set) var trainLosses: [Double] = []
   public private(set) var evaluations: [Evaluation] = []
   public var seconds: Double = 0
+  /// Checkpoints this process wrote for the model, and the seconds they took.
+  public var checkpointsWritten = 0
+  public var checkpointSeconds: Double = 0
 
   /// Builds and initialises every block. Shard state goes to `store` when given (which may put it
   /// on disk at once), else it is charged to `memory`. With a store, the state of a shard for which
