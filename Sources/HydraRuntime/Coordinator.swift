@@ -339,9 +339,12 @@ public final class Coordinator: @unchecked Sendable {
   /// Under the lock, with model `m` at rest: no step after the current one.
   private func stop(model m: Int) {
     let run = runs[m]
-    guard run.nextTask != nil else { return }
-    let end = run.dropCurrentStep() ? run.step : run.step + 1
-    run.pauseAt = min(run.pauseAt ?? .max, end)
+    guard let next = run.nextTask else { return }
+    let midStep = !(next.direction == .forward && next.shard == 0)
+    let dropped = run.dropCurrentStep()
+    // What the dropped step left in other processes (boundaries pushed to their homes).
+    if dropped && midStep { distributed?.discardAll(model: m, step: run.step) }
+    run.pauseAt = min(run.pauseAt ?? .max, dropped ? run.step : run.step + 1)
   }
 
   /// A task handed to `device` has ended there.

@@ -181,6 +181,9 @@ public final class JobRunner {
         }, devices: devices.count, byShard: cluster.placement == "by-shard")
     }
     let runs = try buildRuns(plans, store: store, backend: backend) { m, s in homes == nil || homes![m][s] == local }
+    if resume, let folder {
+      try folder.keepMetrics(upTo: Dictionary(uniqueKeysWithValues: runs.map { ($0.id, $0.step) }))
+    }
     if let distributed {
       let checkpoints = config.job.output + "/checkpoints/"
       distributed.stepWork = { run, evaluate, checkpoint, device in
@@ -211,6 +214,28 @@ public final class JobRunner {
       let rate = run.settings.optimizer.learningRate(step: max(run.step - 1, 0))
       let now = coordinator.elapsed()
       var e: Evaluation?
+      // The step's rows of metrics.csv and its progress line.
+      func recordRows() {
+        lock.lock()
+        defer { lock.unlock() }
+        if let loss = run.trainLosses.last {
+          output.record(
+            model: run.id, step: run.step, split: "train", loss: loss, accuracy: nil, lr: rate, seconds: now)
+        }
+        if let e {
+          output.record(
+            model: run.id, step: e.step, split: "val", loss: e.loss, accuracy: e.accuracy, lr: rate, seconds: now)
+        }
+        if case .diverged(let step) = run.status {
+          log("\(run.id) diverged at step \(step): loss \(run.trainLosses.last ?? .nan)")
+        } else if !live && (e != nil || run.step % logEvery == 0) {
+          var line =
+            "\(run.id) step \(run.step)/\(run.settings.steps) loss \(String(format: "%.4f", run.trainLosses.last ?? .nan))"
+          if let e { line += String(format: " val %.4f acc %.4f", e.loss, e.accuracy) }
+          line += String(format: " (%.1f s)", now)
+          log(line)
+        }
+      }
       if let distributed, device.index != local, evaluate || checkpoint {
         // The step ran in another process: that device evaluates and writes the checkpoint.
         let done = try distributed.runStepWork(
@@ -221,6 +246,7 @@ public final class JobRunner {
           let end = coordinator.elapsed()
           coordinator.recordEvaluation(of: run, on: device, start: end - done.seconds, end: end)
         }
+        recordRows()
       } else {
         if let distributed, evaluate || checkpoint {
           // The shards homed in other processes: their current state, into this process's copy.
@@ -230,6 +256,9 @@ public final class JobRunner {
           e = try run.evaluate(kernels: device.kernels, device: device.index)
           coordinator.recordEvaluation(of: run, on: device, start: now)
         }
+        // Rows before the checkpoint: a run killed between the two resumes before this step and
+        // records it again (a resume drops rows past its checkpoint), never past it without them.
+        recordRows()
         if checkpoint {
           try Checkpoint.write(
             run, to: output.checkpointFolder(run.id), device: device.index,
@@ -240,24 +269,6 @@ public final class JobRunner {
           let homes = coordinator.homes(of: run.index)
           for s in homes.indices where homes[s] != local { run.releaseState(of: s) }
         }
-      }
-      lock.lock()
-      defer { lock.unlock() }
-      if let loss = run.trainLosses.last {
-        output.record(model: run.id, step: run.step, split: "train", loss: loss, accuracy: nil, lr: rate, seconds: now)
-      }
-      if let e {
-        output.record(
-          model: run.id, step: e.step, split: "val", loss: e.loss, accuracy: e.accuracy, lr: rate, seconds: now)
-      }
-      if case .diverged(let step) = run.status {
-        log("\(run.id) diverged at step \(step): loss \(run.trainLosses.last ?? .nan)")
-      } else if !live && (e != nil || run.step % logEvery == 0) {
-        var line =
-          "\(run.id) step \(run.step)/\(run.settings.steps) loss \(String(format: "%.4f", run.trainLosses.last ?? .nan))"
-        if let e { line += String(format: " val %.4f acc %.4f", e.loss, e.accuracy) }
-        line += String(format: " (%.1f s)", now)
-        log(line)
       }
     }
     let view = live ? LiveView(coordinator: coordinator) : nil
@@ -278,15 +289,18 @@ public final class JobRunner {
     stopLock.lock()
     activeCoordinator = nil
     stopLock.unlock()
-    if coordinator.stopping && distributed == nil {
+    if coordinator.stopping {
       // Every model that trained and has no checkpoint of the step it reached gets one (those that
-      // finished their step wrote theirs as at a pause).
+      // finished their step wrote theirs as at a pause), here, its shards gathered from their homes
+      // under a distributed backend.
       for run in runs where run.step > 0 {
         let folder = output.checkpointFolder(run.id)
-        if Checkpoint.units(in: folder).first != Checkpoint.unitName(run.step) {
-          try Checkpoint.write(
-            run, to: folder, device: devices[0].index, keep: config.members[run.index].train.keepCheckpoints)
-        }
+        guard Checkpoint.units(in: folder).first != Checkpoint.unitName(run.step) else { continue }
+        let homes = coordinator.homes(of: run.index)
+        try distributed?.gather(run, homes: homes, optimizerState: true)
+        try Checkpoint.write(
+          run, to: folder, device: devices[local].index, keep: config.members[run.index].train.keepCheckpoints)
+        for s in homes.indices where homes[s] != local { run.releaseState(of: s) }
       }
       log("stopped: every model checkpointed at the step it reached; continue with --resume")
     }

@@ -5,7 +5,7 @@ import HydraCore
 /// interrupted run keeps what it measured), `summary.json`, `trace.json` and `checkpoints/<model>/`.
 public final class OutputFolder {
   public let path: String
-  private let metrics: FileHandle
+  private var metrics: FileHandle
 
   /// Creates the folder (and parents) and starts `metrics.csv`. Called only after the job has been
   /// validated and its data loaded, so that bad input leaves nothing behind.
@@ -33,6 +33,27 @@ public final class OutputFolder {
   deinit { try? metrics.close() }
 
   public func checkpointFolder(_ model: String) -> String { path + "/checkpoints/" + model }
+
+  /// A resumed run: `metrics.csv` keeps each model's rows up to the step it resumed at (0 for a
+  /// model that starts afresh) and loses those of the steps it will train again, which a run
+  /// stopped after its last checkpoint had recorded.
+  public func keepMetrics(upTo steps: [String: Int]) throws {
+    let csv = path + "/metrics.csv"
+    guard let text = try? String(contentsOfFile: csv, encoding: .utf8) else { return }
+    var lines = text.split(separator: "\n", omittingEmptySubsequences: true)
+    guard !lines.isEmpty else { return }
+    let header = lines.removeFirst()
+    let kept = lines.filter { row in
+      let fields = row.split(separator: ",", maxSplits: 2)
+      guard fields.count >= 2, let step = Int(fields[1]) else { return false }
+      return step <= steps[String(fields[0])] ?? 0
+    }
+    try? metrics.close()
+    try writeAtomically(([header] + kept).joined(separator: "\n") + "\n", to: csv)
+    guard let handle = FileHandle(forWritingAtPath: csv) else { throw RuntimeError("cannot open \(csv)") }
+    handle.seekToEndOfFile()
+    metrics = handle
+  }
 
   /// One row of `metrics.csv`. `accuracy` is empty where it does not apply (train rows).
   public func record(

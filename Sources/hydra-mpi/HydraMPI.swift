@@ -97,7 +97,9 @@ struct Run: ParsableCommand {
         }
         // SIGTERM (what Slurm sends before it kills a job) or SIGINT: stop with a checkpoint of every
         // model; a second one ends the process at once.
-        let signals = mpi == nil ? StopSignals(runner) : nil
+        // Under mpi the signal reaches every rank (srun sends it to each task, mpirun forwards it):
+        // rank 0 stops the job, the others go on serving it until it ends.
+        let signals = coordinating ? StopSignals(runner) : StopSignals(nil)
         let result: JobRunner.Result
         do {
           result = try runner.run()
@@ -117,7 +119,7 @@ struct Run: ParsableCommand {
           print(Report.ranking(result.runs))
           print(String(format: "makespan %.2f s; output in %@", result.makespan, result.output))
         }
-        if result.stopped, let signal = signals?.received {
+        if let signal = signals.received, result.stopped || !coordinating {
           fflush(stdout)
           throw ExitCode(128 + signal)
         }
@@ -242,7 +244,8 @@ final class StopSignals: @unchecked Sendable {
   /// The first signal received, if any.
   var received: Int32? { lock.lock(); defer { lock.unlock() }; return _received }
 
-  init(_ runner: JobRunner) {
+  /// `runner` nil: the first signal is only noted (a rank that serves the coordinator's stop).
+  init(_ runner: JobRunner?) {
     for sig in [SIGTERM, SIGINT] {
       signal(sig, SIG_IGN)
       let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
@@ -252,6 +255,7 @@ final class StopSignals: @unchecked Sendable {
         if first { _received = sig }
         lock.unlock()
         if !first { _exit(128 + sig) }
+        guard let runner else { return }
         let name = sig == SIGTERM ? "SIGTERM" : "SIGINT"
         FileHandle.standardError.write(
           Data(

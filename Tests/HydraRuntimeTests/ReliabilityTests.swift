@@ -132,6 +132,14 @@ final class ReliabilityTests: XCTestCase {
     }
     XCTAssertGreaterThanOrEqual(kills, 4, "the kills must land while the run works")
     try assertSameEnd(whole, parts, step: steps)
+    // metrics.csv: each step's train row once per model, whatever was recorded before a kill.
+    let rows = try String(contentsOfFile: parts + "/out/metrics.csv", encoding: .utf8).split(separator: "\n")
+    for model in ["m000", "m001"] {
+      let trained = rows.filter { $0.hasPrefix(model + ",") && $0.contains(",train,") }.map {
+        $0.split(separator: ",")[1]
+      }
+      XCTAssertEqual(trained.map { Int($0)! }, Array(1...steps), model)
+    }
   }
 
   /// SIGTERM in the middle of a run without periodic checkpoints: the process exits 143 within
