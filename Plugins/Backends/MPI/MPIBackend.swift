@@ -28,8 +28,12 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   /// Ends the job on an error no caller can catch (in a task run for the coordinator, or in MPI
   /// itself): it must print the error and stop every rank. The default aborts with status 1.
   public var onFailure: (Error) -> Void
-  /// How long a task waits for a tensor before it reports it lost.
-  public var receiveTimeout: Double = 600
+  /// How long a task waits for a tensor before it reports it lost, and how long the coordinator
+  /// waits for a rank's task or step work before it declares the rank stopped and ends the job
+  /// (a rank stopped by SIGSTOP, or hung, would otherwise hold every rank for good):
+  /// `HYDRA_RANK_TIMEOUT` seconds, default 600.
+  public var receiveTimeout: Double =
+    Double(ProcessInfo.processInfo.environment["HYDRA_RANK_TIMEOUT"] ?? "").flatMap { $0 > 0 ? $0 : nil } ?? 600
   /// Fault injection, for testing how a job ends when a rank fails in the middle of it:
   /// `HYDRA_MPI_FAULT=<rank>:<tasks>` makes that rank (not 0) fail after running that many tasks.
   private let fault: (rank: Int, after: Int)? = {
@@ -447,6 +451,22 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     progressThread = nil
   }
 
+  /// Coordinator: throws, naming the rank and what it was running, when a rank has not finished its
+  /// current task for `receiveTimeout` seconds.
+  private func checkRanksAnswer() throws {
+    state.lock()
+    let now = DispatchTime.now().uptimeNanoseconds
+    let limit = UInt64(receiveTimeout * 1e9)
+    let stuck = remoteStart.first { d, start in remoteTasks[d]?.isEmpty == false && now > start && now - start > limit }
+    let task = stuck.flatMap { remoteTasks[$0.key]?.first }
+    state.unlock()
+    guard let (device, _) = stuck, let task else { return }
+    let model = task[0] < runs.count ? runs[task[0]].id : "model \(task[0])"
+    throw RuntimeError(
+      "rank \(device) stopped answering: it has not finished \(model) shard \(task[1]) \(task[2] == 0 ? "forward" : "backward") in \(Int(receiveTimeout)) s (HYDRA_RANK_TIMEOUT); stopping the job, continue it with --resume"
+    )
+  }
+
   /// Under `state`: device `device` starts a task like `kind` at `start`; poll often from shortly
   /// before it is due to finish (as long as the last one like it took).
   private func expect(_ device: Int, _ kind: [Int], from start: UInt64) {
@@ -516,6 +536,7 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       let layout = tags!
       let controlTag = try layout.tag(.control, model: 0, shard: 0, step: 0)
       while true {
+        if localDevice == 0 { try checkRanksAnswer() }
         state.lock()
         let out = outbox
         outbox.removeAll()
