@@ -121,20 +121,16 @@ public final class HostStore: @unchecked Sendable {
 
   /// Makes `state` resident on device `index` with `footprint` bytes free for it in all (its state
   /// and what its task allocates), spilling least recently used shards of that device to the
-  /// store (and the store's to disk) to make room. `pinned` shards are never spilled.
-  /// `alsoFree` bytes more are kept free beside it (a prefetch keeps room for the activations the
-  /// running task has yet to allocate). Throws, moving nothing, when the device cannot make room.
-  public func promote(
-    _ state: ShardState, to index: Int, footprint: Int = 0, pinned: [ShardState] = [], alsoFree: Int = 0
-  ) throws {
+  /// store (and the store's to disk) to make room. `pinned` shards are never spilled. Throws,
+  /// moving nothing, when the device cannot make room. (A running task's working set is a lump of
+  /// the device's memory already: nothing here can take it.)
+  public func promote(_ state: ShardState, to index: Int, footprint: Int = 0, pinned: [ShardState] = []) throws {
     lock.lock()
     defer { lock.unlock() }
-    try promoteLocked(state, to: index, footprint: footprint, pinned: pinned, alsoFree: alsoFree)
+    try promoteLocked(state, to: index, footprint: footprint, pinned: pinned)
   }
 
-  private func promoteLocked(
-    _ state: ShardState, to index: Int, footprint: Int, pinned: [ShardState], alsoFree: Int
-  ) throws {
+  private func promoteLocked(_ state: ShardState, to index: Int, footprint: Int, pinned: [ShardState]) throws {
     clock += 1
     state.lastUse = clock
     let device = deviceMemories[index]!
@@ -142,11 +138,11 @@ public final class HostStore: @unchecked Sendable {
       throw RuntimeError("the state of \(state.model) shard \(state.shard) is held by another process, not this one")
     }
     let resident = state.residency == .device(index)
-    let need = max(footprint, state.bytes) - (resident ? state.bytes : 0) + alsoFree
+    let need = max(footprint, state.bytes) - (resident ? state.bytes : 0)
     try makeRoom(on: index, device, bytes: need, pinned: pinned + [state])
     if resident { return }
     // All or nothing: a shard is never left half on the device.
-    if device.budget - device.used < state.bytes + alsoFree {
+    if device.budget - device.used < state.bytes {
       throw DeviceMemoryError(label: device.label, requested: state.bytes, used: device.used, budget: device.budget)
     }
     switch state.residency {
@@ -167,7 +163,7 @@ public final class HostStore: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     precondition(workingSet.parent === deviceMemories[index], "the working set of another device")
-    try promoteLocked(state, to: index, footprint: state.bytes + bytes, pinned: [], alsoFree: 0)
+    try promoteLocked(state, to: index, footprint: state.bytes + bytes, pinned: [])
     try workingSet.open(bytes)
   }
 
@@ -229,9 +225,9 @@ public final class HostStore: @unchecked Sendable {
   /// shards it displaces are spilled, and its bytes read from disk if need be, while the `pinned`
   /// (running) shard computes, so that the later `promote` finds it resident. Best effort: when
   /// there is no room yet, the later `promote` does the work.
-  public func prefetch(_ state: ShardState, to index: Int, footprint: Int, pinned: [ShardState], alsoFree: Int) {
+  public func prefetch(_ state: ShardState, to index: Int, pinned: [ShardState]) {
     prefetchQueue.async { [self] in
-      try? promote(state, to: index, footprint: footprint, pinned: pinned, alsoFree: alsoFree)
+      try? promote(state, to: index, pinned: pinned)
     }
   }
 

@@ -207,6 +207,18 @@ public final class JobRunner {
     let lock = NSLock()
     let scheduler = madeScheduler!
     let coordinator = Coordinator(runs: runs, devices: devices, scheduler: scheduler, backend: backend, homes: homes)
+    // A model's shards homed in other processes (a distributed backend), gathered into this
+    // process's copy for `body` (an evaluation, a checkpoint) when `gather`, and let go after.
+    func gathered(_ run: ModelRun, optimizerState: Bool, gather: Bool = true, _ body: () throws -> Void) throws {
+      let homes = coordinator.homes(of: run.index)
+      if gather { try distributed?.gather(run, homes: homes, optimizerState: optimizerState) }
+      try body()
+      for s in homes.indices where homes[s] != local { run.releaseState(of: s) }
+    }
+    func writeCheckpoint(_ run: ModelRun, device: Int) throws {
+      try Checkpoint.write(
+        run, to: output.checkpointFolder(run.id), device: device, keep: config.members[run.index].train.keepCheckpoints)
+    }
     coordinator.afterStep = { [self] run, device in
       let diverged = run.status.name == "diverged"
       let evaluate = run.evaluationDue && !diverged
@@ -248,26 +260,15 @@ public final class JobRunner {
         }
         recordRows()
       } else {
-        if let distributed, evaluate || checkpoint {
-          // The shards homed in other processes: their current state, into this process's copy.
-          try distributed.gather(run, homes: coordinator.homes(of: run.index), optimizerState: checkpoint)
-        }
-        if evaluate {
-          e = try run.evaluate(kernels: device.kernels, device: device.index)
-          coordinator.recordEvaluation(of: run, on: device, start: now)
-        }
-        // Rows before the checkpoint: a run killed between the two resumes before this step and
-        // records it again (a resume drops rows past its checkpoint), never past it without them.
-        recordRows()
-        if checkpoint {
-          try Checkpoint.write(
-            run, to: output.checkpointFolder(run.id), device: device.index,
-            keep: config.members[run.index].train.keepCheckpoints)
-        }
-        if distributed != nil {
-          // What was gathered goes back to being held by its homes only.
-          let homes = coordinator.homes(of: run.index)
-          for s in homes.indices where homes[s] != local { run.releaseState(of: s) }
+        try gathered(run, optimizerState: checkpoint, gather: evaluate || checkpoint) {
+          if evaluate {
+            e = try run.evaluate(kernels: device.kernels, device: device.index)
+            coordinator.recordEvaluation(of: run, on: device, start: now)
+          }
+          // Rows before the checkpoint: a run killed between the two resumes before this step and
+          // records it again (a resume drops rows past its checkpoint), never past it without them.
+          recordRows()
+          if checkpoint { try writeCheckpoint(run, device: device.index) }
         }
       }
     }
@@ -294,13 +295,10 @@ public final class JobRunner {
       // finished their step wrote theirs as at a pause), here, its shards gathered from their homes
       // under a distributed backend.
       for run in runs where run.step > 0 {
-        let folder = output.checkpointFolder(run.id)
-        guard Checkpoint.units(in: folder).first != Checkpoint.unitName(run.step) else { continue }
-        let homes = coordinator.homes(of: run.index)
-        try distributed?.gather(run, homes: homes, optimizerState: true)
-        try Checkpoint.write(
-          run, to: folder, device: devices[local].index, keep: config.members[run.index].train.keepCheckpoints)
-        for s in homes.indices where homes[s] != local { run.releaseState(of: s) }
+        guard Checkpoint.units(in: output.checkpointFolder(run.id)).first != Checkpoint.unitName(run.step) else {
+          continue
+        }
+        try gathered(run, optimizerState: true) { try writeCheckpoint(run, device: devices[local].index) }
       }
       log("stopped: every model checkpointed at the step it reached; continue with --resume")
     }
@@ -447,11 +445,10 @@ public final class JobRunner {
       for (spec, member) in zip(specs.map(\.spec), config.members) {
         let held = spec.bytesHeldBetweenTasks(batch: member.train.batchSize)
         let copies = member.train.optimizer == "sgd" ? 1 : 2
-        let state = (0..<spec.blockCount).reduce(0) { $0 + spec.blockCosts($1).stateBytes(stateCopies: copies) }
-        for part in [held.boundaries, held.kept, state] {
-          let (sum, overflow) = total.addingReportingOverflow(part)
-          total = overflow ? .max : sum
+        let state = (0..<spec.blockCount).reduce(0) {
+          saturatingSum($0, spec.blockCosts($1).stateBytes(stateCopies: copies))
         }
+        total = [held.boundaries, held.kept, state].reduce(total, saturatingSum)
       }
       checkpointing = total > hostBudget
     }

@@ -304,9 +304,7 @@ public final class ModelRun {
   /// beside the running shard's state and working set, which it never displaces.
   public func prefetch(_ shard: Int, to device: Int, keeping running: Int) {
     guard let store else { return }
-    store.prefetch(
-      shardStates[shard], to: device, footprint: shardStates[shard].bytes, pinned: [shardStates[running]],
-      alsoFree: 0)
+    store.prefetch(shardStates[shard], to: device, pinned: [shardStates[running]])
   }
 
   /// The parameters and optimizer state of `shard`, in the order `readState` lays them out (or the
@@ -419,12 +417,10 @@ public final class ModelRun {
     let left = memory.close()
     if left != 0 && !failed {
       throw RuntimeError(
-        "\(id) shard \(s): \(formatBytes(left)) still charged to device \(device(of: kernels)) after its task ended (a tensor the runtime does not account for)"
+        "\(id) shard \(s): \(formatBytes(left)) still charged to \(memory.label) after its task ended (a tensor the runtime does not account for)"
       )
     }
   }
-
-  private func device(of kernels: Kernels) -> String { kernels.memory.label }
 
   /// Posts `tensor` (made by the running task) for a task of shard `consumer`.
   private func post(_ tensor: Tensor, _ key: TransferKey, device: Int, for consumer: Int) throws {

@@ -86,12 +86,12 @@ public struct PartitionRequest: Sendable {
   /// working set. Saturates at `Int.max` rather than overflowing.
   public func footprint(_ range: Range<Int>) -> Int {
     guard !range.isEmpty else { return 0 }
-    return saturating(stateBytes(range), workingSet(range))
+    return saturatingSum(stateBytes(range), workingSet(range))
   }
 
   /// Bytes of the shard's parameters, gradients and optimizer state.
   public func stateBytes(_ range: Range<Int>) -> Int {
-    range.reduce(0) { saturating($0, blocks[$1].stateBytes(stateCopies: stateCopies)) }
+    range.reduce(0) { saturatingSum($0, blocks[$1].stateBytes(stateCopies: stateCopies)) }
   }
 
   /// Bytes one task of the shard allocates beside its state, the larger of
@@ -109,7 +109,7 @@ public struct PartitionRequest: Sendable {
     var forwardScratch: [String: Int] = [:], backwardScratch: [String: Int] = [:]
     for i in range {
       let c = blocks[i]
-      kept = saturating(kept, c.activationBytesPerSample)
+      kept = saturatingSum(kept, c.activationBytesPerSample)
       // One workspace per shard: each role as large as its largest user.
       for (role, bytes) in c.forwardWorkspace {
         forwardScratch[Self.role(role, block: i)] = max(forwardScratch[Self.role(role, block: i)] ?? 0, bytes)
@@ -123,15 +123,14 @@ public struct PartitionRequest: Sendable {
     }
     let input = l > 0 ? inputBytes(l) : 0
     let output = r < blocks.count ? inputBytes(r) : 0
-    let forwardPerSample = [input, kept, forwardScratch.values.reduce(0, Self.saturating), output].reduce(
-      0, Self.saturating)
-    let backwardPerSample = [input, kept, backwardScratch.values.reduce(0, Self.saturating), output, input].reduce(
-      0, Self.saturating)
+    let forwardPerSample = [input, kept, forwardScratch.values.reduce(0, saturatingSum), output].reduce(
+      0, saturatingSum)
+    let backwardPerSample = [input, kept, backwardScratch.values.reduce(0, saturatingSum), output, input].reduce(
+      0, saturatingSum)
     var tied = 0
-    for t in ties where range.contains(t.owner) || range.contains(t.replica) { tied = saturating(tied, t.bytes) }
+    for t in ties where range.contains(t.owner) || range.contains(t.replica) { tied = saturatingSum(tied, t.bytes) }
     let perSample = max(forwardPerSample, backwardPerSample)
-    let (batch, overflow) = perSample.multipliedReportingOverflow(by: batchSize)
-    return overflow ? .max : saturating(batch, tied)
+    return saturatingSum(saturatingProduct(perSample, batchSize), tied)
   }
 
   /// A workspace role as the blocks share it: "dx" alternates between two buffers by block index.
@@ -182,14 +181,6 @@ public struct PartitionRequest: Sendable {
     }
   }
 
-  private func saturating(_ a: Int, _ b: Int) -> Int {
-    Self.saturating(a, b)
-  }
-
-  private static func saturating(_ a: Int, _ b: Int) -> Int {
-    let (s, overflow) = a.addingReportingOverflow(b)
-    return overflow ? .max : s
-  }
 }
 
 /// A weight block `owner` owns and block `replica` uses a copy of; `bytes` of its value.
@@ -234,4 +225,16 @@ public func validatePartition(_ shards: [Range<Int>], blockCount: Int) -> Bool {
     next = s.upperBound
   }
   return next == blockCount
+}
+
+/// Sums and products of byte counts that saturate at `Int.max` instead of overflowing: sizes from
+/// a job file are only compared against budgets, and a saturated one fails that comparison.
+func saturatingSum(_ a: Int, _ b: Int) -> Int {
+  let (s, overflow) = a.addingReportingOverflow(b)
+  return overflow ? .max : s
+}
+
+func saturatingProduct(_ a: Int, _ b: Int) -> Int {
+  let (p, overflow) = a.multipliedReportingOverflow(by: b)
+  return overflow ? .max : p
 }

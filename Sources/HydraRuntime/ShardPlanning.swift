@@ -6,13 +6,12 @@ extension ModelSpec {
   /// boundary tensors (a shard's output and that output's gradient, at most one pair per block),
   /// every block's kept activations (unless recomputed), and its tied weights in transit.
   public func bytesHeldBetweenTasks(batch: Int) -> (boundaries: Int, kept: Int) {
-    // Saturating: only compared against budgets.
-    func add(_ a: Int, _ b: Int) -> Int { a.addingReportingOverflow(b).overflow ? .max : a + b }
-    func times(_ a: Int, _ b: Int) -> Int { a.multipliedReportingOverflow(by: b).overflow ? .max : a * b }
     let n = blockCount
-    let kept = times((0..<n).reduce(0) { add($0, blockCosts($1).activationBytesPerSample) }, batch)
-    let boundaries = times((0..<max(n - 1, 0)).reduce(0) { add($0, times(2, outputBytesPerSample($1))) }, batch)
-    return (add(boundaries, tiedWeights.reduce(0) { add($0, $1.bytes) }), kept)
+    let kept = saturatingProduct(
+      (0..<n).reduce(0) { saturatingSum($0, blockCosts($1).activationBytesPerSample) }, batch)
+    let boundaries = saturatingProduct(
+      (0..<max(n - 1, 0)).reduce(0) { saturatingSum($0, saturatingProduct(2, outputBytesPerSample($1))) }, batch)
+    return (saturatingSum(boundaries, tiedWeights.reduce(0) { saturatingSum($0, $1.bytes) }), kept)
   }
 
   /// The weights one block owns and another replicates: the `gpt` token embedding, which the head

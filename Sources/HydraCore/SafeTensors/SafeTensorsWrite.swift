@@ -139,15 +139,8 @@ public final class SafeTensorsWriter {
   }
 
   private func put(_ buf: UnsafeRawBufferPointer) throws {
-    guard let base = buf.baseAddress else { return }
-    var done = 0
-    while done < buf.count {
-      let n = posixWrite(fd, base + done, buf.count - done)
-      if n < 0 {
-        if errno == EINTR { continue }
-        throw InputError(file: path, "write failed: \(String(cString: strerror(errno)))")
-      }
-      done += n
+    if let error = writeAll(fd, buf) {
+      throw InputError(file: path, "write failed: \(String(cString: strerror(error)))")
     }
     observe(buf)
   }
@@ -216,17 +209,25 @@ extension SafeTensorsFile {
   }
 
   private static func writeFully(fd: Int32, _ buf: UnsafeRawBufferPointer, tmp: String, path: String) throws {
-    guard let base = buf.baseAddress else { return }
-    var done = 0
-    while done < buf.count {
-      let n = posixWrite(fd, base + done, buf.count - done)
-      if n < 0 {
-        if errno == EINTR { continue }
-        throw InputError(file: path, "write to \(tmp) failed: \(String(cString: strerror(errno)))")
-      }
-      done += n
+    if let error = writeAll(fd, buf) {
+      throw InputError(file: path, "write to \(tmp) failed: \(String(cString: strerror(error)))")
     }
   }
+}
+
+/// Writes all of `buf` to `fd` (retrying short writes and EINTR); the errno of a failure, or nil.
+private func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Int32? {
+  guard let base = buf.baseAddress else { return nil }
+  var done = 0
+  while done < buf.count {
+    let n = posixWrite(fd, base + done, buf.count - done)
+    if n < 0 {
+      if errno == EINTR { continue }
+      return errno
+    }
+    done += n
+  }
+  return nil
 }
 
 /// The C `write`, out of reach of `SafeTensorsFile.write`'s name inside the extension.
