@@ -270,4 +270,35 @@ final class ChartTests: XCTestCase {
     XCTAssertEqual(Charts.f(3.05, 3), "3.05")
     XCTAssertEqual(Charts.f(0.0006, 3), "0.001")
   }
+
+  /// trace.json is written by hand: Foundation's JSON parser reads back every field, with model
+  /// names that need escaping and times rounded to whole microseconds.
+  func testTraceIsJSONWithEscapedNames() throws {
+    let folder = NSTemporaryDirectory() + "hydra-trace-\(getpid())"
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let output = try OutputFolder(path: folder, resolvedJob: "")
+    let odd = "a\"b\\c\nd\u{1}é"
+    try output.writeTrace(
+      [
+        TraceEvent(device: 1, model: odd, name: "s0 fwd", step: 3, start: 0.0000014, end: 0.25),
+        TraceEvent(device: 0, model: "m001", name: "eval", step: 7, start: 1.5, end: 1.5000026),
+      ], devices: 2)
+    let data = try Data(contentsOf: URL(fileURLWithPath: folder + "/trace.json"))
+    let root = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    XCTAssertEqual(root["displayTimeUnit"] as? String, "ms")
+    let events = try XCTUnwrap(root["traceEvents"] as? [[String: Any]])
+    XCTAssertEqual(events.count, 4)
+    XCTAssertEqual((events[1]["args"] as? [String: Any])?["name"] as? String, "device 1")
+    let first = events[2]
+    XCTAssertEqual(first["name"] as? String, odd + " s0 fwd")
+    XCTAssertEqual((first["args"] as? [String: Any])?["model"] as? String, odd)
+    XCTAssertEqual((first["args"] as? [String: Any])?["step"] as? Int, 3)
+    XCTAssertEqual(first["cat"] as? String, "shard")
+    XCTAssertEqual(first["tid"] as? Int, 1)
+    XCTAssertEqual(first["ts"] as? Int, 1)  // 1.4 us
+    XCTAssertEqual(first["dur"] as? Int, 250_000 - 1)
+    XCTAssertEqual(events[3]["cat"] as? String, "eval")
+    XCTAssertEqual(events[3]["ts"] as? Int, 1_500_000)
+    XCTAssertEqual(events[3]["dur"] as? Int, 3)  // 1500002.6 rounds to 1500003
+  }
 }
