@@ -99,7 +99,16 @@ struct Run: ParsableCommand {
         // model; a second one ends the process at once.
         // Under mpi the signal reaches every rank (srun sends it to each task, mpirun forwards it):
         // rank 0 stops the job, the others go on serving it until it ends.
-        let signals = coordinating ? StopSignals(runner) : StopSignals(nil)
+        // When a rank dies, mpirun sends SIGTERM to the others a second before it kills them: first
+        // look for a dead rank on this host, so that rank 0 can say which died and what it held.
+        let died: () -> Bool = {
+          guard let mpi, mpi.deviceCount > 1 else { return false }
+          if mpi.reportDiedNeighbours() { return true }
+          // Rank 0 gives the other hosts' ranks a moment to report a death first.
+          if coordinating { Thread.sleep(forTimeInterval: 0.3) }
+          return false
+        }
+        let signals = StopSignals(coordinating ? runner : nil, died: died)
         let result: JobRunner.Result
         do {
           result = try runner.run()
@@ -245,7 +254,8 @@ final class StopSignals: @unchecked Sendable {
   var received: Int32? { lock.lock(); defer { lock.unlock() }; return _received }
 
   /// `runner` nil: the first signal is only noted (a rank that serves the coordinator's stop).
-  init(_ runner: JobRunner?) {
+  /// `died` runs first on the first signal; true means it was a failure, not a stop request.
+  init(_ runner: JobRunner?, died: @escaping () -> Bool = { false }) {
     for sig in [SIGTERM, SIGINT] {
       signal(sig, SIG_IGN)
       let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
@@ -255,6 +265,7 @@ final class StopSignals: @unchecked Sendable {
         if first { _received = sig }
         lock.unlock()
         if !first { _exit(128 + sig) }
+        if sig == SIGTERM && died() { return }
         guard let runner else { return }
         let name = sig == SIGTERM ? "SIGTERM" : "SIGINT"
         FileHandle.standardError.write(

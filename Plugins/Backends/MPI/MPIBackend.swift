@@ -69,11 +69,14 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   private var queued = 0
   private var fastUntil: UInt64 = 0
   private var dueAt: [Int: UInt64] = [:]
-  /// Per remote device, its tasks in flight ([model, shard, direction]), when the first started,
-  /// and how long each kind of task took last time.
+  /// Per remote device, its tasks in flight ([model, shard, direction, step]), when the first
+  /// started, and how long each kind of task ([model, shard, direction]) took last time.
   private var remoteTasks: [Int: [[Int]]] = [:]
   private var remoteStart: [Int: UInt64] = [:]
   private var remoteSeconds: [[Int]: Double] = [:]
+  /// Coordinator: where each model's shards were when its last task was sent (for naming what a
+  /// rank that died held).
+  private var lastHomes: [Int: [Int]] = [:]
   private var tags: TagSpace?
   private var runs: [ModelRun] = []
   private var device: Device?
@@ -113,8 +116,12 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
   }
 
   enum Op: Int64 {
-    case run = 1, done, move, gather, drop, stop, bye, fail, work, workDone
+    case run = 1, done, move, gather, drop, stop, bye, fail, work, workDone, died
   }
+
+  /// Every rank's process id and a hash of its host name, exchanged at the start, so that a rank can
+  /// tell which ranks on its own host have died (`diedNeighbours`).
+  private var peers: [(pid: Int, host: Int)] = []
 
   /// Starts MPI (thread level `multiple`: the progress thread and the task queue both use it) and
   /// measures the bandwidth between ranks 0 and 1.
@@ -126,12 +133,27 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     self.communicator = communicator
     comm = try communicator.duplicate()
     bandwidth = try MPIBackend.measureBandwidth(comm)
+    let n = comm.size
+    var mine = [Int](repeating: 0, count: 2 * n)
+    mine[comm.rank] = Int(getpid())
+    mine[n + comm.rank] = MPIBackend.hostHash(communicator.processorName)
+    let all = try comm.allreduce(mine, .sum)
+    peers = (0..<n).map { (all[$0], all[n + $0]) }
     onFailure = { _ in }
     onFailure = { [unowned self] error in fail("\(error)", code: 1) }
   }
 
   /// Bytes per second one way between ranks 0 and 1 (4 MiB messages bounced 4 times after one
   /// warm-up), the same on every rank. A single rank has nothing to move to: infinity.
+  /// FNV-1a of a host name: the same on every rank (Swift's `Hasher` is seeded per process).
+  static func hostHash(_ name: String) -> Int {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for byte in name.utf8 {
+      h = (h ^ UInt64(byte)) &* 0x100_0000_01b3
+    }
+    return Int(bitPattern: UInt(h))
+  }
+
   static func measureBandwidth(_ comm: MPICommunicator) throws -> Double {
     guard comm.size > 1 else { return .infinity }
     let bytes = 4 << 20
@@ -307,7 +329,8 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     state.lock()
     completions[device, default: []].append(completion)
     let kind = [task.model, task.shard, task.direction == .forward ? 0 : 1]
-    remoteTasks[device, default: []].append(kind)
+    remoteTasks[device, default: []].append(kind + [task.step])
+    lastHomes[task.model] = homes
     if remoteTasks[device]!.count == 1 { expect(device, kind, from: DispatchTime.now().uptimeNanoseconds) }
     outbox.append(
       .control(
@@ -465,6 +488,69 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
     throw RuntimeError(
       "rank \(device) stopped answering: it has not finished \(model) shard \(task[1]) \(task[2] == 0 ? "forward" : "backward") in \(Int(receiveTimeout)) s (HYDRA_RANK_TIMEOUT); stopping the job, continue it with --resume"
     )
+  }
+
+  /// The ranks on this rank's host whose process has ended (a rank that died: the launcher then
+  /// sends SIGTERM to the others before it kills them). Ranks on other hosts cannot be seen.
+  public func diedNeighbours() -> [Int] {
+    guard peers.count == deviceCount else { return [] }
+    let me = peers[localDevice]
+    return peers.indices.filter { r in
+      r != localDevice && peers[r].host == me.host && kill(pid_t(truncatingIfNeeded: peers[r].pid), 0) != 0
+        && errno == ESRCH
+    }
+  }
+
+  /// Called on SIGTERM: if a rank on this host has died, rank 0 names it and what it held and ends
+  /// the process; another rank tells rank 0 (which does the same) and returns true. False when no
+  /// rank here has died (the signal is a stop request).
+  public func reportDiedNeighbours() -> Bool {
+    let died = diedNeighbours()
+    if died.isEmpty { return false }
+    if localDevice == 0 { reportDied(died, seenBy: 0) }
+    if died.contains(0) {
+      // Said once per host, by its lowest live rank.
+      let live = peers.indices.filter { peers[$0].host == peers[localDevice].host && !died.contains($0) }
+      guard live.first == localDevice else { return true }
+      FileHandle.standardError.write(
+        Data(
+          "hydra-mpi: rank 0 (pid \(peers[0].pid), the coordinator) has died; the job ends; continue it with --resume\n"
+            .utf8))
+      return true
+    }
+    send(.control([Op.died.rawValue] + died.map { Int64($0) }, to: 0))
+    return true
+  }
+
+  /// Rank 0: prints which ranks died and which models' shards and tasks they held, then ends this
+  /// process (the launcher is stopping the job; the models resume from their last checkpoints).
+  private func reportDied(_ died: [Int], seenBy witness: Int) -> Never {
+    state.lock()
+    var lines: [String] = []
+    for r in died {
+      var held: [String] = []
+      for (i, task) in (remoteTasks[r] ?? []).enumerated() {
+        let id = task[0] < runs.count ? runs[task[0]].id : "model \(task[0])"
+        held.append(
+          "\(id) shard \(task[1]) \(task[2] == 0 ? "forward" : "backward") of step \(task[3] + 1) (\(i == 0 ? "running" : "queued"))"
+        )
+      }
+      for (model, homes) in lastHomes.sorted(by: { $0.key < $1.key }) {
+        let shards = homes.indices.filter { homes[$0] == r }
+        guard !shards.isEmpty, model < runs.count else { continue }
+        held.append(
+          "\(runs[model].id) shard\(shards.count == 1 ? "" : "s") \(shards.map(String.init).joined(separator: ", ")) (state after step \(runs[model].step))"
+        )
+      }
+      lines.append(
+        "hydra-mpi: rank \(r) (pid \(peers[r].pid)) has died\(witness == 0 ? "" : " (seen by rank \(witness))"); it held \(held.isEmpty ? "nothing" : held.joined(separator: "; "))"
+      )
+    }
+    state.unlock()
+    lines.append("hydra-mpi: the job ends; continue it with --resume (each model from its last checkpoint)")
+    FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
+    fflush(stdout)
+    _exit(1)
   }
 
   /// Under `state`: device `device` starts a task like `kind` at `start`; poll often from shortly
@@ -665,11 +751,11 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       let completion = completions[source]?.isEmpty == false ? completions[source]!.removeFirst() : nil
       let now = DispatchTime.now().uptimeNanoseconds
       if remoteTasks[source]?.isEmpty == false {
-        let kind = remoteTasks[source]!.removeFirst()
+        let kind = Array(remoteTasks[source]!.removeFirst().prefix(3))
         remoteSeconds[kind] = Double(now - (remoteStart[source] ?? now)) / 1e9
       }
       dueAt[source] = nil
-      if let next = remoteTasks[source]?.first { expect(source, next, from: now) }
+      if let next = remoteTasks[source]?.first { expect(source, Array(next.prefix(3)), from: now) }
       state.unlock()
       let loss: Double? = w[6] != 0 ? double(w[7]) : nil
       guard let completion else {
@@ -702,6 +788,8 @@ public final class MPIBackend: DistributedBackend, @unchecked Sendable {
       let message = String(decoding: w[2...].map { UInt8(truncatingIfNeeded: $0) }, as: UTF8.self)
       FileHandle.standardError.write(Data("hydra-mpi: rank \(source) failed; stopping the job: \(message)\n".utf8))
       communicator.abort(code: Int32(truncatingIfNeeded: w[1]))
+    case .died:
+      reportDied(w[1...].map { Int($0) }, seenBy: source)
     case .work:
       runForCoordinator { [self] in try doStepWork(w) }
     case .workDone:
