@@ -399,7 +399,7 @@ public final class JobRunner {
   /// Each member's architecture and data set, the data loaded once per distinct window length.
   /// Checks that model and data fit together.
   public func modelSpecs() throws -> [(spec: ModelSpec, data: Dataset)] {
-    var datasets: [Int: Dataset] = [:]
+    var datasets: [[Int]: Dataset] = [:]
     return try config.members.map { member in
       let data = try dataset(&datasets, member)
       let spec = try modelSpec(member.model, dataFeatures: data.featureCount)
@@ -550,18 +550,27 @@ public final class JobRunner {
     return runs
   }
 
-  private func dataset(_ cache: inout [Int: Dataset], _ member: ModelMember) throws -> Dataset {
+  /// The data set as `member` reads it: one per (context, vocab), so that every model's tokens are
+  /// checked against its own vocab.
+  private func dataset(_ cache: inout [[Int]: Dataset], _ member: ModelMember) throws -> Dataset {
     let context = member.model.kind == "gpt" ? member.model.context : 0
-    if let d = cache[context] { return d }
+    let vocab = member.model.kind == "gpt" ? member.model.vocab : 256
+    if let d = cache[[context, vocab]] { return d }
     let d = config.data
+    if member.model.kind == "gpt" && d.format == "text" && vocab < 256 {
+      // The job file's vocab is what is wrong, not the data file.
+      throw InputError(
+        file: config.file, line: config.line(table: "model", key: "vocab"),
+        "\(member.id): format \"text\" data has 256 byte values, but vocab = \(vocab)")
+    }
     let spec = DataSpec(
       format: DataFormat(rawValue: d.format)!, path: d.path, validationFraction: d.validationFraction,
-      context: max(context, 1), vocab: member.model.kind == "gpt" ? member.model.vocab : 256,
+      context: max(context, 1), vocab: vocab,
       labelColumn: d.labelColumn, featureScale: Float(d.featureScale), header: d.header,
       classes: member.model.kind == "mlp" ? (member.model.classes ?? 0) : 0,
       splitSeed: d.split == "shuffled" ? UInt64(d.splitSeed) : nil)
     let loaded = try Dataset.load(spec)
-    cache[context] = loaded
+    cache[[context, vocab]] = loaded
     return loaded
   }
 
@@ -581,10 +590,6 @@ public final class JobRunner {
       throw InputError(file: config.file, "[model] kind = \"gpt\" needs text or tokens data, not csv")
     case (.mlp, .text), (.mlp, .tokens):
       throw InputError(file: config.file, "[model] kind = \"mlp\" needs csv data")
-    case (.gpt(let s), .text) where s.vocab < 256:
-      throw InputError(
-        file: config.file, line: config.line(table: "model", key: "vocab"),
-        "\(member.id): text data has 256 byte values but vocab = \(s.vocab)")
     default: break
     }
   }

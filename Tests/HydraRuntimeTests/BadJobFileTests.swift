@@ -49,6 +49,8 @@ final class BadJobFileTests: XCTestCase {
       ("[train]", "[scheduler]\nname = \"fifo\"\nspeed = 3\n[train]", nil, "no options"),
       ("[job]", "[jobs]", 1, "jobs"),
       ("name = \"bad\"", "name = \"bad", 2, "job.toml"),
+      // Text data has 256 byte values: the job file's vocab is wrong, not the data file.
+      ("context = 8", "context = 8\nvocab = 100", 15, "vocab = 100"),
     ]
     for (i, c) in cases.enumerated() {
       XCTAssertTrue(good.contains(c.0), "case \(i): \(c.0) not in the good job")
@@ -65,6 +67,41 @@ final class BadJobFileTests: XCTestCase {
     // The good job itself runs (so the cases above fail for their own reason).
     let r = try runTool(["run", try writeJob(dir, good)])
     XCTAssertEqual(r.status, 0, r.err)
+  }
+
+  /// A sweep over vocab: every model's tokens are checked against its own vocab (the data set was
+  /// once read for the first model only, and a second model with a smaller vocab trained on tokens
+  /// beyond its embedding).
+  func testEveryModelsTokensAreCheckedAgainstItsVocab() throws {
+    let dir = try temporaryFolder()
+    let tokens = (0..<4000).map { UInt16($0 % 300) }
+    try tokens.withUnsafeBytes { try Data($0).write(to: URL(fileURLWithPath: dir + "/t.bin")) }
+    let job = """
+      [job]
+      name = "vocabs"
+      output = "out"
+      [data]
+      format = "tokens"
+      path = "t.bin"
+      [model]
+      kind = "gpt"
+      layers = 1
+      d_model = 16
+      heads = 2
+      context = 8
+      [train]
+      steps = 2
+      batch_size = 2
+      [sweep]
+      "model.vocab" = [512, 256]
+      """
+    let r = try runTool(["run", try writeJob(dir, job)])
+    XCTAssertEqual(r.status, 2, r.err)
+    XCTAssertTrue(r.err.contains("t.bin") && r.err.contains("not below vocab 256"), r.err)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out"))
+    // With both vocabs large enough it trains.
+    let ok = try runTool(["run", try writeJob(dir, job.replacingOccurrences(of: "[512, 256]", with: "[512, 300]"))])
+    XCTAssertEqual(ok.status, 0, ok.err)
   }
 }
 
