@@ -19,3 +19,17 @@ public struct InputError: Error, CustomStringConvertible, Sendable {
     return "\(file): \(message)"
   }
 }
+
+/// A file that could not be written (a full disk, no permission): the machine's problem, not the
+/// user's input, so the tool exits with 1. The message names the file.
+public struct WriteError: Error, CustomStringConvertible, Sendable {
+  public let file: String
+  public let message: String
+
+  public init(file: String, _ message: String) {
+    self.file = file
+    self.message = message
+  }
+
+  public var description: String { "\(file): \(message)" }
+}

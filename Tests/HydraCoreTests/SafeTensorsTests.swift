@@ -58,14 +58,18 @@ final class SafeTensorsTests: XCTestCase {
     }
   }
 
-  private func check(_ error: Error, path: String, _ words: [String], file: StaticString, line: UInt) {
-    guard let e = error as? InputError else {
-      return XCTFail("expected InputError, got \(type(of: error)): \(error)", file: file, line: line)
+  /// `io`: a failure to write (exit 1), not bad input (exit 2).
+  private func check(_ error: Error, path: String, _ words: [String], io: Bool = false, file: StaticString, line: UInt)
+  {
+    let e = "\(error)"
+    guard io ? error is WriteError : error is InputError else {
+      return XCTFail(
+        "expected \(io ? "WriteError" : "InputError"), got \(type(of: error)): \(error)", file: file, line: line)
     }
     let name = (path as NSString).lastPathComponent
-    XCTAssertTrue(e.description.contains(name), "\(e.description) does not name \(name)", file: file, line: line)
+    XCTAssertTrue(e.contains(name), "\(e) does not name \(name)", file: file, line: line)
     for w in words {
-      XCTAssertTrue(e.description.contains(w), "\(e.description) does not say \"\(w)\"", file: file, line: line)
+      XCTAssertTrue(e.contains(w), "\(e) does not say \"\(w)\"", file: file, line: line)
     }
   }
 
@@ -417,7 +421,7 @@ final class SafeTensorsTests: XCTestCase {
     let path = dir + "/taken.safetensors"
     try FileManager.default.createDirectory(atPath: path + "/inside", withIntermediateDirectories: true)
     XCTAssertThrowsError(try write([("w", [2], [1, 2])], to: path)) { error in
-      self.check(error, path: path, ["cannot rename"], file: #filePath, line: #line)
+      self.check(error, path: path, ["cannot rename"], io: true, file: #filePath, line: #line)
     }
     XCTAssertEqual(try folderListing(), ["taken.safetensors"], "temporary file removed")
     XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path), ["inside"])
@@ -426,7 +430,7 @@ final class SafeTensorsTests: XCTestCase {
   func testWriteIntoMissingFolderFails() throws {
     let path = dir + "/no/such/folder/out.safetensors"
     XCTAssertThrowsError(try write([("w", [1], [1])], to: path)) { error in
-      self.check(error, path: path, ["cannot create temporary file"], file: #filePath, line: #line)
+      self.check(error, path: path, ["cannot create temporary file"], io: true, file: #filePath, line: #line)
     }
   }
 

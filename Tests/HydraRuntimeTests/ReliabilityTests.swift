@@ -208,6 +208,56 @@ final class ReliabilityTests: XCTestCase {
     try assertSameEnd(whole, parts, step: 8)
   }
 
+  /// A real full disk, where the machine lets a test mount a tmpfs (root with CAP_SYS_ADMIN): the
+  /// output folder is a tmpfs with room for one checkpoint of each model and a half; the run fails
+  /// with the reason, nothing half-written is left, and once the disk has grown `--resume` ends
+  /// with the bytes of an uninterrupted run.
+  func testARealFullDiskLosesNothing() throws {
+    let root = try temporaryFolder()
+    let data = try textData(root)
+    let whole = root + "/whole", parts = root + "/parts"
+    for d in [whole, parts + "/out"] {
+      try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    }
+    let wholeJob = try self.job(whole, data: data, steps: 8, extra: "checkpoint_every = 1")
+    // Spills stay in RAM: only the checkpoints fill the disk.
+    for file in [wholeJob] {
+      let text = try String(contentsOfFile: file, encoding: .utf8)
+      try text.replacingOccurrences(of: "host_memory = \"2MiB\"", with: "host_memory = \"64MiB\"").write(
+        toFile: file, atomically: true, encoding: .utf8)
+    }
+    XCTAssertEqual(try runTool(["run", wholeJob]).status, 0)
+    let unitFolder = whole + "/out/checkpoints/m000/step-00000008"
+    let unit = try FileManager.default.contentsOfDirectory(atPath: unitFolder).reduce(0) { sum, name in
+      sum + ((try FileManager.default.attributesOfItem(atPath: unitFolder + "/" + name)[.size] as? Int) ?? 0)
+    }
+    let mount = try runCommand(
+      "/bin/mount", ["-t", "tmpfs", "-o", "size=\(3 * unit + 65536)", "tmpfs", parts + "/out"])
+    if mount.status != 0 {
+      throw XCTSkip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): \(mount.output)")
+    }
+    defer { _ = try? runCommand("/bin/umount", [parts + "/out"]) }
+    let jobFile = try self.job(parts, data: data, steps: 8, extra: "checkpoint_every = 1")
+    let text = try String(contentsOfFile: jobFile, encoding: .utf8)
+    try text.replacingOccurrences(of: "host_memory = \"2MiB\"", with: "host_memory = \"64MiB\"").write(
+      toFile: jobFile, atomically: true, encoding: .utf8)
+    let full = try runTool(["run", jobFile])
+    XCTAssertEqual(full.status, 1, full.err)
+    XCTAssertTrue(full.err.contains("No space left on device"), full.err)
+    var newest: [Int] = []
+    for model in ["m000", "m001"] {
+      let names = try FileManager.default.contentsOfDirectory(atPath: parts + "/out/checkpoints/" + model)
+      XCTAssertFalse(names.contains { $0.hasPrefix(".tmp-") }, "\(model): \(names)")
+      newest.append(names.compactMap { $0.hasPrefix("step-") ? Int($0.dropFirst(5)) : nil }.max() ?? 0)
+    }
+    XCTAssertTrue(newest.contains(1) && newest.allSatisfy { $0 <= 2 }, "newest checkpoints \(newest)")
+    let grow = try runCommand("/bin/mount", ["-o", "remount,size=64m", parts + "/out"])
+    XCTAssertEqual(grow.status, 0, grow.output)
+    let resumed = try runTool(["run", jobFile, "--resume"])
+    XCTAssertEqual(resumed.status, 0, resumed.err)
+    try assertSameEnd(whole, parts, step: 8)
+  }
+
   func testAnOutputFolderBelongsToOneRun() throws {
     let root = try temporaryFolder()
     let data = try textData(root)
@@ -282,4 +332,18 @@ final class ReliabilityTests: XCTestCase {
     XCTAssertEqual(fine.status, 0, fine.err)
     XCTAssertTrue(fine.out.contains("m001: resumed at step 2"), fine.out)
   }
+}
+
+/// Runs a program, its standard output and error together.
+func runCommand(_ path: String, _ args: [String]) throws -> (status: Int32, output: String) {
+  let p = Process()
+  p.executableURL = URL(fileURLWithPath: path)
+  p.arguments = args
+  let pipe = Pipe()
+  p.standardOutput = pipe
+  p.standardError = pipe
+  try p.run()
+  let data = pipe.fileHandleForReading.readDataToEndOfFile()
+  p.waitUntilExit()
+  return (p.terminationStatus, String(decoding: data, as: UTF8.self))
 }

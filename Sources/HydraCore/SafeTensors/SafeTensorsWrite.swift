@@ -15,7 +15,8 @@ extension SafeTensorsFile {
   /// untouched. The header is padded with spaces so that the data buffer starts 8-byte aligned.
   ///
   /// Throws `InputError` for tensors that cannot be written (values that disagree with the shape,
-  /// duplicate or reserved names, negative dims) and for I/O failures (the message names `path`).
+  /// duplicate or reserved names, negative dims) and `WriteError` for I/O failures (a full disk);
+  /// each message names `path`.
   public static func write(
     _ tensors: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)],
     metadata: [String: String], to path: String
@@ -27,7 +28,7 @@ extension SafeTensorsFile {
     let tmp = (dir.isEmpty ? "" : dir + "/") + ".\(base).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
     guard fd >= 0 else {
-      throw InputError(file: path, "cannot create temporary file \(tmp): \(String(cString: strerror(errno)))")
+      throw WriteError(file: path, "cannot create temporary file \(tmp): \(String(cString: strerror(errno)))")
     }
     var closed = false
     do {
@@ -43,14 +44,14 @@ extension SafeTensorsFile {
         #endif
       }
       guard fsync(fd) == 0 else {
-        throw InputError(file: path, "fsync of \(tmp) failed: \(String(cString: strerror(errno)))")
+        throw WriteError(file: path, "fsync of \(tmp) failed: \(String(cString: strerror(errno)))")
       }
       closed = true
       guard close(fd) == 0 else {
-        throw InputError(file: path, "close of \(tmp) failed: \(String(cString: strerror(errno)))")
+        throw WriteError(file: path, "close of \(tmp) failed: \(String(cString: strerror(errno)))")
       }
       guard rename(tmp, path) == 0 else {
-        throw InputError(file: path, "cannot rename \(tmp) over it: \(String(cString: strerror(errno)))")
+        throw WriteError(file: path, "cannot rename \(tmp) over it: \(String(cString: strerror(errno)))")
       }
     } catch {
       if !closed { close(fd) }
@@ -79,7 +80,7 @@ public final class SafeTensorsWriter {
   private let observe: (UnsafeRawBufferPointer) -> Void
 
   /// Creates `path` (which must not exist) and writes the header. Throws `InputError` naming
-  /// `path` for bad tensors or I/O failures.
+  /// `path` for bad tensors, `WriteError` for I/O failures.
   public init(
     path: String, tensors: [(name: String, shape: [Int])], metadata: [String: String],
     observe: @escaping (UnsafeRawBufferPointer) -> Void = { _ in }
@@ -99,7 +100,7 @@ public final class SafeTensorsWriter {
     self.counts = counts
     self.observe = observe
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw InputError(file: path, "cannot create: \(String(cString: strerror(errno)))") }
+    guard fd >= 0 else { throw WriteError(file: path, "cannot create: \(String(cString: strerror(errno)))") }
     var length = UInt64(header.count).littleEndian
     try withUnsafeBytes(of: &length) { try put($0) }
     try header.withUnsafeBytes { try put($0) }
@@ -130,17 +131,17 @@ public final class SafeTensorsWriter {
   /// Every tensor written: flushes the file to disk and closes it.
   public func finish() throws {
     guard next == counts.count else {
-      throw InputError(file: path, "only \(next) of \(counts.count) tensors were written")
+      throw WriteError(file: path, "only \(next) of \(counts.count) tensors were written")
     }
-    guard fsync(fd) == 0 else { throw InputError(file: path, "fsync failed: \(String(cString: strerror(errno)))") }
+    guard fsync(fd) == 0 else { throw WriteError(file: path, "fsync failed: \(String(cString: strerror(errno)))") }
     let result = close(fd)
     fd = -1
-    guard result == 0 else { throw InputError(file: path, "close failed: \(String(cString: strerror(errno)))") }
+    guard result == 0 else { throw WriteError(file: path, "close failed: \(String(cString: strerror(errno)))") }
   }
 
   private func put(_ buf: UnsafeRawBufferPointer) throws {
     if let error = writeAll(fd, buf) {
-      throw InputError(file: path, "write failed: \(String(cString: strerror(error)))")
+      throw WriteError(file: path, "write failed: \(String(cString: strerror(error)))")
     }
     observe(buf)
   }
@@ -210,7 +211,7 @@ extension SafeTensorsFile {
 
   private static func writeFully(fd: Int32, _ buf: UnsafeRawBufferPointer, tmp: String, path: String) throws {
     if let error = writeAll(fd, buf) {
-      throw InputError(file: path, "write to \(tmp) failed: \(String(cString: strerror(error)))")
+      throw WriteError(file: path, "write to \(tmp) failed: \(String(cString: strerror(error)))")
     }
   }
 }
