@@ -60,7 +60,7 @@ struct Run: ParsableCommand {
   var pauseAt: Int?
 
   func run() throws {
-    var mpi: MPIBackend?
+    var mpi: DistributedRuntime?
     do {
       try reportingErrors {
         let registry = Builtins.registry()
@@ -80,7 +80,7 @@ struct Run: ParsableCommand {
         if config.cluster.backend == "mpi" {
           // MPI starts before anything can fail on one rank only: from here on, a failure anywhere
           // ends every rank (MPI_Abort) instead of leaving the others waiting.
-          let backend = try MPIBackend.start()
+          let backend = try DistributedRuntime(transport: try MPITransport.start())
           mpi = backend
           backend.onFailure = { error in abortJob(backend, error) }
           runner.backend = backend
@@ -105,7 +105,7 @@ struct Run: ParsableCommand {
           guard let mpi, mpi.deviceCount > 1 else { return false }
           if mpi.reportDiedNeighbours() { return true }
           // Rank 0 gives the other hosts' ranks a moment to report a death first.
-          if coordinating { Thread.sleep(forTimeInterval: 0.3) }
+          if coordinating { Thread.sleep(forTimeInterval: 0.2) }
           return false
         }
         let signals = StopSignals(coordinating ? runner : nil, died: died)
@@ -143,7 +143,7 @@ struct Run: ParsableCommand {
 
 /// Ends every rank of an MPI job: this rank's error on its standard error and, through rank 0, on rank
 /// 0's; then MPI_Abort with 2 for bad input and 1 for anything else.
-func abortJob(_ backend: MPIBackend, _ error: Error) -> Never {
+func abortJob(_ backend: DistributedRuntime, _ error: Error) -> Never {
   let bad = error is InputError || error is ConfigError
   backend.fail("\(error)", code: bad ? 2 : 1)
 }
