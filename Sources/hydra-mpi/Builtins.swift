@@ -20,7 +20,7 @@ enum Builtins {
     registerBuiltinSchedulers(in: registry)
     registry.registerBackend("shm") { devices in SharedMemoryBackend(devices: devices) }
     // One device per rank: `devices` is checked against the ranks by the runtime.
-    registry.registerBackend("mpi") { _ in try MPIBackend.start() }
+    registry.registerBackend("mpi") { _ in try DistributedRuntime(transport: try MPITransport.start()) }
     return registry
   }
 

@@ -86,7 +86,7 @@ func rawRoundTrips(_ buffer: UnsafeMutableRawBufferPointer, count: Int, rank: In
 /// The same through the `mpi` backend, as shard tasks move tensors: rank 0 posts an activation for
 /// a shard homed on rank 1, whose progress thread receives it (header, then the bytes); rank 1
 /// fetches it and posts it back as a gradient.
-func backendRoundTrips(_ backend: MPIBackend, _ tensor: Tensor, count: Int, first: Int) throws -> [Double] {
+func backendRoundTrips(_ backend: DistributedRuntime, _ tensor: Tensor, count: Int, first: Int) throws -> [Double] {
   var times: [Double] = []
   for i in first..<(first + count) {
     let out = TransferKey(.activation, model: 0, index: 0, step: i)
@@ -128,7 +128,7 @@ func pingPong(_ comm: MPICommunicator) throws {
   let tags = try TagSpace(models: 1, shards: 1, upperBound: comm.tagUpperBound)
   let tag = try tags.tag(.user, model: 0, shard: 0, step: 0)
   // The backend's progress thread shares the communicator; the blocking paths use another tag.
-  let backend = try MPIBackend(communicator: comm)
+  let backend = try DistributedRuntime(transport: try MPITransport(communicator: comm))
   try backend.start(models: 1, shards: 2)
   backend.route(model: 0, homes: [0, 1])
   if comm.rank == 0 {

@@ -1,3 +1,5 @@
+import HydraRuntime
+
 /// How hydra-mpi names its messages: (kind, model, shard, step) packed into one MPI tag.
 ///
 /// MPI matches a receive to a message by (communicator, source, tag) only, so two messages that could
@@ -18,25 +20,8 @@
 /// whole period can never be in flight together; and MPI delivers messages with the same source and
 /// tag in the order they were sent. At least 4 step bits (16 steps) are required.
 public struct TagSpace: Equatable, Sendable, CustomStringConvertible {
-  /// What a message carries. Eight kinds: the field is 3 bits wide.
-  public enum Kind: Int, CaseIterable, Sendable {
-    /// Coordinator <-> device messages (task assignments, completions, failures).
-    case control = 0
-    /// A shard's forward output, going to the device that runs the next shard.
-    case activation = 1
-    /// The gradient w.r.t. a shard's input, going to the device that runs the previous shard backward.
-    case gradient = 2
-    /// A tied weight's value, from its owner shard's forward to the replica's.
-    case tiedValue = 3
-    /// A tied weight's replica gradient, from the replica's backward to the owner's.
-    case tiedGradient = 4
-    /// A shard's parameters and optimizer state, moving to its new home.
-    case shardState = 5
-    /// A shard's parameters and optimizer state, copied to the coordinator (evaluation, checkpoint).
-    case gather = 6
-    /// Free for plugins and tests.
-    case user = 7
-  }
+  /// What a message carries (the runtime's `MessageKind`). Eight kinds: the field is 3 bits wide.
+  public typealias Kind = MessageKind
 
   public static let kindBits = 3
   public static let minimumStepBits = 4

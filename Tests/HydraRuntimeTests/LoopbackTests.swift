@@ -1,0 +1,225 @@
+import Foundation
+import HydraConfig
+import HydraCore
+import XCTest
+
+@testable import HydraRuntime
+
+/// The distributed runtime in-process: every rank a thread with its own `JobRunner`, models, host
+/// store and device, talking through a `Loopback` transport. The oracle is the exactness invariant:
+/// whatever the ranks, scheduler and placement, the checkpoints are the bytes of the same job under
+/// `shm` (Scripts/test-mpi checks the same under mpirun).
+final class LoopbackTests: XCTestCase {
+  static let sweep = repositoryRoot + "/Tests/mpi/sweep.toml"
+  /// The shm reference runs, by their overrides, made once.
+  nonisolated(unsafe) static var references: [String: String] = [:]
+
+  func known() -> KnownPlugins {
+    var k = testKnownPlugins()
+    k.backends.append("loopback")
+    return k
+  }
+
+  /// The job on `ranks` loopback ranks; rank 0's result. `configure` sees each rank's runtime
+  /// before the job starts.
+  func runLoopback(
+    ranks: Int, output: String, overrides: [String], pauseAt: Int? = nil, resume: Bool = false,
+    loopback: Loopback? = nil, configure: @escaping (DistributedRuntime) -> Void = { _ in }
+  ) throws -> (result: JobRunner.Result, summary: [String: Any]) {
+    let loop = loopback ?? Loopback(ranks: ranks)
+    let overrides = overrides + ["cluster.backend=\"loopback\"", "job.output=\"\(output)\""]
+    let outcomes = Outcomes()
+    let group = DispatchGroup()
+    for rank in 0..<ranks {
+      group.enter()
+      let thread = Thread {
+        defer { group.leave() }
+        do {
+          let config = try JobConfig.load(path: Self.sweep, known: self.known(), overrides: overrides)
+          let runtime = try DistributedRuntime(transport: loop.transport(rank: rank))
+          configure(runtime)
+          let runner = JobRunner(config: config, registry: testRegistry())
+          runner.backend = runtime
+          runner.log = { _ in }
+          runner.pauseAt = pauseAt
+          runner.resume = resume
+          let result = try runner.run()
+          runtime.close()
+          outcomes.set(rank, .success(result))
+        } catch {
+          outcomes.set(rank, .failure(error))
+        }
+      }
+      thread.stackSize = 8 << 20
+      thread.start()
+    }
+    guard group.wait(timeout: .now() + 300) == .success else {
+      throw RuntimeError("the loopback job on \(ranks) ranks did not end in 300 s")
+    }
+    var results: [JobRunner.Result] = []
+    for rank in 0..<ranks {
+      switch outcomes.get(rank) {
+      case .success(let r): results.append(r)
+      case .failure(let error): throw RuntimeError("rank \(rank): \(error)")
+      case nil: throw RuntimeError("rank \(rank) ended without a result")
+      }
+    }
+    let result = results[0]
+    XCTAssertTrue(result.coordinating)
+    XCTAssertTrue(results.dropFirst().allSatisfy { !$0.coordinating })
+    let data = try Data(contentsOf: URL(fileURLWithPath: output + "/summary.json"))
+    let summary = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    return (result, summary)
+  }
+
+  /// The same job under shm on 2 devices: the bytes every rank count must end with.
+  func reference(_ overrides: [String]) throws -> String {
+    let key = overrides.joined(separator: "\n")
+    if let done = Self.references[key] { return done }
+    let output = try temporaryFolder() + "/shm"
+    _ = try runJob(
+      Self.sweep, overrides: overrides + ["cluster.backend=\"shm\"", "cluster.devices=2", "job.output=\"\(output)\""])
+    Self.references[key] = output
+    return output
+  }
+
+  /// Every file under `checkpoints/` the same bytes in both folders (and the same files). A resumed
+  /// run (`resumed`) kept other intermediate units: then the newest unit and the top-level files
+  /// must be there and the same, and so must any other unit both folders hold.
+  func assertSameCheckpoints(
+    _ reference: String, _ output: String, _ label: String, resumed: Bool = false, file: StaticString = #filePath,
+    line: UInt = #line
+  ) throws {
+    let fm = FileManager.default
+    let files = { (root: String) throws -> Set<String> in
+      Set(
+        try XCTUnwrap(fm.subpaths(atPath: root + "/checkpoints")).filter {
+          $0.hasSuffix(".safetensors") || $0.hasSuffix(".json")
+        })
+    }
+    let a = try files(reference), b = try files(output)
+    if resumed {
+      let newest = a.filter { $0.contains("step-00000006/") || !$0.contains("step-") }
+      XCTAssertTrue(
+        newest.isSubset(of: b), "\(label): missing \(newest.subtracting(b).sorted())", file: file, line: line)
+    } else {
+      XCTAssertEqual(a.sorted(), b.sorted(), "\(label): checkpoint files", file: file, line: line)
+    }
+    let common = a.intersection(b).sorted()
+    for path in common {
+      let x = try Data(contentsOf: URL(fileURLWithPath: reference + "/checkpoints/" + path))
+      let y = try Data(contentsOf: URL(fileURLWithPath: output + "/checkpoints/" + path))
+      XCTAssertEqual(x, y, "\(label): \(path)", file: file, line: line)
+    }
+    XCTAssertGreaterThan(common.count, 8, label, file: file, line: line)
+  }
+
+  func coordinator(_ summary: [String: Any]) -> [String: Any] { summary["coordinator"] as? [String: Any] ?? [:] }
+
+  /// 1-4 ranks, every scheduler, shards placed one by one; 2-4 ranks with whole models placed: the
+  /// bytes of shm every time, no tensor left over, and moves where the scheduler moves shards.
+  func testLoopbackExactnessMatrix() throws {
+    let reference = try reference([])
+    let root = try temporaryFolder()
+    var cases: [(ranks: Int, scheduler: String, placement: String)] = []
+    for ranks in 1...4 {
+      for scheduler in ["lrtf", "fifo", "round-robin", "random", "sequential", "model-parallel"] {
+        cases.append((ranks, scheduler, "by-shard"))
+      }
+    }
+    for ranks in 2...4 { cases.append((ranks, "lrtf", "by-model")) }
+    for c in cases {
+      let label = "\(c.ranks) ranks, \(c.scheduler), \(c.placement)"
+      let output = root + "/\(c.ranks)-\(c.scheduler)-\(c.placement)"
+      let (result, summary) = try runLoopback(
+        ranks: c.ranks, output: output,
+        overrides: ["scheduler.name=\"\(c.scheduler)\"", "cluster.placement=\"\(c.placement)\""])
+      try assertSameCheckpoints(reference, output, label)
+      XCTAssertTrue(result.runs.allSatisfy { $0.status == .done && $0.step == 6 }, label)
+      let coordinator = coordinator(summary)
+      XCTAssertEqual(coordinator["tensors_left_over"] as? Int, 0, label)
+      XCTAssertEqual(coordinator["backend"] as? String, "loopback", label)
+      if c.ranks > 1 && c.placement == "by-shard" {
+        XCTAssertGreaterThan(coordinator["tensors_sent"] as? Int ?? 0, 0, "\(label): chains cross ranks")
+      }
+      if c.ranks > 1 && c.scheduler == "random" {
+        XCTAssertGreaterThan(coordinator["shard_moves"] as? Int ?? 0, 0, "\(label): random moves shards")
+      }
+    }
+  }
+
+  /// 4 MiB per device and 1 byte of host RAM: every rank's shard states live in its own spill
+  /// files, move and are gathered from there.
+  func testLoopbackStatesOnDiskMoveAndGather() throws {
+    let overrides = [
+      "scheduler.name=\"random\"", "cluster.placement=\"by-shard\"", "cluster.host_memory=1",
+      "cluster.device_memory=\"4MiB\"",
+    ]
+    let reference = try reference([])
+    let output = try temporaryFolder() + "/disk"
+    let (result, summary) = try runLoopback(ranks: 3, output: output, overrides: overrides)
+    try assertSameCheckpoints(reference, output, "states on disk")
+    XCTAssertGreaterThan(coordinator(summary)["shard_moves"] as? Int ?? 0, 0)
+    XCTAssertGreaterThan(result.store.bytesWritten, 0, "rank 0 spilled")
+  }
+
+  /// Paused at step 4 on 2 ranks, resumed on 3 under another scheduler: the bytes of one run.
+  func testLoopbackPauseOnTwoRanksResumeOnThree() throws {
+    let reference = try reference([])
+    let output = try temporaryFolder() + "/resumed"
+    let (paused, _) = try runLoopback(ranks: 2, output: output, overrides: [], pauseAt: 4)
+    XCTAssertTrue(paused.runs.allSatisfy { $0.step == 4 }, "\(paused.runs.map(\.step))")
+    let (resumed, _) = try runLoopback(
+      ranks: 3, output: output, overrides: ["scheduler.name=\"random\""], resume: true)
+    XCTAssertTrue(resumed.runs.allSatisfy { $0.status == .done && $0.step == 6 })
+    try assertSameCheckpoints(reference, output, "paused on 2, resumed on 3", resumed: true)
+  }
+
+  /// A model that diverges stops alone, on every rank; the others end as under shm.
+  func testLoopbackDivergingModel() throws {
+    let diverge = ["sweep.train.lr=[3e-3, 1e9, 3e-4, 1e-2]"]
+    let reference = try reference(diverge)
+    let output = try temporaryFolder() + "/diverge"
+    let (result, summary) = try runLoopback(
+      ranks: 3, output: output, overrides: diverge + ["cluster.placement=\"by-shard\""])
+    try assertSameCheckpoints(reference, output, "a diverging model")
+    XCTAssertEqual(result.runs[1].status.name, "diverged")
+    XCTAssertEqual(coordinator(summary)["tensors_left_over"] as? Int, 0)
+  }
+
+  /// A rank fails in the middle of training (a fault after its 5th task): it tells rank 0, and
+  /// rank 0 ends the job with status 1.
+  func testLoopbackRankFailingMidRunEndsTheJob() throws {
+    let loop = Loopback(ranks: 3)
+    let output = try temporaryFolder() + "/failing"
+    let job = Thread {
+      _ = try? self.runLoopback(
+        ranks: 3, output: output, overrides: ["cluster.placement=\"by-shard\""], loopback: loop
+      ) { runtime in
+        runtime.fault = (rank: 2, after: 5)
+        runtime.receiveTimeout = 20
+      }
+    }
+    job.start()
+    XCTAssertTrue(loop.waitForAbort(seconds: 60), "the job did not end")
+    let aborted = try XCTUnwrap(loop.aborted)
+    XCTAssertEqual(aborted.code, 1)
+    XCTAssertEqual(aborted.rank, 0, "rank 0 ends the job for the failing rank")
+  }
+}
+
+/// Each rank's outcome, set from its thread.
+final class Outcomes: @unchecked Sendable {
+  private let lock = NSLock()
+  private var outcomes: [Int: Result<JobRunner.Result, Error>] = [:]
+  func set(_ rank: Int, _ outcome: Result<JobRunner.Result, Error>) {
+    lock.lock()
+    outcomes[rank] = outcome
+    lock.unlock()
+  }
+  func get(_ rank: Int) -> Result<JobRunner.Result, Error>? {
+    lock.lock()
+    defer { lock.unlock() }
+    return outcomes[rank]
+  }
+}
