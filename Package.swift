@@ -84,11 +84,19 @@ let package = Package(
       dependencies: ["HydraCore", "HydraConfig", .product(name: "Crypto", package: "swift-crypto")],
       swiftSettings: settings),
 
-    .executableTarget(
-      name: "hydra-mpi",
+    // The one list of built-in plugins, shared by the tool and the tests.
+    .target(
+      name: "HydraBuiltins",
       dependencies: [
         "HydraRuntime", "HydraConfig", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference",
         "HydraPartitioners", "HydraSchedulers", "HydraBackendSHM", "HydraBackendMPI",
+      ],
+      swiftSettings: settings),
+
+    .executableTarget(
+      name: "hydra-mpi",
+      dependencies: [
+        "HydraBuiltins", "HydraRuntime", "HydraConfig", "HydraCore", "HydraBackendMPI", "HydraKernelsCPU",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       swiftSettings: settings),
@@ -118,7 +126,7 @@ let package = Package(
       name: "HydraRuntimeTests",
       dependencies: [
         "HydraRuntime", "HydraCore", "HydraConfig", "HydraKernelsReference", "HydraKernelsCPU", "HydraPartitioners",
-        "HydraSchedulers", "HydraBackendSHM",
+        "HydraSchedulers", "HydraBackendSHM", "HydraBuiltins",
       ],
       swiftSettings: settings),
   ]

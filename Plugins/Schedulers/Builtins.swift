@@ -62,9 +62,9 @@ func allowedDevice(_ want: Int, for task: ReadyTask) -> Int {
 }
 
 /// Registers every built-in scheduler; only `lrtf` takes an option (`prefer_resident`, a boolean).
-public func registerBuiltinSchedulers(in registry: PluginRegistry) {
+public func registerBuiltinSchedulers(in registry: inout PluginRegistry.Builder) throws {
   for name in builtinSchedulerNames {
-    registry.registerScheduler(name) { options, seed in
+    try registry.registerScheduler(name) { options, seed in
       if name == "lrtf" {
         var rest = options
         let prefer = rest.removeValue(forKey: "prefer_resident")

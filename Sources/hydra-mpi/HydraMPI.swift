@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import HydraBackendMPI
+import HydraBuiltins
 import HydraConfig
 import HydraCore
 import HydraKernelsCPU

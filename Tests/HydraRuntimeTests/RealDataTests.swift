@@ -1,5 +1,6 @@
 import Foundation
 import HydraBackendSHM
+import HydraBuiltins
 import HydraConfig
 import HydraCore
 import HydraKernelsCPU
@@ -109,23 +110,9 @@ func writeJob(_ dir: String, _ text: String, name: String = "job.toml") throws -
   return path
 }
 
-func testRegistry() -> PluginRegistry {
-  let r = PluginRegistry()
-  r.registerKernels("cpu") { threads, memory in CPUKernels(threads: threads, memory: memory) }
-  r.registerKernels("reference") { _, memory in ReferenceKernels(memory: memory) }
-  r.registerPartitioner("memory-greedy") { MemoryGreedyPartitioner() }
-  r.registerPartitioner("balanced") { BalancedPartitioner() }
-  r.registerPartitioner("fixed") { FixedPartitioner() }
-  registerBuiltinSchedulers(in: r)
-  r.registerBackend("shm") { SharedMemoryBackend(devices: $0) }
-  return r
-}
+func testRegistry() -> PluginRegistry { Builtins.registry() }
 
-func testKnownPlugins() -> KnownPlugins {
-  KnownPlugins(
-    backends: ["shm"], kernels: ["cpu", "reference"], partitioners: ["balanced", "fixed", "memory-greedy"],
-    schedulers: builtinSchedulerNames, defaultPartitioner: "balanced", defaultScheduler: "lrtf")
-}
+func testKnownPlugins() -> KnownPlugins { Builtins.known() }
 
 /// Runs a job and checks its memory plan held, as every run must: no device went past its budget,
 /// the host store's RAM stayed within `host_memory`, every shard's tasks allocated exactly the

@@ -1,0 +1,34 @@
+import HydraBackendMPI
+import HydraBackendSHM
+import HydraConfig
+import HydraCore
+import HydraKernelsCPU
+import HydraKernelsReference
+import HydraPartitioners
+import HydraRuntime
+import HydraSchedulers
+
+/// The one place that names the built-in plugins, shared by the tool, the benchmarks and the tests.
+public enum Builtins {
+  public static func registry() -> PluginRegistry {
+    // Built-in names are distinct: registering them cannot fail.
+    try! PluginRegistry { registry in
+      try registry.registerKernels("cpu") { threads, memory in CPUKernels(threads: threads, memory: memory) }
+      try registry.registerKernels("reference") { _, memory in ReferenceKernels(memory: memory) }
+      try registry.registerPartitioner("memory-greedy") { MemoryGreedyPartitioner() }
+      try registry.registerPartitioner("balanced") { BalancedPartitioner() }
+      try registry.registerPartitioner("fixed") { FixedPartitioner() }
+      try registerBuiltinSchedulers(in: &registry)
+      try registry.registerBackend("shm") { devices in SharedMemoryBackend(devices: devices) }
+      // One device per rank: `devices` is checked against the ranks by the runtime.
+      try registry.registerBackend("mpi") { _ in try DistributedRuntime(transport: try MPITransport.start()) }
+    }
+  }
+
+  /// What `job.toml` may name.
+  public static func known(_ registry: PluginRegistry = registry()) -> KnownPlugins {
+    KnownPlugins(
+      backends: registry.backendNames, kernels: registry.kernelsNames, partitioners: registry.partitionerNames,
+      schedulers: registry.schedulerNames, defaultPartitioner: "balanced", defaultScheduler: "lrtf")
+  }
+}
