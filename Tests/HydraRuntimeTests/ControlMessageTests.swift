@@ -120,3 +120,28 @@ final class ControlMessageTests: XCTestCase {
     }
   }
 }
+
+/// The registry is built once; a name registered twice for one kind of plugin is an error that
+/// names it, and the built-ins are what `job.toml` may name.
+final class RegistryTests: XCTestCase {
+  func testANameRegisteredTwiceIsAnError() {
+    XCTAssertThrowsError(
+      try PluginRegistry { r in
+        try r.registerPartitioner("fixed") { fatalError("never made") }
+        try r.registerPartitioner("fixed") { fatalError("never made") }
+      }
+    ) { error in XCTAssertTrue("\(error)".contains("partitioner \"fixed\" is registered twice"), "\(error)") }
+    // The same name for two kinds is allowed.
+    XCTAssertNoThrow(
+      try PluginRegistry { r in
+        try r.registerPartitioner("x") { fatalError("never made") }
+        try r.registerBackend("x") { _ in fatalError("never made") }
+      })
+    let builtins = testRegistry()
+    XCTAssertEqual(builtins.backendNames, ["mpi", "shm"])
+    XCTAssertEqual(builtins.kernelsNames, ["cpu", "reference"])
+    XCTAssertEqual(builtins.partitionerNames, ["balanced", "fixed", "memory-greedy"])
+    XCTAssertEqual(
+      builtins.schedulerNames, ["fifo", "lrtf", "model-parallel", "random", "round-robin", "sequential"])
+  }
+}
