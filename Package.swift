@@ -43,27 +43,30 @@ let package = Package(
     .systemLibrary(
       name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
 
+    // The vocabulary every plugin speaks, and nothing else: tensors and device memory, the kernels,
+    // partitioner, scheduler, backend and transport protocols and the values they exchange.
+    .target(name: "HydraPluginAPI", swiftSettings: settings),
     // The maths of one shard.
-    .target(name: "HydraCore", dependencies: ["CZlib"], swiftSettings: settings),
+    .target(name: "HydraCore", dependencies: ["HydraPluginAPI", "CZlib"], swiftSettings: settings),
     // Built-in kernels plugins.
     .target(
-      name: "HydraKernelsReference", dependencies: ["HydraCore"], path: "Plugins/Kernels/Reference",
+      name: "HydraKernelsReference", dependencies: ["HydraPluginAPI"], path: "Plugins/Kernels/Reference",
       swiftSettings: settings),
     .target(
-      name: "HydraKernelsCPU", dependencies: ["HydraCore", "CBLAS"], path: "Plugins/Kernels/CPU",
+      name: "HydraKernelsCPU", dependencies: ["HydraPluginAPI", "CBLAS"], path: "Plugins/Kernels/CPU",
       swiftSettings: kernelSettings),
 
     // Built-in partitioners: shard boundaries from block costs and the device budget.
     .target(
-      name: "HydraPartitioners", dependencies: ["HydraRuntime", "HydraCore"], path: "Plugins/Partitioners",
+      name: "HydraPartitioners", dependencies: ["HydraPluginAPI"], path: "Plugins/Partitioners",
       swiftSettings: settings),
 
     // Built-in backends: how tensors and control messages move between devices.
     .target(
-      name: "HydraBackendSHM", dependencies: ["HydraRuntime", "HydraCore"], path: "Plugins/Backends/SharedMemory",
+      name: "HydraBackendSHM", dependencies: ["HydraPluginAPI"], path: "Plugins/Backends/SharedMemory",
       swiftSettings: settings),
     .target(
-      name: "HydraBackendMPI", dependencies: ["HydraRuntime", "HydraCore", "CMPI"], path: "Plugins/Backends/MPI",
+      name: "HydraBackendMPI", dependencies: ["HydraPluginAPI", "CMPI"], path: "Plugins/Backends/MPI",
       swiftSettings: settings),
     .executableTarget(
       name: "hydra-pingpong", dependencies: ["HydraBackendMPI", "HydraRuntime", "HydraCore"],
@@ -71,12 +74,12 @@ let package = Package(
 
     // Built-in schedulers: which ready shard task runs on which free device.
     .target(
-      name: "HydraSchedulers", dependencies: ["HydraRuntime", "HydraCore", "HydraConfig"], path: "Plugins/Schedulers",
+      name: "HydraSchedulers", dependencies: ["HydraPluginAPI"], path: "Plugins/Schedulers",
       swiftSettings: settings),
 
     // job.toml: decoding, validation, sweep expansion.
     .target(
-      name: "HydraConfig", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")],
+      name: "HydraConfig", dependencies: ["HydraPluginAPI", .product(name: "TOMLKit", package: "TOMLKit")],
       swiftSettings: settings),
     // Protocols, registry, the step loop, output folder.
     .target(

@@ -1,5 +1,4 @@
-import HydraCore
-import HydraRuntime
+import HydraPluginAPI
 
 /// The fewest shards that fit the budget (as many as `memory-greedy` makes) and, among all ways to cut
 /// the blocks into that many contiguous shards that fit, the one whose slowest shard is fastest:

@@ -1,6 +1,4 @@
-import HydraConfig
-import HydraCore
-import HydraRuntime
+import HydraPluginAPI
 
 /// Shards the user chose: `blocks_per_shard = N` (consecutive runs of N blocks, the last one possibly
 /// shorter), or `boundaries = [b1, b2, ...]`, the strictly increasing indices of the blocks where a

@@ -1,5 +1,4 @@
-import HydraCore
-import HydraRuntime
+import HydraPluginAPI
 
 /// Hydra's partitioner: walk the blocks in order and start a new shard when the next block would
 /// take the current one past the shard budget. It takes no options.

@@ -1,4 +1,4 @@
-import HydraRuntime
+import HydraPluginAPI
 
 /// The model that may run under a one-model-at-a-time baseline, and its ready task if it has one.
 ///

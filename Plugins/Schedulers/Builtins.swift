@@ -1,5 +1,4 @@
-import HydraConfig
-import HydraRuntime
+import HydraPluginAPI
 
 /// The built-in schedulers by the names `[scheduler] name` uses, for the one place that registers
 /// them. `seed` is used by `random` only.
@@ -61,28 +60,27 @@ func allowedDevice(_ want: Int, for task: ReadyTask) -> Int {
   return allowed[0]
 }
 
-/// Registers every built-in scheduler; only `lrtf` takes an option (`prefer_resident`, a boolean).
-public func registerBuiltinSchedulers(in registry: inout PluginRegistry.Builder) throws {
-  for name in builtinSchedulerNames {
-    try registry.registerScheduler(name) { options, seed in
-      if name == "lrtf" {
-        var rest = options
-        let prefer = rest.removeValue(forKey: "prefer_resident")
-        guard rest.isEmpty else {
-          throw SchedulerError(
-            "scheduler \"lrtf\" takes only prefer_resident; found \(rest.keys.sorted().joined(separator: ", "))")
-        }
-        switch prefer {
-        case nil: return LRTFScheduler()
-        case .bool(let b)?: return LRTFScheduler(preferResident: b)
-        default: throw SchedulerError("scheduler.prefer_resident must be true or false")
-        }
-      }
-      guard options.isEmpty else {
-        throw SchedulerError(
-          "scheduler \"\(name)\" takes no options; found \(options.keys.sorted().joined(separator: ", "))")
-      }
-      return makeBuiltinScheduler(name, seed: seed)!
+/// The built-in scheduler `name` made from its `[scheduler]` options (only `lrtf` takes one,
+/// `prefer_resident`, a boolean) and the job's seed.
+public func makeBuiltinScheduler(_ name: String, options: [String: ConfigValue], seed: UInt64) throws -> Scheduler {
+  if name == "lrtf" {
+    var rest = options
+    let prefer = rest.removeValue(forKey: "prefer_resident")
+    guard rest.isEmpty else {
+      throw SchedulerError(
+        "scheduler \"lrtf\" takes only prefer_resident; found \(rest.keys.sorted().joined(separator: ", "))")
+    }
+    switch prefer {
+    case nil: return LRTFScheduler()
+    case .bool(let b)?: return LRTFScheduler(preferResident: b)
+    default: throw SchedulerError("scheduler.prefer_resident must be true or false")
     }
   }
+  guard options.isEmpty else {
+    throw SchedulerError("scheduler \"\(name)\" takes no options; found \(options.keys.sorted().joined(separator: ", "))")
+  }
+  guard let scheduler = makeBuiltinScheduler(name, seed: seed) else {
+    throw SchedulerError("scheduler \"\(name)\" is not built in")
+  }
+  return scheduler
 }

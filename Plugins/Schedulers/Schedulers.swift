@@ -1,5 +1,4 @@
-import HydraCore
-import HydraRuntime
+import HydraPluginAPI
 
 /// Hydra's Sharded-LRTF: the ready task of the model with the longest estimated remaining time goes
 /// first (ties: the lower model index), each to a free device, preferring the device that already

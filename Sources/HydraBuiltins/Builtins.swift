@@ -18,7 +18,11 @@ public enum Builtins {
       try registry.registerPartitioner("memory-greedy") { MemoryGreedyPartitioner() }
       try registry.registerPartitioner("balanced") { BalancedPartitioner() }
       try registry.registerPartitioner("fixed") { FixedPartitioner() }
-      try registerBuiltinSchedulers(in: &registry)
+      for name in builtinSchedulerNames {
+        try registry.registerScheduler(name) { options, seed in
+          try makeBuiltinScheduler(name, options: options, seed: seed)
+        }
+      }
       try registry.registerBackend("shm") { devices in SharedMemoryBackend(devices: devices) }
       // One device per rank: `devices` is checked against the ranks by the runtime.
       try registry.registerBackend("mpi") { _ in try DistributedRuntime(transport: try MPITransport.start()) }

@@ -694,13 +694,6 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
   }
 }
 
-/// The 64-bit little-endian word at `offset` of `bytes` (which holds 8 bytes from there).
-public func littleEndianWord(_ bytes: [UInt8], at offset: Int) -> Int64 {
-  var x: UInt64 = 0
-  for i in 0..<8 { x |= UInt64(bytes[offset + i]) << (8 * UInt64(i)) }
-  return Int64(bitPattern: x)
-}
-
 private struct Work: @unchecked Sendable {
   let run: () -> Void
 }

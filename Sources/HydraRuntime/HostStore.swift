@@ -1,14 +1,6 @@
 import Foundation
 import HydraCore
 
-/// Where a shard's state (parameters, gradients, optimizer state) is.
-public enum Residency: Equatable, Sendable {
-  case device(Int)
-  case host
-  case disk
-  /// Held by another process (`mpi`: the shard's home rank): this copy has no bytes at all.
-  case elsewhere
-}
 
 /// The state of one shard of one model, as the host store moves it; or (`shard` < 0) tensors a
 /// model keeps between two of its tasks: a boundary activation or gradient, a tied weight in

@@ -120,7 +120,7 @@ public final class JobRunner {
       // Every process planned the job (a bad data file on one node fails there only), and they
       // all read the same one: only then is anything written. Otherwise all stop, with the
       // failing processes' messages.
-      let bad = startError is InputError || startError is ConfigError
+      let bad = startError is InputError
       let failures = try distributed.failures(startError.map { "\(bad ? 2 : 1) \($0)" })
       if !failures.isEmpty {
         throw JobStopped(

@@ -93,9 +93,3 @@ public struct PluginRegistry: Sendable {
     return try factory(threads, memory)
   }
 }
-
-/// A failure that is not the user's input: exits 1.
-public struct RuntimeError: Error, CustomStringConvertible, Sendable {
-  public let description: String
-  public init(_ description: String) { self.description = description }
-}

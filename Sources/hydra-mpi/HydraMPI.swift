@@ -145,7 +145,7 @@ struct Run: ParsableCommand {
 /// Ends every rank of an MPI job: this rank's error on its standard error and, through rank 0, on rank
 /// 0's; then MPI_Abort with 2 for bad input and 1 for anything else.
 func abortJob(_ backend: DistributedRuntime, _ error: Error) -> Never {
-  let bad = error is InputError || error is ConfigError
+  let bad = error is InputError
   backend.fail("\(error)", code: bad ? 2 : 1)
 }
 
@@ -232,9 +232,6 @@ func reportingErrors(_ body: () throws -> Void) throws {
   do {
     try body()
   } catch let error as InputError {
-    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-    throw ExitCode(2)
-  } catch let error as ConfigError {
     FileHandle.standardError.write(Data("error: \(error)\n".utf8))
     throw ExitCode(2)
   } catch let error as ExitCode {

@@ -1,6 +1,6 @@
 import CMPI
 import Foundation
-import HydraCore
+import HydraPluginAPI
 
 // An owned, throwing Swift face over the few MPI calls hydra-mpi needs.
 //

@@ -1,6 +1,5 @@
 import Foundation
-import HydraCore
-import HydraRuntime
+import HydraPluginAPI
 
 /// `mpi` as a `Transport`: one rank per MPI process. Only MPI lives here (the communicator, the
 /// tags, non-blocking sends and receives); `DistributedRuntime` does the rest.

@@ -1,4 +1,4 @@
-import HydraRuntime
+import HydraPluginAPI
 
 /// How hydra-mpi names its messages: (kind, model, shard, step) packed into one MPI tag.
 ///

@@ -1,6 +1,5 @@
 import Foundation
-import HydraCore
-import HydraRuntime
+import HydraPluginAPI
 
 /// `shm`: every device is a thread of this process and every tensor is in its memory, so a
 /// transfer is a reference handed over, never a copy. The embedded default: no MPI launcher.

@@ -1,7 +1,7 @@
 import CBLAS
 import Dispatch
 import Foundation
-import HydraCore
+import HydraPluginAPI
 
 /// The `cpu` kernels: every matrix product through OpenBLAS's `cblas_sgemm`, everything else as
 /// vectorised Swift (16-lane SIMD), split over `threads` with `DispatchQueue.concurrentPerform`.

@@ -1,5 +1,5 @@
 import Foundation
-import HydraCore
+import HydraPluginAPI
 
 /// The oracle: every kernel as the plainest loop that states its definition, accumulating in Double
 /// where a sum is involved. Slow on purpose; tests compare every other kernels plugin against it.

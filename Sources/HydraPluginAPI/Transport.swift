@@ -1,5 +1,4 @@
 import Foundation
-import HydraCore
 
 /// What a message between ranks carries; with the model, index and step it names the message
 /// (`MessageKey`), so that two messages in flight between the same ranks can never be confused.

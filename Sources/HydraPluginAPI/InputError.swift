@@ -3,7 +3,7 @@
 ///
 /// The message names the file and, where there is one, the line (or row and column):
 /// `data/digits.csv:12: column 3: "x1" is not a number`.
-public struct InputError: Error, CustomStringConvertible, Sendable {
+public struct InputError: Error, CustomStringConvertible, Sendable, Equatable {
   public let file: String
   public let line: Int?
   public let message: String
@@ -12,6 +12,10 @@ public struct InputError: Error, CustomStringConvertible, Sendable {
     self.file = file
     self.line = line
     self.message = message
+  }
+
+  public init(file: String, line: Int?, message: String) {
+    self.init(file: file, line: line, message)
   }
 
   public var description: String {
@@ -33,3 +37,6 @@ public struct WriteError: Error, CustomStringConvertible, Sendable {
 
   public var description: String { "\(file): \(message)" }
 }
+
+/// A problem with a job file (or a `--set` override): the same bad input as any other file's.
+public typealias ConfigError = InputError

@@ -1,5 +1,4 @@
-import HydraConfig
-import HydraCore
+import Foundation
 
 /// What a partitioner is asked: one model's blocks with their costs, and the device budget.
 ///
@@ -229,12 +228,12 @@ public func validatePartition(_ shards: [Range<Int>], blockCount: Int) -> Bool {
 
 /// Sums and products of byte counts that saturate at `Int.max` instead of overflowing: sizes from
 /// a job file are only compared against budgets, and a saturated one fails that comparison.
-func saturatingSum(_ a: Int, _ b: Int) -> Int {
+public func saturatingSum(_ a: Int, _ b: Int) -> Int {
   let (s, overflow) = a.addingReportingOverflow(b)
   return overflow ? .max : s
 }
 
-func saturatingProduct(_ a: Int, _ b: Int) -> Int {
+public func saturatingProduct(_ a: Int, _ b: Int) -> Int {
   let (p, overflow) = a.multipliedReportingOverflow(by: b)
   return overflow ? .max : p
 }
