@@ -383,7 +383,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     let me = peers[localDevice]
     return peers.indices.filter { r in
       r != localDevice && peers[r].host == me.host && peers[r].pid != me.pid
-        && kill(pid_t(truncatingIfNeeded: peers[r].pid), 0) != 0 && errno == ESRCH
+        && !isAlive(pid: pid_t(truncatingIfNeeded: peers[r].pid))
     }
   }
 

@@ -84,7 +84,7 @@ public final class OutputLock {
     let parts = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
     let host = parts.first.map(String.init) ?? "?"
     let pid = parts.count > 1 ? Int32(parts[1]) : nil
-    let alive = pid.map { $0 > 0 && (kill($0, 0) == 0 || errno == EPERM) } ?? false
+    let alive = pid.map { isAlive(pid: $0) } ?? false
     return (host, pid.map(String.init) ?? "?", alive)
   }
 

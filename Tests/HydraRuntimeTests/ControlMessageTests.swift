@@ -145,3 +145,37 @@ final class RegistryTests: XCTestCase {
       builtins.schedulerNames, ["fifo", "lrtf", "model-parallel", "random", "round-robin", "sequential"])
   }
 }
+
+/// Whether a lock's or a rank's process is alive: a zombie (killed, not reaped) is not.
+final class ProcessLivenessTests: XCTestCase {
+  func spawn(_ args: [String]) throws -> pid_t {
+    var pid: pid_t = 0
+    let argv = args.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    let rc = posix_spawn(&pid, args[0], nil, nil, argv, environ)
+    guard rc == 0 else { throw RuntimeError("posix_spawn \(args[0]): \(rc)") }
+    return pid
+  }
+
+  func testZombiesAndReapedProcessesAreNotAlive() throws {
+    XCTAssertTrue(isAlive(pid: getpid()))
+    let sleeper = try spawn(["/bin/sleep", "30"])
+    XCTAssertTrue(isAlive(pid: sleeper))
+    kill(sleeper, SIGKILL)
+    // Not reaped yet: a zombie, which kill(pid, 0) alone still finds.
+    var waited = 0
+    while waited < 100 {
+      let stat = (try? String(contentsOfFile: "/proc/\(sleeper)/stat", encoding: .utf8)) ?? ""
+      if stat.contains(") Z") { break }
+      usleep(20_000)
+      waited += 1
+    }
+    XCTAssertEqual(kill(sleeper, 0), 0, "the zombie is still there")
+    XCTAssertFalse(isAlive(pid: sleeper))
+    var status: Int32 = 0
+    XCTAssertEqual(waitpid(sleeper, &status, 0), sleeper)
+    XCTAssertFalse(isAlive(pid: sleeper))
+    XCTAssertFalse(isAlive(pid: 0))
+    XCTAssertFalse(isAlive(pid: -5))
+  }
+}
