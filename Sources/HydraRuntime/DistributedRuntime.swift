@@ -394,16 +394,9 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     let died = diedNeighbours()
     if died.isEmpty { return false }
     if localDevice == 0 { reportDied(died, seenBy: 0) }
-    if died.contains(0) {
-      // Said once per host, by its lowest live rank.
-      let live = peers.indices.filter { peers[$0].host == peers[localDevice].host && !died.contains($0) }
-      guard live.first == localDevice else { return true }
-      FileHandle.standardError.write(
-        Data(
-          "hydra-mpi: rank 0 (pid \(peers[0].pid), the coordinator) has died; the job ends; continue it with --resume\n"
-            .utf8))
-      return true
-    }
+    // Rank 0 gone (it may also have ended the job itself, with MPI_Abort): no one is left to say
+    // what the ranks held, and mpirun names it.
+    if died.contains(0) { return true }
     send(.control(.died(died), to: 0))
     return true
   }
