@@ -92,7 +92,7 @@ func decodeCluster(_ s: Section, known: KnownPlugins, jobDir: String) throws -> 
     kernels: kernels, threadsPerDevice: threads)
   cluster.doubleBuffering = try s.bool("double_buffering", true)
   cluster.devicesGiven = backend == "mpi" && s.fields["devices"] != nil
-  cluster.placement = try s.string("placement", "by-model", oneOf: ["by-model", "by-shard"])
+  cluster.placement = try s.choice("placement", Placement.byModel)
   if s.fields["spill_folder"] != nil {
     let folder = try s.string("spill_folder")
     try s.check(!folder.isEmpty, "spill_folder", "a folder path")
@@ -124,7 +124,7 @@ func decodeData(_ s: Section, jobDir: String) throws -> DataSection {
   var data = DataSection(
     format: format, path: path, validationFraction: fraction, labelColumn: try s.int("label_column", -1),
     featureScale: scale, header: try s.bool("header", false))
-  data.split = try s.string("split", "last", oneOf: ["last", "shuffled"])
+  data.split = try s.choice("split", ValidationSplit.last)
   data.splitSeed = try s.int("split_seed", 0)
   try s.check(data.splitSeed >= 0, "split_seed", ">= 0")
   return data
@@ -132,7 +132,7 @@ func decodeData(_ s: Section, jobDir: String) throws -> DataSection {
 
 func decodeModel(_ s: Section, jobDir: String) throws -> ModelSection {
   try s.checkKeys(Keys.model)
-  let kind = try s.string("kind", oneOf: ["gpt", "mlp"])
+  let kind: ModelKind = try s.choice("kind")
   var m = ModelSection(
     kind: kind, layers: try s.int("layers", 4), dModel: try s.int("d_model", 128), heads: try s.int("heads", 4),
     context: try s.int("context", 64), vocab: try s.int("vocab", 256), hidden: try s.ints("hidden", []),
@@ -152,7 +152,7 @@ func decodeModel(_ s: Section, jobDir: String) throws -> ModelSection {
     m.hidden.allSatisfy { (1...Limits.width).contains($0) } && m.hidden.count <= Limits.layers, "hidden",
     "a list of at most \(Limits.layers) sizes, each in 1...\(Limits.width)")
   if let inputs = m.inputs { try s.check((1...Limits.width).contains(inputs), "inputs", "in 1...\(Limits.width)") }
-  if kind == "mlp" {
+  if kind == .mlp {
     guard let classes = m.classes else {
       throw s.error("kind", "model.classes is missing: required for kind = \"mlp\"")
     }
@@ -174,10 +174,10 @@ func decodeTrain(_ s: Section) throws -> TrainSection {
   try s.checkKeys(Keys.train)
   let t = TrainSection(
     steps: try s.int("steps"), batchSize: try s.int("batch_size", 16),
-    optimizer: try s.string("optimizer", "adamw", oneOf: ["adamw", "sgd"]), lr: try s.double("lr", 1e-3),
+    optimizer: try s.choice("optimizer", OptimizerName.adamw), lr: try s.double("lr", 1e-3),
     weightDecay: try s.double("weight_decay", 0), momentum: try s.double("momentum", 0.9),
     betas: try s.doubles("betas", [0.9, 0.999]), eps: try s.double("eps", 1e-8),
-    schedule: try s.string("schedule", "cosine", oneOf: ["cosine", "constant"]),
+    schedule: try s.choice("schedule", LRSchedule.cosine),
     warmupSteps: try s.int("warmup_steps", 0), shuffle: try s.bool("shuffle", true),
     evalEvery: try s.int("eval_every", 100), evalBatches: try s.int("eval_batches", 20),
     checkpointEvery: try s.int("checkpoint_every", 0))

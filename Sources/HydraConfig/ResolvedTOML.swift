@@ -26,7 +26,7 @@ extension JobConfig {
           "activation_checkpointing",
           cluster.activationCheckpointing == "auto" ? str("auto") : .bool(cluster.activationCheckpointing == "true")
         ),
-        ("placement", str(cluster.placement)), ("spill_folder", str(cluster.spillFolder)),
+        ("placement", str(cluster.placement.rawValue)), ("spill_folder", str(cluster.spillFolder)),
       ])
     table(
       "data",
@@ -35,12 +35,12 @@ extension JobConfig {
         ("validation_fraction", .double(data.validationFraction)),
         ("label_column", int(data.labelColumn)), ("feature_scale", .double(data.featureScale)),
         ("header", .bool(data.header)),
-        ("split", str(data.split)), ("split_seed", int(data.splitSeed)),
+        ("split", str(data.split.rawValue)), ("split_seed", int(data.splitSeed)),
       ])
     table(
       "model",
       [
-        ("kind", str(model.kind)), ("layers", int(model.layers)), ("d_model", int(model.dModel)),
+        ("kind", str(model.kind.rawValue)), ("layers", int(model.layers)), ("d_model", int(model.dModel)),
         ("heads", int(model.heads)), ("context", int(model.context)), ("vocab", int(model.vocab)),
         ("hidden", .array(model.hidden.map { .int($0) })), ("classes", int(model.classes)),
         ("inputs", int(model.inputs)), ("init", str(model.initPath)),
@@ -48,10 +48,11 @@ extension JobConfig {
     table(
       "train",
       [
-        ("steps", int(train.steps)), ("batch_size", int(train.batchSize)), ("optimizer", str(train.optimizer)),
+        ("steps", int(train.steps)), ("batch_size", int(train.batchSize)), ("optimizer", str(train.optimizer.rawValue)),
         ("lr", .double(train.lr)), ("weight_decay", .double(train.weightDecay)), ("momentum", .double(train.momentum)),
         ("betas", .array(train.betas.map { .double($0) })), ("eps", .double(train.eps)),
-        ("schedule", str(train.schedule)), ("warmup_steps", int(train.warmupSteps)), ("shuffle", .bool(train.shuffle)),
+        ("schedule", str(train.schedule.rawValue)), ("warmup_steps", int(train.warmupSteps)),
+        ("shuffle", .bool(train.shuffle)),
         ("eval_every", int(train.evalEvery)), ("eval_batches", int(train.evalBatches)),
         ("checkpoint_every", int(train.checkpointEvery)), ("keep_checkpoints", int(train.keepCheckpoints)),
       ])

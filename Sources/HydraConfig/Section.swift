@@ -171,6 +171,13 @@ struct Section: Sendable {
     return s
   }
 
+  /// One of a closed set of strings (`T`'s raw values), as its case; `d` when the key is absent.
+  func choice<T: RawRepresentable & CaseIterable>(_ key: String, _ d: T? = nil) throws -> T where T.RawValue == String {
+    let s = try string(key, d?.rawValue, oneOf: T.allCases.map(\.rawValue))
+    guard let value = T(rawValue: s) else { throw error(key, "\(name).\(key) = \(tomlString(s)) is not valid") }
+    return value
+  }
+
   func list<T>(_ key: String, _ d: [T], _ what: String, _ element: (Raw) -> T?) throws -> [T] {
     guard let v = try value(key, required: false) else { return d }
     guard case .array(let a) = v else { throw wrongType(key, "an array of \(what)", v) }

@@ -36,7 +36,7 @@ public struct ClusterSection: Sendable, Equatable {
   /// Under `mpi`, how shard states get their home ranks at the start (key `placement`):
   /// `"by-model"` (default) keeps each model's shards on one rank, models balanced by estimated
   /// work; `"by-shard"` balances shards one by one, so a model's chain crosses ranks.
-  public var placement = "by-model"
+  public var placement = Placement.byModel
   /// Where shard state past `host_memory` is written (key `spill_folder`; relative to the job
   /// file); nil: `<output>/spill`. Each process makes a folder of its own inside it (and removes
   /// it at the end), so a path every node has locally (its scratch disk) keeps spilling off the
@@ -60,7 +60,7 @@ public struct DataSection: Sendable, Equatable {
   public var header: Bool
   /// csv: `"last"` (default: validation is the last rows of the file) or `"shuffled"` (the rows are
   /// permuted with `split_seed` first, so validation is a seeded random sample) (key `split`).
-  public var split: String = "last"
+  public var split = ValidationSplit.last
   /// csv with `split = "shuffled"`: the permutation's seed, default 0, shared by every model of
   /// the job so that they all see the same split (key `split_seed`).
   public var splitSeed: Int = 0
@@ -69,7 +69,7 @@ public struct DataSection: Sendable, Equatable {
 /// `[model]`: the architecture, shared by every member unless a sweep or `[[models]]` overrides it.
 public struct ModelSection: Sendable, Equatable {
   /// `"gpt"` or `"mlp"`. Required.
-  public var kind: String
+  public var kind: ModelKind
   // gpt
   public var layers: Int  // default 4
   public var dModel: Int  // key d_model, default 128; a multiple of heads
@@ -88,7 +88,7 @@ public struct ModelSection: Sendable, Equatable {
 
   /// The `[model]` defaults, for building a model without a job file (tests, benchmarks).
   public init(
-    kind: String, layers: Int = 4, dModel: Int = 128, heads: Int = 4, context: Int = 64, vocab: Int = 256,
+    kind: ModelKind, layers: Int = 4, dModel: Int = 128, heads: Int = 4, context: Int = 64, vocab: Int = 256,
     hidden: [Int] = [], classes: Int? = nil, inputs: Int? = nil, initPath: String? = nil
   ) {
     self.kind = kind; self.layers = layers; self.dModel = dModel; self.heads = heads; self.context = context
@@ -100,13 +100,13 @@ public struct ModelSection: Sendable, Equatable {
 public struct TrainSection: Sendable, Equatable {
   public var steps: Int  // required, >= 1
   public var batchSize: Int  // batch_size, default 16, >= 1
-  public var optimizer: String  // "adamw" (default) | "sgd"
+  public var optimizer: OptimizerName  // "adamw" (default) | "sgd"
   public var lr: Double  // default 1e-3, > 0
   public var weightDecay: Double  // weight_decay, default 0, >= 0
   public var momentum: Double  // sgd; default 0.9, in [0, 1)
   public var betas: [Double]  // adamw; default [0.9, 0.999], two values each in [0, 1)
   public var eps: Double  // adamw; default 1e-8, > 0
-  public var schedule: String  // "cosine" (default) | "constant"
+  public var schedule: LRSchedule  // "cosine" (default) | "constant"
   public var warmupSteps: Int  // warmup_steps, default 0, in 0...steps
   public var shuffle: Bool  // default true
   public var evalEvery: Int  // eval_every, default 100, >= 0; 0 = only at the end
@@ -116,8 +116,8 @@ public struct TrainSection: Sendable, Equatable {
 
   /// The `[train]` defaults, for training without a job file (tests, benchmarks).
   public init(
-    steps: Int, batchSize: Int = 16, optimizer: String = "adamw", lr: Double = 1e-3, weightDecay: Double = 0,
-    momentum: Double = 0.9, betas: [Double] = [0.9, 0.999], eps: Double = 1e-8, schedule: String = "cosine",
+    steps: Int, batchSize: Int = 16, optimizer: OptimizerName = .adamw, lr: Double = 1e-3, weightDecay: Double = 0,
+    momentum: Double = 0.9, betas: [Double] = [0.9, 0.999], eps: Double = 1e-8, schedule: LRSchedule = .cosine,
     warmupSteps: Int = 0, shuffle: Bool = true, evalEvery: Int = 100, evalBatches: Int = 20, checkpointEvery: Int = 0
   ) {
     self.steps = steps; self.batchSize = batchSize; self.optimizer = optimizer; self.lr = lr
@@ -182,3 +182,19 @@ public func memberSeed(jobSeed: UInt64, index: Int) -> UInt64 {
   z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
   return z ^ (z >> 31)
 }
+
+// The closed sets of job-file values, as the job file spells them.
+
+/// `[model] kind`.
+public enum ModelKind: String, Sendable, CaseIterable { case gpt, mlp }
+/// `[train] optimizer`.
+public enum OptimizerName: String, Sendable, CaseIterable { case adamw, sgd }
+/// `[train] schedule`: the learning rate after warm-up.
+public enum LRSchedule: String, Sendable, CaseIterable { case cosine, constant }
+/// `[cluster] placement`: how shard states get their home ranks under `mpi`.
+public enum Placement: String, Sendable, CaseIterable {
+  case byModel = "by-model"
+  case byShard = "by-shard"
+}
+/// `[data] split` (csv): which rows are the validation set.
+public enum ValidationSplit: String, Sendable, CaseIterable { case last, shuffled }

@@ -278,7 +278,7 @@ public final class Coordinator: @unchecked Sendable {
         let end = elapsed()
         run.seconds += outcome.seconds
         record(a, model: run, start: max(0, end - outcome.seconds), end: end)
-        let diverged = run.status.name == "diverged"
+        let diverged = run.status.isDiverged
         if diverged { distributed.discardAll(model: m, step: a.task.step) }
         taskEnded(on: a.device)
         guard completed || diverged else { return release(a, run: run, error: nil) }
@@ -313,7 +313,7 @@ public final class Coordinator: @unchecked Sendable {
         let end = elapsed()
         run.seconds += end - start
         record(a, model: run, start: start, end: end)
-        let diverged = run.status.name == "diverged"
+        let diverged = run.status.isDiverged
         if diverged { distributed?.discardAll(model: m, step: a.task.step) }
         if completed || diverged { try afterStep(run, device) }
       } catch let e {

@@ -178,7 +178,7 @@ public final class JobRunner {
           plan.shards.map { shard in
             shard.reduce(0) { $0 + plan.request.blocks[$1].stateBytes(stateCopies: plan.request.stateCopies) }
           }
-        }, devices: devices.count, byShard: cluster.placement == "by-shard")
+        }, devices: devices.count, byShard: cluster.placement == .byShard)
     }
     let runs = try buildRuns(plans, store: store, backend: backend) { m, s in homes == nil || homes![m][s] == local }
     if resume, let folder {
@@ -220,7 +220,7 @@ public final class JobRunner {
         run, to: output.checkpointFolder(run.id), device: device, keep: config.members[run.index].train.keepCheckpoints)
     }
     coordinator.afterStep = { [self] run, device in
-      let diverged = run.status.name == "diverged"
+      let diverged = run.status.isDiverged
       let evaluate = run.evaluationDue && !diverged
       let checkpoint = run.checkpointDue && !diverged
       let rate = run.settings.optimizer.learningRate(step: max(run.step - 1, 0))
@@ -444,7 +444,7 @@ public final class JobRunner {
       var total = 0
       for (spec, member) in zip(specs.map(\.spec), config.members) {
         let held = spec.bytesHeldBetweenTasks(batch: member.train.batchSize)
-        let copies = member.train.optimizer == "sgd" ? 1 : 2
+        let copies = member.train.optimizer == .sgd ? 1 : 2
         let state = (0..<spec.blockCount).reduce(0) {
           saturatingSum($0, spec.blockCosts($1).stateBytes(stateCopies: copies))
         }
@@ -457,7 +457,7 @@ public final class JobRunner {
       let member = config.members[i]
       let batch = member.train.batchSize
       var request = spec.partitionRequest(
-        batch: batch, stateCopies: member.train.optimizer == "sgd" ? 1 : 2, budget: budget,
+        batch: batch, stateCopies: member.train.optimizer == .sgd ? 1 : 2, budget: budget,
         doubleBuffering: cluster.doubleBuffering, activationCheckpointing: checkpointing,
         blockSeconds: try profileKernels.map { kernels in
           let key = "\(spec) \(batch)"
@@ -522,9 +522,9 @@ public final class JobRunner {
       let member = config.members[i]
       let t = member.train
       let optimizer = Optimizer(
-        kind: t.optimizer == "sgd" ? .sgd : .adamw, lr: Float(t.lr), weightDecay: Float(t.weightDecay),
+        kind: t.optimizer == .sgd ? .sgd : .adamw, lr: Float(t.lr), weightDecay: Float(t.weightDecay),
         momentum: Float(t.momentum), beta1: Float(t.betas[0]), beta2: Float(t.betas[1]), eps: Float(t.eps),
-        schedule: t.schedule == "constant" ? .constant : .cosine, warmupSteps: t.warmupSteps,
+        schedule: t.schedule == .constant ? .constant : .cosine, warmupSteps: t.warmupSteps,
         totalSteps: t.steps)
       let settings = TrainSettings(
         steps: t.steps, batchSize: t.batchSize, shuffle: t.shuffle, evalEvery: t.evalEvery,
@@ -553,11 +553,11 @@ public final class JobRunner {
   /// The data set as `member` reads it: one per (context, vocab), so that every model's tokens are
   /// checked against its own vocab.
   private func dataset(_ cache: inout [[Int]: Dataset], _ member: ModelMember) throws -> Dataset {
-    let context = member.model.kind == "gpt" ? member.model.context : 0
-    let vocab = member.model.kind == "gpt" ? member.model.vocab : 256
+    let context = member.model.kind == .gpt ? member.model.context : 0
+    let vocab = member.model.kind == .gpt ? member.model.vocab : 256
     if let d = cache[[context, vocab]] { return d }
     let d = config.data
-    if member.model.kind == "gpt" && d.format == "text" && vocab < 256 {
+    if member.model.kind == .gpt && d.format == "text" && vocab < 256 {
       // The job file's vocab is what is wrong, not the data file.
       throw InputError(
         file: config.file, line: config.line(table: "model", key: "vocab"),
@@ -567,15 +567,15 @@ public final class JobRunner {
       format: DataFormat(rawValue: d.format)!, path: d.path, validationFraction: d.validationFraction,
       context: max(context, 1), vocab: vocab,
       labelColumn: d.labelColumn, featureScale: Float(d.featureScale), header: d.header,
-      classes: member.model.kind == "mlp" ? (member.model.classes ?? 0) : 0,
-      splitSeed: d.split == "shuffled" ? UInt64(d.splitSeed) : nil)
+      classes: member.model.kind == .mlp ? (member.model.classes ?? 0) : 0,
+      splitSeed: d.split == .shuffled ? UInt64(d.splitSeed) : nil)
     let loaded = try Dataset.load(spec)
     cache[[context, vocab]] = loaded
     return loaded
   }
 
   private func modelSpec(_ m: ModelSection, dataFeatures features: Int) throws -> ModelSpec {
-    if m.kind == "gpt" {
+    if m.kind == .gpt {
       return .gpt(GPTShape(layers: m.layers, channels: m.dModel, heads: m.heads, context: m.context, vocab: m.vocab))
     }
     if let inputs = m.inputs, inputs != features {

@@ -35,7 +35,11 @@ public enum ModelStatus: Sendable, Equatable {
     case .diverged: return "diverged"
     }
   }
-  public var isFinished: Bool { self == .done || name == "diverged" }
+  public var isDiverged: Bool {
+    if case .diverged = self { return true }
+    return false
+  }
+  public var isFinished: Bool { self == .done || isDiverged }
 }
 
 public struct Evaluation: Sendable {

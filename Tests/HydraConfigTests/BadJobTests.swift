@@ -86,7 +86,8 @@ final class BadJobTests: XCTestCase {
 
   func testRanges() throws {
     let f = try Fixture()
-    f.assertFails(M.minimal(appending: "[cluster]\ndevices = 0\n"), line: 14, ["cluster.devices must be in 1...65536 (got 0)"])
+    f.assertFails(
+      M.minimal(appending: "[cluster]\ndevices = 0\n"), line: 14, ["cluster.devices must be in 1...65536 (got 0)"])
     f.assertFails(
       M.minimal(appending: "[cluster]\nthreads_per_device = -1\n"), line: 14,
       ["cluster.threads_per_device must be in 1...1024 (got -1)"])
@@ -102,7 +103,8 @@ final class BadJobTests: XCTestCase {
     f.assertFails(M.minimal(appending: "betas = [0.9]\n"), line: 13, ["train.betas must be two numbers"])
     f.assertFails(M.minimal(appending: "momentum = 1.0\n"), line: 13, ["train.momentum must be in [0, 1)"])
     f.assertFails(
-      M.minimal(replacing: 10, with: "hidden = [64, 0]"), line: 10, ["model.hidden must be a list of at most 4096 sizes, each in 1...65536"])
+      M.minimal(replacing: 10, with: "hidden = [64, 0]"), line: 10,
+      ["model.hidden must be a list of at most 4096 sizes, each in 1...65536"])
     f.assertFails(M.minimal(replacing: 2, with: "name = \"a b\""), line: 2, ["job.name must be letters, digits"])
     f.assertFails(
       M.minimal(replacing: 9, with: "kind = \"cnn\""), line: 9,

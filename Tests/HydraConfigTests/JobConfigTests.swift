@@ -23,13 +23,13 @@ final class JobConfigTests: XCTestCase {
     XCTAssertEqual(
       c.model,
       ModelSection(
-        kind: "gpt", layers: 4, dModel: 128, heads: 4, context: 64, vocab: 256, hidden: [],
+        kind: .gpt, layers: 4, dModel: 128, heads: 4, context: 64, vocab: 256, hidden: [],
         classes: nil, inputs: nil, initPath: nil))
     XCTAssertEqual(
       c.train,
       TrainSection(
-        steps: 300, batchSize: 16, optimizer: "adamw", lr: 1e-3, weightDecay: 0, momentum: 0.9,
-        betas: [0.9, 0.999], eps: 1e-8, schedule: "cosine", warmupSteps: 20, shuffle: true,
+        steps: 300, batchSize: 16, optimizer: .adamw, lr: 1e-3, weightDecay: 0, momentum: 0.9,
+        betas: [0.9, 0.999], eps: 1e-8, schedule: .cosine, warmupSteps: 20, shuffle: true,
         evalEvery: 100, evalBatches: 20, checkpointEvery: 100))
     XCTAssertEqual(c.partitioner, PluginSection(name: "balanced"))
     XCTAssertEqual(c.scheduler, PluginSection(name: "lrtf"))
@@ -81,13 +81,13 @@ final class JobConfigTests: XCTestCase {
     XCTAssertEqual(
       c.model,
       ModelSection(
-        kind: "gpt", layers: 4, dModel: 128, heads: 4, context: 64, vocab: 256, hidden: [],
+        kind: .gpt, layers: 4, dModel: 128, heads: 4, context: 64, vocab: 256, hidden: [],
         classes: nil, inputs: nil, initPath: nil))
     XCTAssertEqual(
       c.train,
       TrainSection(
-        steps: 10, batchSize: 16, optimizer: "adamw", lr: 1e-3, weightDecay: 0, momentum: 0.9,
-        betas: [0.9, 0.999], eps: 1e-8, schedule: "cosine", warmupSteps: 0, shuffle: true,
+        steps: 10, batchSize: 16, optimizer: .adamw, lr: 1e-3, weightDecay: 0, momentum: 0.9,
+        betas: [0.9, 0.999], eps: 1e-8, schedule: .cosine, warmupSteps: 0, shuffle: true,
         evalEvery: 100, evalBatches: 20, checkpointEvery: 0))
     XCTAssertEqual(c.partitioner, PluginSection(name: "balanced"))
     XCTAssertEqual(c.scheduler, PluginSection(name: "lrtf"))
@@ -120,12 +120,12 @@ final class JobConfigTests: XCTestCase {
     // Under mpi the ranks are the devices: `devices` counts as given only when written.
     let plain = try f.load(Fixture.minimal + "[cluster]\nbackend = \"mpi\"\n")
     XCTAssertFalse(plain.cluster.devicesGiven)
-    XCTAssertEqual(plain.cluster.placement, "by-model")
+    XCTAssertEqual(plain.cluster.placement, .byModel)
     XCTAssertFalse(plain.resolvedTOML().contains("devices ="), plain.resolvedTOML())
     let given = try f.load(Fixture.minimal + "[cluster]\nbackend = \"mpi\"\ndevices = 3\nplacement = \"by-shard\"\n")
     XCTAssertTrue(given.cluster.devicesGiven)
     XCTAssertEqual(given.cluster.devices, 3)
-    XCTAssertEqual(given.cluster.placement, "by-shard")
+    XCTAssertEqual(given.cluster.placement, .byShard)
     XCTAssertTrue(
       try f.load(Fixture.minimal, overrides: ["cluster.backend=mpi", "cluster.devices=2"]).cluster.devicesGiven)
     // Under shm it never matters.
@@ -153,7 +153,7 @@ final class JobConfigTests: XCTestCase {
     try "w".write(toFile: f.dir + "/init.safetensors", atomically: true, encoding: .utf8)
     try "so".write(toFile: f.dir + "/libx.so", atomically: true, encoding: .utf8)
     let c = try f.load(Fixture.mlpWithModels)
-    XCTAssertEqual(c.model.kind, "mlp")
+    XCTAssertEqual(c.model.kind, .mlp)
     XCTAssertEqual(c.model.hidden, [64, 32])
     XCTAssertEqual(c.model.classes, 10)
     XCTAssertEqual(c.model.initPath, f.dir + "/init.safetensors")
@@ -163,7 +163,7 @@ final class JobConfigTests: XCTestCase {
     XCTAssertEqual(c.data.labelColumn, 0)
     XCTAssertEqual(c.data.featureScale, 0.0625)
     XCTAssertTrue(c.data.header)
-    XCTAssertEqual(c.train.optimizer, "sgd")
+    XCTAssertEqual(c.train.optimizer, .sgd)
     XCTAssertEqual(c.partitioner, PluginSection(name: "fixed", options: ["blocks_per_shard": .int(2)]))
     XCTAssertEqual(
       c.scheduler,

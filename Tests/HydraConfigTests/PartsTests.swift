@@ -61,7 +61,7 @@ final class PartsTests: XCTestCase {
       "[1, 1e-08, \"a\\\"b\\n\", true]")
     XCTAssertEqual(memberID(7), "m007")
     XCTAssertEqual(TrainSection(steps: 5).lr, 1e-3)
-    XCTAssertEqual(ModelSection(kind: "gpt").dModel, 128)
+    XCTAssertEqual(ModelSection(kind: .gpt).dModel, 128)
     XCTAssertEqual(memberID(1234), "m1234")
     XCTAssertEqual(ConfigError(file: "/a/job.toml", line: 3, message: "bad").description, "/a/job.toml:3: bad")
     XCTAssertEqual(ConfigError(file: "/a/job.toml", line: nil, message: "bad").description, "/a/job.toml: bad")
