@@ -42,3 +42,25 @@ public struct BlockCosts: Sendable, Equatable {
   /// parameters), and a replica's value and gradient.
   public func stateBytes(stateCopies: Int) -> Int { parameterBytes * (2 + stateCopies) + 2 * replicaBytes }
 }
+
+/// The one estimate of a shard task's time where nothing was measured: FLOPs at a rate, a backward
+/// costing twice its forward. The partitioner's balance, the placement of homes under `mpi`, the
+/// coordinator's first remaining-time estimates and `hydra-mpi plan` all use it.
+public enum TaskCost {
+  /// A backward costs this many forwards (two products per forward one).
+  public static let backwardPerForward = 2.0
+
+  /// Seconds of the forward of `blocks` over `batchSize` samples at `flopsPerSecond` (1: FLOPs).
+  public static func forwardSeconds(
+    _ blocks: some Sequence<BlockCosts>, batchSize: Int, flopsPerSecond: Double = 1
+  ) -> Double {
+    blocks.reduce(0.0) { $0 + Double($1.forwardFlopsPerSample) } * Double(batchSize) / flopsPerSecond
+  }
+
+  /// Seconds of a forward and its backward.
+  public static func stepSeconds(_ blocks: some Sequence<BlockCosts>, batchSize: Int, flopsPerSecond: Double = 1)
+    -> Double
+  {
+    forwardSeconds(blocks, batchSize: batchSize, flopsPerSecond: flopsPerSecond) * (1 + backwardPerForward)
+  }
+}

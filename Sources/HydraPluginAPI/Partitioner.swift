@@ -143,9 +143,9 @@ public struct PartitionRequest: Sendable {
     return total
   }
 
-  /// One block's forward + backward time (measured, or 3 x forward FLOPs x batch size).
+  /// One block's forward + backward time (measured, or `TaskCost` in FLOPs).
   public func blockSeconds(_ i: Int) -> Double {
-    blockSeconds?[i] ?? 3 * Double(blocks[i].forwardFlopsPerSample) * Double(batchSize)
+    blockSeconds?[i] ?? TaskCost.stepSeconds([blocks[i]], batchSize: batchSize)
   }
 
   /// Throws the `cluster.device_memory` error for the first block that does not fit by itself.

@@ -111,14 +111,14 @@ public final class Coordinator: @unchecked Sendable {
     chained = Array(repeating: nil, count: runs.count)
     lastDevice = Array(repeating: nil, count: runs.count)
     readySince = Array(repeating: 0, count: runs.count)
-    // Until measured: FLOPs at a nominal rate (only the ratios matter), a backward twice a forward.
+    // Until measured: FLOPs at a nominal rate (only the ratios matter).
     forwardSeconds = runs.map { run in
       run.shards.map { shard in
-        shard.reduce(0.0) { $0 + Double(run.spec.blockCosts($1).forwardFlopsPerSample) }
-          * Double(run.settings.batchSize) / 1e10
+        TaskCost.forwardSeconds(
+          shard.map { run.spec.blockCosts($0) }, batchSize: run.settings.batchSize, flopsPerSecond: 1e10)
       }
     }
-    backwardSeconds = forwardSeconds.map { $0.map { 2 * $0 } }
+    backwardSeconds = forwardSeconds.map { $0.map { TaskCost.backwardPerForward * $0 } }
   }
 
   public var trace: [TraceEvent] {
@@ -276,16 +276,14 @@ public final class Coordinator: @unchecked Sendable {
         // On the backend's thread: the model is this coordinator's until released below.
         let completed = run.recordRemote(a.task, loss: outcome.loss)
         let end = elapsed()
-        run.seconds += outcome.seconds
-        record(a, model: run, start: max(0, end - outcome.seconds), end: end)
-        let diverged = run.status.isDiverged
-        if diverged { distributed.discardAll(model: m, step: a.task.step) }
+        let stepOver = taskDone(
+          a, run: run, completed: completed, seconds: outcome.seconds, start: max(0, end - outcome.seconds), end: end)
         taskEnded(on: a.device)
-        guard completed || diverged else { return release(a, run: run, error: nil) }
+        guard stepOver else { return release(a, run: run, error: nil) }
         // A step with neither evaluation nor checkpoint only records its loss: at once. Otherwise
         // the device where the step ran does that work (`DistributedBackend.runStepWork`) while
         // this process waits for it off the backend's thread; the model stays busy until then.
-        if diverged || !(run.evaluationDue || run.checkpointDue) {
+        if run.status.isDiverged || !(run.evaluationDue || run.checkpointDue) {
           var error: Error?
           do { try afterStep(run, devices[a.device]) } catch let e { error = e }
           return release(a, run: run, error: error)
@@ -311,17 +309,28 @@ public final class Coordinator: @unchecked Sendable {
         try distributed?.willRun(a.task, of: run, homes: modelHomes, movedFrom: movedFrom)
         let completed = try run.run(a.task, kernels: device.kernels, device: device.index)
         let end = elapsed()
-        run.seconds += end - start
-        record(a, model: run, start: start, end: end)
-        let diverged = run.status.isDiverged
-        if diverged { distributed?.discardAll(model: m, step: a.task.step) }
-        if completed || diverged { try afterStep(run, device) }
+        if taskDone(a, run: run, completed: completed, seconds: end - start, start: start, end: end) {
+          try afterStep(run, device)
+        }
       } catch let e {
         error = e
       }
       taskEnded(on: a.device)
       release(a, run: run, error: error)
     }
+  }
+
+  /// Every task, wherever it ran, when it ends: its seconds and trace box; a model that diverged
+  /// drops the step on every process. True when the step is over (completed, or diverged): its
+  /// `afterStep` is due.
+  private func taskDone(
+    _ a: Assignment, run: ModelRun, completed: Bool, seconds: Double, start: Double, end: Double
+  ) -> Bool {
+    run.seconds += seconds
+    record(a, model: run, start: start, end: end)
+    let diverged = run.status.isDiverged
+    if diverged { distributed?.discardAll(model: a.task.model, step: a.task.step) }
+    return completed || diverged
   }
 
   /// Stops the run as soon as every model is at a step boundary (SIGTERM): a model drops its

@@ -169,9 +169,8 @@ public final class JobRunner {
         // FLOPs, not a measured profile (`profile_steps`): every process must place alike.
         work: zip(plans, config.members).map { plan, member in
           plan.shards.map { shard in
-            shard.reduce(0.0) { $0 + Double(plan.request.blocks[$1].forwardFlopsPerSample) }
-              * Double(member.train.batchSize)
-              * 3 * Double(member.train.steps)
+            TaskCost.stepSeconds(shard.map { plan.request.blocks[$0] }, batchSize: member.train.batchSize)
+              * Double(member.train.steps)
           }
         },
         bytes: plans.map { plan in

@@ -186,12 +186,12 @@ struct Plan: ParsableCommand {
       let plans = try runner.plan()
       let models = zip(plans, config.members).map { plan, member in
         let forward = plan.shards.map { range in
-          range.reduce(0.0) { $0 + Double(plan.request.blocks[$1].forwardFlopsPerSample) }
-            * Double(member.train.batchSize)
-            / (gflops * 1e9)
+          TaskCost.forwardSeconds(
+            range.map { plan.request.blocks[$0] }, batchSize: member.train.batchSize, flopsPerSecond: gflops * 1e9)
         }
         return SimulatedModel(
-          steps: member.train.steps, forwardSeconds: forward, backwardSeconds: forward.map { 2 * $0 })
+          steps: member.train.steps, forwardSeconds: forward,
+          backwardSeconds: forward.map { TaskCost.backwardPerForward * $0 })
       }
       let n = devices ?? config.cluster.devices
       guard (1...65536).contains(n) else { throw InputError(file: "--devices", "needs 1...65536 devices, got \(n)") }

@@ -179,3 +179,16 @@ final class ProcessLivenessTests: XCTestCase {
     XCTAssertFalse(isAlive(pid: -5))
   }
 }
+
+/// The one FLOPs-to-seconds estimate, against values worked out by hand.
+final class TaskCostTests: XCTestCase {
+  func testForwardBackwardAndStepSeconds() {
+    let blocks = [10, 20].map { BlockCosts(parameterBytes: 0, activationBytesPerSample: 0, forwardFlopsPerSample: $0) }
+    // (10 + 20) FLOPs per sample x 4 samples = 120 FLOPs forward; a backward is 240.
+    XCTAssertEqual(TaskCost.forwardSeconds(blocks, batchSize: 4), 120)
+    XCTAssertEqual(TaskCost.stepSeconds(blocks, batchSize: 4), 360)
+    XCTAssertEqual(TaskCost.forwardSeconds(blocks, batchSize: 4, flopsPerSecond: 10), 12)
+    let request = PartitionRequest(blocks: blocks, batchSize: 4, stateCopies: 2, budget: 1 << 30)
+    XCTAssertEqual(request.seconds(0..<2), 360)
+  }
+}

@@ -98,10 +98,43 @@ final class RealDataTests: XCTestCase {
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
   .deletingLastPathComponent().path
 
+/// A new folder for one test, removed when the test process exits (a suite run wrote several GB:
+/// a GPT-2-small run's checkpoints and spill files), unless HYDRA_KEEP_TEST_FOLDERS is set.
 func temporaryFolder() throws -> String {
   let dir = FileManager.default.temporaryDirectory.appendingPathComponent("hydra-test-\(UUID().uuidString)").path
   try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+  TestFolders.shared.add(dir)
   return dir
+}
+
+final class TestFolders: @unchecked Sendable {
+  static let shared = TestFolders()
+  private let lock = NSLock()
+  private var folders: [String] = []
+
+  private init() {
+    if ProcessInfo.processInfo.environment["HYDRA_KEEP_TEST_FOLDERS"] == nil {
+      atexit { TestFolders.shared.removeAll() }
+    }
+  }
+
+  func add(_ folder: String) {
+    lock.lock()
+    folders.append(folder)
+    lock.unlock()
+  }
+
+  func removeAll() {
+    lock.lock()
+    let all = folders
+    folders.removeAll()
+    lock.unlock()
+    for folder in all {
+      // A test may leave a file system mounted there (the full-disk test, if it was killed).
+      _ = umount2(folder + "/parts/out", Int32(MNT_DETACH))
+      try? FileManager.default.removeItem(atPath: folder)
+    }
+  }
 }
 
 func writeJob(_ dir: String, _ text: String, name: String = "job.toml") throws -> String {
