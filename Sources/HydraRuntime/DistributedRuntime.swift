@@ -39,7 +39,17 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     let parts = v.split(separator: ":").compactMap { Int($0) }
     return parts.count == 2 ? (parts[0], parts[1]) : nil
   }()
+  /// Fault injection: that rank (not 0) stops answering after running that many tasks (its next
+  /// task never ends), as a hung or SIGSTOPped rank would. For the in-process tests.
+  public var stall: (rank: Int, after: Int)?
   private var tasksRun = 0
+  /// Why this rank ended the job, once it has (`fail`, or a failure another rank reported).
+  public var endedWith: String? {
+    state.lock()
+    defer { state.unlock() }
+    return _endedWith
+  }
+  private var _endedWith: String?
 
   private let queue = DispatchQueue(label: "hydra.distributed.device")
   /// Polling for arrivals costs the tasks CPU time (under MPI on this machine, 20 us polling made
@@ -222,6 +232,9 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
   /// is told (it prints the message and stops the job), then this rank stops the job itself in case
   /// rank 0 cannot. On rank 0, or before the progress thread runs, the job stops at once.
   public func fail(_ message: String, code: Int32) -> Never {
+    state.lock()
+    if _endedWith == nil { _endedWith = message }
+    state.unlock()
     FileHandle.standardError.write(Data("hydra-mpi: rank \(localDevice): error: \(message)\n".utf8))
     if localDevice != 0 && progressThread != nil && Thread.current !== progressThread {
       send(.control(.fail(code: code, message: String(message.prefix(4000))), to: 0))
@@ -607,6 +620,9 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
       state.unlock()
     case .fail(let code, let message):
       FileHandle.standardError.write(Data("hydra-mpi: rank \(source) failed; stopping the job: \(message)\n".utf8))
+      state.lock()
+      if _endedWith == nil { _endedWith = "rank \(source) failed: \(message)" }
+      state.unlock()
       transport.abort(code: code)
     case .work(let model, let step, let evaluate, let checkpoint, let homes, let losses, let evaluations):
       runForCoordinator { [self] in
@@ -652,6 +668,9 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     tasksRun += 1
     if let fault, fault.rank == localDevice, tasksRun > fault.after {
       throw RuntimeError("a fault injected by HYDRA_MPI_FAULT after \(fault.after) tasks")
+    }
+    if let stall, stall.rank == localDevice, tasksRun > stall.after {
+      while true { Thread.sleep(forTimeInterval: 3600) }
     }
     try willRun(task, of: run, homes: homes, movedFrom: movedFrom)
     let start = DispatchTime.now().uptimeNanoseconds

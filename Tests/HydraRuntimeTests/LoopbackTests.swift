@@ -192,12 +192,14 @@ final class LoopbackTests: XCTestCase {
   func testLoopbackRankFailingMidRunEndsTheJob() throws {
     let loop = Loopback(ranks: 3)
     let output = try temporaryFolder() + "/failing"
+    let runtimes = Runtimes()
     let job = Thread {
       _ = try? self.runLoopback(
         ranks: 3, output: output, overrides: ["cluster.placement=\"by-shard\""], loopback: loop
       ) { runtime in
         runtime.fault = (rank: 2, after: 5)
         runtime.receiveTimeout = 20
+        runtimes.add(runtime)
       }
     }
     job.start()
@@ -205,6 +207,33 @@ final class LoopbackTests: XCTestCase {
     let aborted = try XCTUnwrap(loop.aborted)
     XCTAssertEqual(aborted.code, 1)
     XCTAssertEqual(aborted.rank, 0, "rank 0 ends the job for the failing rank")
+    let said = try XCTUnwrap(runtimes.get(0)?.endedWith)
+    XCTAssertTrue(said.contains("rank 2 failed") && said.contains("a fault injected"), said)
+  }
+
+  /// A rank stops answering (its task never ends): after the rank timeout rank 0 ends the job,
+  /// naming the rank and the task it held, instead of waiting for good.
+  func testLoopbackRankThatStopsAnsweringIsNamed() throws {
+    let loop = Loopback(ranks: 3)
+    let output = try temporaryFolder() + "/stalled"
+    let runtimes = Runtimes()
+    let start = Date()
+    let job = Thread {
+      _ = try? self.runLoopback(
+        ranks: 3, output: output, overrides: ["cluster.placement=\"by-shard\""], loopback: loop
+      ) { runtime in
+        runtime.stall = (rank: 1, after: 4)
+        runtime.receiveTimeout = 2
+        runtimes.add(runtime)
+      }
+    }
+    job.start()
+    XCTAssertTrue(loop.waitForAbort(seconds: 60), "the job did not end")
+    XCTAssertLessThan(Date().timeIntervalSince(start), 30)
+    let aborted = try XCTUnwrap(loop.aborted)
+    XCTAssertEqual(aborted.rank, 0)
+    let said = try XCTUnwrap(runtimes.get(0)?.endedWith)
+    XCTAssertTrue(said.contains("rank 1 stopped answering: it has not finished m00"), said)
   }
 }
 
@@ -221,5 +250,21 @@ final class Outcomes: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     return outcomes[rank]
+  }
+}
+
+/// Each rank's runtime, by rank, as the ranks' threads make them.
+final class Runtimes: @unchecked Sendable {
+  private let lock = NSLock()
+  private var runtimes: [Int: DistributedRuntime] = [:]
+  func add(_ runtime: DistributedRuntime) {
+    lock.lock()
+    runtimes[runtime.localDevice] = runtime
+    lock.unlock()
+  }
+  func get(_ rank: Int) -> DistributedRuntime? {
+    lock.lock()
+    defer { lock.unlock() }
+    return runtimes[rank]
   }
 }
