@@ -250,7 +250,9 @@ final class ReliabilityTests: XCTestCase {
       XCTAssertFalse(names.contains { $0.hasPrefix(".tmp-") }, "\(model): \(names)")
       newest.append(names.compactMap { $0.hasPrefix("step-") ? Int($0.dropFirst(5)) : nil }.max() ?? 0)
     }
-    XCTAssertTrue(newest.contains(1) && newest.allSatisfy { $0 <= 2 }, "newest checkpoints \(newest)")
+    // The first unit of the first model always fits; which model ran ahead depends on timing (a
+    // model whose first unit did not fit starts afresh on resume).
+    XCTAssertTrue(newest.contains { $0 >= 1 } && newest.allSatisfy { $0 <= 2 }, "newest checkpoints \(newest)")
     let grow = try runCommand("/bin/mount", ["-o", "remount,size=64m", parts + "/out"])
     XCTAssertEqual(grow.status, 0, grow.output)
     let resumed = try runTool(["run", jobFile, "--resume"])
