@@ -30,7 +30,11 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
   /// waits for a rank's task or step work before it declares the rank stopped and ends the job
   /// (a rank stopped by SIGSTOP, or hung, would otherwise hold every rank for good):
   /// `HYDRA_RANK_TIMEOUT` seconds, default 600.
-  public var receiveTimeout: Double =
+  public var receiveTimeout = DistributedRuntime.rankTimeoutGiven
+  /// How long the coordinator waits for a rank's task before it declares the rank stopped: the
+  /// same `HYDRA_RANK_TIMEOUT` (kept apart so that a test can make it the shorter of the two).
+  public var rankTimeout = DistributedRuntime.rankTimeoutGiven
+  static let rankTimeoutGiven =
     Double(ProcessInfo.processInfo.environment["HYDRA_RANK_TIMEOUT"] ?? "").flatMap { $0 > 0 ? $0 : nil } ?? 600
   /// Fault injection, for testing how a job ends when a rank fails in the middle of it: that rank
   /// (not 0) fails after running that many tasks. `HYDRA_MPI_FAULT=<rank>:<tasks>` sets it.
@@ -374,18 +378,18 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
   }
 
   /// Coordinator: throws, naming the rank and what it was running, when a rank has not finished its
-  /// current task for `receiveTimeout` seconds.
+  /// current task for `rankTimeout` seconds.
   private func checkRanksAnswer() throws {
     state.lock()
     let now = DispatchTime.now().uptimeNanoseconds
-    let limit = UInt64(receiveTimeout * 1e9)
+    let limit = UInt64(rankTimeout * 1e9)
     let stuck = remoteStart.first { d, start in remoteTasks[d]?.isEmpty == false && now > start && now - start > limit }
     let task = stuck.flatMap { remoteTasks[$0.key]?.first }
     state.unlock()
     guard let (device, _) = stuck, let task else { return }
     let model = task.model < runs.count ? runs[task.model].id : "model \(task.model)"
     throw RuntimeError(
-      "rank \(device) stopped answering: it has not finished \(model) shard \(task.shard) \(task.direction) in \(Int(receiveTimeout)) s (HYDRA_RANK_TIMEOUT); stopping the job, continue it with --resume"
+      "rank \(device) stopped answering: it has not finished \(model) shard \(task.shard) \(task.direction) in \(Int(rankTimeout)) s (HYDRA_RANK_TIMEOUT); stopping the job, continue it with --resume"
     )
   }
 
