@@ -193,10 +193,8 @@ public enum ControlMessage: Sendable, Equatable {
     }
     mutating func word() throws -> UInt64 {
       guard bytes.count - offset >= 8 else { throw bad("it ends inside a word at byte \(offset)") }
-      var x: UInt64 = 0
-      for i in 0..<8 { x |= UInt64(bytes[offset + i]) << (8 * UInt64(i)) }
-      offset += 8
-      return x
+      defer { offset += 8 }
+      return UInt64(bitPattern: littleEndianWord(bytes, at: offset))
     }
     mutating func int() throws -> Int { Int(Int64(bitPattern: try word())) }
     mutating func bool() throws -> Bool {

@@ -114,20 +114,3 @@ private func microseconds(_ seconds: Double) -> Int64 {
   let us = (seconds * 1e6).rounded()
   return us.isFinite ? Int64(max(min(us, 9e15), -9e15)) : 0
 }
-
-/// `text` as a JSON string literal.
-func jsonString(_ text: String) -> String {
-  var out = "\""
-  for u in text.unicodeScalars {
-    switch u {
-    case "\"": out += "\\\""
-    case "\\": out += "\\\\"
-    case "\n": out += "\\n"
-    case "\r": out += "\\r"
-    case "\t": out += "\\t"
-    case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
-    default: out.unicodeScalars.append(u)
-    }
-  }
-  return out + "\""
-}

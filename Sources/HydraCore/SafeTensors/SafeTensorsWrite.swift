@@ -157,7 +157,8 @@ extension SafeTensorsFile {
     var json = "{"
     if !metadata.isEmpty {
       json += "\"__metadata__\":{"
-      json += metadata.sorted { $0.key < $1.key }.map { "\(quote($0.key)):\(quote($0.value))" }.joined(separator: ",")
+      json += metadata.sorted { $0.key < $1.key }.map { "\(jsonString($0.key)):\(jsonString($0.value))" }.joined(
+        separator: ",")
       json += "}"
     }
     var seen = Set<String>()
@@ -181,32 +182,13 @@ extension SafeTensorsFile {
       let end = offset + 4 * count
       if json.count > 1 { json += "," }
       let shape = t.shape.map(String.init).joined(separator: ",")
-      json += "\(quote(t.name)):{\"dtype\":\"F32\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(end)]}"
+      json += "\(jsonString(t.name)):{\"dtype\":\"F32\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(end)]}"
       offset = end
     }
     json += "}"
     var bytes = Array(json.utf8)
     while (8 + bytes.count) % 8 != 0 { bytes.append(UInt8(ascii: " ")) }
     return bytes
-  }
-
-  /// A JSON string literal for `s`.
-  static func quote(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-      switch u {
-      case "\"": out += "\\\""
-      case "\\": out += "\\\\"
-      case "\n": out += "\\n"
-      case "\r": out += "\\r"
-      case "\t": out += "\\t"
-      case _ where u.value < 0x20:
-        let hex = String(u.value, radix: 16)
-        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-      default: out.unicodeScalars.append(u)
-      }
-    }
-    return out + "\""
   }
 
   private static func writeFully(fd: Int32, _ buf: UnsafeRawBufferPointer, tmp: String, path: String) throws {
@@ -234,4 +216,23 @@ private func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer) -> Int32? {
 /// The C `write`, out of reach of `SafeTensorsFile.write`'s name inside the extension.
 private func posixWrite(_ fd: Int32, _ buf: UnsafeRawPointer, _ count: Int) -> Int {
   write(fd, buf, count)
+}
+
+/// `s` as a JSON string literal (safetensors headers, `trace.json`).
+public func jsonString(_ s: String) -> String {
+  var out = "\""
+  for u in s.unicodeScalars {
+    switch u {
+    case "\"": out += "\\\""
+    case "\\": out += "\\\\"
+    case "\n": out += "\\n"
+    case "\r": out += "\\r"
+    case "\t": out += "\\t"
+    case _ where u.value < 0x20:
+      let hex = String(u.value, radix: 16)
+      out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+    default: out.unicodeScalars.append(u)
+    }
+  }
+  return out + "\""
 }
