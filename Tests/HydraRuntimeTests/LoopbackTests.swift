@@ -28,7 +28,7 @@ final class LoopbackTests: XCTestCase {
   ) throws -> (result: JobRunner.Result, summary: [String: Any]) {
     let loop = loopback ?? Loopback(ranks: ranks)
     let overrides = overrides + ["cluster.backend=\"loopback\"", "job.output=\"\(output)\""]
-    let outcomes = Outcomes()
+    let outcomes = ByRank<Result<JobRunner.Result, Error>>()
     let group = DispatchGroup()
     for rank in 0..<ranks {
       group.enter()
@@ -192,14 +192,14 @@ final class LoopbackTests: XCTestCase {
   func testLoopbackRankFailingMidRunEndsTheJob() throws {
     let loop = Loopback(ranks: 3)
     let output = try temporaryFolder() + "/failing"
-    let runtimes = Runtimes()
+    let runtimes = ByRank<DistributedRuntime>()
     let job = Thread {
       _ = try? self.runLoopback(
         ranks: 3, output: output, overrides: ["cluster.placement=\"by-shard\""], loopback: loop
       ) { runtime in
         runtime.fault = (rank: 2, after: 5)
         runtime.receiveTimeout = 20
-        runtimes.add(runtime)
+        runtimes.set(runtime.localDevice, runtime)
       }
     }
     job.start()
@@ -216,7 +216,7 @@ final class LoopbackTests: XCTestCase {
   func testLoopbackRankThatStopsAnsweringIsNamed() throws {
     let loop = Loopback(ranks: 3)
     let output = try temporaryFolder() + "/stalled"
-    let runtimes = Runtimes()
+    let runtimes = ByRank<DistributedRuntime>()
     let start = Date()
     let job = Thread {
       _ = try? self.runLoopback(
@@ -227,7 +227,7 @@ final class LoopbackTests: XCTestCase {
         // what ends the job is rank 0 naming the rank, whatever the timing.
         runtime.receiveTimeout = 30
         runtime.rankTimeout = 2
-        runtimes.add(runtime)
+        runtimes.set(runtime.localDevice, runtime)
       }
     }
     job.start()
@@ -240,34 +240,18 @@ final class LoopbackTests: XCTestCase {
   }
 }
 
-/// Each rank's outcome, set from its thread.
-final class Outcomes: @unchecked Sendable {
+/// Values by rank, set from the ranks' threads (their outcomes, their runtimes).
+final class ByRank<Value>: @unchecked Sendable {
   private let lock = NSLock()
-  private var outcomes: [Int: Result<JobRunner.Result, Error>] = [:]
-  func set(_ rank: Int, _ outcome: Result<JobRunner.Result, Error>) {
+  private var values: [Int: Value] = [:]
+  func set(_ rank: Int, _ value: Value) {
     lock.lock()
-    outcomes[rank] = outcome
+    values[rank] = value
     lock.unlock()
   }
-  func get(_ rank: Int) -> Result<JobRunner.Result, Error>? {
+  func get(_ rank: Int) -> Value? {
     lock.lock()
     defer { lock.unlock() }
-    return outcomes[rank]
-  }
-}
-
-/// Each rank's runtime, by rank, as the ranks' threads make them.
-final class Runtimes: @unchecked Sendable {
-  private let lock = NSLock()
-  private var runtimes: [Int: DistributedRuntime] = [:]
-  func add(_ runtime: DistributedRuntime) {
-    lock.lock()
-    runtimes[runtime.localDevice] = runtime
-    lock.unlock()
-  }
-  func get(_ rank: Int) -> DistributedRuntime? {
-    lock.lock()
-    defer { lock.unlock() }
-    return runtimes[rank]
+    return values[rank]
   }
 }
