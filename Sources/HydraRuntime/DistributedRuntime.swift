@@ -611,7 +611,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
       drop(model: model, step: step)
     case .stop:
       var report = DeviceReport(
-        device: localDevice, peakBytes: device?.kernels.memory.peak ?? 0, storePeakBytes: store?.peakBytes ?? 0,
+        device: localDevice, peakBytes: device?.memory.peak ?? 0, storePeakBytes: store?.peakBytes ?? 0,
         bytesWrittenToDisk: store?.bytesWritten ?? 0, bytesReadFromDisk: store?.bytesRead ?? 0,
         host: String(transport.hostName.prefix(255)))
       report.leftOver = leftOver

@@ -142,6 +142,21 @@ final class LoopbackTests: XCTestCase {
       if c.ranks > 1 && c.placement == "by-shard" {
         XCTAssertGreaterThan(coordinator["tensors_sent"] as? Int ?? 0, 0, "\(label): chains cross ranks")
       }
+      // Every device that ran a task held a shard's state and that task's working set at once, so
+      // its reported peak (a remote rank's comes back in its report) is at least the smallest sum.
+      let models = summary["models"] as? [[String: Any]] ?? []
+      let smallestTask = models.flatMap { m -> [Int] in
+        let f = m["footprint_bytes"] as? [Int] ?? [], w = m["measured_working_set_bytes"] as? [Int] ?? []
+        return zip(f, w).map { $0 + $1 }
+      }.min()
+      let memory = summary["memory"] as? [String: Any] ?? [:]
+      let devices = memory["devices"] as? [[String: Any]] ?? []
+      let busy = coordinator["device_busy_fraction"] as? [Double] ?? []
+      XCTAssertEqual(devices.count, c.ranks, label)
+      for (d, fraction) in busy.enumerated() where fraction > 0 && d < devices.count {
+        XCTAssertGreaterThanOrEqual(
+          devices[d]["peak_bytes"] as? Int ?? 0, try XCTUnwrap(smallestTask), "\(label): device \(d) peak")
+      }
       if c.ranks > 1 && c.scheduler == "random" {
         XCTAssertGreaterThan(coordinator["shard_moves"] as? Int ?? 0, 0, "\(label): random moves shards")
       }
