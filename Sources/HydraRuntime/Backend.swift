@@ -26,31 +26,37 @@ public protocol DistributedBackend: Backend {
   /// with that process's message printed by device 0.
   func failures(_ failure: String?) throws -> [(device: Int, message: String)]
   /// Every process, before training: the job's models as this process built them, the device
-  /// they run on here, and the host store holding their state.
-  func attach(runs: [ModelRun], device: Device, store: HostStore) throws
-  /// Coordinator: runs `task` on `device` (another process), whose model's shards have `homes`;
-  /// `completion` runs on a backend thread once the task finished there.
-  /// `movedFrom` is the device its shard's state comes from when it just moved there.
+  /// they run on here, the host store holding their state, and where each shard's state starts,
+  /// `homes[model][shard]` (the same placement on every process).
+  func attach(runs: [ModelRun], device: Device, store: HostStore, homes: [[Int]]) throws
+  /// Where each shard of `model` has its state now: the job's one table of homes. The coordinator's
+  /// process keeps it (`move`); another process learns a model's homes with each task of it.
+  func homes(of model: Int) -> [Int]
+  /// Coordinator: runs `task` on `device` (another process), expected to take `expectedSeconds`;
+  /// `completion` runs on a backend thread once the task finished there. `movedFrom` is the device
+  /// its shard's state comes from when it just moved there.
   func runRemote(
-    _ task: ShardTask, homes: [Int], movedFrom: Int?, on device: Int, completion: @escaping (RemoteOutcome) -> Void)
-  /// Before `task` runs in this process: where its model's shards live now (its outputs go there),
-  /// and, when its shard just moved here, the device it came from (its state is received first).
-  func willRun(_ task: ShardTask, of run: ModelRun, homes: [Int], movedFrom: Int?) throws
-  /// Coordinator: `shard` of `model` leaves `from` for `to`, before its forward of `step` there.
-  func move(model: Int, shard: Int, step: Int, from: Int, to: Int)
+    _ task: ShardTask, expectedSeconds: Double, movedFrom: Int?, on device: Int,
+    completion: @escaping (RemoteOutcome) -> Void)
+  /// Before `task` runs in this process; when its shard just moved here, `movedFrom` is the device
+  /// it came from (its state is received first).
+  func willRun(_ task: ShardTask, of run: ModelRun, movedFrom: Int?) throws
+  /// Coordinator: `shard` of `model` leaves its home for `to`, before its forward of `step` there;
+  /// the table says `to` from now on. Returns the home it left.
+  func move(model: Int, shard: Int, step: Int, to: Int) -> Int
   /// Coordinator: copies the current state of every shard of `run` whose home is another device into
   /// this process's copy (for an evaluation or a checkpoint): the parameters, and their optimizer
   /// state with `optimizerState` (a checkpoint). The model must not be running.
-  func gather(_ run: ModelRun, homes: [Int], optimizerState: Bool) throws
+  func gather(_ run: ModelRun, optimizerState: Bool) throws
   /// What a completed step needs beside training (an evaluation, a checkpoint), done by the device
   /// where the step ran with the model's state gathered there. Set by the runtime in every process.
   var stepWork: ((_ run: ModelRun, _ evaluate: Bool, _ checkpoint: Bool, _ device: Device) throws -> Evaluation?)? {
     get set
   }
-  /// Coordinator: has `device` (another process) gather `run`'s shards (homed at `homes`), take on
+  /// Coordinator: has `device` (another process) gather `run`'s shards from their homes, take on
   /// the model's history (losses, evaluations) and run `stepWork`; blocks until it is done. Returns
   /// the evaluation and the seconds the work took there.
-  func runStepWork(_ run: ModelRun, on device: Int, homes: [Int], evaluate: Bool, checkpoint: Bool) throws -> (
+  func runStepWork(_ run: ModelRun, on device: Int, evaluate: Bool, checkpoint: Bool) throws -> (
     evaluation: Evaluation?, seconds: Double
   )
   /// A model stopped in the middle of `step` (diverged): every process drops what it holds of it.

@@ -75,25 +75,20 @@ public final class Coordinator: @unchecked Sendable {
 
   /// Runs each device's tasks (its thread, or its rank).
   public let backend: Backend
-  /// The backend, when its devices are other processes (`mpi`).
+  /// The backend, when its devices are other processes (`mpi`): it keeps the one table of where
+  /// each shard's state lives (its home), which the coordinator changes by moving a shard.
   private let distributed: DistributedBackend?
-  /// Under a distributed backend: the device holding each shard's state, [model][shard].
-  private var homes: [[Int]]
   /// Bytes of each shard's state, [model][shard] (what a move costs).
   private var stateBytes: [[Int]]
   /// Shard states moved between devices, and their bytes.
   public private(set) var moves = 0
   public private(set) var movedBytes = 0
 
-  /// `homes` places every shard's state on a device under a distributed backend (default: all on
-  /// device 0); it is ignored otherwise.
-  public init(
-    runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend, homes: [[Int]]? = nil
-  ) {
+  /// Under a distributed backend the shards' homes are the backend's (set by its `attach`).
+  public init(runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend) {
     precondition(backend.deviceCount == devices.count)
     self.backend = backend
     distributed = backend as? DistributedBackend
-    self.homes = distributed == nil ? [] : homes ?? runs.map { Array(repeating: 0, count: $0.shards.count) }
     stateBytes = distributed == nil ? [] : runs.map { run in run.shards.indices.map { run.stateBytes(of: $0) } }
     precondition(!devices.isEmpty)
     self.runs = runs
@@ -189,7 +184,7 @@ public final class Coordinator: @unchecked Sendable {
         task: task, estimatedSeconds: estimate, remainingSeconds: remaining, state: run.residency(of: task.shard),
         lastDevice: lastDevice[m], readySince: readySince[m], shardCount: run.shards.count)
       if let distributed {
-        let home = homes[m][task.shard]
+        let home = distributed.homes(of: m)[task.shard]
         r.home = home
         r.state = .device(home)
         if task.direction == .backward || ahead { r.allowedDevices = [home] }
@@ -205,16 +200,8 @@ public final class Coordinator: @unchecked Sendable {
       for (m, run) in runs.enumerated() where running[m] && chained[m] == nil {
         guard let a = inFlight[m] else { continue }
         let k = run.shards.count
-        let t = a.task
-        let next: ShardTask
-        if t.direction == .forward && t.shard < k - 1 {
-          next = ShardTask(model: m, shard: t.shard + 1, direction: .forward, step: t.step)
-        } else if t.direction == .backward && t.shard > 0 {
-          next = ShardTask(model: m, shard: t.shard - 1, direction: .backward, step: t.step)
-        } else {
-          continue
-        }
-        guard homes[m][next.shard] == a.device else { continue }
+        guard !run.chain.computesLoss(a.task), let next = run.chain.next(after: a.task) else { continue }
+        guard distributed?.homes(of: m)[next.shard] == a.device else { continue }
         // From the task itself, not the model (whose copy the running task's completion may be
         // updating).
         let (estimate, remaining) = estimates(next)
@@ -238,15 +225,12 @@ public final class Coordinator: @unchecked Sendable {
   /// Under the lock: the estimated seconds of `task`, and of everything its model has left from
   /// `task` on (its step's remaining tasks, then its remaining steps).
   private func estimates(_ task: ShardTask) -> (task: Double, remaining: Double) {
-    let m = task.model, k = runs[m].shards.count
-    let perStep = (0..<k).reduce(0.0) { $0 + forwardSeconds[m][$1] + backwardSeconds[m][$1] }
-    let position = task.direction == .forward ? task.shard : 2 * k - 1 - task.shard
-    var done = 0.0
-    for p in 0..<position {
-      done += p < k ? forwardSeconds[m][p] : backwardSeconds[m][2 * k - 1 - p]
-    }
-    let estimate = task.direction == .forward ? forwardSeconds[m][task.shard] : backwardSeconds[m][task.shard]
-    return (estimate, Double(runs[m].settings.steps - task.step) * perStep - done)
+    let m = task.model, chain = runs[m].chain
+    let (forward, backward) = (forwardSeconds[m], backwardSeconds[m])
+    let perStep = chain.seconds(from: 0, forward: forward, backward: backward)
+    let rest = chain.seconds(from: chain.position(of: task), forward: forward, backward: backward)
+    let estimate = task.direction == .forward ? forward[task.shard] : backward[task.shard]
+    return (estimate, Double(runs[m].settings.steps - task.step - 1) * perStep + rest)
   }
 
   /// Under the lock: hands `a` to its device (a thread of this process, or another process).
@@ -262,17 +246,16 @@ public final class Coordinator: @unchecked Sendable {
     let run = runs[m]
     current[a.device] = "\(run.id) s\(a.task.shard) \(a.task.direction == .forward ? "fwd" : "bwd") @\(a.task.step)"
     var movedFrom: Int?
-    if let distributed, homes[m][a.task.shard] != a.device {
+    if let distributed, distributed.homes(of: m)[a.task.shard] != a.device {
       // Validated: only a forward runs away from its home, and its shard's state follows it there.
-      movedFrom = homes[m][a.task.shard]
-      homes[m][a.task.shard] = a.device
+      movedFrom = distributed.move(model: m, shard: a.task.shard, step: a.task.step, to: a.device)
       moves += 1
       movedBytes += stateBytes[m][a.task.shard]
-      distributed.move(model: m, shard: a.task.shard, step: a.task.step, from: movedFrom!, to: a.device)
     }
-    let modelHomes = distributed == nil ? [] : homes[m]
     if let distributed, a.device != distributed.localDevice {
-      distributed.runRemote(a.task, homes: modelHomes, movedFrom: movedFrom, on: a.device) { [self] outcome in
+      let expected = estimates(a.task).task
+      distributed.runRemote(a.task, expectedSeconds: expected, movedFrom: movedFrom, on: a.device) {
+        [self] outcome in
         // On the backend's thread: the model is this coordinator's until released below.
         let completed = run.recordRemote(a.task, loss: outcome.loss)
         let end = elapsed()
@@ -306,7 +289,7 @@ public final class Coordinator: @unchecked Sendable {
       do {
         // After a failure, a task chained behind the failed one must not run.
         if failed { throw CancellationError() }
-        try distributed?.willRun(a.task, of: run, homes: modelHomes, movedFrom: movedFrom)
+        try distributed?.willRun(a.task, of: run, movedFrom: movedFrom)
         let completed = try run.run(a.task, kernels: device.kernels, device: device.index)
         let end = elapsed()
         if taskDone(a, run: run, completed: completed, seconds: end - start, start: start, end: end) {
@@ -349,7 +332,7 @@ public final class Coordinator: @unchecked Sendable {
   private func stop(model m: Int) {
     let run = runs[m]
     guard let next = run.nextTask else { return }
-    let midStep = !(next.direction == .forward && next.shard == 0)
+    let midStep = run.chain.position(of: next) != 0
     let dropped = run.dropCurrentStep()
     // What the dropped step left in other processes (boundaries pushed to their homes).
     if dropped && midStep { distributed?.discardAll(model: m, step: run.step) }
@@ -415,13 +398,6 @@ public final class Coordinator: @unchecked Sendable {
     readySince[a.task.model] = elapsed()
     condition.signal()
     condition.unlock()
-  }
-
-  /// Where each shard of `model` has its state now (a distributed backend; else empty).
-  public func homes(of model: Int) -> [Int] {
-    condition.lock()
-    defer { condition.unlock() }
-    return distributed == nil ? [] : homes[model]
   }
 
   public func modelSnapshot() -> [Progress] {

@@ -82,14 +82,10 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
   /// Until when to poll often; when each remote device's task is due.
   private var fastUntil: UInt64 = 0
   private var dueAt: [Int: UInt64] = [:]
-  /// Per remote device, its tasks in flight, when the first started, and how long each kind of
-  /// task ([model, shard, direction]) took last time.
-  private var remoteTasks: [Int: [ShardTask]] = [:]
+  /// Per remote device, its tasks in flight with the seconds the coordinator expects each to take,
+  /// and when the first started.
+  private var remoteTasks: [Int: [(task: ShardTask, expected: Double)]] = [:]
   private var remoteStart: [Int: UInt64] = [:]
-  private var remoteSeconds: [[Int]: Double] = [:]
-  /// Coordinator: where each model's shards were when its last task was sent (for naming what a
-  /// rank that died held).
-  private var lastHomes: [Int: [Int]] = [:]
   private var runs: [ModelRun] = []
   private var device: Device?
   private var store: HostStore?
@@ -97,7 +93,9 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
   /// Tensors that were pushed here for a shard that has moved since: sent on when they arrive.
   private var forwards: [MessageKey: Int] = [:]
   private var outbox: [Outgoing] = []
-  /// Where each model's shards are, as of the last task of the model run here.
+  /// Where each shard's state lives, by model: the job's one table of homes. On the coordinator's
+  /// rank it is current (`move` changes it); another rank sets a model's entry from each task of
+  /// it the coordinator sends (where the task's outputs and gathers go).
   private var homes: [Int: [Int]] = [:]
   /// Per device, the completions of the tasks sent to it, in order (it runs them in that order).
   private var completions: [Int: [(RemoteOutcome) -> Void]] = [:]
@@ -248,47 +246,59 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     transport.abort(code: code)
   }
 
-  public func attach(runs: [ModelRun], device: Device, store: HostStore) throws {
+  public func attach(runs: [ModelRun], device: Device, store: HostStore, homes: [[Int]]) throws {
+    precondition(homes.count == runs.count && zip(runs, homes).allSatisfy { $0.shards.count == $1.count })
     state.lock()
     self.runs = runs
     self.device = device
     self.store = store
+    self.homes = Dictionary(uniqueKeysWithValues: homes.enumerated().map { ($0, $1) })
     state.unlock()
     try start(models: runs.count, shards: runs.map { max($0.shards.count, $0.tiedShards.count) }.max() ?? 1)
   }
 
+  public func homes(of model: Int) -> [Int] {
+    state.lock()
+    defer { state.unlock() }
+    return homes[model] ?? []
+  }
+
   public func runRemote(
-    _ task: ShardTask, homes: [Int], movedFrom: Int?, on device: Int, completion: @escaping (RemoteOutcome) -> Void
+    _ task: ShardTask, expectedSeconds: Double, movedFrom: Int?, on device: Int,
+    completion: @escaping (RemoteOutcome) -> Void
   ) {
     state.lock()
     completions[device, default: []].append(completion)
-    remoteTasks[device, default: []].append(task)
-    lastHomes[task.model] = homes
-    if remoteTasks[device]!.count == 1 { expect(device, task, from: DispatchTime.now().uptimeNanoseconds) }
-    outbox.append(.control(.run(task, movedFrom: movedFrom, homes: homes), to: device))
+    remoteTasks[device, default: []].append((task, expectedSeconds))
+    if remoteTasks[device]!.count == 1 { expect(device, expectedSeconds, from: DispatchTime.now().uptimeNanoseconds) }
+    outbox.append(.control(.run(task, movedFrom: movedFrom, homes: homes[task.model] ?? []), to: device))
     state.broadcast()
     state.unlock()
   }
 
-  public func willRun(_ task: ShardTask, of run: ModelRun, homes: [Int], movedFrom: Int?) throws {
-    state.lock()
-    self.homes[task.model] = homes
-    state.unlock()
+  public func willRun(_ task: ShardTask, of run: ModelRun, movedFrom: Int?) throws {
     if movedFrom != nil { try receiveState(run, shard: task.shard, step: task.step, kind: .shardState) }
   }
 
-  public func move(model: Int, shard: Int, step: Int, from: Int, to: Int) {
-    send(.control(.move(model: model, shard: shard, step: step, to: to), to: from))
+  public func move(model: Int, shard: Int, step: Int, to: Int) -> Int {
+    state.lock()
+    let from = homes[model]![shard]
+    homes[model]![shard] = to
+    outbox.append(.control(.move(model: model, shard: shard, step: step, to: to), to: from))
+    state.broadcast()
+    state.unlock()
+    return from
   }
 
-  public func gather(_ run: ModelRun, homes: [Int], optimizerState: Bool) throws {
-    try gather(run, homes: homes, step: run.step, valuesOnly: !optimizerState)
+  public func gather(_ run: ModelRun, optimizerState: Bool) throws {
+    try gather(run, step: run.step, valuesOnly: !optimizerState)
   }
 
   /// Asks the homes of `run`'s shards held elsewhere for their state (or values alone) and writes
   /// it into this process's copy; returns those shards.
   @discardableResult
-  private func gather(_ run: ModelRun, homes: [Int], step: Int, valuesOnly: Bool) throws -> [Int] {
+  private func gather(_ run: ModelRun, step: Int, valuesOnly: Bool) throws -> [Int] {
+    let homes = homes(of: run.index)
     let elsewhere = homes.indices.filter { homes[$0] != localDevice }
     for s in elsewhere {
       send(.control(.gather(model: run.index, shard: s, step: step, valuesOnly: valuesOnly), to: homes[s]))
@@ -297,14 +307,14 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     return elsewhere
   }
 
-  public func runStepWork(_ run: ModelRun, on device: Int, homes: [Int], evaluate: Bool, checkpoint: Bool) throws
+  public func runStepWork(_ run: ModelRun, on device: Int, evaluate: Bool, checkpoint: Bool) throws
     -> (evaluation: Evaluation?, seconds: Double)
   {
     // The model's history goes along: the checkpoint's trainer state holds it.
     send(
       .control(
         .work(
-          model: run.index, step: run.step, evaluate: evaluate, checkpoint: checkpoint, homes: homes,
+          model: run.index, step: run.step, evaluate: evaluate, checkpoint: checkpoint, homes: homes(of: run.index),
           trainLosses: run.trainLosses, evaluations: run.evaluations), to: device))
     let deadline = Date(timeIntervalSinceNow: receiveTimeout)
     state.lock()
@@ -327,7 +337,8 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     let run = runs[model]
     let start = DispatchTime.now().uptimeNanoseconds
     // An evaluation alone needs the parameters only; a checkpoint their optimizer state too.
-    let elsewhere = try gather(run, homes: homes, step: step, valuesOnly: !checkpoint)
+    setHomes(model: model, homes)
+    let elsewhere = try gather(run, step: step, valuesOnly: !checkpoint)
     run.restore(step: step, trainLosses: losses, evaluations: evaluations)
     let e = try stepWork?(run, evaluate, checkpoint, device!)
     for s in elsewhere { run.releaseState(of: s) }
@@ -384,7 +395,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     let now = DispatchTime.now().uptimeNanoseconds
     let limit = UInt64(rankTimeout * 1e9)
     let stuck = remoteStart.first { d, start in remoteTasks[d]?.isEmpty == false && now > start && now - start > limit }
-    let task = stuck.flatMap { remoteTasks[$0.key]?.first }
+    let task = stuck.flatMap { remoteTasks[$0.key]?.first?.task }
     state.unlock()
     guard let (device, _) = stuck, let task else { return }
     let model = task.model < runs.count ? runs[task.model].id : "model \(task.model)"
@@ -425,12 +436,12 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     var lines: [String] = []
     for r in died where r >= 0 && r < deviceCount {
       var held: [String] = []
-      for (i, task) in (remoteTasks[r] ?? []).enumerated() {
+      for (i, (task, _)) in (remoteTasks[r] ?? []).enumerated() {
         let id = task.model < runs.count ? runs[task.model].id : "model \(task.model)"
         held.append(
           "\(id) shard \(task.shard) \(task.direction) of step \(task.step + 1) (\(i == 0 ? "running" : "queued"))")
       }
-      for (model, homes) in lastHomes.sorted(by: { $0.key < $1.key }) {
+      for (model, homes) in homes.sorted(by: { $0.key < $1.key }) {
         let shards = homes.indices.filter { homes[$0] == r }
         guard !shards.isEmpty, model < runs.count else { continue }
         held.append(
@@ -449,14 +460,12 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     _exit(1)
   }
 
-  /// Under `state`: device `device` starts a task like `task` at `start`; poll often from shortly
-  /// before it is due to finish (as long as the last one like it took).
-  private func expect(_ device: Int, _ task: ShardTask, from start: UInt64) {
+  /// Under `state`: device `device` starts a task expected to take `seconds` at `start`; poll often
+  /// from shortly before it is due to finish.
+  private func expect(_ device: Int, _ seconds: Double, from start: UInt64) {
     remoteStart[device] = start
-    dueAt[device] = start + UInt64(max(0, (remoteSeconds[kind(task)] ?? 0) * 0.9) * 1e9)
+    dueAt[device] = start + UInt64(max(0, min(seconds, 1e6) * 0.9) * 1e9)
   }
-
-  private func kind(_ task: ShardTask) -> [Int] { [task.model, task.shard, task.direction == .forward ? 0 : 1] }
 
   /// Starts the progress thread, for keys of `models` models of at most `shards` shards (or ties)
   /// each. `attach` calls it; tools that move tensors without a job (the ping-pong benchmark) call
@@ -469,9 +478,9 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     thread.start()
   }
 
-  /// Where `model`'s shards are: a `post` for shard s goes to device `homes[s]`. The runtime sets
-  /// it before each task (`willRun`); tools without a job set it here.
-  public func route(model: Int, homes: [Int]) {
+  /// Where `model`'s shards are: a `post` for shard s goes to device `homes[s]`. A rank that is not
+  /// the coordinator sets it from each task of the model; tools without a job set it themselves.
+  public func setHomes(model: Int, _ homes: [Int]) {
     state.lock()
     self.homes[model] = homes
     state.unlock()
@@ -590,12 +599,9 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
       state.lock()
       let completion = completions[source]?.isEmpty == false ? completions[source]!.removeFirst() : nil
       let now = DispatchTime.now().uptimeNanoseconds
-      if remoteTasks[source]?.isEmpty == false {
-        let task = remoteTasks[source]!.removeFirst()
-        remoteSeconds[kind(task)] = Double(now - (remoteStart[source] ?? now)) / 1e9
-      }
+      if remoteTasks[source]?.isEmpty == false { remoteTasks[source]!.removeFirst() }
       dueAt[source] = nil
-      if let next = remoteTasks[source]?.first { expect(source, next, from: now) }
+      if let next = remoteTasks[source]?.first { expect(source, next.expected, from: now) }
       state.unlock()
       guard let completion else {
         throw RuntimeError("\(name): rank \(source) reported a task done that this rank did not send it")
@@ -676,13 +682,14 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     if let stall, stall.rank == localDevice, tasksRun > stall.after {
       while true { Thread.sleep(forTimeInterval: 3600) }
     }
-    try willRun(task, of: run, homes: homes, movedFrom: movedFrom)
+    setHomes(model: task.model, homes)
+    try willRun(task, of: run, movedFrom: movedFrom)
     let start = DispatchTime.now().uptimeNanoseconds
     run.seek(to: task)
     _ = try run.run(task, kernels: device!.kernels, device: device!.index)
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-    let lastForward = task.direction == .forward && task.shard == run.shards.count - 1
-    send(.control(.done(task, seconds: seconds, loss: lastForward ? run.trainLosses.last : nil), to: 0))
+    send(
+      .control(.done(task, seconds: seconds, loss: run.chain.computesLoss(task) ? run.trainLosses.last : nil), to: 0))
   }
 
   /// This rank was `shard`'s home; it now goes to `to` for its forward of `step`: the inputs of

@@ -1,7 +1,6 @@
 import Foundation
 import HydraCore
 
-
 /// The state of one shard of one model, as the host store moves it; or (`shard` < 0) tensors a
 /// model keeps between two of its tasks: a boundary activation or gradient, a tied weight in
 /// transit, the activations a forward kept for its backward.

@@ -194,7 +194,7 @@ public final class JobRunner {
         }
         return e
       }
-      try distributed.attach(runs: runs, device: devices[local], store: store)
+      try distributed.attach(runs: runs, device: devices[local], store: store, homes: homes!)
       if local != 0 {
         try distributed.serve()
         return Result(
@@ -205,13 +205,14 @@ public final class JobRunner {
     let output = folder!
     let lock = NSLock()
     let scheduler = madeScheduler!
-    let coordinator = Coordinator(runs: runs, devices: devices, scheduler: scheduler, backend: backend, homes: homes)
+    let coordinator = Coordinator(runs: runs, devices: devices, scheduler: scheduler, backend: backend)
     // A model's shards homed in other processes (a distributed backend), gathered into this
     // process's copy for `body` (an evaluation, a checkpoint) when `gather`, and let go after.
     func gathered(_ run: ModelRun, optimizerState: Bool, gather: Bool = true, _ body: () throws -> Void) throws {
-      let homes = coordinator.homes(of: run.index)
-      if gather { try distributed?.gather(run, homes: homes, optimizerState: optimizerState) }
+      guard let distributed else { return try body() }
+      if gather { try distributed.gather(run, optimizerState: optimizerState) }
       try body()
+      let homes = distributed.homes(of: run.index)
       for s in homes.indices where homes[s] != local { run.releaseState(of: s) }
     }
     func writeCheckpoint(_ run: ModelRun, device: Int) throws {
@@ -250,7 +251,7 @@ public final class JobRunner {
       if let distributed, device.index != local, evaluate || checkpoint {
         // The step ran in another process: that device evaluates and writes the checkpoint.
         let done = try distributed.runStepWork(
-          run, on: device.index, homes: coordinator.homes(of: run.index), evaluate: evaluate, checkpoint: checkpoint)
+          run, on: device.index, evaluate: evaluate, checkpoint: checkpoint)
         if let ev = done.evaluation {
           run.record(ev)
           e = ev

@@ -21,6 +21,16 @@ public final class Loopback: @unchecked Sendable {
   private var gathers: [Int: [[UInt8]?]] = [:]
   private var gathersLeft: [Int: Int] = [:]
   private var _abort: (code: Int32, rank: Int)?
+  /// Fault injection: a tensor message for which this says true is lost on its way (sent, never
+  /// delivered), as a network could lose it. Set before the ranks start.
+  public var lose: ((_ key: MessageKey, _ source: Int, _ destination: Int) -> Bool)?
+  /// Tensor messages lost so far.
+  public var lost: [MessageKey] {
+    lock.lock()
+    defer { lock.unlock() }
+    return _lost
+  }
+  private var _lost: [MessageKey] = []
 
   public init(ranks: Int, bandwidth: Double = 1e9) {
     precondition(ranks >= 1)
@@ -54,6 +64,10 @@ public final class Loopback: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     if _abort != nil { throw RuntimeError("loopback: the job was aborted") }
+    if case .tensor(let key, _) = message, let lose, lose(key, source, destination) {
+      _lost.append(key)
+      return
+    }
     inboxes[destination].append((source, message))
   }
 

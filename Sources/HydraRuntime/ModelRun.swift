@@ -89,6 +89,8 @@ public final class ModelRun {
   public let blocks: [Block]
   /// Contiguous ranges of block indices, covering every block once, in order.
   public let shards: [Range<Int>]
+  /// The order of a step's tasks.
+  public let chain: StepChain
   public let policy: ActivationPolicy
   /// Bytes each shard's task needs on its device (state and working set), made free before it runs.
   public let footprints: [Int]
@@ -156,6 +158,7 @@ public final class ModelRun {
     self.settings = settings
     self.data = data
     self.shards = shards
+    chain = StepChain(shards: shards.count)
     self.policy = policy
     self.store = store
     func shardOf(_ block: Int) -> Int { shards.firstIndex { $0.contains(block) }! }
@@ -235,23 +238,14 @@ public final class ModelRun {
   /// The ties' shards: (owner, replica) for each tied weight, in tie order.
   public var tiedShards: [(owner: Int, replica: Int)] { ties.map { ($0.ownerShard, $0.replicaShard) } }
 
-  private func task(at position: Int, step: Int) -> ShardTask {
-    let k = shards.count
-    if position < k { return ShardTask(model: index, shard: position, direction: .forward, step: step) }
-    return ShardTask(model: index, shard: 2 * k - 1 - position, direction: .backward, step: step)
-  }
+  private func task(at position: Int, step: Int) -> ShardTask { chain.task(at: position, model: index, step: step) }
 
   /// The task after `nextTask` (for prefetching), if the model has one.
   public var taskAfterNext: ShardTask? {
     guard nextTask != nil else { return nil }
     let next = position + 1
-    if next < 2 * shards.count { return task(at: next, step: step) }
+    if next < chain.length { return task(at: next, step: step) }
     return step + 1 < settings.steps ? task(at: 0, step: step + 1) : nil
-  }
-
-  /// Where `task` stands in its step's chain.
-  private func position(of task: ShardTask) -> Int {
-    task.direction == .forward ? task.shard : 2 * shards.count - 1 - task.shard
   }
 
   /// Puts this copy of the model at `task`, whose earlier tasks ran in other processes (under
@@ -259,7 +253,7 @@ public final class ModelRun {
   /// position moves: what earlier tasks produced arrives through the backend.
   public func seek(to task: ShardTask) {
     step = task.step
-    position = position(of: task)
+    position = chain.position(of: task)
   }
 
   /// Advances this copy of the model past `task`, which ran in another process: the coordinator's
@@ -283,7 +277,7 @@ public final class ModelRun {
   /// step.
   private func advance(past task: ShardTask) -> Bool {
     position += 1
-    guard task.direction == .backward && task.shard == 0 else { return false }
+    guard chain.endsStep(task) else { return false }
     position = 0
     batch = nil
     batchStep = -1

@@ -20,21 +20,18 @@ public struct SimulatedModel: Sendable, Equatable {
   /// Seconds of all steps on one device: what the model takes alone.
   public var totalSeconds: Double { Double(steps) * stepSeconds }
 
+  public var chain: StepChain { StepChain(shards: shardCount) }
+
   /// Seconds left from the `position`-th task of `step`'s chain on, that task included.
   func remainingSeconds(step: Int, position: Int) -> Double {
-    let k = shardCount
-    let rest = (position..<(2 * k)).reduce(0.0) { $0 + ($1 < k ? forwardSeconds[$1] : backwardSeconds[2 * k - 1 - $1]) }
-    return rest + Double(steps - step - 1) * stepSeconds
+    chain.seconds(from: position, forward: forwardSeconds, backward: backwardSeconds)
+      + Double(steps - step - 1) * stepSeconds
   }
 
   /// The `position`-th task of a step's chain (0..<2k) and its time.
   func task(model: Int, step: Int, position: Int) -> (task: ShardTask, seconds: Double) {
-    let k = shardCount
-    if position < k {
-      return (ShardTask(model: model, shard: position, direction: .forward, step: step), forwardSeconds[position])
-    }
-    let s = 2 * k - 1 - position
-    return (ShardTask(model: model, shard: s, direction: .backward, step: step), backwardSeconds[s])
+    let task = chain.task(at: position, model: model, step: step)
+    return (task, task.direction == .forward ? forwardSeconds[task.shard] : backwardSeconds[task.shard])
   }
 }
 
@@ -154,7 +151,7 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       shardDevice[m][interval.task.shard] = d
       readySince[m] = now
       position[m] += 1
-      if position[m] == 2 * models[m].shardCount {
+      if position[m] == models[m].chain.length {
         position[m] = 0
         step[m] += 1
         if step[m] == models[m].steps { finished.insert(m) }

@@ -130,7 +130,7 @@ func pingPong(_ comm: MPICommunicator) throws {
   // The backend's progress thread shares the communicator; the blocking paths use another tag.
   let backend = try DistributedRuntime(transport: try MPITransport(communicator: comm))
   try backend.start(models: 1, shards: 2)
-  backend.route(model: 0, homes: [0, 1])
+  backend.setHomes(model: 0, [0, 1])
   if comm.rank == 0 {
     print(
       "hydra-pingpong: \(comm.size) ranks, rank 0 on \(comm.processorName), \(comm.threadLevel); "

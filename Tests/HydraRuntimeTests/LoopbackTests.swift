@@ -255,6 +255,38 @@ final class LoopbackTests: XCTestCase {
   }
 }
 
+extension LoopbackTests {
+  /// The first activation sent to rank 1 is lost on the way: the task waiting for it gives up after
+  /// the receive timeout, naming the tensor, and rank 0 ends the job (not a hang, not a wrong
+  /// result).
+  func testLoopbackLostTensorIsNamed() throws {
+    let loop = Loopback(ranks: 3)
+    loop.lose = { key, _, destination in
+      destination == 1 && key.kind == .activation
+    }
+    let output = try temporaryFolder() + "/lost"
+    let runtimes = ByRank<DistributedRuntime>()
+    let job = Thread {
+      _ = try? self.runLoopback(
+        ranks: 3, output: output, overrides: ["cluster.placement=\"by-shard\""], loopback: loop
+      ) { runtime in
+        runtime.receiveTimeout = 1
+        runtime.rankTimeout = 60
+        runtimes.set(runtime.localDevice, runtime)
+      }
+    }
+    job.start()
+    XCTAssertTrue(loop.waitForAbort(seconds: 60), "the job did not end")
+    let aborted = try XCTUnwrap(loop.aborted)
+    XCTAssertEqual(aborted.code, 1)
+    XCTAssertEqual(aborted.rank, 0, "rank 0 ends the job")
+    let first = try XCTUnwrap(loop.lost.first)
+    let said = try XCTUnwrap(runtimes.get(0)?.endedWith)
+    XCTAssertTrue(said.contains("rank 1 failed"), said)
+    XCTAssertTrue(said.contains("waited 1 s for \(first), which never arrived"), said)
+  }
+}
+
 /// Values by rank, set from the ranks' threads (their outcomes, their runtimes).
 final class ByRank<Value>: @unchecked Sendable {
   private let lock = NSLock()
