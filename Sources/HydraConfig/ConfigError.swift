@@ -20,4 +20,3 @@ public struct KnownPlugins: Sendable, Equatable {
     self.defaultScheduler = defaultScheduler
   }
 }
-

@@ -100,8 +100,8 @@ func decodeCluster(_ s: Section, known: KnownPlugins, jobDir: String) throws -> 
   }
   switch s.fields["activation_checkpointing"]?.value {
   case nil: break
-  case .bool(let on)?: cluster.activationCheckpointing = on ? "true" : "false"
-  case .string("auto")?: cluster.activationCheckpointing = "auto"
+  case .bool(let on)?: cluster.activationCheckpointing = on ? .on : .off
+  case .string("auto")?: cluster.activationCheckpointing = .auto
   case let other?:
     throw s.error(
       "activation_checkpointing",
@@ -112,7 +112,7 @@ func decodeCluster(_ s: Section, known: KnownPlugins, jobDir: String) throws -> 
 
 func decodeData(_ s: Section, jobDir: String) throws -> DataSection {
   try s.checkKeys(Keys.data)
-  let format = try s.string("format", oneOf: ["text", "tokens", "csv"])
+  let format: DataFormat = try s.choice("format")
   let path = resolvePath(try s.string("path"), relativeTo: jobDir)
   guard FileManager.default.fileExists(atPath: path) else {
     throw s.error("path", "data.path: no such file: \(path)")

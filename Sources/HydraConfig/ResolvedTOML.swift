@@ -24,14 +24,14 @@ extension JobConfig {
         ("double_buffering", .bool(cluster.doubleBuffering)),
         (
           "activation_checkpointing",
-          cluster.activationCheckpointing == "auto" ? str("auto") : .bool(cluster.activationCheckpointing == "true")
+          cluster.activationCheckpointing == .auto ? str("auto") : .bool(cluster.activationCheckpointing == .on)
         ),
         ("placement", str(cluster.placement.rawValue)), ("spill_folder", str(cluster.spillFolder)),
       ])
     table(
       "data",
       [
-        ("format", str(data.format)), ("path", str(data.path)),
+        ("format", str(data.format.rawValue)), ("path", str(data.path)),
         ("validation_fraction", .double(data.validationFraction)),
         ("label_column", int(data.labelColumn)), ("feature_scale", .double(data.featureScale)),
         ("header", .bool(data.header)),

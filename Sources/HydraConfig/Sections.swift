@@ -25,11 +25,10 @@ public struct ClusterSection: Sendable, Equatable {
   /// Bring the next shard's state in while the current one computes; partitions then leave room
   /// for two shards per device. Default true (key `double_buffering`).
   public var doubleBuffering: Bool = true
-  /// `"true"`, `"false"` or `"auto"` (key `activation_checkpointing`, written as a TOML boolean
-  /// or the string "auto"): whether a shard keeps only its input activation between its forward
-  /// and backward and recomputes the rest. `auto` (the default) turns it on when a device budget
-  /// cannot hold every block's activations.
-  public var activationCheckpointing: String = "auto"
+  /// Key `activation_checkpointing`, written as a TOML boolean or the string "auto": whether a
+  /// shard keeps only its input activation between its forward and backward and recomputes the
+  /// rest. `auto` (the default) decides from what the host store can hold.
+  public var activationCheckpointing = ActivationCheckpointing.auto
   /// Under `mpi`, whether the job file (or `--set`) gave `devices`: the number of ranks is the
   /// number of devices, and only a value given explicitly can disagree with it. False otherwise.
   public var devicesGiven = false
@@ -46,8 +45,8 @@ public struct ClusterSection: Sendable, Equatable {
 
 /// `[data]`: the data set, split into training and validation by `validationFraction`.
 public struct DataSection: Sendable, Equatable {
-  /// `"text"` (bytes), `"tokens"` (uint16 LE) or `"csv"`. Required.
-  public var format: String
+  /// `text` (bytes), `tokens` (uint16 LE) or `csv`. Required.
+  public var format: DataFormat
   /// Absolute; must exist. Required; a relative path is relative to the job file's folder.
   public var path: String
   /// Default 0.05, in [0, 1) (key `validation_fraction`).
@@ -195,6 +194,10 @@ public enum LRSchedule: String, Sendable, CaseIterable { case cosine, constant }
 public enum Placement: String, Sendable, CaseIterable {
   case byModel = "by-model"
   case byShard = "by-shard"
+}
+/// `[cluster] activation_checkpointing`: `true`, `false` or `"auto"` in the job file.
+public enum ActivationCheckpointing: Sendable, Equatable {
+  case on, off, auto
 }
 /// `[data] split` (csv): which rows are the validation set.
 public enum ValidationSplit: String, Sendable, CaseIterable { case last, shuffled }

@@ -82,3 +82,13 @@ public func tomlKey(_ k: String) -> String {
     }
   return bare ? k : tomlString(k)
 }
+
+/// How a data file is read. See `Dataset` for the exact semantics of each format.
+public enum DataFormat: String, Sendable, CaseIterable {
+  /// The file's bytes are the tokens (vocabulary 256).
+  case text
+  /// Raw little-endian uint16 tokens, no header (nanoGPT / llm.c style `.bin` without header).
+  case tokens
+  /// Rows of numeric columns separated by commas; one column is an integer class label.
+  case csv
+}

@@ -438,9 +438,9 @@ public final class JobRunner {
     // they would go to disk and back, which costs more than computing them again.
     let checkpointing: Bool
     switch cluster.activationCheckpointing {
-    case "true": checkpointing = true
-    case "false": checkpointing = false
-    default:
+    case .on: checkpointing = true
+    case .off: checkpointing = false
+    case .auto:
       var total = 0
       for (spec, member) in zip(specs.map(\.spec), config.members) {
         let held = spec.bytesHeldBetweenTasks(batch: member.train.batchSize)
@@ -557,14 +557,14 @@ public final class JobRunner {
     let vocab = member.model.kind == .gpt ? member.model.vocab : 256
     if let d = cache[[context, vocab]] { return d }
     let d = config.data
-    if member.model.kind == .gpt && d.format == "text" && vocab < 256 {
+    if member.model.kind == .gpt && d.format == .text && vocab < 256 {
       // The job file's vocab is what is wrong, not the data file.
       throw InputError(
         file: config.file, line: config.line(table: "model", key: "vocab"),
         "\(member.id): format \"text\" data has 256 byte values, but vocab = \(vocab)")
     }
     let spec = DataSpec(
-      format: DataFormat(rawValue: d.format)!, path: d.path, validationFraction: d.validationFraction,
+      format: d.format, path: d.path, validationFraction: d.validationFraction,
       context: max(context, 1), vocab: vocab,
       labelColumn: d.labelColumn, featureScale: Float(d.featureScale), header: d.header,
       classes: member.model.kind == .mlp ? (member.model.classes ?? 0) : 0,

@@ -18,7 +18,7 @@ final class JobConfigTests: XCTestCase {
     XCTAssertEqual(
       c.data,
       DataSection(
-        format: "text", path: f.dir + "/data/fortunes.txt", validationFraction: 0.05, labelColumn: -1,
+        format: .text, path: f.dir + "/data/fortunes.txt", validationFraction: 0.05, labelColumn: -1,
         featureScale: 1.0, header: false))
     XCTAssertEqual(
       c.model,
@@ -76,7 +76,7 @@ final class JobConfigTests: XCTestCase {
     XCTAssertEqual(
       c.data,
       DataSection(
-        format: "text", path: f.dir + "/data.txt", validationFraction: 0.05, labelColumn: -1,
+        format: .text, path: f.dir + "/data.txt", validationFraction: 0.05, labelColumn: -1,
         featureScale: 1, header: false))
     XCTAssertEqual(
       c.model,
@@ -159,7 +159,7 @@ final class JobConfigTests: XCTestCase {
     XCTAssertEqual(c.model.initPath, f.dir + "/init.safetensors")
     XCTAssertEqual(c.cluster.deviceMemory, 1_500_000)
     XCTAssertEqual(c.cluster.hostMemory, 3 << 29)
-    XCTAssertEqual(c.data.format, "csv")
+    XCTAssertEqual(c.data.format, .csv)
     XCTAssertEqual(c.data.labelColumn, 0)
     XCTAssertEqual(c.data.featureScale, 0.0625)
     XCTAssertTrue(c.data.header)

@@ -1,13 +1,3 @@
-/// How a data file is read. See `Dataset` for the exact semantics of each format.
-public enum DataFormat: String, Sendable {
-  /// The file's bytes are the tokens (vocabulary 256).
-  case text
-  /// Raw little-endian uint16 tokens, no header (nanoGPT / llm.c style `.bin` without header).
-  case tokens
-  /// Rows of numeric columns separated by commas; one column is an integer class label.
-  case csv
-}
-
 /// What to load and how: the `[data]` table of a job, with the model's context and vocabulary.
 public struct DataSpec: Sendable {
   public var format: DataFormat
