@@ -93,26 +93,26 @@ public final class Tensor: @unchecked Sendable {
     memory = other
   }
 
-  /// Writes the bytes to `fd` at `offset` (unless `write` is false: a gradient, say, whose contents
-  /// need not survive) and frees them.
-  public func evict(to fd: Int32, offset: Int, write: Bool = true) throws {
+  /// Writes the bytes to `file` at `offset` and frees them; with no file (a gradient, say, whose
+  /// contents need not survive, or a state another process holds) just frees them.
+  public func evict(to file: SpillFile?, offset: Int) throws {
     guard let storage else { return }
-    if write { try Tensor.io(fd, UnsafeMutableRawPointer(storage), byteCount, offset, reading: false) }
+    if let file { try file.transfer(UnsafeMutableRawPointer(storage), byteCount, at: offset, reading: false) }
     Tensor.deallocate(storage, count: capacity)
     self.storage = nil
     memory?.release(allocatedBytes)
   }
 
-  /// Allocates the bytes again, charged to `memory`, and reads them back from `fd` at `offset`
-  /// (or leaves them zero when `read` is false).
-  public func restore(from fd: Int32, offset: Int, memory newMemory: DeviceMemory?, read: Bool = true) throws {
+  /// Allocates the bytes again, charged to `memory`, and reads them back from `file` at `offset`;
+  /// with no file they come back zero.
+  public func restore(from file: SpillFile?, offset: Int, memory newMemory: DeviceMemory?) throws {
     guard storage == nil else { return try move(to: newMemory) }
     try newMemory?.reserve(allocatedBytes)
-    // Every byte is about to be read over when `read`: no need to zero them first.
-    let fresh = Tensor.allocate(capacity, zeroed: !read)
-    if read {
+    // Every byte is about to be read over when there is a file: no need to zero them first.
+    let fresh = Tensor.allocate(capacity, zeroed: file == nil)
+    if let file {
       do {
-        try Tensor.io(fd, UnsafeMutableRawPointer(fresh), byteCount, offset, reading: true)
+        try file.transfer(UnsafeMutableRawPointer(fresh), byteCount, at: offset, reading: true)
       } catch {
         Tensor.deallocate(fresh, count: capacity)
         newMemory?.release(allocatedBytes)
@@ -121,26 +121,6 @@ public final class Tensor: @unchecked Sendable {
     }
     storage = fresh
     memory = newMemory
-  }
-
-  private static func io(_ fd: Int32, _ base: UnsafeMutableRawPointer, _ count: Int, _ offset: Int, reading: Bool)
-    throws
-  {
-    var done = 0
-    while done < count {
-      let n =
-        reading
-        ? pread(fd, base + done, count - done, off_t(offset + done))
-        : pwrite(fd, base + done, count - done, off_t(offset + done))
-      if n < 0 && errno == EINTR { continue }
-      guard n > 0 else {
-        throw TensorIOError(
-          message:
-            "\(reading ? "reading" : "writing") \(count) bytes at offset \(offset): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))"
-        )
-      }
-      done += n
-    }
   }
 
   public var count: Int { shape.reduce(1, *) }
@@ -171,6 +151,43 @@ public final class Tensor: @unchecked Sendable {
   public func bitwiseEqual(_ other: Tensor) -> Bool {
     guard shape == other.shape else { return false }
     return memcmp(data, other.data, byteCount) == 0
+  }
+}
+
+/// An open file that tensors leave RAM for and come back from (a host store's spill file). Owns its
+/// descriptor, which closes when the last reference goes; nothing else sees it.
+public final class SpillFile: @unchecked Sendable {
+  public let path: String
+  private let descriptor: Int32
+
+  /// Opens `path` for reading, or for reading and writing (`create`: made if missing).
+  public init(path: String, writable: Bool, create: Bool = false) throws {
+    self.path = path
+    descriptor = open(path, (writable ? O_RDWR : O_RDONLY) | (create ? O_CREAT : 0) | O_CLOEXEC, 0o644)
+    guard descriptor >= 0 else {
+      throw TensorIOError(message: "cannot open \(path): \(String(cString: strerror(errno)))")
+    }
+  }
+
+  deinit { close(descriptor) }
+
+  /// Reads (`reading`) or writes `count` bytes at `base` from or to `offset` of the file, whole.
+  public func transfer(_ base: UnsafeMutableRawPointer, _ count: Int, at offset: Int, reading: Bool) throws {
+    var done = 0
+    while done < count {
+      let n =
+        reading
+        ? pread(descriptor, base + done, count - done, off_t(offset + done))
+        : pwrite(descriptor, base + done, count - done, off_t(offset + done))
+      if n < 0 && errno == EINTR { continue }
+      guard n > 0 else {
+        throw TensorIOError(
+          message:
+            "\(path): \(reading ? "reading" : "writing") \(count) bytes at offset \(offset): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))"
+        )
+      }
+      done += n
+    }
   }
 }
 

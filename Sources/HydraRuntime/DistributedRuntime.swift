@@ -498,15 +498,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
         "\(name): \(key) has \(t.byteCount) bytes but this rank's shard holds \(expected): the ranks built different models (same job file and data everywhere?)"
       )
     }
-    try run.writeState(of: shard, from: t.data, valuesOnly: valuesOnly)
-  }
-
-  /// The state of `shard` of `run` (or its values alone) in one tensor (not charged to any device:
-  /// it is on its way out).
-  private func packState(_ run: ModelRun, shard: Int, valuesOnly: Bool = false) throws -> Tensor {
-    let t = try Tensor(shape: [run.stateBytes(of: shard, valuesOnly: valuesOnly) / MemoryLayout<Float>.stride])
-    try run.readState(of: shard, into: t.data, valuesOnly: valuesOnly)
-    return t
+    try run.unpackState(of: shard, from: t, valuesOnly: valuesOnly)
   }
 
   private func drop(model: Int, step: Int) {
@@ -611,7 +603,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
       try moveOut(model: model, shard: shard, step: step, to: to)
     case .gather(let model, let shard, let step, let valuesOnly):
       guard model >= 0 && model < runs.count else { throw RuntimeError("\(name): gather of unknown model \(model)") }
-      let packed = try packState(runs[model], shard: shard, valuesOnly: valuesOnly)
+      let packed = try runs[model].packState(of: shard, valuesOnly: valuesOnly)
       send(.data(MessageKey(.gather, model: model, index: shard, step: step), packed, to: source))
     case .drop(let model, let step):
       drop(model: model, step: step)
@@ -711,7 +703,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
       }
     }
     state.unlock()
-    let packed = try packState(run, shard: shard)
+    let packed = try run.packState(of: shard)
     run.releaseState(of: shard)
     send(.data(MessageKey(.shardState, model: model, index: shard, step: step), packed, to: to))
   }

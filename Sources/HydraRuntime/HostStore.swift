@@ -229,26 +229,38 @@ public final class HostStore: @unchecked Sendable {
     return state.residency
   }
 
-  /// Copies `state`'s parameters and optimizer state, in a fixed order, into `buffer`
+  /// Copies `state`'s parameters and optimizer state, in a fixed order, into `packed`
   /// (`persistentBytes` long), wherever the state is: a device, RAM or its spill file. Moves nothing.
   /// With `valuesOnly`, the parameters' values alone (`valueBytes`), without optimizer state.
-  public func read(_ state: ShardState, into buffer: UnsafeMutableRawPointer, valuesOnly: Bool = false) throws {
+  public func read(_ state: ShardState, into packed: Tensor, valuesOnly: Bool = false) throws {
+    try checkPacked(state, packed, valuesOnly: valuesOnly)
     lock.lock()
     defer { lock.unlock() }
-    try copy(state, buffer, toState: false, valuesOnly: valuesOnly)
+    try copy(state, UnsafeMutableRawPointer(packed.data), toState: false, valuesOnly: valuesOnly)
   }
 
-  /// Overwrites `state`'s parameters and optimizer state with `buffer` (laid out as `read` writes
+  private func checkPacked(_ state: ShardState, _ packed: Tensor, valuesOnly: Bool) throws {
+    let expected = valuesOnly ? state.valueBytes : state.persistentBytes
+    guard packed.byteCount == expected else {
+      throw RuntimeError(
+        "\(state.model) shard \(state.shard): a packed state of \(packed.byteCount) bytes, where the shard holds \(expected)"
+      )
+    }
+  }
+
+  /// Overwrites `state`'s parameters and optimizer state with `packed` (laid out as `read` writes
   /// it), wherever the state is. Moves nothing.
   /// A state held elsewhere comes back (in RAM, or on disk when RAM is full).
-  /// With `valuesOnly`, the buffer holds the parameters' values alone; a state that comes back
+  /// With `valuesOnly`, `packed` holds the parameters' values alone; a state that comes back
   /// that way has zero optimizer state (good for an evaluation, not for training).
-  public func write(_ state: ShardState, from buffer: UnsafeRawPointer, valuesOnly: Bool = false) throws {
+  public func write(_ state: ShardState, from packed: Tensor, valuesOnly: Bool = false) throws {
+    try checkPacked(state, packed, valuesOnly: valuesOnly)
+    let buffer = UnsafeRawPointer(packed.data)
     lock.lock()
     defer { lock.unlock() }
     if state.residency == .elsewhere {
       // Fresh bytes, charged nowhere yet; then into the store like a newly built shard.
-      for t in state.persistent + state.transient { try t.restore(from: -1, offset: 0, memory: nil, read: false) }
+      for t in state.persistent + state.transient { try t.restore(from: nil, offset: 0, memory: nil) }
       try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true, valuesOnly: valuesOnly, resident: true)
       return try takeIn(state)
     }
@@ -275,7 +287,7 @@ public final class HostStore: @unchecked Sendable {
 
   /// Under the lock: frees the state's bytes without writing them anywhere.
   private func letGo(_ state: ShardState) {
-    for t in state.persistent + state.transient { try? t.evict(to: -1, offset: 0, write: false) }
+    for t in state.persistent + state.transient { try? t.evict(to: nil, offset: 0) }
     state.uncharged = false
     state.residency = .elsewhere
   }
@@ -289,29 +301,13 @@ public final class HostStore: @unchecked Sendable {
     if state.residency == .elsewhere && !resident {
       throw RuntimeError("the state of \(state.model) shard \(state.shard) is held by another process, not this one")
     }
-    let onDisk = state.residency == .disk && !resident
-    var fd: Int32 = -1
-    if onDisk {
-      fd = open(path(state), toState ? O_WRONLY : O_RDONLY)
-      guard fd >= 0 else {
-        throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))")
-      }
-    }
-    defer { if fd >= 0 { close(fd) } }
+    let file = state.residency == .disk && !resident ? try spillFile(state, writable: toState) : nil
     var offset = 0, fileOffset = 0
     for (t, value) in zip(state.persistent, state.isValue) {
       defer { fileOffset += t.byteCount }
       if valuesOnly && !value { continue }
-      if onDisk {
-        var done = 0
-        while done < t.byteCount {
-          let at = off_t(fileOffset + done), rest = t.byteCount - done
-          let n = toState ? pwrite(fd, buffer + offset + done, rest, at) : pread(fd, buffer + offset + done, rest, at)
-          guard n > 0 else {
-            throw RuntimeError("spill file \(path(state)): \(n < 0 ? String(cString: strerror(errno)) : "short file")")
-          }
-          done += n
-        }
+      if let file {
+        try file.transfer(buffer + offset, t.byteCount, at: fileOffset, reading: !toState)
       } else if toState {
         UnsafeMutableRawPointer(t.data).copyMemory(from: buffer + offset, byteCount: t.byteCount)
       } else {
@@ -377,35 +373,32 @@ public final class HostStore: @unchecked Sendable {
         throw RuntimeError("cannot create the spill folder \(folder) (for shard state past host_memory): \(why)")
       }
     }
-    let fd = open(path(state), O_RDWR | O_CREAT, 0o644)
-    guard fd >= 0 else {
-      throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))")
-    }
-    defer { close(fd) }
+    let file = try spillFile(state, writable: true, create: true)
     var offset = 0
     for t in state.persistent {
-      try t.evict(to: fd, offset: offset)
+      try t.evict(to: file, offset: offset)
       offset += t.byteCount
     }
-    for t in state.transient { try t.evict(to: fd, offset: 0, write: false) }
+    for t in state.transient { try t.evict(to: nil, offset: 0) }
     bytesWritten += offset
     if state.shard < 0 { transitBytesWritten += offset }
     state.uncharged = false
     state.residency = .disk
   }
 
+  /// The spill file of `state`, open.
+  private func spillFile(_ state: ShardState, writable: Bool, create: Bool = false) throws -> SpillFile {
+    try SpillFile(path: path(state), writable: writable, create: create)
+  }
+
   private func restore(_ state: ShardState, into target: DeviceMemory?) throws {
-    let fd = open(path(state), O_RDONLY)
-    guard fd >= 0 else {
-      throw RuntimeError("cannot open spill file \(path(state)): \(String(cString: strerror(errno)))")
-    }
-    defer { close(fd) }
+    let file = try spillFile(state, writable: false)
     var offset = 0
     for t in state.persistent {
-      try t.restore(from: fd, offset: offset, memory: target)
+      try t.restore(from: file, offset: offset, memory: target)
       offset += t.byteCount
     }
-    for t in state.transient { try t.restore(from: fd, offset: 0, memory: target, read: false) }
+    for t in state.transient { try t.restore(from: nil, offset: 0, memory: target) }
     bytesRead += offset
   }
 }

@@ -318,16 +318,22 @@ public final class ModelRun {
     return valuesOnly ? shardStates[shard].valueBytes : shardStates[shard].persistentBytes
   }
 
-  /// Copies `shard`'s parameters and optimizer state (or, `valuesOnly`, the values alone) into
-  /// `buffer` (`stateBytes(of:)` long), wherever the host store keeps them. The shard must not be
-  /// running.
-  public func readState(of shard: Int, into buffer: UnsafeMutableRawPointer, valuesOnly: Bool = false) throws {
-    if let store { return try store.read(shardStates[shard], into: buffer, valuesOnly: valuesOnly) }
-    var offset = 0
-    for t in stateTensors(of: shard, valuesOnly: valuesOnly) {
-      (buffer + offset).copyMemory(from: t.data, byteCount: t.byteCount)
-      offset += t.byteCount
+  /// `shard`'s parameters and optimizer state (or, `valuesOnly`, the values alone) packed into one
+  /// tensor of `stateBytes(of:)` bytes, in a fixed order, wherever the host store keeps them; the
+  /// tensor is charged to no device (it is on its way to another process or a file). The shard
+  /// must not be running.
+  public func packState(of shard: Int, valuesOnly: Bool = false) throws -> Tensor {
+    let packed = try Tensor(shape: [stateBytes(of: shard, valuesOnly: valuesOnly) / MemoryLayout<Float>.stride])
+    if let store {
+      try store.read(shardStates[shard], into: packed, valuesOnly: valuesOnly)
+    } else {
+      var offset = 0
+      for t in stateTensors(of: shard, valuesOnly: valuesOnly) {
+        (packed.data + offset).update(from: t.data, count: t.count)
+        offset += t.count
+      }
     }
+    return packed
   }
 
   /// Frees every byte of `shard`'s state in this process: another process holds it (its home under
@@ -336,14 +342,20 @@ public final class ModelRun {
     store?.release(shardStates[shard])
   }
 
-  /// Overwrites `shard`'s parameters and optimizer state with a buffer `readState` filled (in
-  /// another process holding the same model). The shard must not be running.
-  public func writeState(of shard: Int, from buffer: UnsafeRawPointer, valuesOnly: Bool = false) throws {
-    if let store { return try store.write(shardStates[shard], from: buffer, valuesOnly: valuesOnly) }
+  /// Overwrites `shard`'s parameters and optimizer state with a tensor `packState` made (in
+  /// another process holding the same model). Throws, changing nothing, when its size is not the
+  /// shard's. The shard must not be running.
+  public func unpackState(of shard: Int, from packed: Tensor, valuesOnly: Bool = false) throws {
+    let expected = stateBytes(of: shard, valuesOnly: valuesOnly)
+    guard packed.byteCount == expected else {
+      throw RuntimeError(
+        "\(id) shard \(shard): a packed state of \(packed.byteCount) bytes, where the shard holds \(expected)")
+    }
+    if let store { return try store.write(shardStates[shard], from: packed, valuesOnly: valuesOnly) }
     var offset = 0
     for t in stateTensors(of: shard, valuesOnly: valuesOnly) {
-      UnsafeMutableRawPointer(t.data).copyMemory(from: buffer + offset, byteCount: t.byteCount)
-      offset += t.byteCount
+      t.data.update(from: packed.data + offset, count: t.count)
+      offset += t.count
     }
   }
 

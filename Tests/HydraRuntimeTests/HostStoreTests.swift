@@ -26,10 +26,16 @@ final class HostStoreTests: XCTestCase {
     return (run, store)
   }
 
-  func bytes(_ run: ModelRun, _ shard: Int) throws -> [UInt8] {
-    var out = [UInt8](repeating: 0, count: run.stateBytes(of: shard))
-    try out.withUnsafeMutableBytes { try run.readState(of: shard, into: $0.baseAddress!) }
-    return out
+  func bytes(_ run: ModelRun, _ shard: Int, valuesOnly: Bool = false) throws -> [UInt8] {
+    let packed = try run.packState(of: shard, valuesOnly: valuesOnly)
+    return Array(UnsafeRawBufferPointer(start: packed.data, count: packed.byteCount))
+  }
+
+  /// `bytes` as a packed state, as another rank would send it.
+  func packed(_ bytes: [UInt8]) throws -> Tensor {
+    let t = try Tensor(shape: [bytes.count / 4])
+    bytes.withUnsafeBytes { UnsafeMutableRawPointer(t.data).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+    return t
   }
 
   func testReleasedStateComesBackExactlyFromRAMAndFromDisk() throws {
@@ -55,20 +61,23 @@ final class HostStoreTests: XCTestCase {
         XCTAssertThrowsError(try bytes(run, s))
         // Back with other bytes (as from another rank that trained it), then with the original ones.
         let other = before.map { $0 &+ 1 }
-        try other.withUnsafeBytes { try run.writeState(of: s, from: $0.baseAddress!) }
+        try run.unpackState(of: s, from: packed(other))
         XCTAssertNotEqual(run.residency(of: s), .elsewhere)
         XCTAssertEqual(try bytes(run, s), other, "budget \(budget), shard \(s)")
-        try before.withUnsafeBytes { try run.writeState(of: s, from: $0.baseAddress!) }
+        try run.unpackState(of: s, from: packed(before))
         XCTAssertEqual(try bytes(run, s), before)
         // The values alone: the parameters' values in order, and back into a released shard they
         // come with zero optimizer state (what an evaluation-only gather does).
-        var values = [UInt8](repeating: 0, count: run.stateBytes(of: s, valuesOnly: true))
-        try values.withUnsafeMutableBytes { try run.readState(of: s, into: $0.baseAddress!, valuesOnly: true) }
+        let values = try bytes(run, s, valuesOnly: true)
+        XCTAssertEqual(values.count, run.stateBytes(of: s, valuesOnly: true))
+        // A packed state of another size is refused, and changes nothing.
+        XCTAssertThrowsError(try run.unpackState(of: s, from: packed(Array(before.dropLast(4)))))
+        XCTAssertEqual(try bytes(run, s), before)
         try run.promote(s, to: 0)
         let expected = run.parameters(ofShard: s).flatMap { p in p.value.array.withUnsafeBytes { Array($0) } }
         XCTAssertEqual(values, expected, "budget \(budget), shard \(s)")
         run.releaseState(of: s)
-        try values.withUnsafeBytes { try run.writeState(of: s, from: $0.baseAddress!, valuesOnly: true) }
+        try run.unpackState(of: s, from: packed(values), valuesOnly: true)
         let back = try bytes(run, s)
         try run.promote(s, to: 0)
         var offset = 0
@@ -80,7 +89,7 @@ final class HostStoreTests: XCTestCase {
             offset += t.byteCount
           }
         }
-        try before.withUnsafeBytes { try run.writeState(of: s, from: $0.baseAddress!) }
+        try run.unpackState(of: s, from: packed(before))
         // And it trains from there: promotion works again.
         XCTAssertNoThrow(try run.promote(s, to: 0))
         XCTAssertEqual(
