@@ -124,8 +124,8 @@ final class SchedulerPluginTests: XCTestCase {
     let registry = try Builtins.registry(loading: [library])
     let models = [SimulatedModel(steps: 1, forwardSeconds: [1], backwardSeconds: [1])]
     for (name, expected) in [
-      ("garbage-task", "assigned ready task 6, but only 1 are ready"),
-      ("garbage-device", "assigned device 99, but the job has 2 devices"),
+      ("garbage-task", "assigned ready task 6, but only 1 are ready (indices 0..<1)"),
+      ("garbage-device", "assigned device 99, but the job has 2 devices (0..<2)"),
       ("failing", "schedule failed (code 2): deliberate failure with 1 task(s) ready"),
     ] {
       let s = try registry.makeScheduler(name, options: [:], seed: 0)
