@@ -87,12 +87,17 @@ let package = Package(
       dependencies: ["HydraCore", "HydraConfig", .product(name: "Crypto", package: "swift-crypto")],
       swiftSettings: settings),
 
+    // hydra_plugin.h, the C ABI of plugins loaded at run time (`[plugins] load`).
+    .target(name: "CHydraPlugin", path: "Sources/CHydraPlugin"),
+    // Loads plugin libraries through that ABI and adapts what they register to the Swift protocols.
+    .target(name: "HydraPluginLoader", dependencies: ["HydraRuntime", "CHydraPlugin"], swiftSettings: settings),
+
     // The one list of built-in plugins, shared by the tool and the tests.
     .target(
       name: "HydraBuiltins",
       dependencies: [
         "HydraRuntime", "HydraConfig", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference",
-        "HydraPartitioners", "HydraSchedulers", "HydraBackendSHM", "HydraBackendMPI",
+        "HydraPartitioners", "HydraSchedulers", "HydraBackendSHM", "HydraBackendMPI", "HydraPluginLoader",
       ],
       swiftSettings: settings),
 
@@ -100,7 +105,7 @@ let package = Package(
       name: "hydra-mpi",
       dependencies: [
         "HydraBuiltins", "HydraRuntime", "HydraConfig", "HydraCore", "HydraBackendMPI", "HydraKernelsCPU",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        "HydraPluginLoader", .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       swiftSettings: settings),
     .executableTarget(
@@ -122,6 +127,10 @@ let package = Package(
       swiftSettings: settings),
     .testTarget(
       name: "SchedulerTests", dependencies: ["HydraSchedulers", "HydraRuntime", "HydraCore"],
+      swiftSettings: settings),
+    .testTarget(
+      name: "PluginLoaderTests",
+      dependencies: ["HydraPluginLoader", "HydraBuiltins", "HydraRuntime", "HydraSchedulers"],
       swiftSettings: settings),
     .testTarget(
       name: "HydraConfigTests", dependencies: ["HydraConfig"], swiftSettings: settings),

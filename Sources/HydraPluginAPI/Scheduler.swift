@@ -91,6 +91,14 @@ public struct Assignment: Sendable, Equatable, CustomStringConvertible {
 public protocol Scheduler: AnyObject {
   var name: String { get }
   func schedule(_ view: SchedulerView) -> [Assignment]
+  /// `schedule`, for a scheduler that can fail (one loaded through the C ABI, whose callback reports
+  /// an error or answers out of range): the error stops the job. The runtime calls this one; by
+  /// default it is `schedule`.
+  func trySchedule(_ view: SchedulerView) throws -> [Assignment]
+}
+
+extension Scheduler {
+  public func trySchedule(_ view: SchedulerView) throws -> [Assignment] { schedule(view) }
 }
 
 public struct SchedulerError: Error, CustomStringConvertible, Sendable {

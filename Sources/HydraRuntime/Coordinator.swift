@@ -135,9 +135,10 @@ public final class Coordinator: @unchecked Sendable {
       let view = makeView(ahead: false)
       if view.ready.isEmpty && !assigned.contains(where: { $0 > 0 }) && !running.contains(true) { break }
       if !view.ready.isEmpty && !view.freeDevices.isEmpty {
-        let assignments = scheduler.schedule(view)
+        var assignments: [Assignment] = []
         decisions += 1
         do {
+          assignments = try scheduler.trySchedule(view)
           try validate(assignments, against: view, scheduler: scheduler.name)
           if assignments.isEmpty && !assigned.contains(where: { $0 > 0 }) && !running.contains(true) {
             throw SchedulerError(
@@ -154,9 +155,10 @@ public final class Coordinator: @unchecked Sendable {
         // so that it is waiting for them in their process when the current one finishes.
         let ahead = makeView(ahead: true)
         if !ahead.ready.isEmpty && !ahead.freeDevices.isEmpty {
-          let assignments = scheduler.schedule(ahead)
+          var assignments: [Assignment] = []
           decisions += 1
           do {
+            assignments = try scheduler.trySchedule(ahead)
             try validate(assignments, against: ahead, scheduler: scheduler.name)
           } catch {
             failure = error

@@ -128,7 +128,9 @@ public final class JobRunner {
           exitCode: failures.allSatisfy { $0.message.hasPrefix("2 ") } ? 2 : 1)
       }
       // The job as read and the shards it was cut into: every process must train the same.
-      let planned = config.resolvedTOML() + plans.map { "\($0.shards)" }.joined(separator: "\n")
+      // The plugins loaded too: same paths (in the job file), same sizes and bytes (the libraries).
+      let planned =
+        config.resolvedTOML() + plans.map { "\($0.shards)" }.joined(separator: "\n") + registry.loadedFingerprint
       guard try distributed.agree(on: stableHash(planned)) else {
         throw InputError(
           file: config.file,

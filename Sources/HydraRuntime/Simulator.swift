@@ -123,7 +123,7 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       let view = SchedulerView(
         now: now, ready: ready, freeDevices: free, deviceCount: devices, modelCount: models.count,
         finished: finished)
-      let answer = scheduler.schedule(view)
+      let answer = try scheduler.trySchedule(view)
       decisions += 1
       try validate(answer, against: view, scheduler: scheduler.name)
       for a in answer.sorted(by: { $0.device < $1.device }) {

@@ -5,6 +5,7 @@ import HydraBuiltins
 import HydraConfig
 import HydraCore
 import HydraKernelsCPU
+import HydraPluginLoader
 import HydraRuntime
 
 @main
@@ -43,8 +44,11 @@ struct JobOptions: ParsableArguments {
     help: ArgumentHelp("Override a key of the job file, e.g. --set train.lr=0.01.", valueName: "key=value"))
   var overrides: [String] = []
 
-  func load(_ registry: PluginRegistry) throws -> JobConfig {
-    try JobConfig.load(path: job, known: Builtins.known(registry), overrides: overrides)
+  /// The built-in plugins and those of the job's `[plugins] load` libraries (loaded first, so that
+  /// the job file may name them), and the job read against them.
+  func load() throws -> (config: JobConfig, registry: PluginRegistry) {
+    let registry = try Builtins.registry(loading: JobConfig.pluginLibraries(path: job, overrides: overrides))
+    return (try JobConfig.load(path: job, known: Builtins.known(registry), overrides: overrides), registry)
   }
 }
 
@@ -64,12 +68,13 @@ struct Run: ParsableCommand {
     var mpi: DistributedRuntime?
     do {
       try reportingErrors {
-        let registry = Builtins.registry()
-        let config = try options.load(registry)
+        let (config, registry) = try options.load()
         let runner = JobRunner(config: config, registry: registry)
+        // "mpi" or a transport loaded from a plugin library: one device per process.
+        let distributed = config.cluster.backend == "mpi" || registry.origin(.backend, config.cluster.backend) != nil
         if let pauseAt, pauseAt < 1 { throw InputError(file: "--pause-at", "needs a step >= 1, got \(pauseAt)") }
         let env = ProcessInfo.processInfo.environment
-        if config.cluster.backend != "mpi",
+        if !distributed,
           let launched = (env["OMPI_COMM_WORLD_SIZE"] ?? env["PMI_SIZE"]).flatMap({ Int($0) }), launched > 1
         {
           // Every process would train the whole job and write the same output folder.
@@ -78,10 +83,13 @@ struct Run: ParsableCommand {
             "this is one of \(launched) processes started by an MPI launcher, but [cluster] backend = \"\(config.cluster.backend)\"; set backend = \"mpi\" (or run hydra-mpi without mpirun)"
           )
         }
-        if config.cluster.backend == "mpi" {
+        if distributed {
           // MPI starts before anything can fail on one rank only: from here on, a failure anywhere
           // ends every rank (MPI_Abort) instead of leaving the others waiting.
-          let backend = try DistributedRuntime(transport: try MPITransport.start())
+          guard
+            let backend = try registry.makeBackend(config.cluster.backend, devices: config.cluster.devices)
+              as? DistributedRuntime
+          else { throw RuntimeError("backend \"\(config.cluster.backend)\" is not a distributed runtime") }
           mpi = backend
           backend.onFailure = { error in abortJob(backend, error) }
           runner.backend = backend
@@ -155,8 +163,7 @@ struct Validate: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
-      let registry = Builtins.registry()
-      let config = try options.load(registry)
+      let (config, registry) = try options.load()
       let runner = JobRunner(config: config, registry: registry)
       let plans = try runner.plan()
       print(Report.validation(config, plans: plans, deviceBudget: runner.deviceBudget, hostBudget: runner.hostBudget))
@@ -180,8 +187,7 @@ struct Plan: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
-      let registry = Builtins.registry()
-      let config = try options.load(registry)
+      let (config, registry) = try options.load()
       let runner = JobRunner(config: config, registry: registry)
       let plans = try runner.plan()
       let models = zip(plans, config.members).map { plan, member in
@@ -217,13 +223,41 @@ struct Plan: ParsableCommand {
 }
 
 struct Plugins: ParsableCommand {
-  static let configuration = CommandConfiguration(abstract: "List the registered plugins.")
+  static let configuration = CommandConfiguration(
+    abstract: "List the registered plugins: kind, name, origin (built-in or library file), ABI version.",
+    discussion: """
+      Plugin libraries implement the C ABI of hydra_plugin.h (--header prints it) and are named in
+      a job file's [plugins] load; --load lists what a library registers.
+      """)
+  @Option(name: .customLong("load"), help: ArgumentHelp("Load a plugin library first (repeatable).", valueName: "path"))
+  var libraries: [String] = []
+  @Flag(help: "Print hydra_plugin.h, the C header plugin libraries are built against, and nothing else.")
+  var header = false
+
   func run() throws {
-    let known = Builtins.known(Builtins.registry())
-    print("backends:     \(known.backends.joined(separator: ", "))")
-    print("kernels:      \(known.kernels.joined(separator: ", "))")
-    print("partitioners: \(known.partitioners.joined(separator: ", "))")
-    print("schedulers:   \(known.schedulers.joined(separator: ", "))")
+    if header {
+      print(PluginHeader.text, terminator: "")
+      return
+    }
+    try reportingErrors {
+      let cwd = FileManager.default.currentDirectoryPath
+      let registry = try Builtins.registry(loading: libraries.map { $0.hasPrefix("/") ? $0 : cwd + "/" + $0 })
+      let kinds: [(PluginOrigin.Kind, [String])] = [
+        (.backend, registry.backendNames), (.kernels, registry.kernelsNames),
+        (.partitioner, registry.partitionerNames), (.scheduler, registry.schedulerNames),
+      ]
+      print("kind         name              abi  origin")
+      for (kind, names) in kinds {
+        for name in names {
+          let origin = registry.origin(kind, name)
+          print(
+            kind.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0) + " "
+              + name.padding(toLength: 17, withPad: " ", startingAt: 0) + " "
+              + (origin.map { String($0.abiVersion) } ?? "-").padding(toLength: 4, withPad: " ", startingAt: 0) + " "
+              + (origin?.file ?? "built-in"))
+        }
+      }
+    }
   }
 }
 

@@ -207,7 +207,9 @@ final class CommandLineTests: XCTestCase {
     XCTAssertTrue(v.out.contains("block h.0"))
     XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out"), "validate must not write")
     let p = try hydra(["plugins"])
-    XCTAssertTrue(p.out.contains("cpu, reference"))
+    // One line per plugin: kind, name, ABI version ("-" for a built-in), origin.
+    XCTAssertTrue(p.out.contains("\nkernels      cpu               -    built-in\n"), p.out)
+    XCTAssertTrue(p.out.contains("\nscheduler    lrtf              -    built-in\n"), p.out)
   }
 }
 
