@@ -77,6 +77,10 @@ let package = Package(
       name: "HydraSchedulers", dependencies: ["HydraPluginAPI"], path: "Plugins/Schedulers",
       swiftSettings: settings),
 
+    // Built-in selection policies: which models go on, wait or stop at each rung (early stopping).
+    .target(
+      name: "HydraSelection", dependencies: ["HydraPluginAPI"], path: "Plugins/Selection", swiftSettings: settings),
+
     // job.toml: decoding, validation, sweep expansion.
     .target(
       name: "HydraConfig", dependencies: ["HydraPluginAPI", .product(name: "TOMLKit", package: "TOMLKit")],
@@ -97,7 +101,7 @@ let package = Package(
       name: "HydraBuiltins",
       dependencies: [
         "HydraRuntime", "HydraConfig", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference",
-        "HydraPartitioners", "HydraSchedulers", "HydraBackendSHM", "HydraBackendMPI", "HydraPluginLoader",
+        "HydraPartitioners", "HydraSchedulers", "HydraSelection", "HydraBackendSHM", "HydraBackendMPI", "HydraPluginLoader",
       ],
       swiftSettings: settings),
 
@@ -126,7 +130,7 @@ let package = Package(
       name: "PartitionerTests", dependencies: ["HydraPartitioners", "HydraRuntime", "HydraCore"],
       swiftSettings: settings),
     .testTarget(
-      name: "SchedulerTests", dependencies: ["HydraSchedulers", "HydraRuntime", "HydraCore"],
+      name: "SchedulerTests", dependencies: ["HydraSchedulers", "HydraSelection", "HydraRuntime", "HydraCore"],
       swiftSettings: settings),
     .testTarget(
       name: "PluginLoaderTests",

@@ -8,6 +8,7 @@ import HydraPartitioners
 import HydraPluginLoader
 import HydraRuntime
 import HydraSchedulers
+import HydraSelection
 
 /// The one place that names the built-in plugins, shared by the tool, the benchmarks and the tests.
 public enum Builtins {
@@ -36,6 +37,9 @@ public enum Builtins {
         try makeBuiltinScheduler(name, options: options, seed: seed)
       }
     }
+    for name in builtinSelectionNames {
+      try registry.registerSelection(name) { makeBuiltinSelection(name)! }
+    }
     try registry.registerBackend("shm") { devices in SharedMemoryBackend(devices: devices) }
     // One device per rank: `devices` is checked against the ranks by the runtime.
     try registry.registerBackend("mpi") { _ in try DistributedRuntime(transport: try MPITransport.start()) }
@@ -45,6 +49,7 @@ public enum Builtins {
   public static func known(_ registry: PluginRegistry = registry()) -> KnownPlugins {
     KnownPlugins(
       backends: registry.backendNames, kernels: registry.kernelsNames, partitioners: registry.partitionerNames,
-      schedulers: registry.schedulerNames, defaultPartitioner: "balanced", defaultScheduler: "lrtf")
+      schedulers: registry.schedulerNames, selections: registry.selectionNames, defaultPartitioner: "balanced",
+      defaultScheduler: "lrtf")
   }
 }

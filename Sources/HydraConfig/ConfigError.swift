@@ -4,14 +4,16 @@ public struct KnownPlugins: Sendable, Equatable {
   public var kernels: [String]
   public var partitioners: [String]
   public var schedulers: [String]
+  public var selections: [String]
   /// What a job without `[partitioner] name` / `[scheduler] name` gets.
   public var defaultPartitioner: String
   public var defaultScheduler: String
 
   public init(
     backends: [String], kernels: [String], partitioners: [String], schedulers: [String],
-    defaultPartitioner: String = "balanced", defaultScheduler: String = "lrtf"
+    selections: [String] = ["none"], defaultPartitioner: String = "balanced", defaultScheduler: String = "lrtf"
   ) {
+    self.selections = selections
     self.backends = backends
     self.kernels = kernels
     self.partitioners = partitioners

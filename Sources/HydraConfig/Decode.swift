@@ -18,8 +18,11 @@ enum Keys {
     "warmup_steps", "shuffle", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
   ]
   static let plugins = ["load"]
+  /// `[selection]` keys the runtime reads; any other key is an option of the policy.
+  static let selection = ["name", "metric", "min_steps", "reduction_factor"]
   static let tables = [
-    "job", "cluster", "data", "model", "train", "sweep", "models", "partitioner", "scheduler", "plugins",
+    "job", "cluster", "data", "model", "train", "sweep", "models", "partitioner", "scheduler", "selection",
+    "plugins",
   ]
   /// Keys a sweep or a `[[models]]` entry may set.
   static let memberKeys = model.map { "model." + $0 } + train.map { "train." + $0 }
@@ -216,6 +219,23 @@ func decodePlugin(_ s: Section, default d: String, registered names: [String]) t
     options[k] = v
   }
   return PluginSection(name: name, options: options)
+}
+
+func decodeSelection(_ s: Section, registered names: [String]) throws -> SelectionSection {
+  var selection = SelectionSection(name: try s.string("name", "none"))
+  try registered(s, "name", selection.name, names, s.name)
+  selection.metric = try s.choice("metric", SelectionMetric.valLoss)
+  selection.minSteps = try s.int("min_steps", 1)
+  try s.check(selection.minSteps >= 1 && selection.minSteps <= Limits.steps, "min_steps", ">= 1")
+  selection.reductionFactor = try s.int("reduction_factor", 3)
+  try s.check(selection.reductionFactor >= 2 && selection.reductionFactor <= 1000, "reduction_factor", "in 2...1000")
+  for (k, f) in s.fields where !Keys.selection.contains(k) {
+    guard let v = f.value.configValue else {
+      throw s.error(k, "\(s.name).\(k): options must be plain values or arrays, found \(f.value.kindName)")
+    }
+    selection.options[k] = v
+  }
+  return selection
 }
 
 func decodePlugins(_ s: Section, jobDir: String) throws -> PluginsSection {

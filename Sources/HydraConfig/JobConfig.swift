@@ -29,6 +29,7 @@ public struct JobConfig: Sendable, Equatable {
   public var train: TrainSection
   public var partitioner: PluginSection
   public var scheduler: PluginSection
+  public var selection: SelectionSection
   public var plugins: PluginsSection
   /// The `[sweep]` axes in the order written (`model.init` values made absolute).
   public var sweep: [SweepAxis]
@@ -39,7 +40,8 @@ public struct JobConfig: Sendable, Equatable {
 
   public static func == (a: JobConfig, b: JobConfig) -> Bool {
     a.job == b.job && a.cluster == b.cluster && a.data == b.data && a.model == b.model && a.train == b.train
-      && a.partitioner == b.partitioner && a.scheduler == b.scheduler && a.plugins == b.plugins
+      && a.partitioner == b.partitioner && a.scheduler == b.scheduler && a.selection == b.selection
+      && a.plugins == b.plugins
       && a.sweep == b.sweep && a.explicitModels == b.explicitModels && a.members == b.members
   }
 
@@ -75,6 +77,8 @@ public struct JobConfig: Sendable, Equatable {
       doc.section("partitioner"), default: known.defaultPartitioner, registered: known.partitioners)
     let scheduler = try decodePlugin(
       doc.section("scheduler"), default: known.defaultScheduler, registered: known.schedulers)
+    let selectionSection = doc.section("selection")
+    let selection = try decodeSelection(selectionSection, registered: known.selections)
     let plugins = try decodePlugins(doc.section("plugins"), jobDir: dir)
     let sweep = try doc.sweepAxes(jobDir: dir)
     let entries = try doc.modelEntries(jobDir: dir)
@@ -121,9 +125,25 @@ public struct JobConfig: Sendable, Equatable {
       }
       members.append(member)
     }
+    if selection.name != "none" {
+      // Rungs compare validation results: there must be some, and a rung below some model's end.
+      if data.validationFraction == 0 {
+        throw selectionSection.error(
+          "name",
+          "selection.name = \(tomlString(selection.name)) compares models by \(selection.metric.rawValue), but data.validation_fraction = 0 leaves no validation data"
+        )
+      }
+      let longest = members.map(\.train.steps).max() ?? 0
+      if selection.rungs.steps(below: longest).isEmpty {
+        throw selectionSection.error(
+          "min_steps",
+          "selection.min_steps = \(selection.minSteps) is not below any model's train.steps (at most \(longest)): there is no rung at which to compare the models"
+        )
+      }
+    }
     return JobConfig(
       file: file, source: source, job: job, cluster: cluster, data: data, model: model, train: train,
-      partitioner: partitioner, scheduler: scheduler, plugins: plugins, sweep: sweep.map(\.axis),
+      partitioner: partitioner, scheduler: scheduler, selection: selection, plugins: plugins, sweep: sweep.map(\.axis),
       explicitModels: entries.map(\.overrides), members: members)
   }
 

@@ -66,6 +66,12 @@ extension JobConfig {
     for (name, p) in [("partitioner", partitioner), ("scheduler", scheduler)] {
       table(name, [("name", str(p.name))] + p.options.keys.sorted().map { ($0, p.options[$0]) })
     }
+    table(
+      "selection",
+      [
+        ("name", str(selection.name)), ("metric", str(selection.metric.rawValue)),
+        ("min_steps", int(selection.minSteps)), ("reduction_factor", int(selection.reductionFactor)),
+      ] + selection.options.keys.sorted().map { ($0, selection.options[$0]) })
     table("plugins", [("load", .array(plugins.load.map { .string($0) }))])
     return out
   }

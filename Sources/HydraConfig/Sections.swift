@@ -137,6 +137,28 @@ public struct PluginSection: Sendable, Equatable {
   }
 }
 
+/// `[selection]`: early stopping. `name` is a registered policy ("none", the default: every model
+/// trains to the end); models are compared by `metric` at rungs `min_steps · reduction_factor^k`
+/// below `train.steps`; every other key is an option of the policy.
+public struct SelectionSection: Sendable, Equatable {
+  public var name: String
+  public var metric: SelectionMetric
+  public var minSteps: Int
+  public var reductionFactor: Int
+  public var options: [String: ConfigValue]
+  public init(
+    name: String = "none", metric: SelectionMetric = .valLoss, minSteps: Int = 1, reductionFactor: Int = 3,
+    options: [String: ConfigValue] = [:]
+  ) {
+    self.name = name
+    self.metric = metric
+    self.minSteps = minSteps
+    self.reductionFactor = reductionFactor
+    self.options = options
+  }
+  public var rungs: Rungs { Rungs(minSteps: minSteps, reductionFactor: reductionFactor) }
+}
+
 /// `[plugins]`: shared libraries implementing the C ABI, loaded before the job runs.
 public struct PluginsSection: Sendable, Equatable {
   /// Absolute paths; each must exist. Relative paths are relative to the job file's folder.

@@ -59,6 +59,9 @@ public protocol DistributedBackend: Backend {
   func runStepWork(_ run: ModelRun, on device: Int, evaluate: Bool, checkpoint: Bool) throws -> (
     evaluation: Evaluation?, seconds: Double
   )
+  /// Coordinator: the selection policy stopped `model` (`release`: every process lets its shards
+  /// go) or has it wait at a rung (each process moves them off its device).
+  func settle(model: Int, release: Bool)
   /// A model stopped in the middle of `step` (diverged): every process drops what it holds of it.
   func discardAll(model: Int, step: Int)
   /// Every device but the coordinator's: runs the tasks the coordinator sends until the job is over.

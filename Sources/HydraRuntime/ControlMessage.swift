@@ -22,6 +22,9 @@ public enum ControlMessage: Sendable, Equatable {
   case bye(DeviceReport)
   /// A device failed with `message`; the coordinator prints it and ends the job with `code`.
   case fail(code: Int32, message: String)
+  /// Coordinator to every device: the selection policy stopped `model` (`release`: let its shards
+  /// go) or has it wait at a rung (move them off the device).
+  case settle(model: Int, release: Bool)
   /// Coordinator to the device where a model's step ran: gather the model (its shards at `homes`),
   /// take on its history, and evaluate and/or checkpoint it.
   case work(
@@ -33,7 +36,7 @@ public enum ControlMessage: Sendable, Equatable {
   case died([Int])
 
   private enum Op: UInt8 {
-    case run = 1, done, move, gather, drop, stop, bye, fail, work, workDone, died
+    case run = 1, done, move, gather, drop, stop, bye, fail, work, workDone, died, settle
   }
 
   /// The bytes on the wire: an op byte, then 64-bit little-endian words (Doubles bit for bit,
@@ -93,6 +96,10 @@ public enum ControlMessage: Sendable, Equatable {
     case .died(let ranks):
       w.op(.died)
       w.ints(ranks)
+    case .settle(let model, let release):
+      w.op(.settle)
+      w.int(model)
+      w.bool(release)
     }
     return w.bytes
   }
@@ -141,6 +148,8 @@ public enum ControlMessage: Sendable, Equatable {
       self = .workDone(model: model, evaluation: has ? e : nil, seconds: try r.double())
     case .died:
       self = .died(try r.ints())
+    case .settle:
+      self = .settle(model: try r.int(), release: try r.bool())
     }
     guard r.offset == bytes.count else { throw r.bad("\(bytes.count - r.offset) bytes too many") }
   }

@@ -172,6 +172,15 @@ public final class Coordinator: @unchecked Sendable {
     }
     while assigned.contains(where: { $0 > 0 }) || running.contains(true) { condition.wait() }
     if let failure { throw failure }
+    // Models waiting at a rung are normal when the run stops early (a signal, or a pause at a
+    // step: they continue when resumed); otherwise the policy forgot them.
+    let waiting = runs.filter(\.waiting)
+    let paused = runs.contains { !$0.status.isFinished && !$0.waiting && $0.step < $0.settings.steps }
+    if !waiting.isEmpty && !stopping && !paused {
+      throw RuntimeError(
+        "the selection policy left \(waiting.map(\.id).joined(separator: ", ")) waiting at a rung with nothing else to run"
+      )
+    }
     return elapsed()
   }
 
@@ -318,6 +327,40 @@ public final class Coordinator: @unchecked Sendable {
     return completed || diverged
   }
 
+  /// Carries out the selection policy's decisions: `reporter` (whose step is ending on the calling
+  /// thread) and models waiting at a rung go on, wait or stop. A decision for a model that is
+  /// neither is an error (the policy may only decide at rungs). Under a distributed backend the
+  /// processes holding a stopped or waiting model's shards let them go or move them off the device.
+  public func settle(_ decisions: [Int: SelectionDecision], reporter: Int, policy: String) throws {
+    condition.lock()
+    defer { condition.unlock() }
+    for (m, decision) in decisions.sorted(by: { $0.key < $1.key }) {
+      let run = runs[m]
+      // A waiting model may still be finishing its step on its thread (its own decision was to
+      // wait, and another model's result decided it before the coordinator saw it at rest): what
+      // is left of that step reads nothing a decision changes.
+      guard m == reporter || run.waiting else {
+        if run.status.isFinished { continue }  // it ended meanwhile: nothing to decide
+        throw RuntimeError(
+          "selection \"\(policy)\" decided \(decision.rawValue) for \(run.id), which is not at a rung")
+      }
+      switch decision {
+      case .proceed:
+        run.waiting = false
+      case .pause:
+        guard !run.waiting else { continue }
+        run.waiting = true
+        try run.demoteState()
+        distributed?.settle(model: m, release: false)
+      case .stop:
+        run.stopBySelection()
+        distributed?.settle(model: m, release: true)
+      }
+      if m != reporter { progress[m].status = run.waiting ? "waiting" : run.status.name }
+    }
+    condition.signal()
+  }
+
   /// Stops the run as soon as every model is at a step boundary (SIGTERM): a model drops its
   /// current step if no backward of it has run yet, else finishes it (and checkpoints there, as at
   /// a pause); no model starts another step. `run` then returns as usual. Any thread.
@@ -380,7 +423,7 @@ public final class Coordinator: @unchecked Sendable {
   private func release(_ a: Assignment, run: ModelRun, error: Error?) {
     let now = Progress(
       id: run.id, step: run.step, steps: run.settings.steps, loss: run.trainLosses.last,
-      validationLoss: run.evaluations.last?.loss, status: run.status.name)
+      validationLoss: run.evaluations.last?.loss, status: run.waiting ? "waiting" : run.status.name)
     condition.lock()
     progress[a.task.model] = now
     if let error, failure == nil, !(error is CancellationError) { failure = error }

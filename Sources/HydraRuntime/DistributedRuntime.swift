@@ -346,6 +346,12 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     send(.control(.workDone(model: model, evaluation: e, seconds: seconds), to: 0))
   }
 
+  public func settle(model: Int, release: Bool) {
+    for d in 0..<deviceCount where d != localDevice {
+      send(.control(.settle(model: model, release: release), to: d))
+    }
+  }
+
   public func discardAll(model: Int, step: Int) {
     drop(model: model, step: step)
     for d in 0..<deviceCount where d != localDevice {
@@ -645,6 +651,13 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
       state.unlock()
     case .died(let ranks):
       reportDied(ranks, seenBy: source)
+    case .settle(let model, let release):
+      runForCoordinator { [self] in
+        guard model >= 0 && model < runs.count else {
+          throw RuntimeError("\(name): selection of unknown model \(model)")
+        }
+        if release { runs[model].stopBySelection() } else { try runs[model].demoteState() }
+      }
     }
   }
 

@@ -317,6 +317,15 @@ public final class HostStore: @unchecked Sendable {
     }
   }
 
+  /// Moves `state` off its device into the store (RAM, or disk when RAM is full); a state already
+  /// in the store, or held by another process, stays where it is.
+  public func demote(_ state: ShardState) throws {
+    lock.lock()
+    defer { lock.unlock() }
+    guard case .device = state.residency else { return }
+    try bringToHost(state, pinned: [])
+  }
+
   /// Waits for every prefetch started so far.
   public func drain() { prefetchQueue.sync {} }
 

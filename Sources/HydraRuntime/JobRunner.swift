@@ -90,6 +90,7 @@ public final class JobRunner {
     let distributed = backend as? DistributedBackend
     var plans: [Plan] = []
     var madeScheduler: Scheduler?
+    var selection: SelectionDriver?
     var startError: Error?
     do {
       if distributed != nil && backend.deviceCount > 1,
@@ -104,6 +105,7 @@ public final class JobRunner {
       }
       plans = try plan()
       madeScheduler = try makeScheduler()
+      selection = try makeSelection()
       if (distributed?.localDevice ?? 0) == 0 {
         try OutputLock.check(folder: config.job.output, config: config, resume: resume)
       }
@@ -208,6 +210,7 @@ public final class JobRunner {
     let lock = NSLock()
     let scheduler = madeScheduler!
     let coordinator = Coordinator(runs: runs, devices: devices, scheduler: scheduler, backend: backend)
+    if let selection { try startSelection(selection, runs: runs, output: output, coordinator: coordinator) }
     // A model's shards homed in other processes (a distributed backend), gathered into this
     // process's copy for `body` (an evaluation, a checkpoint) when `gather`, and let go after.
     func gathered(_ run: ModelRun, optimizerState: Bool, gather: Bool = true, _ body: () throws -> Void) throws {
@@ -220,6 +223,22 @@ public final class JobRunner {
     func writeCheckpoint(_ run: ModelRun, device: Int) throws {
       try Checkpoint.write(
         run, to: output.checkpointFolder(run.id), device: device, keep: config.members[run.index].train.keepCheckpoints)
+    }
+    /// The step just ended at a rung, or the model ended: the selection policy hears of it and its
+    /// decisions are carried out.
+    func select(_ run: ModelRun, _ evaluation: Evaluation?) throws {
+      guard let selection else { return }
+      let decisions: [Int: SelectionDecision]
+      if let evaluation, run.atRung, !run.status.isFinished, !selection.knows(model: run.index, step: run.step) {
+        decisions = try selection.reached(model: run.index, step: run.step, evaluation: evaluation)
+      } else if run.status.isFinished {
+        decisions = try selection.ended(model: run.index)
+      } else {
+        return
+      }
+      let lines = describe(decisions, reporter: run.index, runs: runs, selection: selection)
+      try coordinator.settle(decisions, reporter: run.index, policy: selection.policy.name)
+      lines.forEach(log)
     }
     coordinator.afterStep = { [self] run, device in
       let diverged = run.status.isDiverged
@@ -261,6 +280,7 @@ public final class JobRunner {
           coordinator.recordEvaluation(of: run, on: device, start: end - done.seconds, end: end)
         }
         recordRows()
+        try select(run, e)
       } else {
         try gathered(run, optimizerState: checkpoint, gather: evaluate || checkpoint) {
           if evaluate {
@@ -272,6 +292,7 @@ public final class JobRunner {
           recordRows()
           if checkpoint { try writeCheckpoint(run, device: device.index) }
         }
+        try select(run, e)
       }
     }
     let view = live ? LiveView(coordinator: coordinator) : nil
@@ -355,15 +376,28 @@ public final class JobRunner {
       decisions["tensors_left_over"] = distributed.leftOver + reports.reduce(0) { $0 + $1.leftOver }
     }
     try output.writeSummary(
-      job: config.job.name, makespan: makespan, models: runs.map { summary($0) }, memory: memory,
-      coordinator: decisions)
+      job: config.job.name, makespan: makespan, models: runs.map { summary($0, selection: selection) },
+      memory: memory, coordinator: decisions, selection: selection.map { selectionSummary($0, runs: runs) })
     var result = Result(
       makespan: makespan, runs: runs, output: output.path, devices: devices, store: store, backend: backend)
     result.stopped = coordinator.stopping
     return result
   }
 
-  private func summary(_ run: ModelRun) -> [String: Any] {
+  /// `summary.json`'s `selection`: the policy and its settings, whether its decisions depend on
+  /// timing, and the steps trained against the steps the job would have trained without it.
+  private func selectionSummary(_ selection: SelectionDriver, runs: [ModelRun]) -> [String: Any] {
+    [
+      "name": selection.policy.name, "metric": selection.section.metric.rawValue,
+      "min_steps": selection.section.minSteps, "reduction_factor": selection.section.reductionFactor,
+      "depends_on_timing": selection.policy.dependsOnTiming,
+      "steps_trained": runs.reduce(0) { $0 + $1.step },
+      "steps_without_selection": runs.reduce(0) { $0 + $1.settings.steps },
+      "stopped": runs.filter { $0.status.isStopped }.map(\.id),
+    ]
+  }
+
+  private func summary(_ run: ModelRun, selection: SelectionDriver?) -> [String: Any] {
     let member = config.members[run.index]
     var overrides: [String: Any] = [:]
     for o in member.overrides { overrides[o.key] = jsonValue(o.value) }
@@ -379,6 +413,24 @@ public final class JobRunner {
       "seed": run.seed,
     ]
     if case .diverged(let step) = run.status { s["diverged_at_step"] = step }
+    if case .stopped(let step) = run.status { s["stopped_at_step"] = step }
+    if run.waiting { s["status"] = "waiting" }
+    if let selection {
+      // The model's rung history: its result at each rung it reached, and what became of it there.
+      s["rungs"] = selection.events.compactMap { e -> [String: Any]? in
+        guard let r = e.result, r.model == run.index else { return nil }
+        var h: [String: Any] = ["rung": r.rung, "step": r.step]
+        if r.score.isFinite {
+          h[selection.section.metric.rawValue] = selection.section.metric == .valLoss ? r.score : -r.score
+        }
+        let later = selection.events.drop { $0 != e }.first {
+          $0.decisions[run.index] != nil && $0 != e && $0.decisions[run.index] != .pause
+        }
+        h["decision"] = (later?.decisions[run.index] ?? e.decisions[run.index])?.rawValue ?? "proceed"
+        if e.decisions[run.index] == .pause { h["waited"] = true }
+        return h
+      }
+    }
     // JSON has no NaN or infinity: a value that is not finite is left out.
     func finite(_ x: Double?) -> Double? { x.flatMap { $0.isFinite ? $0 : nil } }
     s["train_loss"] = finite(run.trainLosses.last)
@@ -505,6 +557,71 @@ public final class JobRunner {
   }
 
   /// The `[scheduler]` plugin; bad options are the user's input (exit 2, with the line).
+  /// The `[selection]` policy, started with every member's rungs; nil for "none" (every model
+  /// trains to the end, nothing extra is evaluated).
+  public func makeSelection() throws -> SelectionDriver? {
+    let section = config.selection
+    guard section.name != "none" else { return nil }
+    do {
+      return try SelectionDriver(
+        policy: try registry.makeSelection(section.name), section: section, ids: config.members.map(\.id),
+        rungSteps: rungSteps)
+    } catch let e as SelectionError {
+      throw InputError(file: config.file, line: config.line(table: "selection", key: e.key), e.description)
+    }
+  }
+
+  /// Each member's rung steps (none without a selection policy).
+  public var rungSteps: [[Int]] {
+    config.members.map { config.selection.name == "none" ? [] : config.selection.rungs.steps(below: $0.train.steps) }
+  }
+
+  /// Before training: the record of an earlier run's selection (a resumed run) told to the fresh
+  /// policy, and what it decided carried out; then any model that reached a rung in that run
+  /// (its checkpoint is there) without the policy hearing of it is reported now.
+  func startSelection(_ selection: SelectionDriver, runs: [ModelRun], output: OutputFolder, coordinator: Coordinator)
+    throws
+  {
+    let path = output.path + "/selection.json"
+    if resume {
+      try selection.replay(from: path)
+      for (m, decision) in selection.latest.sorted(by: { $0.key < $1.key }) where decision != .proceed {
+        let run = runs[m]
+        // A model resumes from its newest checkpoint: at the rung where it stopped or waits.
+        guard run.atRung, !run.status.isFinished else { continue }
+        try coordinator.settle([m: decision], reporter: m, policy: selection.policy.name)
+      }
+    } else {
+      try? FileManager.default.removeItem(atPath: path)
+    }
+    selection.path = path
+    for run in runs where run.atRung && !run.status.isFinished && !run.waiting {
+      guard let e = run.evaluations.last, e.step == run.step, !selection.knows(model: run.index, step: run.step) else {
+        continue
+      }
+      let decisions = try selection.reached(model: run.index, step: run.step, evaluation: e)
+      let lines = describe(decisions, reporter: run.index, runs: runs, selection: selection)
+      try coordinator.settle(decisions, reporter: run.index, policy: selection.policy.name)
+      lines.forEach(log)
+    }
+  }
+
+  /// One line per model that stops, waits, or goes on after waiting (not `reporter` going on),
+  /// made before the decisions are carried out (a model that goes on is soon at another step).
+  func describe(
+    _ decisions: [Int: SelectionDecision], reporter: Int, runs: [ModelRun], selection: SelectionDriver
+  ) -> [String] {
+    decisions.sorted(by: { $0.key < $1.key }).compactMap { m, decision in
+      let run = runs[m]
+      let at = "step \(run.step)" + (run.rungSteps.firstIndex(of: run.step).map { " (rung \($0))" } ?? "")
+      switch decision {
+      case .stop: return "\(run.id) stopped by \(selection.policy.name) at \(at)"
+      case .pause: return "\(run.id) waits at \(at) for the other models"
+      case .proceed: return m != reporter ? "\(run.id) goes on from \(at)" : nil
+      }
+    }
+  }
+
   public func makeScheduler() throws -> Scheduler {
     do {
       return try registry.makeScheduler(config.scheduler.name, options: config.scheduler.options, seed: config.job.seed)
@@ -547,6 +664,7 @@ public final class JobRunner {
         try Checkpoint.load(into: run, from: initPath)
       }
       run.pauseAt = pauseAt
+      run.rungSteps = rungSteps[i]
       runs.append(run)
     }
     return runs

@@ -27,19 +27,26 @@ public struct TrainSettings: Sendable {
 public enum ModelStatus: Sendable, Equatable {
   case pending, running, done
   case diverged(step: Int)
+  /// Stopped by the selection policy at a rung, after `step` steps.
+  case stopped(step: Int)
   public var name: String {
     switch self {
     case .pending: return "pending"
     case .running: return "running"
     case .done: return "done"
     case .diverged: return "diverged"
+    case .stopped: return "stopped"
     }
+  }
+  public var isStopped: Bool {
+    if case .stopped = self { return true }
+    return false
   }
   public var isDiverged: Bool {
     if case .diverged = self { return true }
     return false
   }
-  public var isFinished: Bool { self == .done || isDiverged }
+  public var isFinished: Bool { self == .done || isDiverged || isStopped }
 }
 
 public struct Evaluation: Sendable {
@@ -219,6 +226,11 @@ public final class ModelRun {
 
   /// Train no further than this step in this run (a checkpoint is written there); nil: all steps.
   public var pauseAt: Int?
+  /// The steps at which the selection policy compares this model with the others (an evaluation
+  /// and a checkpoint are written at each).
+  public var rungSteps: [Int] = []
+  /// Waiting at a rung for the selection policy (`pause`): no task until it says go on.
+  public var waiting = false
 
   /// Continues from a checkpoint: `step` steps done, with these losses so far.
   public func restore(step: Int, trainLosses: [Double], evaluations: [Evaluation]) {
@@ -231,7 +243,7 @@ public final class ModelRun {
 
   /// The next task of this model's chain, or nil when it has finished (or reached `pauseAt`).
   public var nextTask: ShardTask? {
-    guard !status.isFinished, step < settings.steps, step < (pauseAt ?? .max) else { return nil }
+    guard !status.isFinished, !waiting, step < settings.steps, step < (pauseAt ?? .max) else { return nil }
     return task(at: position, step: step)
   }
 
@@ -604,10 +616,28 @@ public final class ModelRun {
 
   /// Whether the evaluation/checkpoint cadence falls on the step just completed.
   public var evaluationDue: Bool {
-    step == settings.steps || (settings.evalEvery > 0 && step % settings.evalEvery == 0)
+    step == settings.steps || (settings.evalEvery > 0 && step % settings.evalEvery == 0) || atRung
   }
   public var checkpointDue: Bool {
     step == settings.steps || step == pauseAt || (settings.checkpointEvery > 0 && step % settings.checkpointEvery == 0)
+      || atRung
+  }
+  /// Whether the step just completed is one of the model's rungs.
+  public var atRung: Bool { rungSteps.contains(step) }
+
+  /// The selection policy stopped the model where it is: it trains no further, and its state
+  /// leaves this process (its last checkpoint, written at the rung, is its result).
+  public func stopBySelection() {
+    status = .stopped(step: step)
+    waiting = false
+    for s in shards.indices { releaseState(of: s) }
+  }
+
+  /// Waiting at a rung: the model's shard states leave the devices for the host store (RAM, then
+  /// disk), so that waiting takes no device memory.
+  public func demoteState() throws {
+    guard let store else { return }
+    for state in shardStates { try store.demote(state) }
   }
 
   /// Mean validation loss and accuracy (per prediction: per token for `gpt`, per row for `mlp`)

@@ -70,11 +70,12 @@ public final class OutputFolder {
   /// accuracy, seconds and shards.
   public func writeSummary(
     job: String, makespan: Double, models: [[String: Any]], memory: [String: Any] = [:],
-    coordinator: [String: Any] = [:]
+    coordinator: [String: Any] = [:], selection: [String: Any]? = nil
   ) throws {
-    let summary: [String: Any] = [
+    var summary: [String: Any] = [
       "job": job, "makespan_seconds": makespan, "models": models, "memory": memory, "coordinator": coordinator,
     ]
+    if let selection { summary["selection"] = selection }
     let data = try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
     try writeAtomically(String(decoding: data, as: UTF8.self) + "\n", to: path + "/summary.json")
   }

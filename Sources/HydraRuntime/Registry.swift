@@ -9,7 +9,7 @@ public typealias SchedulerFactory = @Sendable (_ options: [String: ConfigValue],
 
 /// Where a registered plugin comes from: built in, or a shared library loaded through the C ABI.
 public struct PluginOrigin: Sendable, Equatable {
-  public enum Kind: String, Sendable, CaseIterable { case backend, kernels, partitioner, scheduler }
+  public enum Kind: String, Sendable, CaseIterable { case backend, kernels, partitioner, scheduler, selection }
   public var kind: Kind
   public var name: String
   /// The library's absolute path.
@@ -35,6 +35,7 @@ public struct PluginRegistry: Sendable {
   public let partitioners: [String: @Sendable () -> Partitioner]
   public let schedulers: [String: SchedulerFactory]
   public let backends: [String: @Sendable (_ devices: Int) throws -> Backend]
+  public let selections: [String: @Sendable () -> Selection]
   /// The plugins loaded from shared libraries, in the order registered; every other name is built in.
   public let loaded: [PluginOrigin]
 
@@ -44,6 +45,7 @@ public struct PluginRegistry: Sendable {
     var partitioners: [String: @Sendable () -> Partitioner] = [:]
     var schedulers: [String: SchedulerFactory] = [:]
     var backends: [String: @Sendable (_ devices: Int) throws -> Backend] = [:]
+    var selections: [String: @Sendable () -> Selection] = [:]
     var loaded: [PluginOrigin] = []
 
     public init() {}
@@ -56,6 +58,7 @@ public struct PluginRegistry: Sendable {
       case .kernels: found = kernels[name] != nil
       case .partitioner: found = partitioners[name] != nil
       case .scheduler: found = schedulers[name] != nil
+      case .selection: found = selections[name] != nil
       }
       return (found, loaded.first { $0.kind == kind && $0.name == name }?.file)
     }
@@ -84,6 +87,10 @@ public struct PluginRegistry: Sendable {
       try Self.unique("backend", name, in: backends.keys)
       backends[name] = factory
     }
+    public mutating func registerSelection(_ name: String, _ factory: @escaping @Sendable () -> Selection) throws {
+      try Self.unique("selection", name, in: selections.keys)
+      selections[name] = factory
+    }
   }
 
   /// The registry of what `register` registers.
@@ -94,6 +101,7 @@ public struct PluginRegistry: Sendable {
     partitioners = b.partitioners
     schedulers = b.schedulers
     backends = b.backends
+    selections = b.selections
     loaded = b.loaded
   }
 
@@ -111,6 +119,15 @@ public struct PluginRegistry: Sendable {
   public var kernelsNames: [String] { kernels.keys.sorted() }
   public var schedulerNames: [String] { schedulers.keys.sorted() }
   public var partitionerNames: [String] { partitioners.keys.sorted() }
+  public var selectionNames: [String] { selections.keys.sorted() }
+
+  public func makeSelection(_ name: String) throws -> Selection {
+    guard let factory = selections[name] else {
+      throw RuntimeError(
+        "selection \"\(name)\" is not registered; registered: \(selectionNames.joined(separator: ", "))")
+    }
+    return factory()
+  }
 
   public func makeBackend(_ name: String, devices: Int) throws -> Backend {
     guard let factory = backends[name] else {

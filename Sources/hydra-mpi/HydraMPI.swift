@@ -245,6 +245,7 @@ struct Plugins: ParsableCommand {
       let kinds: [(PluginOrigin.Kind, [String])] = [
         (.backend, registry.backendNames), (.kernels, registry.kernelsNames),
         (.partitioner, registry.partitionerNames), (.scheduler, registry.schedulerNames),
+        (.selection, registry.selectionNames),
       ]
       print("kind         name              abi  origin")
       for (kind, names) in kinds {

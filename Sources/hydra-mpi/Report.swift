@@ -7,17 +7,27 @@ import HydraRuntime
 enum Report {
   /// Models ranked by validation loss (diverged ones last).
   static func ranking(_ runs: [ModelRun]) -> String {
+    // Models stopped early by the selection policy rank after those that trained on: their losses
+    // are of fewer steps.
     let ranked = runs.sorted { a, b in
+      if a.status.isStopped != b.status.isStopped { return b.status.isStopped }
       let la = a.evaluations.last?.loss ?? .infinity, lb = b.evaluations.last?.loss ?? .infinity
       return la.isNaN ? false : (lb.isNaN ? true : la < lb)
     }
-    var lines = ["rank  model  status     steps  train_loss  val_loss  val_acc  seconds"]
+    var lines = ["rank  model  status       steps  train_loss  val_loss  val_acc  seconds"]
     for (i, r) in ranked.enumerated() {
       let e = r.evaluations.last
+      let status: String
+      if r.status.isStopped {
+        status = "stopped" + (r.rungSteps.firstIndex(of: r.step).map { " r\($0)" } ?? "")
+      } else if r.waiting {
+        status = "waiting"
+      } else {
+        status = r.status.isFinished || r.step == 0 ? r.status.name : "paused"
+      }
       lines.append(
         String(
-          format: "%4d  %@  %-9@ %6d  %10.4f  %8.4f  %7.4f  %7.1f", i + 1, r.id,
-          r.status.isFinished || r.step == 0 ? r.status.name : "paused", r.step,
+          format: "%4d  %@  %-11@ %6d  %10.4f  %8.4f  %7.4f  %7.1f", i + 1, r.id, status, r.step,
           r.trainLosses.last ?? .nan, e?.loss ?? .nan, e?.accuracy ?? .nan, r.seconds))
     }
     return lines.joined(separator: "\n")

@@ -186,4 +186,31 @@ final class BadJobTests: XCTestCase {
       ["model.heads must be in 1...1024 (got 0)", "in model m001 of [[models]] entry 2"])
     f.assertFails(M.minimal(appending: "[[models]]\nmodel = { heads = 3 }\n"), line: 14, ["must be divisible", "m000"])
   }
+
+  /// `[selection]`: each bad value an error at its line.
+  func testBadSelectionTables() throws {
+    let f = try Fixture()
+    f.assertFails(
+      M.minimal(appending: "[selection]\nname = \"hyperband\"\n"), line: 14,
+      ["selection \"hyperband\" is not registered", "sha"])
+    f.assertFails(
+      M.minimal(appending: "[selection]\nname = \"sha\"\nmetric = \"train_loss\"\n"), line: 15,
+      ["selection.metric", "train_loss", "val_loss"])
+    f.assertFails(
+      M.minimal(appending: "[selection]\nname = \"sha\"\nmin_steps = 0\n"), line: 15, ["selection.min_steps", ">= 1"])
+    f.assertFails(
+      M.minimal(appending: "[selection]\nname = \"sha\"\nreduction_factor = 1\n"), line: 15,
+      ["selection.reduction_factor", "2...1000"])
+    f.assertFails(
+      M.minimal(appending: "[selection]\nname = \"sha\"\nmin_steps = 10\n"), line: 15,
+      ["selection.min_steps = 10 is not below any model's train.steps", "no rung"])
+    f.assertFails(
+      M.minimal(appending: "[selection]\nname = \"sha\"\nmin_steps = \"few\"\n"), line: 15,
+      ["selection.min_steps", "expected an integer"])
+    f.assertFails(
+      M.minimal(replacing: 7, with: "validation_fraction = 0", appending: "[selection]\nname = \"asha\"\n"),
+      line: 14, ["validation_fraction = 0", "no validation data"])
+    // An option of the policy's own is the plugin's to judge (the runtime reports it at its line).
+    XCTAssertNoThrow(try f.load(M.minimal(appending: "[selection]\nname = \"sha\"\ngrace = 3\n")))
+  }
 }

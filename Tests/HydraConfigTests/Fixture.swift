@@ -54,7 +54,8 @@ final class Fixture {
   static let known = KnownPlugins(
     backends: ["shm", "mpi"], kernels: ["cpu", "reference"],
     partitioners: ["memory-greedy", "balanced", "fixed"],
-    schedulers: ["lrtf", "fifo", "round-robin", "random", "model-parallel", "sequential"])
+    schedulers: ["lrtf", "fifo", "round-robin", "random", "model-parallel", "sequential"],
+    selections: ["none", "sha", "asha", "median"])
 
   /// DESIGN.md's reference example, verbatim.
   static let reference = """

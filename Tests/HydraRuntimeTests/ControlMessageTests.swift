@@ -61,6 +61,7 @@ final class ControlMessageTests: XCTestCase {
         evaluations: (0..<Int(r.next() % 4)).map { _ in r.evaluation() }),
       .workDone(model: r.int(), evaluation: r.bool() ? r.evaluation() : nil, seconds: r.double()),
       .died(r.ints()),
+      .settle(model: r.int(), release: r.bool()),
     ]
   }
 
@@ -75,7 +76,7 @@ final class ControlMessageTests: XCTestCase {
         kinds.insert(String(String(describing: m).prefix { $0 != "(" }))
       }
     }
-    XCTAssertEqual(kinds.count, 11, "\(kinds.sorted())")
+    XCTAssertEqual(kinds.count, 12, "\(kinds.sorted())")
   }
 
   /// A movedFrom of -1 is how the wire says "none": a real rank number must not be mistaken for it.
