@@ -60,24 +60,35 @@ func allowedDevice(_ want: Int, for task: ReadyTask) -> Int {
   return allowed[0]
 }
 
-/// The built-in scheduler `name` made from its `[scheduler]` options (only `lrtf` takes one,
-/// `prefer_resident`, a boolean) and the job's seed.
+/// The built-in scheduler `name` made from its `[scheduler]` options (only `lrtf` takes any:
+/// `prefer_resident`, a boolean, and `horizon`, "end" or "rung") and the job's seed.
 public func makeBuiltinScheduler(_ name: String, options: [String: ConfigValue], seed: UInt64) throws -> Scheduler {
   if name == "lrtf" {
     var rest = options
     let prefer = rest.removeValue(forKey: "prefer_resident")
+    let horizon = rest.removeValue(forKey: "horizon")
     guard rest.isEmpty else {
       throw SchedulerError(
-        "scheduler \"lrtf\" takes only prefer_resident; found \(rest.keys.sorted().joined(separator: ", "))")
+        "scheduler \"lrtf\" takes only prefer_resident and horizon; found \(rest.keys.sorted().joined(separator: ", "))"
+      )
     }
+    var preferResident = true
     switch prefer {
-    case nil: return LRTFScheduler()
-    case .bool(let b)?: return LRTFScheduler(preferResident: b)
+    case nil: break
+    case .bool(let b)?: preferResident = b
     default: throw SchedulerError("scheduler.prefer_resident must be true or false")
     }
+    var toRung = false
+    switch horizon {
+    case nil, .string("end")?: break
+    case .string("rung")?: toRung = true
+    default: throw SchedulerError("scheduler.horizon must be \"end\" or \"rung\"")
+    }
+    return LRTFScheduler(preferResident: preferResident, toNextRung: toRung)
   }
   guard options.isEmpty else {
-    throw SchedulerError("scheduler \"\(name)\" takes no options; found \(options.keys.sorted().joined(separator: ", "))")
+    throw SchedulerError(
+      "scheduler \"\(name)\" takes no options; found \(options.keys.sorted().joined(separator: ", "))")
   }
   guard let scheduler = makeBuiltinScheduler(name, seed: seed) else {
     throw SchedulerError("scheduler \"\(name)\" is not built in")

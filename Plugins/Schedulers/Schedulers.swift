@@ -15,18 +15,25 @@ import HydraPluginAPI
 public final class LRTFScheduler: Scheduler {
   public let name = "lrtf"
   public let preferResident: Bool
-  public init(preferResident: Bool = true) { self.preferResident = preferResident }
+  /// Rank by the time left to each model's next rung (`horizon = "rung"`: the next point where the
+  /// selection policy may stop it or hold it) rather than to its end.
+  public let toNextRung: Bool
+  public init(preferResident: Bool = true, toNextRung: Bool = false) {
+    self.preferResident = preferResident
+    self.toNextRung = toNextRung
+  }
 
   public func schedule(_ view: SchedulerView) -> [Assignment] {
     func tier(_ t: ReadyTask) -> Int {
       guard preferResident else { return 0 }
       return t.state == .disk ? 1 : 0
     }
+    func left(_ t: ReadyTask) -> Double { toNextRung ? t.secondsToNextRung ?? t.remainingSeconds : t.remainingSeconds }
     let order = view.ready.sorted {
       let a = tier($0), b = tier($1)
       if a != b { return a < b }
-      return $0.remainingSeconds != $1.remainingSeconds
-        ? $0.remainingSeconds > $1.remainingSeconds : $0.task.model < $1.task.model
+      let x = left($0), y = left($1)
+      return x != y ? x > y : $0.task.model < $1.task.model
     }
     return assignInOrder(order, freeDevices: view.freeDevices)
   }

@@ -6,6 +6,9 @@ public struct ReadyTask: Sendable, Equatable {
   public var estimatedSeconds: Double
   /// Estimated seconds of everything this model has left, this task included.
   public var remainingSeconds: Double
+  /// Under a selection policy: estimated seconds until the model reaches its next rung (where the
+  /// policy may stop it or have it wait), this task included; nil when no rung is ahead.
+  public var secondsToNextRung: Double?
   /// Where the shard's state is now.
   public var state: Residency
   /// The device that ran this model's previous task (holding its input activation), if any.

@@ -194,6 +194,7 @@ public final class Coordinator: @unchecked Sendable {
       var r = ReadyTask(
         task: task, estimatedSeconds: estimate, remainingSeconds: remaining, state: run.residency(of: task.shard),
         lastDevice: lastDevice[m], readySince: readySince[m], shardCount: run.shards.count)
+      r.secondsToNextRung = toNextRung(task)
       if let distributed {
         let home = distributed.homes(of: m)[task.shard]
         r.home = home
@@ -221,6 +222,7 @@ public final class Coordinator: @unchecked Sendable {
           lastDevice: a.device, readySince: elapsed(), shardCount: k)
         r.home = a.device
         r.allowedDevices = [a.device]
+        r.secondsToNextRung = toNextRung(next)
         ready.append(r)
       }
     }
@@ -242,6 +244,17 @@ public final class Coordinator: @unchecked Sendable {
     let rest = chain.seconds(from: chain.position(of: task), forward: forward, backward: backward)
     let estimate = task.direction == .forward ? forward[task.shard] : backward[task.shard]
     return (estimate, Double(runs[m].settings.steps - task.step - 1) * perStep + rest)
+  }
+
+  /// Under the lock: the estimated seconds from `task` to its model's next rung (the end of step
+  /// `r - 1` for the first rung `r` past the task's step), or nil when none is ahead.
+  private func toNextRung(_ task: ShardTask) -> Double? {
+    let m = task.model, chain = runs[m].chain
+    guard let rung = runs[m].rungSteps.first(where: { $0 > task.step }) else { return nil }
+    let (forward, backward) = (forwardSeconds[m], backwardSeconds[m])
+    let perStep = chain.seconds(from: 0, forward: forward, backward: backward)
+    let rest = chain.seconds(from: chain.position(of: task), forward: forward, backward: backward)
+    return rest + Double(rung - task.step - 1) * perStep
   }
 
   /// Under the lock: hands `a` to its device (a thread of this process, or another process).

@@ -1,4 +1,5 @@
 import HydraRuntime
+import HydraSchedulers
 import HydraSelection
 import XCTest
 
@@ -110,5 +111,24 @@ final class SelectionPolicyTests: XCTestCase {
         try p.start(SelectionSetup(models: 1, rungSteps: [[1]], reductionFactor: 2, options: ["grace": .int(3)]))
       ) { XCTAssertEqual(($0 as? SelectionError)?.key, "grace") }
     }
+  }
+
+  /// `lrtf` with `horizon = "rung"` ranks by the time to each model's next rung; by default, to
+  /// its end.
+  func testLRTFHorizon() throws {
+    var a = ReadyTask(
+      task: ShardTask(model: 0, shard: 0, direction: .forward, step: 0), estimatedSeconds: 1, remainingSeconds: 100,
+      shardCount: 1)
+    a.secondsToNextRung = 5
+    var b = ReadyTask(
+      task: ShardTask(model: 1, shard: 0, direction: .forward, step: 0), estimatedSeconds: 1, remainingSeconds: 50,
+      shardCount: 1)
+    b.secondsToNextRung = 20
+    let view = SchedulerView(now: 0, ready: [a, b], freeDevices: [0], deviceCount: 1, modelCount: 2)
+    let toEnd = try makeBuiltinScheduler("lrtf", options: [:], seed: 0)
+    let toRung = try makeBuiltinScheduler("lrtf", options: ["horizon": .string("rung")], seed: 0)
+    XCTAssertEqual(toEnd.schedule(view).map(\.task.model), [0])
+    XCTAssertEqual(toRung.schedule(view).map(\.task.model), [1])
+    XCTAssertThrowsError(try makeBuiltinScheduler("lrtf", options: ["horizon": .string("soon")], seed: 0))
   }
 }
