@@ -315,7 +315,10 @@ public final class JobRunner {
       "loss.svg",
       Charts.loss(
         runs.map { run in (model: run.id, points: run.evaluations.map { (step: $0.step, loss: $0.loss) }) },
-        title: "\(config.job.name): validation loss", yLabel: "validation loss"))
+        // trainLosses[i] is the loss of step i + 1, kept across a resume by the checkpoints.
+        training: runs.map { run in
+          (model: run.id, points: run.trainLosses.enumerated().map { (step: $0 + 1, loss: $1) })
+        }, title: "\(config.job.name): loss", yLabel: "loss"))
     try output.finishEventFiles()
     var memory: [String: Any] = [
       "devices": devices.map { d -> [String: Any] in
