@@ -33,6 +33,9 @@ let package = Package(
     .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     // SHA-256 of checkpoint files (their manifest).
     .package(url: "https://github.com/apple/swift-crypto", "3.12.0"..<"5.0.0"),
+    // TensorBoard event files (tensorboard/<model>/events.out.tfevents.*): the runtime library only;
+    // the message types are generated once by Scripts/generate-protos and committed.
+    .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
   ],
   targets: [
     // C shims over system libraries.
@@ -88,7 +91,10 @@ let package = Package(
     // Protocols, registry, the step loop, output folder.
     .target(
       name: "HydraRuntime",
-      dependencies: ["HydraCore", "HydraConfig", .product(name: "Crypto", package: "swift-crypto")],
+      dependencies: [
+        "HydraCore", "HydraConfig", .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ],
       swiftSettings: settings),
 
     // hydra_plugin.h, the C ABI of plugins loaded at run time (`[plugins] load`).

@@ -122,23 +122,38 @@ public enum Charts {
 
   // MARK: - loss.svg
 
-  /// Validation loss per model over steps: a polyline with small markers per model. Non-finite
-  /// points are left out, so a diverged model's line ends where it diverged.
+  /// Loss per model over steps: the validation losses (`series`) as markers joined by a line and,
+  /// where given, the training losses (`training`, one point per step) as a smoothed solid line,
+  /// the validation line then dashed. Non-finite points are left out, so a diverged model's lines
+  /// end where it diverged, and a model whose rows end (stopped early) has lines that end there.
   public static func loss(
-    _ series: [(model: String, points: [(step: Int, loss: Double)])], title: String, yLabel: String
+    _ series: [(model: String, points: [(step: Int, loss: Double)])],
+    training: [(model: String, points: [(step: Int, loss: Double)])] = [], title: String, yLabel: String
   ) -> String {
     let clean = series.map { (model: $0.model, points: $0.points.filter { $0.loss.isFinite }) }
-    let all = clean.flatMap(\.points)
+    let span = smoothingSpan(rows: training.map(\.points.count).max() ?? 0)
+    let smooth = training.map { (model: $0.model, points: thinned(smoothed($0.points, span: span))) }
+    let all = clean.flatMap(\.points) + smooth.flatMap(\.points)
     guard !all.isEmpty else { return noData(title) }
-    let models = Array(Set(clean.map(\.model))).sorted()
+    var order: [String] = []
+    for m in clean.map(\.model) + smooth.map(\.model) where !order.contains(m) { order.append(m) }
+    let models = order.sorted()
     let colour = Dictionary(uniqueKeysWithValues: models.enumerated().map { ($1, $0 % palette.count) })
     let xs = widen(Double(all.map(\.step).min()!), Double(all.map(\.step).max()!), by: 1)
     let ys = widen(all.map(\.loss).min()!, all.map(\.loss).max()!)
     let xAxisTicks = Ticks(xs.lo, xs.hi, minStep: 1), yAxisTicks = Ticks(ys.lo, ys.hi)
     let sx = plotWidth / (xAxisTicks.hi - xAxisTicks.lo), sy = plotHeight / (yAxisTicks.hi - yAxisTicks.lo)
     let bottom = top + plotHeight
+    func point(_ p: (step: Int, loss: Double)) -> (x: Double, y: Double) {
+      (x: left + (Double(p.step) - xAxisTicks.lo) * sx, y: bottom - (p.loss - yAxisTicks.lo) * sy)
+    }
     let (legend, legendHeight) = legendBlock(models, colour: colour, top: bottom + 48, eval: false)
     var s = header(height: bottom + 56 + legendHeight, title: title)
+    if !smooth.allSatisfy(\.points.isEmpty) {
+      let how = span == 1 ? "unsmoothed" : "exponential moving average, span \(span) steps"
+      s += "<text class=\"key\" x=\"\(f(left + plotWidth))\" y=\"\(f(top - 6))\" text-anchor=\"end\" font-size=\"11\""
+      s += " fill=\"#555\">solid: training loss (\(how)); dots: validation loss</text>\n"
+    }
     s +=
       "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(plotWidth))\" height=\"\(f(plotHeight))\" fill=\"#fafafa\"/>\n"
     s += xAxis(xAxisTicks, scale: sx, top: top, bottom: bottom, label: "step")
@@ -151,22 +166,66 @@ public enum Charts {
     s += "<line x1=\"\(f(left))\" y1=\"\(f(top))\" x2=\"\(f(left))\" y2=\"\(f(bottom))\" stroke=\"#333\"/>"
     s += "<text transform=\"translate(18 \(f(top + plotHeight / 2))) rotate(-90)\" text-anchor=\"middle\""
     s += " font-size=\"12\">\(escape(yLabel))</text></g>\n<g class=\"series\" fill=\"none\" stroke-width=\"1.5\">\n"
-    for m in clean where !m.points.isEmpty {
-      let c = palette[colour[m.model]!]
-      let pts = m.points.map {
-        (x: left + (Double($0.step) - xAxisTicks.lo) * sx, y: bottom - ($0.loss - yAxisTicks.lo) * sy, p: $0)
+    for model in order {
+      let val = clean.first { $0.model == model }?.points ?? []
+      let train = smooth.first { $0.model == model }?.points ?? []
+      guard !val.isEmpty || !train.isEmpty else { continue }
+      let c = palette[colour[model]!]
+      s += "<g><title>\(escape(model))</title>"
+      if !train.isEmpty {
+        s += "<polyline class=\"train\" stroke=\"\(c)\" points=\""
+        s +=
+          train.map {
+            let q = point($0); return "\(f(q.x)),\(f(q.y))"
+          }.joined(separator: " ") + "\"/>"
       }
-      s += "<g><title>\(escape(m.model))</title><polyline stroke=\"\(c)\" points=\""
-      s += pts.map { "\(f($0.x)),\(f($0.y))" }.joined(separator: " ") + "\"/>"
-      if pts.count <= 200 {
-        for q in pts {
-          s += "<circle cx=\"\(f(q.x))\" cy=\"\(f(q.y))\" r=\"2.5\" fill=\"\(c)\" stroke=\"none\">"
-          s += "<title>\(escape("\(m.model) step \(q.p.step): \(f(q.p.loss, 4))"))</title></circle>"
+      if !val.isEmpty {
+        let pts = val.map { (q: point($0), p: $0) }
+        s +=
+          "<polyline class=\"val\" stroke=\"\(c)\"\(train.isEmpty ? "" : " stroke-width=\"1\" stroke-dasharray=\"4 3\"")"
+        s += " points=\"" + pts.map { "\(f($0.q.x)),\(f($0.q.y))" }.joined(separator: " ") + "\"/>"
+        if pts.count <= 200 {
+          for q in pts {
+            s += "<circle cx=\"\(f(q.q.x))\" cy=\"\(f(q.q.y))\" r=\"2.5\" fill=\"\(c)\" stroke=\"none\">"
+            s += "<title>\(escape("\(model) step \(q.p.step): \(f(q.p.loss, 4))"))</title></circle>"
+          }
         }
       }
       s += "</g>\n"
     }
     return s + "</g>\n" + legend + "</svg>\n"
+  }
+
+  /// The most points a training line draws: two per pixel of the plot. Longer lines keep every
+  /// k-th point and their last, so that a line still ends at its model's last step.
+  static let linePoints = 1600
+
+  /// The smoothing window of training lines, in steps: a fiftieth of the longest model's rows, so
+  /// that noise from batch to batch is averaged away but a change over a few percent of the run
+  /// still shows. The same for every model of a chart, so that their lines compare.
+  static func smoothingSpan(rows: Int) -> Int { max(1, rows / 50) }
+
+  /// An exponential moving average of the finite losses with the decay of a `span`-point window
+  /// (alpha = 2 / (span + 1)), started at the first loss rather than at zero so that the line does
+  /// not rise from the axis. Causal: each point averages only the steps up to it, so a line ends at
+  /// its model's last step and value, never pulled by steps the model did not train.
+  static func smoothed(_ points: [(step: Int, loss: Double)], span: Int) -> [(step: Int, loss: Double)] {
+    let alpha = 2 / (Double(span) + 1)
+    var average: Double?
+    return points.filter { $0.loss.isFinite }.map { p in
+      let next = average.map { $0 + alpha * (p.loss - $0) } ?? p.loss
+      average = next
+      return (step: p.step, loss: next)
+    }
+  }
+
+  /// `points` cut to at most `linePoints`, the last one always kept.
+  static func thinned(_ points: [(step: Int, loss: Double)]) -> [(step: Int, loss: Double)] {
+    guard points.count > linePoints else { return points }
+    let every = (points.count + linePoints - 2) / (linePoints - 1)
+    var kept = stride(from: 0, to: points.count - 1, by: every).map { points[$0] }
+    kept.append(points[points.count - 1])
+    return kept
   }
 
   /// A range with room in it: equal ends are pushed apart (`by`, or 10%, or 1 around zero).

@@ -247,16 +247,16 @@ public final class JobRunner {
       let rate = run.settings.optimizer.learningRate(step: max(run.step - 1, 0))
       let now = coordinator.elapsed()
       var e: Evaluation?
-      // The step's rows of metrics.csv and its progress line.
-      func recordRows() {
+      // The step's rows of metrics.csv (and the event files) and its progress line.
+      func recordRows() throws {
         lock.lock()
         defer { lock.unlock() }
         if let loss = run.trainLosses.last {
-          output.record(
+          try output.record(
             model: run.id, step: run.step, split: "train", loss: loss, accuracy: nil, lr: rate, seconds: now)
         }
         if let e {
-          output.record(
+          try output.record(
             model: run.id, step: e.step, split: "val", loss: e.loss, accuracy: e.accuracy, lr: rate, seconds: now)
         }
         if case .diverged(let step) = run.status {
@@ -279,7 +279,7 @@ public final class JobRunner {
           let end = coordinator.elapsed()
           coordinator.recordEvaluation(of: run, on: device, start: end - done.seconds, end: end)
         }
-        recordRows()
+        try recordRows()
         try select(run, e)
       } else {
         try gathered(run, optimizerState: checkpoint, gather: evaluate || checkpoint) {
@@ -289,7 +289,7 @@ public final class JobRunner {
           }
           // Rows before the checkpoint: a run killed between the two resumes before this step and
           // records it again (a resume drops rows past its checkpoint), never past it without them.
-          recordRows()
+          try recordRows()
           if checkpoint { try writeCheckpoint(run, device: device.index) }
         }
         try select(run, e)
@@ -336,7 +336,11 @@ public final class JobRunner {
       "loss.svg",
       Charts.loss(
         runs.map { run in (model: run.id, points: run.evaluations.map { (step: $0.step, loss: $0.loss) }) },
-        title: "\(config.job.name): validation loss", yLabel: "validation loss"))
+        // trainLosses[i] is the loss of step i + 1, kept across a resume by the checkpoints.
+        training: runs.map { run in
+          (model: run.id, points: run.trainLosses.enumerated().map { (step: $0 + 1, loss: $1) })
+        }, title: "\(config.job.name): loss", yLabel: "loss"))
+    try output.finishEventFiles()
     var memory: [String: Any] = [
       "devices": devices.map { d -> [String: Any] in
         var m: [String: Any] = ["index": d.index, "peak_bytes": d.memory.peak]

@@ -2,10 +2,15 @@ import Foundation
 import HydraCore
 
 /// The job's output folder: `job.toml` (resolved), `metrics.csv` (appended as training goes, so an
-/// interrupted run keeps what it measured), `summary.json`, `trace.json` and `checkpoints/<model>/`.
+/// interrupted run keeps what it measured), `summary.json`, `trace.json`, `checkpoints/<model>/` and
+/// `tensorboard/<model>/`, each model's rows again as TensorBoard event files.
 public final class OutputFolder {
   public let path: String
   private var metrics: FileHandle
+  /// Each model's event file of this run, made at its first row.
+  private var events: [String: EventFile] = [:]
+  /// The step each model resumed at (a resumed run); its event file starts past it.
+  private var resumedAt: [String: Int] = [:]
 
   /// Creates the folder (and parents) and starts `metrics.csv`. Called only after the job has been
   /// validated and its data loaded, so that bad input leaves nothing behind.
@@ -34,10 +39,15 @@ public final class OutputFolder {
 
   public func checkpointFolder(_ model: String) -> String { path + "/checkpoints/" + model }
 
+  /// `tensorboard --logdir` this folder: one run per model.
+  public var tensorBoardFolder: String { path + "/tensorboard" }
+
   /// A resumed run: `metrics.csv` keeps each model's rows up to the step it resumed at (0 for a
   /// model that starts afresh) and loses those of the steps it will train again, which a run
-  /// stopped after its last checkpoint had recorded.
+  /// stopped after its last checkpoint had recorded. The event files of the run before are left as
+  /// they are: this run's start past `steps` tells TensorBoard to drop their later steps.
   public func keepMetrics(upTo steps: [String: Int]) throws {
+    resumedAt = steps
     let csv = path + "/metrics.csv"
     guard let text = try? String(contentsOfFile: csv, encoding: .utf8) else { return }
     var lines = text.split(separator: "\n", omittingEmptySubsequences: true)
@@ -56,13 +66,37 @@ public final class OutputFolder {
   }
 
   /// One row of `metrics.csv`. `accuracy` is empty where it does not apply (train rows).
+  /// The same row goes to the model's event file: `loss/<split>`, `accuracy/<split>` where there is
+  /// one, and `lr` with the train rows (a val row's rate is its train row's).
   public func record(
     model: String, step: Int, split: String, loss: Double, accuracy: Double?, lr: Float, seconds: Double
-  ) {
+  ) throws {
     let acc = accuracy.map { String(format: "%.6f", $0) } ?? ""
     let line =
       "\(model),\(step),\(split),\(String(format: "%.6f", loss)),\(acc),\(lr),\(String(format: "%.3f", seconds))\n"
-    metrics.write(Data(line.utf8))
+    do {
+      try metrics.write(contentsOf: Data(line.utf8))
+    } catch {
+      throw WriteError(file: path + "/metrics.csv", "cannot append a row: \(error.localizedDescription)")
+    }
+    var scalars = [(tag: "loss/\(split)", value: Float(loss))]
+    if let accuracy { scalars.append((tag: "accuracy/\(split)", value: Float(accuracy))) }
+    if split == "train" { scalars.append((tag: "lr", value: lr)) }
+    try eventFile(model).add(step: step, scalars)
+  }
+
+  private func eventFile(_ model: String) throws -> EventFile {
+    if let file = events[model] { return file }
+    let file = try EventFile(folder: tensorBoardFolder + "/" + model, firstStep: (resumedAt[model] ?? 0) + 1)
+    events[model] = file
+    return file
+  }
+
+  /// Closes the event files (a `WriteError` where one fails to close); `deinit` closes them too.
+  public func finishEventFiles() throws {
+    let files = events.values
+    events = [:]
+    for file in files { try file.finish() }
   }
 
   /// `summary.json`: the job, its makespan (training time without start-up and data loading) and

@@ -209,6 +209,55 @@ final class ChartTests: XCTestCase {
     XCTAssertEqual(try XCTUnwrap(svg.group("legend")).all("text").map(\.text), ["a", "b", "c"])
   }
 
+  func testTrainingLinesHaveAPointPerRowAndEndWhereTheirModelStopped() throws {
+    // a trains 100 steps, b stops early after 60, c diverges at 30 (its last loss is not finite);
+    // evaluations every 20 steps. Steps 0...100 (ticks of 20: 8 px a step from x = 80); losses
+    // 2...3 (ticks of 0.2: 400 px per unit, 2.0 at the bottom y = 444).
+    let training: [(model: String, points: [(step: Int, loss: Double)])] = [
+      (model: "a", points: (1...100).map { (step: $0, loss: 3 - Double($0) * 0.01) }),
+      (model: "b", points: (1...60).map { (step: $0, loss: 2.5) }),
+      (model: "c", points: (1...30).map { (step: $0, loss: $0 == 30 ? .nan : 2.25) }),
+    ]
+    let validation: [(model: String, points: [(step: Int, loss: Double)])] = [
+      (model: "a", points: stride(from: 20, through: 100, by: 20).map { (step: $0, loss: 2.0) }),
+      (model: "b", points: stride(from: 20, through: 60, by: 20).map { (step: $0, loss: 2.2) }),
+      (model: "c", points: [(step: 20, loss: 2.3)]),
+    ]
+    let svg = try parse(Charts.loss(validation, training: training, title: "t", yLabel: "loss"))
+    assertInside(svg)
+    let series = try XCTUnwrap(svg.group("series"))
+    let lines = series.all("polyline").filter { $0.attributes["class"] == "train" }
+    let points = lines.map { ($0.attributes["points"] ?? "").split(separator: " ").map(String.init) }
+    XCTAssertEqual(points.map(\.count), [100, 60, 29])
+    // Each line ends at its model's last finite step: x = 80 + 8 * step.
+    XCTAssertEqual(points.map { $0.last?.split(separator: ",").first }, ["880", "560", "312"])
+    // A constant loss stays put under smoothing: 2.5 at y = 444 - 0.5 * 400.
+    XCTAssertEqual(points[1].last, "560,244")
+    // a's second point is smoothed (span 100 / 50 = 2 steps, alpha 2/3): 2.99 + 2/3 (2.98 - 2.99)
+    // = 2.98333, at y = 444 - 0.98333 * 400; the raw 2.98 would sit at 52.
+    XCTAssertEqual(points[0][1], "96,50.67")
+    XCTAssertEqual(series.all("circle").count, 5 + 3 + 1)
+    XCTAssertEqual(
+      series.all("polyline").filter { $0.attributes["class"] == "val" }.map { $0.attributes["stroke-dasharray"] },
+      ["4 3", "4 3", "4 3"])
+    XCTAssertTrue(svg.all("text").contains { $0.attributes["class"] == "key" && $0.text.contains("span 2 steps") })
+    XCTAssertEqual(try XCTUnwrap(svg.group("legend")).all("text").map(\.text), ["a", "b", "c"])
+  }
+
+  func testLongTrainingLinesAreThinnedButStillEndAtTheLastStep() throws {
+    let training = [(model: "long", points: (1...5000).map { (step: $0, loss: 1 / Double($0)) })]
+    let svg = try parse(Charts.loss([], training: training, title: "t", yLabel: "loss"))
+    let line = try XCTUnwrap(svg.all("polyline").first { $0.attributes["class"] == "train" })
+    let points = (line.attributes["points"] ?? "").split(separator: " ")
+    // Every 4th of 5000 points (the fewest that fit in 1600) and the last: 1250 + 1.
+    XCTAssertEqual(Charts.linePoints, 1600)
+    XCTAssertEqual(points.count, 1251)
+    // Steps 0...5000: the last step at the right edge of the plot.
+    XCTAssertEqual(points.last?.split(separator: ",").first, "880")
+    XCTAssertEqual(Charts.smoothingSpan(rows: 5000), 100)
+    XCTAssertEqual(Charts.smoothingSpan(rows: 30), 1)
+  }
+
   func testLossDegenerateInputs() throws {
     let cases: [[(model: String, points: [(step: Int, loss: Double)])]] = [
       [(model: "one", points: [(step: 7, loss: 3.25)])],

@@ -140,6 +140,11 @@ final class ReliabilityTests: XCTestCase {
       }
       XCTAssertEqual(trained.map { Int($0)! }, Array(1...steps), model)
     }
+    // TensorBoard, reading every run's event files, sees the same rows (each resume's START
+    // dropping what the run before recorded past its checkpoint).
+    assertMatchesMetrics(parts + "/out")
+    let files = try FileManager.default.contentsOfDirectory(atPath: parts + "/out/tensorboard/m000")
+    XCTAssertGreaterThan(files.count, 1, "a file per run that recorded rows")
   }
 
   /// SIGTERM in the middle of a run without periodic checkpoints: the process exits 143 within
