@@ -72,7 +72,7 @@ let package = Package(
       name: "HydraBackendMPI", dependencies: ["HydraPluginAPI", "CMPI"], path: "Plugins/Backends/MPI",
       swiftSettings: settings),
     .executableTarget(
-      name: "hydra-pingpong", dependencies: ["HydraBackendMPI", "HydraRuntime", "HydraCore"],
+      name: "hydra-pingpong", dependencies: ["HydraBackendMPI", "HydraRuntime", "HydraCore", "HydraPluginLoader"],
       swiftSettings: settings),
 
     // Built-in schedulers: which ready shard task runs on which free device.

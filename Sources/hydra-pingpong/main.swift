@@ -1,6 +1,8 @@
 // hydra-pingpong: MPI transfer benchmark and multi-rank self-test.
 //
 //   mpirun -np 2 hydra-pingpong            raw MPI_Send/MPI_Recv ping-pong vs MPICommunicator's tensor path
+//   mpirun -np 2 hydra-pingpong bench --load libucx-transport.so --backend ucx
+//                                          the same, plus the backend of a transport plugin, against mpi's
 //   mpirun -np N hydra-pingpong selftest   point-to-point, collectives and tag checks on N >= 2 ranks
 //   mpirun -np N hydra-pingpong failtest   the last rank fails while the others wait on it: the job
 //                                          must end on every rank (MPI_Abort), not hang
@@ -8,6 +10,7 @@ import CMPI
 import Foundation
 import HydraBackendMPI
 import HydraCore
+import HydraPluginLoader
 import HydraRuntime
 
 setvbuf(stdout, nil, _IOLBF, 0)
@@ -20,7 +23,23 @@ func fail(_ message: String) -> Never {
 let arguments = Array(CommandLine.arguments.dropFirst())
 let command = arguments.first ?? "bench"
 guard ["bench", "selftest", "failtest"].contains(command) else {
-  fail("unknown command '\(command)'; usage: mpirun -np 2 hydra-pingpong [bench | selftest | failtest]")
+  fail(
+    "unknown command '\(command)'; usage: mpirun -np 2 hydra-pingpong [bench [--load LIB --backend NAME] | selftest | failtest]"
+  )
+}
+
+/// bench's `--load PATH` (repeatable) and `--backend NAME`: a transport plugin measured beside mpi.
+var pluginPaths: [String] = []
+var pluginBackend: String?
+do {
+  var rest = arguments.dropFirst()
+  while let option = rest.popFirst() {
+    guard command == "bench", ["--load", "--backend"].contains(option), let value = rest.popFirst() else {
+      fail("unexpected argument '\(option)'; bench takes --load PATH and --backend NAME")
+    }
+    if option == "--load" { pluginPaths.append(value) } else { pluginBackend = value }
+  }
+  if !pluginPaths.isEmpty && pluginBackend == nil { fail("--load needs --backend NAME (the transport to measure)") }
 }
 
 let comm: MPICommunicator
@@ -131,13 +150,25 @@ func pingPong(_ comm: MPICommunicator) throws {
   let backend = try DistributedRuntime(transport: try MPITransport(communicator: comm))
   try backend.start(models: 1, shards: 2)
   backend.setHomes(model: 0, [0, 1])
+  // A transport plugin's backend, its own ranks joined beside MPI's (the same processes).
+  var plugin: DistributedRuntime?
+  if let name = pluginBackend {
+    let registry = try PluginRegistry { try PluginLoader.load(pluginPaths, into: &$0) }
+    guard let made = try registry.makeBackend(name, devices: comm.size) as? DistributedRuntime,
+      made.localDevice == comm.rank
+    else { throw SelfTestFailure(description: "backend \(name) is not a transport whose ranks are MPI's") }
+    try made.start(models: 1, shards: 2)
+    made.setHomes(model: 0, [0, 1])
+    plugin = made
+  }
+  let pluginHeader = pluginBackend.map { "  \($0) MiB/s  \($0)/backend" } ?? ""
   if comm.rank == 0 {
     print(
       "hydra-pingpong: \(comm.size) ranks, rank 0 on \(comm.processorName), \(comm.threadLevel); "
         + "bandwidth = 2 x bytes / median round trip")
     print(
       "size      raw MiB/s   tensor MiB/s  backend MiB/s  tensor/raw  backend/raw   raw rtt     backend rtt  round trips"
-    )
+        + pluginHeader)
   }
   var step = 0
   for size in sizes {
@@ -153,11 +184,13 @@ func pingPong(_ comm: MPICommunicator) throws {
     _ = rawRoundTrips(raw, count: 3, rank: comm.rank)
     _ = try tensorRoundTrips(comm, tensor, tag: tag, count: 3)
     _ = try backendRoundTrips(backend, tensor, count: 3, first: step)
+    if let plugin { _ = try backendRoundTrips(plugin, tensor, count: 3, first: step) }
     step += 3
     // Alternate batches so that every path sees the same load on a shared machine.
     var rawTimes: [Double] = []
     var tensorTimes: [Double] = []
     var backendTimes: [Double] = []
+    var pluginTimes: [Double] = []
     for _ in 0..<batches {
       try comm.barrier()
       rawTimes += rawRoundTrips(raw, count: perBatch, rank: comm.rank)
@@ -165,6 +198,10 @@ func pingPong(_ comm: MPICommunicator) throws {
       tensorTimes += try tensorRoundTrips(comm, tensor, tag: tag, count: perBatch)
       try comm.barrier()
       backendTimes += try backendRoundTrips(backend, tensor, count: perBatch, first: step)
+      if let plugin {
+        try comm.barrier()
+        pluginTimes += try backendRoundTrips(plugin, tensor, count: perBatch, first: step)
+      }
       step += perBatch
     }
     if comm.rank == 0 {
@@ -180,8 +217,14 @@ func pingPong(_ comm: MPICommunicator) throws {
           + String(
             format: "%9.0f   %12.0f   %12.0f   %8.1f %%   %8.1f %%   %8.1f us   %8.1f us   %d x 3", rawBW, tensorBW,
             backendBW, 100 * tensorBW / rawBW, 100 * backendBW / rawBW, rawRTT * 1e6, backendRTT * 1e6,
-            rawTimes.count))
+            rawTimes.count)
+          + (pluginTimes.isEmpty
+            ? "" : String(format: "  %12.0f  %10.3f", 2 * mib / median(pluginTimes), backendRTT / median(pluginTimes))))
     }
+  }
+  if let plugin {
+    if comm.rank == 0 { _ = try plugin.finish() } else { try plugin.serve() }
+    plugin.close()
   }
   if comm.rank == 0 { _ = try backend.finish() } else { try backend.serve() }
 }
