@@ -18,8 +18,8 @@ final class CPUKernelsTests: XCTestCase {
 
   func testGemmAllTransposesAgainstReference() {
     var rng = TestRandom(1)
-    // The last three are cut into pieces (`CPUKernels.productSplit`): along rows (3 pieces, the
-    // last short), along columns, and along rows of a thin C.
+    // The last three are cut into pieces (`CPUKernels.productSplit`): along rows (the last piece
+    // short), along columns, and along rows of a thin C.
     let shapes = [
       (1, 1, 1), (7, 13, 31), (31, 7, 13), (64, 33, 129), (5, 17, 512), (13, 1, 7), (333, 77, 129), (45, 1000, 97),
       (500, 17, 300),
@@ -81,7 +81,7 @@ final class CPUKernelsTests: XCTestCase {
     var rng = TestRandom(2)
     for threads in testThreads {
       let cpu = CPUKernels(threads: threads)
-      // The second size is cut into 3 pieces per matrix.
+      // The second size is cut into 2 pieces per matrix.
       for ((transA, transB), (m, n, k, batch)) in [(false, false), (true, false), (false, true), (true, true)]
         .flatMap({ t in [(7, 5, 13, 3), (300, 40, 200, 2)].map { (t, $0) } })
       {

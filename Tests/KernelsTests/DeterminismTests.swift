@@ -18,7 +18,7 @@ final class DeterminismTests: XCTestCase {
 
     if blas {
       // Cut into pieces along rows, then along columns.
-      let (m, nn, kk) = (192, 160, 384)
+      let (m, nn, kk) = (600, 160, 384)
       let a = Buf(rng.normal(m * kk)), b = Buf(rng.normal(kk * nn)), c = Buf(rng.normal(m * nn))
       k.gemm(
         transA: false, transB: false, m: m, n: nn, k: kk, alpha: 0.5, a: a.c, lda: kk, b: b.c, ldb: nn, beta: 0.5,

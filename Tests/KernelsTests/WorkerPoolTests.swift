@@ -78,3 +78,19 @@ final class WorkerPoolTests: XCTestCase {
     XCTAssertEqual(x.array.last, 1)
   }
 }
+
+/// The cut of products is a rule of the shapes: pinned here, since the bits of every product
+/// depend on it.
+final class ProductSplitTests: XCTestCase {
+  func testProductsAreCutByShapeAlone() {
+    typealias S = CPUKernels.ProductSplit
+    // Small: one piece.
+    XCTAssertEqual(CPUKernels.productSplit(m: 64, n: 64, k: 64), S(alongRows: true, size: 64, count: 1))
+    // A GPT layer at 1024 rows: the qkv product in 5 pieces of 256 columns, the MLP's second in 4
+    // pieces of 256 rows.
+    XCTAssertEqual(CPUKernels.productSplit(m: 1024, n: 1152, k: 384), S(alongRows: false, size: 256, count: 5))
+    XCTAssertEqual(CPUKernels.productSplit(m: 1024, n: 384, k: 1536), S(alongRows: true, size: 256, count: 4))
+    // Many rows: at most 64 pieces.
+    XCTAssertEqual(CPUKernels.productSplit(m: 32768, n: 768, k: 768), S(alongRows: true, size: 512, count: 64))
+  }
+}

@@ -14,14 +14,18 @@ extension CPUKernels {
 
   /// Products below this many multiply-adds run as one piece (a pool call costs a few microseconds).
   static let productGrain = 1 << 20
-  /// A piece has at least this many rows (columns) of C: each piece packs the whole other operand
-  /// again, which costs little next to 2 * 128 flops per packed element.
-  static let minimumPieceSize = 128
-  /// The most pieces a product is cut into: enough for 16-32 threads.
-  static let maximumPieces = 32
+  /// A piece has at least this many rows (columns) of C. Each piece packs the whole other operand
+  /// again (OpenBLAS's threads share one packed copy; separate calls cannot): one packed element per
+  /// 2 * 256 flops of the piece, a few per cent of a single thread's time, against 10-20 % at 64.
+  static let minimumPieceSize = 256
+  /// The most pieces a product is cut into: 16 threads get one each once C has 4096 rows (GPT-2
+  /// small at batch 16, context 256).
+  static let maximumPieces = 64
 
-  /// The pieces of C(m, n) = op(A)(m, k) op(B)(k, n): along the longer side of C, at least
-  /// `minimumPieceSize` wide (a multiple of 16) and `productGrain` multiply-adds each.
+  /// The pieces of C(m, n) = op(A)(m, k) op(B)(k, n): along the longer side of C (so the operand
+  /// packed again by every piece is the smaller one), at least `minimumPieceSize` wide (a multiple
+  /// of 16) and `productGrain` multiply-adds each. Never a function of `threads`: OpenBLAS picks
+  /// among kernels (small-matrix, direct, blocked) by a call's sizes, so the cut decides the bits.
   static func productSplit(m: Int, n: Int, k: Int) -> ProductSplit {
     let alongRows = m >= n
     let side = alongRows ? m : n
