@@ -12,7 +12,9 @@ import Synchronization
 ///
 /// Which thread runs which task is decided at run time (a shared counter), so a task must write
 /// outputs that no other task of the same call touches, and compute them the same way whoever runs
-/// it: then the results cannot depend on the number of threads or on timing.
+/// it: then the results cannot depend on the number of threads or on timing. The caller waits only
+/// for tasks a worker has taken, never for a worker to show up: a worker that the operating system
+/// has not scheduled yet (a loaded or oversubscribed machine) leaves its tasks to the others.
 ///
 /// `run` allocates nothing: the tasks' closure is borrowed for the call, not copied to the heap.
 /// A second caller arriving while the workers are busy (two devices sharing one instance, or a task
@@ -25,9 +27,11 @@ final class WorkerPool: @unchecked Sendable {
 
   /// (generation << 16) | participants of the current call, published by `run`.
   private let state = Atomic<Int>(0)
+  /// (generation << 32) | the next task to take, so that a worker late for a call can never take a
+  /// task of the next one.
   private let nextTask = Atomic<Int>(0)
-  /// Workers of the current call that have not finished their tasks yet.
-  private let pending = Atomic<Int>(0)
+  /// Tasks of the current call finished.
+  private let finished = Atomic<Int>(0)
   private let sleepers = Atomic<Int>(0)
   private let busy = Atomic<Bool>(false)
   private let stopping = Atomic<Bool>(false)
@@ -92,18 +96,19 @@ final class WorkerPool: @unchecked Sendable {
     withoutActuallyEscaping(body) { body in
       self.body = body
       taskCount = tasks
-      nextTask.store(0, ordering: .relaxed)
-      pending.store(participants - 1, ordering: .relaxed)
-      let generation = (state.load(ordering: .relaxed) >> 16) + 1
+      // Generations wrap at 2^30 so that (generation << 32) never overflows.
+      let generation = ((state.load(ordering: .relaxed) >> 16) + 1) & (1 << 30 - 1)
+      finished.store(0, ordering: .relaxed)
+      nextTask.store(generation << 32, ordering: .relaxed)
       state.store(generation << 16 | participants, ordering: .sequentiallyConsistent)
       if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
         pthread_mutex_lock(lock)
         pthread_cond_broadcast(wake)
         pthread_mutex_unlock(lock)
       }
-      work()
+      work(generation: generation)
       var spins = 0
-      while pending.load(ordering: .acquiring) > 0 {
+      while finished.load(ordering: .acquiring) < tasks {
         spins += 1
         if spins > 64 { sched_yield() }
       }
@@ -113,17 +118,28 @@ final class WorkerPool: @unchecked Sendable {
     busy.store(false, ordering: .releasing)
   }
 
-  /// Takes tasks of the current call until none is left. Not inlined: the closure's retain and
-  /// release stay inside, before the worker reports that it has finished.
-  @inline(never)
-  private func work() {
-    guard let body else { return }
-    let count = taskCount
+  /// Takes tasks of call `generation` until none is left (or that call is over).
+  private func work(generation: Int) {
     while true {
-      let i = nextTask.wrappingAdd(1, ordering: .relaxed).oldValue
-      if i >= count { return }
-      body(i)
+      var taken = nextTask.load(ordering: .acquiring)
+      while true {
+        // Another call, or none left: `taskCount` is read only while the call is still current
+        // (the exchange below fails otherwise).
+        if taken >> 32 != generation || taken & 0xFFFF_FFFF >= taskCount { return }
+        let (exchanged, original) = nextTask.compareExchange(
+          expected: taken, desired: taken + 1, ordering: .acquiringAndReleasing)
+        if exchanged { break }
+        taken = original
+      }
+      runTask(taken & 0xFFFF_FFFF)
+      finished.add(1, ordering: .releasing)
     }
+  }
+
+  /// Not inlined: the closure's retain and release stay inside, before the task counts as finished.
+  @inline(never)
+  private func runTask(_ i: Int) {
+    body?(i)
   }
 
   private func workerLoop(index: Int) {
@@ -132,10 +148,7 @@ final class WorkerPool: @unchecked Sendable {
       let current = waitForCall(after: seen)
       if stopping.load(ordering: .acquiring) { return }
       seen = current >> 16
-      if index < current & 0xFFFF {
-        work()
-        pending.subtract(1, ordering: .releasing)
-      }
+      if index < current & 0xFFFF { work(generation: seen) }
     }
   }
 
