@@ -5,11 +5,36 @@ import HydraCore
 import HydraKernelsCPU
 import HydraRuntime
 
-/// `hydra-bench`: training-step speed of the cpu kernels, as a fraction of OpenBLAS's own sgemm rate
-/// measured in the same run at the same thread count (MFU). Usage: hydra-bench [steps] [threads...];
-/// `hydra-bench shards [steps]`: the cost of shards, spilling and double buffering.
+/// `hydra-bench`: training-step speed of the cpu kernels at several thread counts, as a fraction of
+/// OpenBLAS's own (multi-threaded) sgemm rate measured in the same run at the same thread count
+/// (MFU), and the speed-up of each thread count over one thread.
+///
+/// Usage: `hydra-bench [steps] [threads...]` (default: 10 steps; 1, 2 and, where the machine has
+/// them, 4, 8, 16 threads); `HYDRA_BENCH_ROUNDS=n` (default 3) repeats the measurement in n rounds
+/// that visit every thread count in turn, so that a burst of load from other processes falls on all
+/// of them; the figures are medians over the rounds. `hydra-bench shards [steps]`: the cost of
+/// shards, spilling and double buffering.
 @main
 struct Bench {
+  /// A model of the benchmark: its spec and batch.
+  struct Case {
+    let label: String
+    let spec: ModelSpec
+    let batch: Int
+  }
+
+  static let cases = [
+    Case(
+      label: "gpt  L6 C384 H6 T128 B8",
+      spec: .gpt(GPTShape(layers: 6, channels: 384, heads: 6, context: 128, vocab: 256)), batch: 8),
+    // One GPT-2-small block (d_model 768, 12 heads, head size 64) at context 256.
+    Case(
+      label: "gpt2-block L1 C768 H12 T256 B4",
+      spec: .gpt(GPTShape(layers: 1, channels: 768, heads: 12, context: 256, vocab: 256)), batch: 4),
+    Case(
+      label: "mlp  1024-2048-2048-10 B256", spec: .mlp(inputs: 1024, hidden: [2048, 2048], classes: 10), batch: 256),
+  ]
+
   static func main() throws {
     BLASCore.restartWithBetterCoreIfNeeded()
     var args = CommandLine.arguments.dropFirst()
@@ -19,34 +44,84 @@ struct Bench {
       return
     }
     let steps = args.first.flatMap(Int.init) ?? 10
-    let threadCounts = args.count > 1 ? args.dropFirst().compactMap(Int.init) : [1, 2]
+    let cores = ProcessInfo.processInfo.activeProcessorCount
+    let threadCounts =
+      args.count > 1 ? args.dropFirst().compactMap(Int.init) : [1, 2, 4, 8, 16].filter { $0 == 1 || $0 <= cores }
+    let rounds = max(1, ProcessInfo.processInfo.environment["HYDRA_BENCH_ROUNDS"].flatMap(Int.init) ?? 3)
     print(
-      "hydra-bench: median of \(steps) steps after 2 warm-up steps; MFU = model FLOP/s / sgemm FLOP/s (1024^3, same threads)"
-    )
+      "hydra-bench: \(rounds) round(s) of \(steps) steps (after 2 warm-up steps) per model and thread count; "
+        + "\(cores) cores; OpenBLAS \(CPUKernels.blasCoreName) kernels")
+    print(
+      "  MFU = model FLOP/s / OpenBLAS's own sgemm FLOP/s (1024^3, its pool at the same threads); medians over rounds")
+
+    // One kernels instance and one training run per (threads, case), kept across rounds.
+    var kernels: [Int: CPUKernels] = [:]
+    var runs: [Int: [ModelRun]] = [:]
     for threads in threadCounts {
-      let kernels = CPUKernels(threads: threads)
-      let sgemm = sgemmRate(threads: threads)
+      let k = CPUKernels(threads: threads)
+      kernels[threads] = k
+      runs[threads] = try cases.map { try makeRun($0, kernels: k, steps: rounds * steps + 2) }
+    }
+    // [threads][case] -> per-round median step time; [threads] -> per-round sgemm rate.
+    var stepTimes: [Int: [[Double]]] = [:]
+    var sgemmRates: [Int: [Double]] = [:]
+    for round in 0..<rounds {
+      for threads in threadCounts {
+        sgemmRates[threads, default: []].append(sgemmRate(threads: threads))
+        // OpenBLAS's own pool spins for a while after its last call: let it go to sleep before the
+        // kernels (which keep OpenBLAS at one thread) are timed.
+        openblas_set_num_threads(1)
+        usleep(300_000)
+        for (c, run) in runs[threads]!.enumerated() {
+          var times = try timeSteps(run, kernels: kernels[threads]!, steps: steps + (round == 0 ? 2 : 0))
+          if round == 0 { times.removeFirst(2) }
+          stepTimes[threads, default: Array(repeating: [], count: cases.count)][c].append(median(times))
+        }
+      }
+    }
+
+    let one = threadCounts.first ?? 1
+    for threads in threadCounts {
+      let sgemm = median(sgemmRates[threads]!)
+      let sgemmOne = median(sgemmRates[one]!)
       print(
         String(
-          format: "threads %d: OpenBLAS (%@ kernels) sgemm 1024^3: %.1f GFLOP/s", threads, CPUKernels.blasCoreName,
-          sgemm / 1e9))
-      let gpt = ModelSpec.gpt(GPTShape(layers: 6, channels: 384, heads: 6, context: 128, vocab: 256))
-      try report("gpt  L6 C384 H6 T128 B8 adamw", spec: gpt, batch: 8, kernels: kernels, steps: steps, sgemm: sgemm)
-      let mlp = ModelSpec.mlp(inputs: 1024, hidden: [2048, 2048], classes: 10)
-      try report(
-        "mlp  1024-2048-2048-10 B256 adamw", spec: mlp, batch: 256, kernels: kernels, steps: steps, sgemm: sgemm)
+          format: "threads %d: sgemm 1024^3 %.1f GFLOP/s (x%.2f of %d thread%@)", threads, sgemm / 1e9,
+          sgemm / sgemmOne,
+          one, one == 1 ? "" : "s"))
+      for (c, spec) in cases.enumerated() {
+        let flops = modelFlopsPerStep(spec.spec, batch: spec.batch)
+        let perRound = stepTimes[threads]![c]
+        let step = median(perRound)
+        let mfu = median(zip(perRound, sgemmRates[threads]!).map { flops / $0 / $1 })
+        let speedup = median(stepTimes[one]![c]) / step
+        print(
+          String(
+            format: "  %@: step %.4f s, %.2f GFLOP/step, %.1f GFLOP/s, MFU %.2f, x%.2f of %d thread%@",
+            spec.label.padding(toLength: 31, withPad: " ", startingAt: 0), step, flops / 1e9, flops / step / 1e9, mfu,
+            speedup, one, one == 1 ? "" : "s"))
+      }
     }
   }
 
-  static func report(_ label: String, spec: ModelSpec, batch: Int, kernels: Kernels, steps: Int, sgemm: Double) throws {
-    let data = SyntheticData(spec: spec)
-    let optimizer = Optimizer(kind: .adamw, lr: 1e-4, totalSteps: steps + 2)
-    let run = try ModelRun(
-      index: 0, id: "bench", spec: spec, seed: 1,
-      settings: TrainSettings(steps: steps + 2, batchSize: batch, optimizer: optimizer),
-      data: data, shards: [0..<spec.blockCount], backend: SharedMemoryBackend(devices: 1), memory: kernels.memory)
+  static func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.isEmpty ? .nan : sorted[sorted.count / 2]
+  }
+
+  static func makeRun(_ c: Case, kernels: Kernels, steps: Int) throws -> ModelRun {
+    let optimizer = Optimizer(kind: .adamw, lr: 1e-4, totalSteps: steps)
+    return try ModelRun(
+      index: 0, id: "bench", spec: c.spec, seed: 1,
+      settings: TrainSettings(steps: steps, batchSize: c.batch, optimizer: optimizer),
+      data: SyntheticData(spec: c.spec), shards: [0..<c.spec.blockCount], backend: SharedMemoryBackend(devices: 1),
+      memory: kernels.memory)
+  }
+
+  /// The times of the next `steps` training steps of `run`, in seconds.
+  static func timeSteps(_ run: ModelRun, kernels: Kernels, steps: Int) throws -> [Double] {
     var times: [Double] = []
-    while let task = run.nextTask {
+    while times.count < steps, let task = run.nextTask {
       let start = DispatchTime.now().uptimeNanoseconds
       var completed = false
       var t = task
@@ -56,18 +131,11 @@ struct Bench {
       }
       times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
-    let measured = Array(times.dropFirst(2)).sorted()
-    let median = measured[measured.count / 2]
-    let flops = modelFlopsPerStep(spec, batch: batch)
-    let rate = flops / median
-    print(
-      String(
-        format: "  %@: step %.4f s (min %.4f), %.2f GFLOP/step, %.1f GFLOP/s, MFU %.2f", label, median,
-        measured[0], flops / 1e9, rate / 1e9, rate / sgemm))
+    return times
   }
 
-  /// Median FLOP/s of cblas_sgemm on 1024 x 1024 x 1024 at `threads` OpenBLAS threads (15 calls
-  /// after 3 warm-up calls).
+  /// Median FLOP/s of cblas_sgemm on 1024 x 1024 x 1024 with OpenBLAS's pool at `threads` threads
+  /// (15 calls after 3 warm-up calls).
   static func sgemmRate(threads: Int) -> Double {
     openblas_set_num_threads(Int32(threads))
     let n = 1024
@@ -85,8 +153,7 @@ struct Bench {
       // The first calls pay for page faults and OpenBLAS's buffers: not the rate.
       if rep >= 3 { times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9) }
     }
-    times.sort()
-    return 2 * Double(n * n * n) / times[times.count / 2]
+    return 2 * Double(n * n * n) / median(times)
   }
 }
 

@@ -4,7 +4,8 @@ import HydraKernelsReference
 import XCTest
 
 /// Every kernel of the `cpu` plugin against the reference oracle, on seeded random data and awkward
-/// shapes, at 1 and 2 threads.
+/// shapes, at 1 to 4 threads (`testThreads`): sizes not divisible by the threads, products large
+/// enough to be cut into pieces along rows or columns, one head, more heads than rows.
 ///
 /// Tolerances: the reference sums in Double, the cpu kernels in Float (OpenBLAS, SIMD lanes), so a
 /// sum of k terms of size ~1 differs by about sqrt(k) ulp typically and k ulp at worst; for k <= 512
@@ -17,7 +18,12 @@ final class CPUKernelsTests: XCTestCase {
 
   func testGemmAllTransposesAgainstReference() {
     var rng = TestRandom(1)
-    let shapes = [(1, 1, 1), (7, 13, 31), (31, 7, 13), (64, 33, 129), (5, 17, 512), (13, 1, 7)]
+    // The last three are cut into pieces (`CPUKernels.productSplit`): along rows (the last piece
+    // short), along columns, and along rows of a thin C.
+    let shapes = [
+      (1, 1, 1), (7, 13, 31), (31, 7, 13), (64, 33, 129), (5, 17, 512), (13, 1, 7), (333, 77, 129), (45, 1000, 97),
+      (500, 17, 300),
+    ]
     for threads in testThreads {
       let cpu = CPUKernels(threads: threads)
       for (m, n, k) in shapes {
@@ -75,8 +81,10 @@ final class CPUKernelsTests: XCTestCase {
     var rng = TestRandom(2)
     for threads in testThreads {
       let cpu = CPUKernels(threads: threads)
-      for (transA, transB) in [(false, false), (true, false), (false, true), (true, true)] {
-        let (m, n, k, batch) = (7, 5, 13, 3)
+      // The second size is cut into 2 pieces per matrix.
+      for ((transA, transB), (m, n, k, batch)) in [(false, false), (true, false), (false, true), (true, true)]
+        .flatMap({ t in [(7, 5, 13, 3), (300, 40, 200, 2)].map { (t, $0) } })
+      {
         let lda = (transA ? m : k) + 1, ldb = (transB ? k : n) + 2, ldc = n + 3
         let strideA = (transA ? k : m) * lda + 11
         let strideB = (transB ? n : k) * ldb + 5
@@ -93,7 +101,9 @@ final class CPUKernelsTests: XCTestCase {
           strideA: strideA, b: b.c, ldb: ldb, strideB: strideB, beta: 0.25, c: c2.p, ldc: ldc,
           strideC: strideC, batch: batch)
         // Everything outside the matrices (padding, gaps between them) is untouched by both.
-        assertClose(c1.array, c2.array, tol: 1e-5, "gemmBatched t\(threads) \(transA) \(transB)")
+        assertClose(
+          c1.array, c2.array, tol: 1e-5 * Float(max(k, 8)).squareRoot() / 3,
+          "gemmBatched t\(threads) \(m)x\(n)x\(k) b\(batch) \(transA) \(transB)")
       }
     }
   }
@@ -201,7 +211,7 @@ final class CPUKernelsTests: XCTestCase {
 
   func testLayerNormForwardBackward() {
     var rng = TestRandom(6)
-    let shapes = [(1, 1), (1, 7), (13, 31), (8, 384), (5, 100), (3, 1), (200, 13), (256, 384)]
+    let shapes = [(1, 1), (1, 7), (13, 31), (8, 384), (5, 100), (3, 1), (200, 13), (256, 384), (1001, 100)]
     for threads in testThreads {
       let cpu = CPUKernels(threads: threads)
       for (rows, cols) in shapes {
@@ -250,10 +260,11 @@ final class CPUKernelsTests: XCTestCase {
   // MARK: Attention
 
   /// (batch, seq, channels, heads): T = 1, heads = 1, C not a multiple of 8, sequences across the
-  /// 64-row causal blocks.
+  /// 64-row causal blocks, more heads than rows, one head with several blocks (fewer tasks than
+  /// threads), many heads.
   static let attentionShapes = [
     (1, 1, 8, 1), (2, 7, 12, 3), (1, 13, 31, 1), (2, 31, 20, 4), (1, 65, 16, 2), (2, 130, 24, 3),
-    (1, 128, 64, 2), (3, 1, 6, 2),
+    (1, 128, 64, 2), (3, 1, 6, 2), (2, 3, 40, 8), (1, 200, 16, 1), (3, 70, 36, 12),
   ]
 
   func testAttentionForwardAgainstReference() {
@@ -420,7 +431,7 @@ final class CPUKernelsTests: XCTestCase {
     var rng = TestRandom(11)
     for threads in testThreads {
       let cpu = CPUKernels(threads: threads)
-      for count in [1, 7, 16, 31, 1000, 131_075] {
+      for count in [1, 7, 16, 31, 1000, 131_075, 1_000_003] {
         let what = "t\(threads) n\(count)"
         let a0 = rng.normal(count), b0 = rng.normal(count)
         let a = Buf(a0), b = Buf(b0)

@@ -1,9 +1,11 @@
+import Dispatch
 import HydraCore
 import HydraKernelsCPU
 import XCTest
 
-/// Same inputs and threads => the same bits, every call. Sizes are large enough that the
-/// multi-threaded paths are taken at threads = 2.
+/// Same inputs and threads => the same bits, every call (the contract); and, beyond it, the same bits
+/// at every thread count, products and attention included (the cpu kernels cut work by sizes only).
+/// Sizes are large enough that every kernel takes its multi-threaded path at 2 threads and above.
 final class DeterminismTests: XCTestCase {
   /// Runs every kernel on fixed inputs (accumulating outputs start from fixed contents) and
   /// returns all outputs, scalar results encoded as floats' bits.
@@ -15,12 +17,18 @@ final class DeterminismTests: XCTestCase {
     let x = Buf(rng.normal(n)), dy = Buf(rng.normal(n))
 
     if blas {
-      let (m, nn, kk) = (192, 160, 384)
+      // Cut into pieces along rows, then along columns.
+      let (m, nn, kk) = (600, 160, 384)
       let a = Buf(rng.normal(m * kk)), b = Buf(rng.normal(kk * nn)), c = Buf(rng.normal(m * nn))
       k.gemm(
         transA: false, transB: false, m: m, n: nn, k: kk, alpha: 0.5, a: a.c, lda: kk, b: b.c, ldb: nn, beta: 0.5,
         c: c.p, ldc: nn)
       results.append(("gemm", c.array))
+      let c2 = Buf(rng.normal(96 * 500))
+      k.gemm(
+        transA: true, transB: true, m: 96, n: 500, k: 100, alpha: 1, a: dy.c, lda: 96, b: x.c, ldb: 100, beta: 0,
+        c: c2.p, ldc: 500)
+      results.append(("gemm along columns", c2.array))
       let cb = Buf(rng.normal(2 * 64 * 64))
       k.gemmBatched(
         transA: true, transB: false, m: 64, n: 64, k: 64, alpha: 1, a: a.c, lda: 64, strideA: 4096,
@@ -123,17 +131,38 @@ final class DeterminismTests: XCTestCase {
     return results
   }
 
-  func testEveryKernelTwiceGivesTheSameBits() {
-    let cpu = CPUKernels(threads: 2)
-    let first = runAll(cpu, blas: true)
-    let second = runAll(cpu, blas: true)
-    for (a, b) in zip(first, second) { assertBitwise(a.1, b.1, "\(a.0) called twice at threads 2") }
+  func testEveryKernelTwiceGivesTheSameBitsAtEveryThreadCount() {
+    for threads in testThreads {
+      let cpu = CPUKernels(threads: threads)
+      let first = runAll(cpu, blas: true)
+      let second = runAll(cpu, blas: true)
+      for (a, b) in zip(first, second) { assertBitwise(a.1, b.1, "\(a.0) called twice at threads \(threads)") }
+    }
   }
 
-  /// Beyond the contract: the Swift kernels split work so that no result depends on `threads`.
-  func testSwiftKernelsDoNotDependOnThreads() {
-    let one = runAll(CPUKernels(threads: 1), blas: false)
-    let two = runAll(CPUKernels(threads: 2), blas: false)
-    for (a, b) in zip(one, two) { assertBitwise(a.1, b.1, "\(a.0) at threads 1 and 2") }
+  /// Beyond the contract, and what README promises: no result depends on `threads`.
+  func testNoKernelDependsOnThreads() {
+    let one = runAll(CPUKernels(threads: 1), blas: true)
+    for threads in testThreads.dropFirst() + [8] {
+      let other = runAll(CPUKernels(threads: threads), blas: true)
+      for (a, b) in zip(one, other) { assertBitwise(b.1, a.1, "\(a.0) at threads \(threads) against 1") }
+    }
+  }
+
+  /// Two threads calling one instance at once (devices sharing it): one of them finds the pool busy
+  /// and runs alone; both get the bits of a call made alone.
+  func testConcurrentCallersOnOneInstanceGetTheSameBits() {
+    let cpu = CPUKernels(threads: 2)
+    let alone = runAll(cpu, blas: true)
+    let results = UnsafeMutablePointer<[(String, [Float])]>.allocate(capacity: 4)
+    results.initialize(repeating: [], count: 4)
+    defer {
+      results.deinitialize(count: 4)
+      results.deallocate()
+    }
+    DispatchQueue.concurrentPerform(iterations: 4) { i in results[i] = self.runAll(cpu, blas: true) }
+    for i in 0..<4 {
+      for (a, b) in zip(alone, results[i]) { assertBitwise(b.1, a.1, "\(a.0) in concurrent caller \(i)") }
+    }
   }
 }

@@ -188,9 +188,9 @@ final class KernelTimingTests: XCTestCase {
 ///
 /// The difference between the two counts, over 10, is the allocations per call of every kernel;
 /// `HYDRA_KERNEL_ALLOC_ONLY=i` calls only the i-th (1-based, in the order below). Measured with an
-/// LD_PRELOAD malloc counter (valgrind cannot read Swift 6.3's DWARF 5): none per call from these
-/// kernels; at threads 2, OpenBLAS's threaded sgemm mallocs about once per large call, and
-/// libdispatch's concurrentPerform about once per ten calls.
+/// LD_PRELOAD malloc counter (valgrind cannot read Swift 6.3's DWARF 5): none per call at threads 1;
+/// at threads 2 and more, one per call that uses the pool (the box `withoutActuallyEscaping` makes
+/// around the tasks' closure), none per task and none from OpenBLAS (kept at one thread).
 final class KernelAllocationProbe: XCTestCase {
   func testCallEveryKernel() throws {
     guard let reps = ProcessInfo.processInfo.environment["HYDRA_KERNEL_ALLOC_REPS"].flatMap({ Int($0) }) else {

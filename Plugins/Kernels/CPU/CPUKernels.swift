@@ -1,36 +1,46 @@
 import CBLAS
-import Dispatch
-import Foundation
 import HydraPluginAPI
 
+#if canImport(Glibc)
+  import Glibc
+#endif
+
 /// The `cpu` kernels: every matrix product through OpenBLAS's `cblas_sgemm`, everything else as
-/// vectorised Swift (16-lane SIMD), split over `threads` with `DispatchQueue.concurrentPerform`.
+/// vectorised Swift (16-lane SIMD), spread over `threads` threads of a persistent pool
+/// (`WorkerPool`: the caller and `threads - 1` workers).
 ///
-/// Determinism: work is split into chunks that depend only on the sizes and `threads`; every output
-/// element and every reduction is computed by one chunk in a fixed order, and reductions over chunks
-/// are combined in chunk order. The column reductions (bias, LayerNorm and embedding gradients) and
-/// the scalar reductions (`sumOfSquares`, the cross-entropy loss) do not even depend on `threads`.
-/// OpenBLAS products give the same bits for the same shapes, pool size and OpenBLAS kernel set
-/// (`blasCoreName`); measured here they are also equal at 1 and 2 threads, but that is OpenBLAS's
-/// business, not promised.
+/// Determinism, and more: the results do not depend on `threads` at all. Work is cut into pieces by
+/// rules of the sizes alone; every output element is computed by one piece, the same way whichever
+/// thread runs it; reductions (`sumOfSquares`, the cross-entropy loss) use a fixed chunking and add
+/// the chunks in order; column reductions (bias, LayerNorm and embedding gradients) sum each column
+/// over its rows in order. Products are cut into pieces of C (`productSplit`) and attention into
+/// (row block, batch, head) tasks, each piece one *single-threaded* OpenBLAS call: OpenBLAS's own
+/// pool is set to one thread for the whole process, so it never competes with this one. The bits
+/// of a product then depend only on the shapes and OpenBLAS's kernel set (`blasCoreName`).
 ///
-/// No heap allocation per call in this code (scratch for reductions is a 16-entry stack buffer);
-/// libdispatch and OpenBLAS's thread pool may allocate internally when `threads` > 1.
+/// No heap allocation per call (scratch for reductions is a small stack buffer; the pool borrows
+/// each call's closure).
 ///
-/// An instance holds no mutable state: several devices (threads) may each use their own instance,
-/// or share one, concurrently. OpenBLAS has one thread pool per process, and `init` sets its size
-/// to `threads` for the whole process.
+/// An instance may be used by several threads at once (devices sharing it): a call that finds the
+/// pool busy runs on its caller's thread alone, with the same results. Each instance owns its pool;
+/// the workers stop when the instance goes.
 public final class CPUKernels: Kernels {
   public let name = "cpu"
   public let threads: Int
   public let memory: DeviceMemory
+  let pool: WorkerPool
 
   public init(threads: Int = 1, memory: DeviceMemory = DeviceMemory()) {
     precondition(threads >= 1, "threads must be at least 1")
     self.threads = threads
     self.memory = memory
-    openblas_set_num_threads(Int32(threads))
+    pool = WorkerPool(threads: threads)
+    // Every product is cut into single-threaded calls on this pool; OpenBLAS threads of its own
+    // would only compete with it for the cores.
+    openblas_set_num_threads(1)
   }
+
+  deinit { pool.shutdown() }
 
   /// The OpenBLAS kernel set chosen for this CPU at load time (`OPENBLAS_CORETYPE` overrides it).
   /// On CPUs newer than the OpenBLAS release it can fall back to a slow generic one ("Prescott"):
@@ -43,92 +53,50 @@ public final class CPUKernels: Kernels {
 
   // MARK: Work splitting
 
-  /// Elementwise work below this many floats per thread runs on the calling thread.
+  /// Elementwise work below this many floats per piece runs on the calling thread.
   static let elementGrain = 1 << 15
+  /// Pieces per thread for elementwise work: more pieces than threads even out threads slowed by
+  /// other processes (pieces are taken by whichever thread is free).
+  static let piecesPerThread = 4
 
-  /// Runs `body` over `threads` contiguous pieces of 0..<count (piece boundaries multiples of
-  /// `align`), or over the whole range at once when the work is small. Only for work whose result
-  /// does not depend on the split (each output written by one piece).
+  /// Runs `body` over contiguous pieces of 0..<count (boundaries multiples of `align`), on the
+  /// pool, or over the whole range at once when the work is small. Only for work whose result does
+  /// not depend on the split (each output written by one piece).
   @inline(__always)
-  private func parallelFor(
+  func parallelFor(
     _ count: Int, grain: Int, align: Int = 16, _ body: (Range<Int>) -> Void
   ) {
-    let pieces = Swift.min(threads, Swift.max(1, count / Swift.max(grain, 1)))
-    if pieces <= 1 {
+    let pieces = Swift.min(threads * Self.piecesPerThread, Swift.max(1, count / Swift.max(grain, 1)))
+    if pieces <= 1 || threads == 1 {
       if count > 0 { body(0..<count) }
       return
     }
     let per = ((count + pieces - 1) / pieces + align - 1) / align * align
-    DispatchQueue.concurrentPerform(iterations: pieces) { i in
-      let lo = Swift.min(i * per, count)
-      let hi = Swift.min(lo + per, count)
-      if lo < hi { body(lo..<hi) }
+    pool.run(tasks: (count + per - 1) / per) { i in
+      let lo = i * per
+      body(lo..<Swift.min(lo + per, count))
     }
   }
 
-  /// The fixed split used by scalar reductions: at most 16 chunks of 0..<count, boundaries multiples
-  /// of `align`, independent of `threads`. `body(chunk, range)` is called once per chunk (chunks are
-  /// spread over the threads); the caller combines per-chunk results in chunk order.
+  /// Chunks of the scalar reductions: at most this many, independent of `threads`.
+  static let reductionChunkLimit = 64
+
+  /// The fixed split used by scalar reductions: at most `reductionChunkLimit` chunks of 0..<count,
+  /// boundaries multiples of `align`, independent of `threads`. `body(chunk, range)` is called once
+  /// per chunk (on the pool); the caller combines per-chunk results in chunk order.
   @inline(__always)
-  private func reductionChunks(
+  func reductionChunks(
     _ count: Int, align: Int, grain: Int, _ body: (Int, Range<Int>) -> Void
   ) -> Int {
-    let per = Swift.max(align, ((count + 15) / 16 + align - 1) / align * align)
+    let limit = Self.reductionChunkLimit
+    let per = Swift.max(align, ((count + limit - 1) / limit + align - 1) / align * align)
     let chunks = (count + per - 1) / per
-    let workers = Swift.min(threads, chunks, Swift.max(1, count / Swift.max(grain, 1)))
-    if workers <= 1 {
+    if threads == 1 || count / Swift.max(grain, 1) <= 1 {
       for j in 0..<chunks { body(j, j * per..<Swift.min(count, (j + 1) * per)) }
     } else {
-      DispatchQueue.concurrentPerform(iterations: workers) { w in
-        for j in (w * chunks / workers)..<((w + 1) * chunks / workers) {
-          body(j, j * per..<Swift.min(count, (j + 1) * per))
-        }
-      }
+      pool.run(tasks: chunks) { j in body(j, j * per..<Swift.min(count, (j + 1) * per)) }
     }
     return chunks
-  }
-
-  // MARK: Matrix products
-
-  @inline(__always)
-  private func sgemm(
-    _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
-    _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
-    _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
-  ) {
-    if m == 0 || n == 0 { return }
-    if k == 0 {
-      // C = beta C (OpenBLAS would reject a leading dimension of 0 for the empty operand).
-      for i in 0..<m {
-        let row = c + i * ldc
-        if beta == 0 { row.update(repeating: 0, count: n) } else { for j in 0..<n { row[j] *= beta } }
-      }
-      return
-    }
-    cblas_sgemm(
-      CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-      Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-  }
-
-  public func gemm(
-    transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-    a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
-  ) {
-    sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-  }
-
-  public func gemmBatched(
-    transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-    a: UnsafePointer<Float>, lda: Int, strideA: Int,
-    b: UnsafePointer<Float>, ldb: Int, strideB: Int,
-    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, strideC: Int, batch: Int
-  ) {
-    for i in 0..<batch {
-      sgemm(
-        transA, transB, m, n, k, alpha, a + i * strideA, lda, b + i * strideB, ldb,
-        beta, c + i * strideC, ldc)
-    }
   }
 
   // MARK: Bias
@@ -381,179 +349,6 @@ public final class CPUKernels: Kernels {
       { r, c in dy[r * cols + c] })
   }
 
-  // MARK: Attention
-
-  /// Row blocks for the causal products: a block of query rows [r0, r1) only needs keys 0..<r1.
-  static let attentionBlock = 64
-
-  public func attentionForward(
-    qkv: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
-    probs: UnsafeMutablePointer<Float>, batch: Int, seq: Int, channels: Int, heads: Int
-  ) {
-    let T = seq, C = channels
-    precondition(heads > 0 && C % heads == 0, "channels must be a multiple of heads")
-    let hs = C / heads
-    let scale = 1 / Float(hs).squareRoot()
-    let blk = Self.attentionBlock
-    // S = scale * Q K^T, lower block-triangle only (the rest is overwritten by the softmax).
-    for b in 0..<batch {
-      for h in 0..<heads {
-        let q = qkv + b * T * 3 * C + h * hs
-        let p = probs + (b * heads + h) * T * T
-        var r0 = 0
-        while r0 < T {
-          let r1 = Swift.min(T, r0 + blk)
-          sgemm(false, true, r1 - r0, r1, hs, scale, q + r0 * 3 * C, 3 * C, q + C, 3 * C, 0, p + r0 * T, T)
-          r0 = r1
-        }
-      }
-    }
-    // Causal softmax of every row in place; zeros above the diagonal.
-    let rowsTotal = batch * heads * T
-    parallelFor(rowsTotal, grain: Swift.max(1, Self.elementGrain / Swift.max(T, 1)), align: 1) { rr in
-      for row in rr {
-        let t = row % T
-        softmaxRowInPlace(probs + row * T, count: t + 1, width: T)
-      }
-    }
-    // out_h = P V_h.
-    for b in 0..<batch {
-      for h in 0..<heads {
-        let v = qkv + b * T * 3 * C + 2 * C + h * hs
-        let p = probs + (b * heads + h) * T * T
-        let o = out + b * T * C + h * hs
-        var r0 = 0
-        while r0 < T {
-          let r1 = Swift.min(T, r0 + blk)
-          sgemm(false, false, r1 - r0, hs, r1, 1, p + r0 * T, T, v, 3 * C, 0, o + r0 * C, C)
-          r0 = r1
-        }
-      }
-    }
-  }
-
-  /// row[0..<count] = softmax(row[0..<count]); row[count..<width] = 0. The row's tail is handled
-  /// with a full-width masked load when the row is wide enough (the lanes past `count` are
-  /// overwritten with zeros at the end).
-  @inline(__always)
-  private func softmaxRowInPlace(_ row: UnsafeMutablePointer<Float>, count n: Int, width: Int) {
-    let main = n & ~15
-    let full = main + 16 <= width
-    var m = V16(repeating: -.infinity)
-    var c = 0
-    while c < main {
-      m = vmax(m, load16(row + c))
-      c += 16
-    }
-    if main < n { m = vmax(m, loadTail(row + main, n - main, fill: -.infinity, full: full)) }
-    let top = hmax(m)
-    var acc = V16()
-    c = 0
-    while c < main {
-      let e = CPUMath.exp(load16(row + c) - top)
-      store16(e, row + c)
-      acc += e
-      c += 16
-    }
-    if main < n {
-      let e = CPUMath.exp(loadTail(row + main, n - main, fill: -.infinity, full: full) - top)
-      if full { store16(e, row + main) } else { storePartial(e, row + main, n - main) }
-      acc += e
-    }
-    let inv = 1 / hsum(acc)
-    let end = full ? main + 16 : main
-    c = 0
-    while c < end {
-      store16(load16(row + c) * inv, row + c)
-      c += 16
-    }
-    while c < n {
-      row[c] *= inv
-      c += 1
-    }
-    if n < width { (row + n).update(repeating: 0, count: width - n) }
-  }
-
-  public func attentionBackward(
-    dout: UnsafePointer<Float>, qkv: UnsafePointer<Float>, probs: UnsafePointer<Float>,
-    dqkv: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
-    batch: Int, seq: Int, channels: Int, heads: Int
-  ) {
-    let T = seq, C = channels
-    precondition(heads > 0 && C % heads == 0, "channels must be a multiple of heads")
-    let hs = C / heads
-    let scale = 1 / Float(hs).squareRoot()
-    let blk = Self.attentionBlock
-    // dP = dO V^T (lower block-triangle) into scratch; dV = P^T dO.
-    for b in 0..<batch {
-      for h in 0..<heads {
-        let dO = dout + b * T * C + h * hs
-        let v = qkv + b * T * 3 * C + 2 * C + h * hs
-        let dv = dqkv + b * T * 3 * C + 2 * C + h * hs
-        let p = probs + (b * heads + h) * T * T
-        let dp = scratch + (b * heads + h) * T * T
-        var r0 = 0
-        while r0 < T {
-          let r1 = Swift.min(T, r0 + blk)
-          sgemm(false, true, r1 - r0, r1, hs, 1, dO + r0 * C, C, v, 3 * C, 0, dp + r0 * T, T)
-          // dV[u] for u in [r0, r1) = sum over t >= r0 of P[t, u] dO[t].
-          sgemm(
-            true, false, r1 - r0, hs, T - r0, 1, p + r0 * T + r0, T, dO + r0 * C, C, 0,
-            dv + r0 * 3 * C, 3 * C)
-          r0 = r1
-        }
-      }
-    }
-    // dS = P (dP - rowsum(P dP)) * scale, in place in scratch; zeros above the diagonal.
-    let rowsTotal = batch * heads * T
-    parallelFor(rowsTotal, grain: Swift.max(1, Self.elementGrain / Swift.max(T, 1)), align: 1) { rr in
-      for row in rr {
-        let n = row % T + 1
-        let pr = probs + row * T
-        let ds = scratch + row * T
-        let main = n & ~15
-        let full = main + 16 <= T
-        var acc = V16()
-        var c = 0
-        while c < main {
-          acc += load16(pr + c) * load16(ds + c)
-          c += 16
-        }
-        if main < n {
-          acc += loadTail(pr + main, n - main, fill: 0, full: full) * loadTail(ds + main, n - main, fill: 0, full: full)
-        }
-        let inner = hsum(acc)
-        c = 0
-        while c < main {
-          store16(load16(pr + c) * (load16(ds + c) - inner) * scale, ds + c)
-          c += 16
-        }
-        while c < n {
-          ds[c] = pr[c] * (ds[c] - inner) * scale
-          c += 1
-        }
-        if n < T { (ds + n).update(repeating: 0, count: T - n) }
-      }
-    }
-    // dQ = dS K; dK = dS^T Q.
-    for b in 0..<batch {
-      for h in 0..<heads {
-        let q = qkv + b * T * 3 * C + h * hs
-        let dq = dqkv + b * T * 3 * C + h * hs
-        let ds = UnsafePointer(scratch + (b * heads + h) * T * T)
-        var r0 = 0
-        while r0 < T {
-          let r1 = Swift.min(T, r0 + blk)
-          sgemm(false, false, r1 - r0, hs, r1, 1, ds + r0 * T, T, q + C, 3 * C, 0, dq + r0 * 3 * C, 3 * C)
-          sgemm(
-            true, false, r1 - r0, hs, T - r0, 1, ds + r0 * T + r0, T, q + r0 * 3 * C, 3 * C, 0,
-            dq + C + r0 * 3 * C, 3 * C)
-          r0 = r1
-        }
-      }
-    }
-  }
-
   // MARK: Embeddings
 
   public func embeddingForward(
@@ -610,8 +405,8 @@ public final class CPUKernels: Kernels {
     dlogits: UnsafeMutablePointer<Float>?, gradScale: Float
   ) -> (loss: Double, correct: Int) {
     let V = classes
-    return withUnsafeTemporaryAllocation(of: Double.self, capacity: 16) { losses in
-      withUnsafeTemporaryAllocation(of: Int.self, capacity: 16) { hits in
+    return withUnsafeTemporaryAllocation(of: Double.self, capacity: Self.reductionChunkLimit) { losses in
+      withUnsafeTemporaryAllocation(of: Int.self, capacity: Self.reductionChunkLimit) { hits in
         let chunks = reductionChunks(
           rows, align: 1, grain: Swift.max(1, Self.elementGrain / Swift.max(V, 1))
         ) { chunk, rr in
@@ -734,7 +529,7 @@ public final class CPUKernels: Kernels {
   }
 
   public func sumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double {
-    withUnsafeTemporaryAllocation(of: Double.self, capacity: 16) { partial in
+    withUnsafeTemporaryAllocation(of: Double.self, capacity: Self.reductionChunkLimit) { partial in
       let chunks = reductionChunks(count, align: 16, grain: Self.elementGrain) { chunk, range in
         // Squares in Float lanes over blocks of 1024 elements, blocks added in Double.
         var total = 0.0

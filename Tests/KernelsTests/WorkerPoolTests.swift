@@ -1,0 +1,96 @@
+import Dispatch
+import Synchronization
+import XCTest
+
+@testable import HydraKernelsCPU
+
+/// The cpu kernels' thread pool: every task exactly once, on several threads, nested and concurrent
+/// calls, and workers that stop with their pool.
+final class WorkerPoolTests: XCTestCase {
+  func testEveryTaskRunsExactlyOnce() {
+    for threads in testThreads + [7] {
+      let pool = WorkerPool(threads: threads)
+      defer { pool.shutdown() }
+      for tasks in [0, 1, 2, 3, 5, 64, 1000] {
+        let counts = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: max(tasks, 1))
+        for i in 0..<tasks { (counts + i).initialize(to: Atomic(0)) }
+        // Many calls in a row: workers go from one generation to the next without sleeping.
+        for _ in 0..<50 { pool.run(tasks: tasks) { i in counts[i].add(1, ordering: .relaxed) } }
+        for i in 0..<tasks {
+          XCTAssertEqual(counts[i].load(ordering: .relaxed), 50, "threads \(threads) tasks \(tasks): task \(i)")
+        }
+        counts.deinitialize(count: tasks)
+        counts.deallocate()
+      }
+    }
+  }
+
+  func testTasksRunOnSeveralThreads() {
+    let pool = WorkerPool(threads: 2)
+    defer { pool.shutdown() }
+    let caller = pthread_self()
+    let elsewhere = Atomic<Int>(0)
+    // Tasks long enough that the worker, woken or spinning, takes some of them.
+    for _ in 0..<20 {
+      pool.run(tasks: 8) { _ in
+        if pthread_equal(pthread_self(), caller) == 0 { elsewhere.add(1, ordering: .relaxed) }
+        let end = DispatchTime.now().uptimeNanoseconds + 200_000
+        while DispatchTime.now().uptimeNanoseconds < end {}
+      }
+    }
+    XCTAssertGreaterThan(elsewhere.load(ordering: .relaxed), 0, "no task ran on the worker")
+  }
+
+  /// A task that calls `run` again runs the inner tasks itself (the pool is busy): no deadlock.
+  func testNestedCallsRunOnTheCaller() {
+    let pool = WorkerPool(threads: 3)
+    defer { pool.shutdown() }
+    let total = Atomic<Int>(0)
+    pool.run(tasks: 6) { _ in pool.run(tasks: 10) { i in total.add(i, ordering: .relaxed) } }
+    XCTAssertEqual(total.load(ordering: .relaxed), 6 * 45)
+  }
+
+  func testConcurrentCallersEachRunAllTheirTasks() {
+    let pool = WorkerPool(threads: 2)
+    defer { pool.shutdown() }
+    let total = Atomic<Int>(0)
+    DispatchQueue.concurrentPerform(iterations: 4) { _ in
+      for _ in 0..<200 { pool.run(tasks: 5) { i in total.add(i + 1, ordering: .relaxed) } }
+    }
+    XCTAssertEqual(total.load(ordering: .relaxed), 4 * 200 * 15)
+  }
+
+  /// Workers that have gone to sleep wake up for the next call; kernels instances that go away
+  /// take their workers with them (thousands of instances, as tests and the runtime create them).
+  func testSleepingWorkersWakeAndInstancesStopTheirWorkers() {
+    let pool = WorkerPool(threads: 4)
+    let total = Atomic<Int>(0)
+    pool.run(tasks: 4) { _ in total.add(1, ordering: .relaxed) }
+    usleep(UInt32(2 * WorkerPool.spinNanoseconds / 1000) + 20_000)
+    pool.run(tasks: 4) { _ in total.add(1, ordering: .relaxed) }
+    XCTAssertEqual(total.load(ordering: .relaxed), 8)
+    pool.shutdown()
+    let x = Buf(count: 1 << 17)
+    for _ in 0..<2000 {
+      let k = CPUKernels(threads: 3)
+      k.fill(x.p, value: 1, count: x.count)
+    }
+    XCTAssertEqual(x.array.last, 1)
+  }
+}
+
+/// The cut of products is a rule of the shapes: pinned here, since the bits of every product
+/// depend on it.
+final class ProductSplitTests: XCTestCase {
+  func testProductsAreCutByShapeAlone() {
+    typealias S = CPUKernels.ProductSplit
+    // Small: one piece.
+    XCTAssertEqual(CPUKernels.productSplit(m: 64, n: 64, k: 64), S(alongRows: true, size: 64, count: 1))
+    // A GPT layer at 1024 rows: the qkv product in 5 pieces of 256 columns, the MLP's second in 4
+    // pieces of 256 rows.
+    XCTAssertEqual(CPUKernels.productSplit(m: 1024, n: 1152, k: 384), S(alongRows: false, size: 256, count: 5))
+    XCTAssertEqual(CPUKernels.productSplit(m: 1024, n: 384, k: 1536), S(alongRows: true, size: 256, count: 4))
+    // Many rows: at most 64 pieces.
+    XCTAssertEqual(CPUKernels.productSplit(m: 32768, n: 768, k: 768), S(alongRows: true, size: 512, count: 64))
+  }
+}
