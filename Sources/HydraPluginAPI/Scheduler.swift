@@ -70,7 +70,10 @@ public struct SchedulerView: Sendable {
   /// Models that will never have a ready task again: done, or stopped (diverged). A model that is
   /// merely running is not in here (nor in `ready`). Baselines that run one model at a time use it
   /// to know when the next may start.
-  public var finished: Set<Int>
+  public var finished: Set<Int> { didSet { finishedBelow = 0 } }
+  /// Every model below this index is in `finished` (a runtime that knows it says so, sparing
+  /// `firstUnfinishedModel` the scan from 0).
+  private var finishedBelow = 0
   private var storage: ReadyStorage
 
   public init(
@@ -89,7 +92,7 @@ public struct SchedulerView: Sendable {
   /// until the decision is made).
   public init(
     now: Double, readyIndex: ReadyIndex, freeDevices: [Int], deviceCount: Int, modelCount: Int,
-    finished: Set<Int> = []
+    finished: Set<Int> = [], finishedBelow: Int = 0
   ) {
     self.now = now
     self.storage = ReadyStorage(index: readyIndex)
@@ -97,6 +100,13 @@ public struct SchedulerView: Sendable {
     self.deviceCount = deviceCount
     self.modelCount = modelCount
     self.finished = finished
+    self.finishedBelow = max(finishedBelow, 0)
+  }
+
+  /// The lowest model index below `modelCount` not in `finished`, if any: the model a
+  /// one-model-at-a-time baseline runs.
+  public var firstUnfinishedModel: Int? {
+    (finishedBelow..<max(modelCount, finishedBelow)).first { !finished.contains($0) }
   }
 
   /// The ready tasks indexed: the runtime's, or one built (once) from `ready`; nil when `ready`

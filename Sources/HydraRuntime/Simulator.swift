@@ -111,6 +111,8 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
   let ready = ReadyIndex(capacity: models.count)
   var free = Array(0..<devices)
   var ends = CompletionHeap()
+  // Every model below it has finished (models only ever finish).
+  var finishedBelow = 0
 
   func readyTask(_ m: Int) -> ReadyTask {
     let (task, seconds) = models[m].task(model: m, step: step[m], position: position[m])
@@ -130,7 +132,7 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       func decide() throws -> [Assignment] {
         let view = SchedulerView(
           now: now, readyIndex: ready, freeDevices: free, deviceCount: devices, modelCount: models.count,
-          finished: finished)
+          finished: finished, finishedBelow: finishedBelow)
         let answer = try scheduler.trySchedule(view)
         decisions += 1
         try validate(answer, against: view, scheduler: scheduler.name)
@@ -176,6 +178,7 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       }
       if !finished.contains(m) { ready.insert(readyTask(m)) }
     }
+    while finishedBelow < models.count && finished.contains(finishedBelow) { finishedBelow += 1 }
   }
   return SimulationResult(makespan: now, deviceCount: devices, intervals: intervals, decisions: decisions)
 }
