@@ -19,6 +19,13 @@ public struct TraceEvent: Sendable {
   }
 }
 
+/// CPU seconds the calling thread has used.
+private func threadCPUSeconds() -> Double {
+  var t = timespec()
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+  return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+}
+
 /// Keeps every device busy with some model's next shard task, as the scheduler plugin decides.
 ///
 /// The coordinator holds each model's progress and its estimates (measured task times, updated as
@@ -72,6 +79,11 @@ public final class Coordinator: @unchecked Sendable {
   /// Seconds the coordinator spent deciding (building views, asking the scheduler), and how often.
   public private(set) var decisionSeconds = 0.0
   public private(set) var decisions = 0
+  /// Of `decisionSeconds`, the CPU time the coordinator's thread used (without the time it waited
+  /// for a core, which on a machine with more device threads than cores is most of it), and the
+  /// tasks the decisions handed out.
+  public private(set) var decisionCPUSeconds = 0.0
+  public private(set) var assignments = 0
 
   /// Runs each device's tasks (its thread, or its rank).
   public let backend: Backend
@@ -151,7 +163,7 @@ public final class Coordinator: @unchecked Sendable {
     condition.lock()
     defer { condition.unlock() }
     while failure == nil {
-      let start = DispatchTime.now().uptimeNanoseconds
+      let start = DispatchTime.now().uptimeNanoseconds, cpuStart = threadCPUSeconds()
       refresh()
       let readyCount = readyIndex.count
       if readyCount == 0 && !assigned.contains(where: { $0 > 0 }) && !running.contains(true) { break }
@@ -195,6 +207,7 @@ public final class Coordinator: @unchecked Sendable {
         }
       }
       decisionSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+      decisionCPUSeconds += threadCPUSeconds() - cpuStart
       condition.wait()
     }
     while assigned.contains(where: { $0 > 0 }) || running.contains(true) { condition.wait() }
@@ -327,6 +340,7 @@ public final class Coordinator: @unchecked Sendable {
 
   /// Under the lock: hands `a` to its device (a thread of this process, or another process).
   private func dispatch(_ a: Assignment) {
+    assignments += 1
     assigned[a.device] += 1
     if assigned[a.device] == 1, let i = idle.firstIndex(of: a.device) { idle.remove(at: i) }
     readyIndex.remove(model: a.task.model)

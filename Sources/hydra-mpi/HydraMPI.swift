@@ -212,7 +212,9 @@ struct Plan: ParsableCommand {
         "job \(config.job.name): \(models.count) model(s), \(plans.map(\.shards.count).reduce(0, +)) shards, on \(n) device(s) at \(gflops) GFLOP/s each"
       )
       print(String(format: "sum of the models' times %.2f s, ideal makespan %.2f s", total, total / Double(n)))
-      print("scheduler        makespan   vs ideal  utilisation" + (timing ? "     wall  us/decision  decisions" : ""))
+      print(
+        "scheduler        makespan   vs ideal  utilisation"
+          + (timing ? "     wall  us/decision  decisions  us/task" : ""))
       let names = scheduler.map { [$0] } ?? registry.schedulerNames
       for name in names {
         guard registry.schedulerNames.contains(name) else {
@@ -225,7 +227,9 @@ struct Plan: ParsableCommand {
         let mark = name == config.scheduler.name ? "  <- the job's" : ""
         let times =
           timing
-          ? String(format: " %7.2f s %11.2f %10d", wall, wall * 1e6 / Double(max(r.decisions, 1)), r.decisions) : ""
+          ? String(
+            format: " %7.2f s %11.2f %10d %8.3f", wall, wall * 1e6 / Double(max(r.decisions, 1)), r.decisions,
+            wall * 1e6 / Double(max(r.intervals.count, 1))) : ""
         print(
           String(
             format: "%@ %8.2f s  %8.3f  %10.3f%@%@", name.padding(toLength: 15, withPad: " ", startingAt: 0),
