@@ -107,6 +107,9 @@ public final class Coordinator: @unchecked Sendable {
   private var idle: [Int]
   private let stores: [HostStore]
   private let modelIndex: [String: Int]
+  /// For tests: every decision also rebuilds the ready tasks and the finished models from every
+  /// model, as the coordinator did before it kept them, and fails the run where they disagree.
+  nonisolated(unsafe) static var checksReadyIndex = false
 
   /// Under a distributed backend the shards' homes are the backend's (set by its `attach`).
   public init(runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend) {
@@ -171,6 +174,7 @@ public final class Coordinator: @unchecked Sendable {
         // The view lives only inside `decide`, so dispatching (which changes the index) copies nothing.
         func decide() throws -> [Assignment] {
           let view = makeView()
+          if Coordinator.checksReadyIndex { try checkReadyIndex() }
           let assignments = try scheduler.trySchedule(view)
           try validate(assignments, against: view, scheduler: scheduler.name)
           return assignments
@@ -254,6 +258,25 @@ public final class Coordinator: @unchecked Sendable {
         t.state = runs[m].residency(of: shard)
         readyIndex.insert(t)
       }
+    }
+  }
+
+  /// Under the lock, after `refresh`: the index against a list built from every model. A task's
+  /// state is compared apart from the rest only where no prefetch can be moving it (without a store).
+  private func checkReadyIndex() throws {
+    var expected: [ReadyTask] = []
+    for (m, run) in runs.enumerated() where !running[m] {
+      if let task = run.nextTask { expected.append(readyTask(m, task, ahead: false)) }
+    }
+    let finished = Set(runs.indices.filter { !running[$0] && runs[$0].nextTask == nil })
+    var actual = readyIndex.all
+    if !stores.isEmpty {
+      for i in actual.indices where i < expected.count { actual[i].state = expected[i].state }
+    }
+    guard actual == expected, finished == finishedModels else {
+      throw RuntimeError(
+        "coordinator: the ready index disagrees with the models: \(actual) against \(expected); finished \(finishedModels.sorted()) against \(finished.sorted())"
+      )
     }
   }
 
