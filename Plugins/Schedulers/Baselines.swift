@@ -6,9 +6,10 @@ import HydraPluginAPI
 /// still served: when nothing runs at all (every device free) and that model has no ready task, it
 /// cannot be running, so it has finished and the lowest-index ready model is the current one.
 func currentTask(_ view: SchedulerView) -> ReadyTask? {
-  let current = (0..<view.modelCount).first { !view.finished.contains($0) }
-  if let t = view.ready.first(where: { $0.task.model == current }) { return t }
+  let current = view.firstUnfinishedModel
+  if let current, let t = view.readyTask(ofModel: current) { return t }
   guard view.freeDevices.count >= view.deviceCount else { return nil }  // the current model runs
+  if let index = view.readyIndex { return index.count > 0 ? index[model: index.model(atRank: 0)] : nil }
   return view.ready.min { $0.task.model < $1.task.model }
 }
 

@@ -28,15 +28,25 @@ func preferredDevice(for task: ReadyTask, among free: [Int]) -> Int? {
   return free.min()
 }
 
+/// Hands out free devices to the ready tasks in `order` (walked lazily from the view's index: only
+/// as many as it takes to fill the free devices; from the sorted list when the view names a model
+/// twice).
+func assignInOrder(_ order: ReadyOrder, _ view: SchedulerView) -> [Assignment] {
+  if let index = view.readyIndex { return assignInOrder(index.ordered(order), freeDevices: view.freeDevices) }
+  return assignInOrder(view.ready.sorted(by: order.precedes), freeDevices: view.freeDevices)
+}
+
 /// Hands out free devices to `tasks` in the order given, each to its preferred device, until one
 /// side runs out. A task with a home (under `mpi`) first gets only its home; the devices still free
 /// afterwards go, in the same order, to tasks whose home was busy, when moving their shard's state
 /// costs less than the task itself (rather than leaving the device idle).
-func assignInOrder(_ tasks: [ReadyTask], freeDevices: [Int]) -> [Assignment] {
+func assignInOrder<Tasks: Sequence>(_ tasks: Tasks, freeDevices: [Int]) -> [Assignment]
+where Tasks.Element == ReadyTask {
   var free = freeDevices.sorted()
   var out: [Assignment] = []
   var waiting: [ReadyTask] = []
-  for t in tasks where !free.isEmpty {
+  for t in tasks {
+    if free.isEmpty { break }
     let d: Int?
     if let h = t.home { d = free.contains(h) ? h : nil } else { d = preferredDevice(for: t, among: free) }
     guard let d else {

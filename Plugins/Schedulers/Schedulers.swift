@@ -24,18 +24,9 @@ public final class LRTFScheduler: Scheduler {
   }
 
   public func schedule(_ view: SchedulerView) -> [Assignment] {
-    func tier(_ t: ReadyTask) -> Int {
-      guard preferResident else { return 0 }
-      return t.state == .disk ? 1 : 0
-    }
-    func left(_ t: ReadyTask) -> Double { toNextRung ? t.secondsToNextRung ?? t.remainingSeconds : t.remainingSeconds }
-    let order = view.ready.sorted {
-      let a = tier($0), b = tier($1)
-      if a != b { return a < b }
-      let x = left($0), y = left($1)
-      return x != y ? x > y : $0.task.model < $1.task.model
-    }
-    return assignInOrder(order, freeDevices: view.freeDevices)
+    let order: ReadyOrder =
+      toNextRung ? .longestToNextRung(residentFirst: preferResident) : .longestRemaining(residentFirst: preferResident)
+    return assignInOrder(order, view)
   }
 }
 
@@ -45,12 +36,7 @@ public final class FIFOScheduler: Scheduler {
   public let name = "fifo"
   public init() {}
 
-  public func schedule(_ view: SchedulerView) -> [Assignment] {
-    let order = view.ready.sorted {
-      $0.readySince != $1.readySince ? $0.readySince < $1.readySince : $0.task.model < $1.task.model
-    }
-    return assignInOrder(order, freeDevices: view.freeDevices)
-  }
+  public func schedule(_ view: SchedulerView) -> [Assignment] { assignInOrder(.earliestReady, view) }
 }
 
 /// Takes models in turn: after model m got a device, the next pick is the first ready model from
@@ -62,6 +48,30 @@ public final class RoundRobinScheduler: Scheduler {
   public init() {}
 
   public func schedule(_ view: SchedulerView) -> [Assignment] {
+    guard let index = view.readyIndex else { return scheduleList(view) }
+    var free = view.freeDevices.sorted()
+    var out: [Assignment] = []
+    guard index.count > 0 else { return out }
+    let n = max(view.modelCount, index.model(atRank: index.count - 1) + 1, 1)
+    // Models taken in this decision (given a device, or bound to a busy one): each pick starts just
+    // past the previous one, so the walk meets them only after every other ready model.
+    var taken = Set<Int>()
+    while taken.count < index.count, !free.isEmpty {
+      let start = (next % n + n) % n
+      var m = index.firstModel(atOrAfter: start) ?? index.model(atRank: 0)
+      while taken.contains(m) { m = index.firstModel(atOrAfter: m + 1) ?? index.model(atRank: 0) }
+      taken.insert(m)
+      let t = index[model: m]!
+      guard let d = preferredDevice(for: t, among: free) else { continue }
+      free.removeAll { $0 == d }
+      out.append(Assignment(task: t.task, device: d))
+      next = (m + 1) % n
+    }
+    return out
+  }
+
+  /// The same decision from a list that names a model twice (a view written by hand).
+  private func scheduleList(_ view: SchedulerView) -> [Assignment] {
     var ready = view.ready
     var free = view.freeDevices.sorted()
     var out: [Assignment] = []
@@ -90,6 +100,24 @@ public final class RandomScheduler: Scheduler {
   public init(seed: UInt64) { rng = SplitMix64(seed: seed) }
 
   public func schedule(_ view: SchedulerView) -> [Assignment] {
+    // Any task may run on any device: the k-th unpicked ready model, by rank in the index.
+    guard let index = view.readyIndex, index.constrainedCount == 0 else { return scheduleList(view) }
+    var picked: [Int] = []  // ranks taken in this decision, ascending
+    var out: [Assignment] = []
+    for d in view.freeDevices.sorted() where picked.count < index.count {
+      var rank = rng.nextInt(below: index.count - picked.count)
+      for p in picked {
+        guard p <= rank else { break }
+        rank += 1
+      }
+      picked.insert(rank, at: picked.firstIndex { $0 > rank } ?? picked.count)
+      out.append(Assignment(task: index[model: index.model(atRank: rank)]!.task, device: d))
+    }
+    return out
+  }
+
+  /// The same decision from the whole list, for tasks bound to some devices (under `mpi`).
+  private func scheduleList(_ view: SchedulerView) -> [Assignment] {
     var ready = view.ready.sorted { $0.task.model < $1.task.model }
     var out: [Assignment] = []
     for d in view.freeDevices.sorted() where !ready.isEmpty {

@@ -1,3 +1,5 @@
+import Foundation
+
 /// What a scheduler sees of one ready shard task: the next task of a model's chain that is not
 /// running, with the runtime's estimates and where its state and input are.
 public struct ReadyTask: Sendable, Equatable {
@@ -44,12 +46,21 @@ public struct ReadyTask: Sendable, Equatable {
 }
 
 /// A read-only picture of the job at one scheduling decision.
+///
+/// The ready tasks come two ways: as the list `ready` (what a view made by hand, a C-ABI scheduler
+/// and `validate` use), or as `readyIndex`, the runtime's incrementally kept index with the orders
+/// the built-in schedulers need (a decision in O(log n)). Either is made from the other on first use
+/// (the list from the runtime's index costs O(models), once per view); a view is only valid during
+/// the decision it was made for.
 public struct SchedulerView: Sendable {
   /// Seconds since the start.
   public var now: Double
   /// At most one task per model: its chain's next one, when the model is not running. Models that
-  /// have finished (or diverged) have none.
-  public var ready: [ReadyTask]
+  /// have finished (or diverged) have none. In model order when the view was made from an index.
+  public var ready: [ReadyTask] {
+    get { storage.list() }
+    set { storage = ReadyStorage(list: newValue) }
+  }
   /// The devices with nothing to do, by index.
   public var freeDevices: [Int]
   /// All devices.
@@ -59,18 +70,107 @@ public struct SchedulerView: Sendable {
   /// Models that will never have a ready task again: done, or stopped (diverged). A model that is
   /// merely running is not in here (nor in `ready`). Baselines that run one model at a time use it
   /// to know when the next may start.
-  public var finished: Set<Int>
+  public var finished: Set<Int> { didSet { finishedBelow = 0 } }
+  /// Every model below this index is in `finished` (a runtime that knows it says so, sparing
+  /// `firstUnfinishedModel` the scan from 0).
+  private var finishedBelow = 0
+  private var storage: ReadyStorage
 
   public init(
     now: Double, ready: [ReadyTask], freeDevices: [Int], deviceCount: Int, modelCount: Int,
     finished: Set<Int> = []
   ) {
     self.now = now
-    self.ready = ready
+    self.storage = ReadyStorage(list: ready)
     self.freeDevices = freeDevices
     self.deviceCount = deviceCount
     self.modelCount = modelCount
     self.finished = finished
+  }
+
+  /// A view over the runtime's index of ready tasks (not copied: the runtime leaves it unchanged
+  /// until the decision is made).
+  public init(
+    now: Double, readyIndex: ReadyIndex, freeDevices: [Int], deviceCount: Int, modelCount: Int,
+    finished: Set<Int> = [], finishedBelow: Int = 0
+  ) {
+    self.now = now
+    self.storage = ReadyStorage(index: readyIndex)
+    self.freeDevices = freeDevices
+    self.deviceCount = deviceCount
+    self.modelCount = modelCount
+    self.finished = finished
+    self.finishedBelow = max(finishedBelow, 0)
+  }
+
+  /// The lowest model index below `modelCount` not in `finished`, if any: the model a
+  /// one-model-at-a-time baseline runs.
+  public var firstUnfinishedModel: Int? {
+    (finishedBelow..<max(modelCount, finishedBelow)).first { !finished.contains($0) }
+  }
+
+  /// The ready tasks indexed: the runtime's, or one built (once) from `ready`; nil when `ready`
+  /// names a model twice, which only the list can describe.
+  public var readyIndex: ReadyIndex? { storage.index(modelCount: modelCount) }
+
+  /// How many tasks are ready.
+  public var readyCount: Int { storage.count }
+
+  /// Model `m`'s ready task, if it has one (the first listed, if `ready` names it twice).
+  public func readyTask(ofModel m: Int) -> ReadyTask? {
+    if let index = readyIndex { return index[model: m] }
+    return ready.first { $0.task.model == m }
+  }
+}
+
+/// The two forms of a view's ready tasks, each made from the other on first use.
+final class ReadyStorage: @unchecked Sendable {
+  private let lock = NSLock()
+  private var _list: [ReadyTask]?
+  private var _index: ReadyIndex?
+  private var triedIndex = false
+
+  init(list: [ReadyTask]) { _list = list }
+  init(index: ReadyIndex) {
+    _index = index
+    triedIndex = true
+    index.register(self)
+  }
+
+  /// `index` is about to change: keep its tasks as they are now, as a list (indexed again on
+  /// demand).
+  func detach(from index: ReadyIndex) {
+    lock.lock()
+    defer { lock.unlock() }
+    guard _index === index else { return }
+    if _list == nil { _list = index.all }
+    _index = nil
+    triedIndex = false
+  }
+
+  var count: Int {
+    lock.lock()
+    defer { lock.unlock() }
+    return _index?.count ?? _list?.count ?? 0
+  }
+
+  func list() -> [ReadyTask] {
+    lock.lock()
+    defer { lock.unlock() }
+    if let _list { return _list }
+    let list = _index?.all ?? []
+    _list = list
+    return list
+  }
+
+  func index(modelCount: Int) -> ReadyIndex? {
+    lock.lock()
+    defer { lock.unlock() }
+    if !triedIndex {
+      triedIndex = true
+      _index = ReadyIndex(_list ?? [], modelCount: modelCount)
+    }
+    return _index
   }
 }
 
@@ -109,19 +209,25 @@ public struct SchedulerError: Error, CustomStringConvertible, Sendable {
   public init(_ description: String) { self.description = description }
 }
 
-/// Checks a scheduler's answer against the view it was given.
+/// Checks a scheduler's answer against the view it was given: O(assignments) lookups in the view's
+/// index (and, for many assignments, a set of the free devices).
 public func validate(_ assignments: [Assignment], against view: SchedulerView, scheduler: String) throws {
   var tasks = Set<Int>(), devices = Set<Int>()
+  let free: Set<Int>? = assignments.count > 4 && view.freeDevices.count > 64 ? Set(view.freeDevices) : nil
   for a in assignments {
-    guard view.ready.contains(where: { $0.task == a.task }) else {
+    let found: ReadyTask?
+    if let index = view.readyIndex {
+      found = index[model: a.task.model].flatMap { $0.task == a.task ? $0 : nil }
+    } else {
+      found = view.ready.first { $0.task == a.task }
+    }
+    guard let ready = found else {
       throw SchedulerError("scheduler \"\(scheduler)\" assigned \(a.task), which is not ready")
     }
-    guard view.freeDevices.contains(a.device) else {
+    guard free?.contains(a.device) ?? view.freeDevices.contains(a.device) else {
       throw SchedulerError("scheduler \"\(scheduler)\" assigned device \(a.device), which is not free")
     }
-    if let ready = view.ready.first(where: { $0.task == a.task }), let allowed = ready.allowedDevices,
-      !allowed.contains(a.device)
-    {
+    if let allowed = ready.allowedDevices, !allowed.contains(a.device) {
       throw SchedulerError(
         "scheduler \"\(scheduler)\" assigned \(a.task) to device \(a.device); it may only run on \(allowed)")
     }

@@ -19,6 +19,13 @@ public struct TraceEvent: Sendable {
   }
 }
 
+/// CPU seconds the calling thread has used.
+private func threadCPUSeconds() -> Double {
+  var t = timespec()
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+  return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+}
+
 /// Keeps every device busy with some model's next shard task, as the scheduler plugin decides.
 ///
 /// The coordinator holds each model's progress and its estimates (measured task times, updated as
@@ -72,6 +79,11 @@ public final class Coordinator: @unchecked Sendable {
   /// Seconds the coordinator spent deciding (building views, asking the scheduler), and how often.
   public private(set) var decisionSeconds = 0.0
   public private(set) var decisions = 0
+  /// Of `decisionSeconds`, the CPU time the coordinator's thread used (without the time it waited
+  /// for a core, which on a machine with more device threads than cores is most of it), and the
+  /// tasks the decisions handed out.
+  public private(set) var decisionCPUSeconds = 0.0
+  public private(set) var assignments = 0
 
   /// Runs each device's tasks (its thread, or its rank).
   public let backend: Backend
@@ -83,6 +95,21 @@ public final class Coordinator: @unchecked Sendable {
   /// Shard states moved between devices, and their bytes.
   public private(set) var moves = 0
   public private(set) var movedBytes = 0
+
+  /// The ready tasks of the models at rest and the finished models, kept up to date between
+  /// decisions instead of rebuilt for each (`refresh`): a model whose readiness may have changed
+  /// (released, settled, stopped) is marked dirty, and the host stores' journals say which ready
+  /// task's shard state moved. The devices with nothing assigned, ascending.
+  private let readyIndex: ReadyIndex
+  private var finishedModels = Set<Int>()
+  private var dirty: [Bool]
+  private var dirtyModels: [Int]
+  private var idle: [Int]
+  private let stores: [HostStore]
+  private let modelIndex: [String: Int]
+  /// For tests: every decision also rebuilds the ready tasks and the finished models from every
+  /// model, as the coordinator did before it kept them, and fails the run where they disagree.
+  nonisolated(unsafe) static var checksReadyIndex = false
 
   /// Under a distributed backend the shards' homes are the backend's (set by its `attach`).
   public init(runs: [ModelRun], devices: [Device], scheduler: Scheduler, backend: Backend) {
@@ -106,6 +133,13 @@ public final class Coordinator: @unchecked Sendable {
     chained = Array(repeating: nil, count: runs.count)
     lastDevice = Array(repeating: nil, count: runs.count)
     readySince = Array(repeating: 0, count: runs.count)
+    readyIndex = ReadyIndex(capacity: runs.count)
+    dirty = Array(repeating: true, count: runs.count)
+    dirtyModels = Array(runs.indices)
+    idle = Array(devices.indices)
+    var seen = Set<ObjectIdentifier>()
+    stores = runs.compactMap(\.hostStore).filter { seen.insert(ObjectIdentifier($0)).inserted }
+    modelIndex = Dictionary(runs.enumerated().map { ($1.id, $0) }, uniquingKeysWith: { first, _ in first })
     // Until measured: FLOPs at a nominal rate (only the ratios matter).
     forwardSeconds = runs.map { run in
       run.shards.map { shard in
@@ -128,21 +162,30 @@ public final class Coordinator: @unchecked Sendable {
   /// after its current task and is rethrown.
   public func run() throws -> Double {
     origin = Date()
+    for store in stores { store.journalMoves() }
     condition.lock()
     defer { condition.unlock() }
     while failure == nil {
-      let start = DispatchTime.now().uptimeNanoseconds
-      let view = makeView(ahead: false)
-      if view.ready.isEmpty && !assigned.contains(where: { $0 > 0 }) && !running.contains(true) { break }
-      if !view.ready.isEmpty && !view.freeDevices.isEmpty {
+      let start = DispatchTime.now().uptimeNanoseconds, cpuStart = threadCPUSeconds()
+      refresh()
+      let readyCount = readyIndex.count
+      if readyCount == 0 && !assigned.contains(where: { $0 > 0 }) && !running.contains(true) { break }
+      if readyCount > 0 && !idle.isEmpty {
+        // The view lives only inside `decide`, so dispatching (which changes the index) copies nothing.
+        func decide() throws -> [Assignment] {
+          let view = makeView()
+          if Coordinator.checksReadyIndex { try checkReadyIndex() }
+          let assignments = try scheduler.trySchedule(view)
+          try validate(assignments, against: view, scheduler: scheduler.name)
+          return assignments
+        }
         var assignments: [Assignment] = []
         decisions += 1
         do {
-          assignments = try scheduler.trySchedule(view)
-          try validate(assignments, against: view, scheduler: scheduler.name)
+          assignments = try decide()
           if assignments.isEmpty && !assigned.contains(where: { $0 > 0 }) && !running.contains(true) {
             throw SchedulerError(
-              "scheduler \"\(scheduler.name)\" left every device idle with \(view.ready.count) task(s) ready")
+              "scheduler \"\(scheduler.name)\" left every device idle with \(readyCount) task(s) ready")
           }
         } catch {
           failure = error
@@ -153,7 +196,7 @@ public final class Coordinator: @unchecked Sendable {
       if distributed != nil {
         // One task ahead: devices running a task get their next one now (at its shard's home),
         // so that it is waiting for them in their process when the current one finishes.
-        let ahead = makeView(ahead: true)
+        let ahead = makeAheadView()
         if !ahead.ready.isEmpty && !ahead.freeDevices.isEmpty {
           var assignments: [Assignment] = []
           decisions += 1
@@ -168,6 +211,7 @@ public final class Coordinator: @unchecked Sendable {
         }
       }
       decisionSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+      decisionCPUSeconds += threadCPUSeconds() - cpuStart
       condition.wait()
     }
     while assigned.contains(where: { $0 > 0 }) || running.contains(true) { condition.wait() }
@@ -184,54 +228,114 @@ public final class Coordinator: @unchecked Sendable {
     return elapsed()
   }
 
-  /// Under the lock. With `ahead`, the free devices are those running one task (with room for the
-  /// next), and every task may only go to its home.
-  private func makeView(ahead: Bool) -> SchedulerView {
-    var ready: [ReadyTask] = []
-    for (m, run) in runs.enumerated() where !running[m] {
-      guard let task = run.nextTask else { continue }
-      let (estimate, remaining) = estimates(task)
-      var r = ReadyTask(
-        task: task, estimatedSeconds: estimate, remainingSeconds: remaining, state: run.residency(of: task.shard),
-        lastDevice: lastDevice[m], readySince: readySince[m], shardCount: run.shards.count)
-      r.secondsToNextRung = toNextRung(task)
-      if let distributed {
-        let home = distributed.homes(of: m)[task.shard]
-        r.home = home
-        r.state = .device(home)
-        if task.direction == .backward || ahead { r.allowedDevices = [home] }
-        r.moveBytes = stateBytes[m][task.shard]
-        r.moveSeconds = Double(r.moveBytes) / max(distributed.bandwidth, 1)
+  /// Under the lock: the view of a decision for the free devices, over the ready index brought up
+  /// to date: O(changes since the last decision), not O(models).
+  private func makeView() -> SchedulerView {
+    refresh()
+    var view = SchedulerView(
+      now: elapsed(), readyIndex: readyIndex, freeDevices: idle, deviceCount: devices.count, modelCount: runs.count)
+    view.finished = finishedModels
+    return view
+  }
+
+  /// Under the lock: the ready index and the finished models, for what changed since the last call.
+  private func refresh() {
+    for m in dirtyModels {
+      dirty[m] = false
+      if !running[m], let task = runs[m].nextTask {
+        readyIndex.insert(readyTask(m, task, ahead: false))
+        finishedModels.remove(m)
+      } else {
+        readyIndex.remove(model: m)
+        if running[m] { finishedModels.remove(m) } else { finishedModels.insert(m) }
       }
+    }
+    dirtyModels.removeAll(keepingCapacity: true)
+    for store in stores {
+      // Under a distributed backend a task's state is its home's (the journal is only drained).
+      for (id, shard) in store.takeMoves() where distributed == nil {
+        guard let m = modelIndex[id], var t = readyIndex[model: m], t.task.shard == shard else { continue }
+        t.state = runs[m].residency(of: shard)
+        readyIndex.insert(t)
+      }
+    }
+  }
+
+  /// Under the lock, after `refresh`: the index against a list built from every model. A task's
+  /// state is compared apart from the rest only where no prefetch can be moving it (without a store).
+  private func checkReadyIndex() throws {
+    var expected: [ReadyTask] = []
+    for (m, run) in runs.enumerated() where !running[m] {
+      if let task = run.nextTask { expected.append(readyTask(m, task, ahead: false)) }
+    }
+    let finished = Set(runs.indices.filter { !running[$0] && runs[$0].nextTask == nil })
+    var actual = readyIndex.all
+    if !stores.isEmpty {
+      for i in actual.indices where i < expected.count { actual[i].state = expected[i].state }
+    }
+    guard actual == expected, finished == finishedModels else {
+      throw RuntimeError(
+        "coordinator: the ready index disagrees with the models: \(actual) against \(expected); finished \(finishedModels.sorted()) against \(finished.sorted())"
+      )
+    }
+  }
+
+  /// Under the lock: model `m`'s readiness may have changed.
+  private func markDirty(_ m: Int) {
+    guard !dirty[m] else { return }
+    dirty[m] = true
+    dirtyModels.append(m)
+  }
+
+  /// Under the lock: what the scheduler sees of model `m`'s next task, `task`, the model at rest.
+  private func readyTask(_ m: Int, _ task: ShardTask, ahead: Bool) -> ReadyTask {
+    let run = runs[m]
+    let (estimate, remaining) = estimates(task)
+    var r = ReadyTask(
+      task: task, estimatedSeconds: estimate, remainingSeconds: remaining, state: run.residency(of: task.shard),
+      lastDevice: lastDevice[m], readySince: readySince[m], shardCount: run.shards.count)
+    r.secondsToNextRung = toNextRung(task)
+    if let distributed {
+      let home = distributed.homes(of: m)[task.shard]
+      r.home = home
+      r.state = .device(home)
+      if task.direction == .backward || ahead { r.allowedDevices = [home] }
+      r.moveBytes = stateBytes[m][task.shard]
+      r.moveSeconds = Double(r.moveBytes) / max(distributed.bandwidth, 1)
+    }
+    return r
+  }
+
+  /// Under the lock, under a distributed backend: the view of a decision one task ahead. The free
+  /// devices are those running one task (with room for the next), and every task may only go to its
+  /// home. Built as a list (O(models)): the models at rest, and those whose next task can be queued
+  /// behind their running one.
+  private func makeAheadView() -> SchedulerView {
+    refresh()
+    var ready = readyIndex.all.map { readyTask($0.task.model, $0.task, ahead: true) }
+    // A model whose task runs on a device that also holds its next shard: that next task can be
+    // queued behind it there (it will find its input in place). Not across the loss (the model
+    // may diverge there) nor the end of a step (evaluations, checkpoints, a pause come after).
+    for (m, run) in runs.enumerated() where running[m] && chained[m] == nil {
+      guard let a = inFlight[m] else { continue }
+      let k = run.shards.count
+      guard !run.chain.computesLoss(a.task), let next = run.chain.next(after: a.task) else { continue }
+      guard distributed?.homes(of: m)[next.shard] == a.device else { continue }
+      // From the task itself, not the model (whose copy the running task's completion may be
+      // updating).
+      let (estimate, remaining) = estimates(next)
+      var r = ReadyTask(
+        task: next, estimatedSeconds: estimate, remainingSeconds: remaining, state: .device(a.device),
+        lastDevice: a.device, readySince: elapsed(), shardCount: k)
+      r.home = a.device
+      r.allowedDevices = [a.device]
+      r.secondsToNextRung = toNextRung(next)
       ready.append(r)
     }
-    if ahead {
-      // A model whose task runs on a device that also holds its next shard: that next task can be
-      // queued behind it there (it will find its input in place). Not across the loss (the model
-      // may diverge there) nor the end of a step (evaluations, checkpoints, a pause come after).
-      for (m, run) in runs.enumerated() where running[m] && chained[m] == nil {
-        guard let a = inFlight[m] else { continue }
-        let k = run.shards.count
-        guard !run.chain.computesLoss(a.task), let next = run.chain.next(after: a.task) else { continue }
-        guard distributed?.homes(of: m)[next.shard] == a.device else { continue }
-        // From the task itself, not the model (whose copy the running task's completion may be
-        // updating).
-        let (estimate, remaining) = estimates(next)
-        var r = ReadyTask(
-          task: next, estimatedSeconds: estimate, remainingSeconds: remaining, state: .device(a.device),
-          lastDevice: a.device, readySince: elapsed(), shardCount: k)
-        r.home = a.device
-        r.allowedDevices = [a.device]
-        r.secondsToNextRung = toNextRung(next)
-        ready.append(r)
-      }
-    }
-    // A running model is its device thread's alone: only models at rest are looked at.
-    let finished = Set(runs.indices.filter { !running[$0] && runs[$0].nextTask == nil })
     var view = SchedulerView(
-      now: elapsed(), ready: ready, freeDevices: assigned.indices.filter { assigned[$0] == (ahead ? 1 : 0) },
+      now: elapsed(), ready: ready, freeDevices: assigned.indices.filter { assigned[$0] == 1 },
       deviceCount: devices.count, modelCount: runs.count)
-    view.finished = finished
+    view.finished = finishedModels
     return view
   }
 
@@ -259,7 +363,10 @@ public final class Coordinator: @unchecked Sendable {
 
   /// Under the lock: hands `a` to its device (a thread of this process, or another process).
   private func dispatch(_ a: Assignment) {
+    assignments += 1
     assigned[a.device] += 1
+    if assigned[a.device] == 1, let i = idle.firstIndex(of: a.device) { idle.remove(at: i) }
+    readyIndex.remove(model: a.task.model)
     if running[a.task.model] {
       chained[a.task.model] = a  // queued behind the model's task on the same device
     } else {
@@ -370,6 +477,7 @@ public final class Coordinator: @unchecked Sendable {
         distributed?.settle(model: m, release: true)
       }
       if m != reporter { progress[m].status = run.waiting ? "waiting" : run.status.name }
+      markDirty(m)
     }
     condition.signal()
   }
@@ -388,6 +496,7 @@ public final class Coordinator: @unchecked Sendable {
 
   /// Under the lock, with model `m` at rest: no step after the current one.
   private func stop(model m: Int) {
+    markDirty(m)
     let run = runs[m]
     guard let next = run.nextTask else { return }
     let midStep = run.chain.position(of: next) != 0
@@ -401,7 +510,10 @@ public final class Coordinator: @unchecked Sendable {
   private func taskEnded(on device: Int) {
     condition.lock()
     assigned[device] -= 1
-    if assigned[device] == 0 { current[device] = nil }
+    if assigned[device] == 0 {
+      current[device] = nil
+      idle.insert(device, at: idle.firstIndex { $0 > device } ?? idle.count)
+    }
     condition.signal()
     condition.unlock()
   }
@@ -451,6 +563,7 @@ public final class Coordinator: @unchecked Sendable {
     }
     inFlight[m] = nil
     running[a.task.model] = false
+    markDirty(m)
     if stopping { stop(model: m) }
     lastDevice[a.task.model] = a.device
     readySince[a.task.model] = elapsed()

@@ -70,6 +70,10 @@ public final class HostStore: @unchecked Sendable {
   /// The most RAM the store itself held at once.
   public var peakBytes: Int { memory.peak }
   private let prefetchQueue = DispatchQueue(label: "hydra.host-store.prefetch")
+  /// Shard states whose residency changed since `takeMoves`, once `journalMoves` was called (the
+  /// coordinator keeps its ready tasks' residency up to date from it instead of asking every model).
+  private var moved: [(model: String, shard: Int)] = []
+  private var journaling = false
 
   public init(budget: Int, folder: String) {
     memory = DeviceMemory(budget: budget, label: "host store")
@@ -106,7 +110,7 @@ public final class HostStore: @unchecked Sendable {
     clock += 1
     state.lastUse = clock
     state.uncharged = true
-    state.residency = .disk  // not yet charged anywhere
+    setResidency(state, .disk)  // not yet charged anywhere
     try bringToHost(state, pinned: [])
   }
 
@@ -144,7 +148,7 @@ public final class HostStore: @unchecked Sendable {
     case .elsewhere:
       preconditionFailure("checked above")
     }
-    state.residency = .device(index)
+    setResidency(state, .device(index))
   }
 
   /// Starts a task of `state`'s shard on device `index`: makes the state resident there (as
@@ -184,7 +188,7 @@ public final class HostStore: @unchecked Sendable {
       for t in entry.persistent { try t.move(to: memory) }
     }
     states.remove(at: i)
-    entry.residency = .elsewhere
+    setResidency(entry, .elsewhere)
   }
 
   /// Drops an entry of `hold` that nothing will take (a model stopped mid-step): its tensors are
@@ -195,7 +199,7 @@ public final class HostStore: @unchecked Sendable {
     guard let i = states.firstIndex(where: { $0 === entry }) else { return }
     states.remove(at: i)
     if entry.residency == .disk { unlink(path(entry)) }
-    entry.residency = .elsewhere
+    setResidency(entry, .elsewhere)
   }
 
   /// Bytes of shard states resident on device `index` now.
@@ -220,6 +224,28 @@ public final class HostStore: @unchecked Sendable {
     prefetchQueue.async { [self] in
       try? promote(state, to: index, pinned: pinned)
     }
+  }
+
+  /// From now on, remembers which states change residency, until `takeMoves` hands them over.
+  public func journalMoves() {
+    lock.lock()
+    journaling = true
+    lock.unlock()
+  }
+
+  /// The states (model id, shard) whose residency changed since the last call.
+  public func takeMoves() -> [(model: String, shard: Int)] {
+    lock.lock()
+    defer { lock.unlock() }
+    let out = moved
+    moved.removeAll(keepingCapacity: true)
+    return out
+  }
+
+  /// Under the lock.
+  private func setResidency(_ state: ShardState, _ residency: Residency) {
+    state.residency = residency
+    if journaling { moved.append((state.model, state.shard)) }
   }
 
   /// Where `state` is, read under the store's lock (a prefetch may be moving it).
@@ -289,7 +315,7 @@ public final class HostStore: @unchecked Sendable {
   private func letGo(_ state: ShardState) {
     for t in state.persistent + state.transient { try? t.evict(to: nil, offset: 0) }
     state.uncharged = false
-    state.residency = .elsewhere
+    setResidency(state, .elsewhere)
   }
 
   /// Copies between `buffer` and the state's tensors (values and optimizer state in order, or the
@@ -365,7 +391,7 @@ public final class HostStore: @unchecked Sendable {
     case .host: break
     case .elsewhere: return  // nothing here to bring
     }
-    state.residency = .host
+    setResidency(state, .host)
   }
 
   private func path(_ state: ShardState) -> String { "\(folder)/\(state.model)-\(state.label).bin" }
@@ -392,7 +418,7 @@ public final class HostStore: @unchecked Sendable {
     bytesWritten += offset
     if state.shard < 0 { transitBytesWritten += offset }
     state.uncharged = false
-    state.residency = .disk
+    setResidency(state, .disk)
   }
 
   /// The spill file of `state`, open.

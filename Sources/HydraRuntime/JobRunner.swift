@@ -366,6 +366,8 @@ public final class JobRunner {
     var decisions: [String: Any] = [
       "scheduler": scheduler.name, "decisions": coordinator.decisions,
       "seconds_per_decision": coordinator.decisionSeconds / Double(max(coordinator.decisions, 1)),
+      "cpu_seconds_per_decision": coordinator.decisionCPUSeconds / Double(max(coordinator.decisions, 1)),
+      "assignments": coordinator.assignments,
       "device_busy_fraction": coordinator.deviceSnapshot().map(\.busyFraction),
     ]
     if let distributed {

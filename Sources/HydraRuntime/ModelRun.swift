@@ -109,6 +109,8 @@ public final class ModelRun {
   /// The state of each shard, as the host store moves it (nil without a store).
   public let shardStates: [ShardState]
   private let store: HostStore?
+  /// The host store holding this model's shard state, if any.
+  public var hostStore: HostStore? { store }
   private let ties: [Tie]
 
   /// A tied parameter: the owner steps; the replica is a copy used by another block.

@@ -102,51 +102,71 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
   var step = models.map { _ in 0 }, position = models.map { _ in 0 }
   var readySince = models.map { _ in 0.0 }, lastDevice = models.map { _ -> Int? in nil }
   var shardDevice = models.map { [Int?](repeating: nil, count: $0.shardCount) }
-  var running = Set<Int>()
   var finished = Set(models.indices.filter { models[$0].steps == 0 })
   var busy = [TaskInterval?](repeating: nil, count: devices)
   var intervals: [TaskInterval] = [], decisions = 0, now = 0.0
+  // Kept as things happen, never rebuilt: the ready tasks (one per model at rest), the free devices
+  // (ascending) and the running tasks' ends (a heap of (end, device)). A decision and a completion
+  // cost O(log n) plus what the scheduler asks.
+  let ready = ReadyIndex(capacity: models.count)
+  var free = Array(0..<devices)
+  var ends = CompletionHeap()
+  // Every model below it has finished (models only ever finish).
+  var finishedBelow = 0
+
+  func readyTask(_ m: Int) -> ReadyTask {
+    let (task, seconds) = models[m].task(model: m, step: step[m], position: position[m])
+    return ReadyTask(
+      task: task, estimatedSeconds: seconds,
+      remainingSeconds: models[m].remainingSeconds(step: step[m], position: position[m]),
+      state: shardDevice[m][task.shard].map { .device($0) } ?? .host, lastDevice: lastDevice[m],
+      readySince: readySince[m], shardCount: models[m].shardCount)
+  }
+  for m in models.indices where !finished.contains(m) { ready.insert(readyTask(m)) }
 
   while finished.count < models.count {
-    let free = (0..<devices).filter { busy[$0] == nil }
-    var ready: [ReadyTask] = []
-    for m in models.indices where !finished.contains(m) && !running.contains(m) {
-      let (task, seconds) = models[m].task(model: m, step: step[m], position: position[m])
-      ready.append(
-        ReadyTask(
-          task: task, estimatedSeconds: seconds,
-          remainingSeconds: models[m].remainingSeconds(step: step[m], position: position[m]),
-          state: shardDevice[m][task.shard].map { .device($0) } ?? .host, lastDevice: lastDevice[m],
-          readySince: readySince[m], shardCount: models[m].shardCount))
-    }
-    if !free.isEmpty && !ready.isEmpty {
-      let view = SchedulerView(
-        now: now, ready: ready, freeDevices: free, deviceCount: devices, modelCount: models.count,
-        finished: finished)
-      let answer = try scheduler.trySchedule(view)
-      decisions += 1
-      try validate(answer, against: view, scheduler: scheduler.name)
+    let readyCount = ready.count
+    if !free.isEmpty && readyCount > 0 {
+      // The view is gone when `decide` returns (unless the scheduler keeps it), so changing the
+      // index below copies nothing.
+      func decide() throws -> [Assignment] {
+        let view = SchedulerView(
+          now: now, readyIndex: ready, freeDevices: free, deviceCount: devices, modelCount: models.count,
+          finished: finished, finishedBelow: finishedBelow)
+        let answer = try scheduler.trySchedule(view)
+        decisions += 1
+        try validate(answer, against: view, scheduler: scheduler.name)
+        return answer
+      }
+      let answer = try decide()
       for a in answer.sorted(by: { $0.device < $1.device }) {
-        let seconds = ready.first { $0.task == a.task }!.estimatedSeconds
+        let seconds = ready[model: a.task.model]!.estimatedSeconds
+        ready.remove(model: a.task.model)
         let interval = TaskInterval(device: a.device, task: a.task, start: now, end: now + seconds)
         busy[a.device] = interval
-        running.insert(a.task.model)
+        free.remove(at: free.partitioningIndex(of: a.device))
+        ends.push(end: interval.end, device: a.device)
         intervals.append(interval)
       }
     }
 
     // Advance to the next completion; all completions at that time, in device order.
-    guard let next = busy.compactMap({ $0?.end }).min() else {
+    guard let next = ends.first?.end else {
       throw SchedulerError(
-        "scheduler \"\(scheduler.name)\" left every device idle with \(ready.count) task(s) ready and nothing running at \(now) s: the run would never end"
+        "scheduler \"\(scheduler.name)\" left every device idle with \(readyCount) task(s) ready and nothing running at \(now) s: the run would never end"
       )
     }
     now = next
-    for d in 0..<devices {
-      guard let interval = busy[d], interval.end == next else { continue }
+    var done: [Int] = []
+    while let e = ends.first, e.end == next {
+      done.append(e.device)
+      ends.pop()
+    }
+    for d in done.sorted() {
+      let interval = busy[d]!
       busy[d] = nil
+      free.insert(d, at: free.partitioningIndex(of: d))
       let m = interval.model
-      running.remove(m)
       lastDevice[m] = d
       shardDevice[m][interval.task.shard] = d
       readySince[m] = now
@@ -156,7 +176,59 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
         step[m] += 1
         if step[m] == models[m].steps { finished.insert(m) }
       }
+      if !finished.contains(m) { ready.insert(readyTask(m)) }
     }
+    while finishedBelow < models.count && finished.contains(finishedBelow) { finishedBelow += 1 }
   }
   return SimulationResult(makespan: now, deviceCount: devices, intervals: intervals, decisions: decisions)
+}
+
+extension Array where Element == Int {
+  /// In an ascending array: the first index whose element is >= `value`.
+  fileprivate func partitioningIndex(of value: Int) -> Int {
+    var low = 0, high = count
+    while low < high {
+      let mid = (low + high) / 2
+      if self[mid] < value { low = mid + 1 } else { high = mid }
+    }
+    return low
+  }
+}
+
+/// The running tasks' ends: a binary min-heap of (end, device).
+private struct CompletionHeap {
+  private var items: [(end: Double, device: Int)] = []
+
+  var first: (end: Double, device: Int)? { items.first }
+
+  private func less(_ i: Int, _ j: Int) -> Bool {
+    items[i].end != items[j].end ? items[i].end < items[j].end : items[i].device < items[j].device
+  }
+
+  mutating func push(end: Double, device: Int) {
+    items.append((end, device))
+    var i = items.count - 1
+    while i > 0 {
+      let parent = (i - 1) / 2
+      guard less(i, parent) else { return }
+      items.swapAt(i, parent)
+      i = parent
+    }
+  }
+
+  mutating func pop() {
+    let last = items.removeLast()
+    guard !items.isEmpty else { return }
+    items[0] = last
+    var i = 0
+    while true {
+      let l = 2 * i + 1, r = l + 1
+      var best = i
+      if l < items.count && less(l, best) { best = l }
+      if r < items.count && less(r, best) { best = r }
+      guard best != i else { return }
+      items.swapAt(i, best)
+      i = best
+    }
+  }
 }

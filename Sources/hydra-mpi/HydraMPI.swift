@@ -184,6 +184,10 @@ struct Plan: ParsableCommand {
   var devices: Int?
   @Option(help: "Assumed GFLOP/s of one device.")
   var gflops: Double = 100
+  @Flag(help: "Also print, per scheduler, the wall time of its simulation and the microseconds per decision.")
+  var timing = false
+  @Option(help: "Simulate only this scheduler (default: every registered one).")
+  var scheduler: String?
 
   func run() throws {
     try reportingErrors {
@@ -208,15 +212,29 @@ struct Plan: ParsableCommand {
         "job \(config.job.name): \(models.count) model(s), \(plans.map(\.shards.count).reduce(0, +)) shards, on \(n) device(s) at \(gflops) GFLOP/s each"
       )
       print(String(format: "sum of the models' times %.2f s, ideal makespan %.2f s", total, total / Double(n)))
-      print("scheduler        makespan   vs ideal  utilisation")
-      for name in registry.schedulerNames {
+      print(
+        "scheduler        makespan   vs ideal  utilisation"
+          + (timing ? "     wall  us/decision  decisions  us/task" : ""))
+      let names = scheduler.map { [$0] } ?? registry.schedulerNames
+      for name in names {
+        guard registry.schedulerNames.contains(name) else {
+          throw InputError(file: "--scheduler", "scheduler \"\(name)\" is not registered")
+        }
         let scheduler = try registry.makeScheduler(name, options: [:], seed: config.job.seed)
+        let start = DispatchTime.now().uptimeNanoseconds
         let r = try simulate(models, devices: n, scheduler: scheduler)
+        let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         let mark = name == config.scheduler.name ? "  <- the job's" : ""
+        let times =
+          timing
+          ? String(
+            format: " %7.2f s %11.2f %10d %8.3f", wall, wall * 1e6 / Double(max(r.decisions, 1)), r.decisions,
+            wall * 1e6 / Double(max(r.intervals.count, 1))) : ""
         print(
           String(
-            format: "%@ %8.2f s  %8.3f  %10.3f%@", name.padding(toLength: 15, withPad: " ", startingAt: 0), r.makespan,
-            r.makespan / (total / Double(n)), r.utilisation, mark))
+            format: "%@ %8.2f s  %8.3f  %10.3f%@%@", name.padding(toLength: 15, withPad: " ", startingAt: 0),
+            r.makespan,
+            r.makespan / (total / Double(n)), r.utilisation, times, mark))
       }
     }
   }

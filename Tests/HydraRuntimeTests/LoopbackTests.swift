@@ -10,6 +10,10 @@ import XCTest
 /// whatever the ranks, scheduler and placement, the checkpoints are the bytes of the same job under
 /// `shm` (Scripts/test-mpi checks the same under mpirun).
 final class LoopbackTests: XCTestCase {
+  // Every run here also checks the coordinator's ready index against a rebuild from every model.
+  override func setUp() { Coordinator.checksReadyIndex = true }
+  override func tearDown() { Coordinator.checksReadyIndex = false }
+
   static let sweep = repositoryRoot + "/Tests/mpi/sweep.toml"
   /// The shm reference runs, by their overrides, made once.
   nonisolated(unsafe) static var references: [String: String] = [:]

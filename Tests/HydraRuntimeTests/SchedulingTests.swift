@@ -2,12 +2,17 @@ import Foundation
 import HydraBackendSHM
 import HydraConfig
 import HydraCore
-import HydraRuntime
 import XCTest
+
+@testable import HydraRuntime
 
 /// Many models on several devices: whatever the scheduler and the number of devices, every model
 /// ends bit for bit where it ends when trained alone; the trace is a valid schedule.
 final class SchedulingTests: XCTestCase {
+  // Every run here also checks the coordinator's ready index against a rebuild from every model.
+  override func setUp() { Coordinator.checksReadyIndex = true }
+  override func tearDown() { Coordinator.checksReadyIndex = false }
+
   static let schedulers = ["lrtf", "fifo", "round-robin", "random", "sequential", "model-parallel"]
 
   func sweepJob(_ dir: String, lrs: String = "3e-3, 1e-3, 3e-4") throws -> String {

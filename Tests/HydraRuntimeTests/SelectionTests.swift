@@ -9,6 +9,10 @@ import XCTest
 /// the full sweep, and which models stop follows from the full sweep's own validation results by
 /// the policy's rule, worked out here independently.
 final class SelectionTests: XCTestCase {
+  // Every run here also checks the coordinator's ready index against a rebuild from every model.
+  override func setUp() { Coordinator.checksReadyIndex = true }
+  override func tearDown() { Coordinator.checksReadyIndex = false }
+
   static let sweep = repositoryRoot + "/Tests/mpi/sweep.toml"
   /// Ten steps; rungs at 2, 4 and 8 (min_steps 2, eta 2).
   static let base = [

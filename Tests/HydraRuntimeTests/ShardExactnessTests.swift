@@ -1,14 +1,19 @@
 import Foundation
 import HydraConfig
 import HydraCore
-import HydraRuntime
 import XCTest
+
+@testable import HydraRuntime
 
 /// The exactness invariant for shards and spilling: cutting a model into shards (by any
 /// partitioner), recomputing activations, and moving shard state through RAM and disk change when
 /// and where work runs, never what is computed. Final weights and optimizer state are compared bit
 /// for bit against the same job run all-resident in one shard.
 final class ShardExactnessTests: XCTestCase {
+  // Every run here also checks the coordinator's ready index against a rebuild from every model.
+  override func setUp() { Coordinator.checksReadyIndex = true }
+  override func tearDown() { Coordinator.checksReadyIndex = false }
+
   func gptJob(_ dir: String) throws -> String {
     let data = dir + "/text.txt"
     try String(repeating: "shards change when and where, never what. ", count: 200).write(
