@@ -178,6 +178,40 @@ struct WeakStorage {
   weak var storage: ReadyStorage?
 }
 
+/// The two moves of a binary min-heap kept in an array, for heaps that keep more than the array
+/// (positions, indices into other arrays): `less(i, j)` compares the entries at `i` and `j`, and
+/// `swap(i, j)` exchanges them. The one copy of the sifting loops, for the ready index, its ordered
+/// walk and the simulator's completions.
+public enum HeapSift {
+  /// Moves the entry at `start` towards the root while it is less than its parent.
+  @inlinable
+  public static func up(from start: Int, less: (Int, Int) -> Bool, swap: (Int, Int) -> Void) {
+    var i = start
+    while i > 0 {
+      let parent = (i - 1) / 2
+      guard less(i, parent) else { return }
+      swap(i, parent)
+      i = parent
+    }
+  }
+
+  /// Moves the entry at `start` away from the root, among the first `count` entries, while a child
+  /// is less than it.
+  @inlinable
+  public static func down(from start: Int, count: Int, less: (Int, Int) -> Bool, swap: (Int, Int) -> Void) {
+    var i = start
+    while true {
+      let l = 2 * i + 1, r = l + 1
+      var best = i
+      if l < count && less(l, best) { best = l }
+      if r < count && less(r, best) { best = r }
+      guard best != i else { return }
+      swap(i, best)
+      i = best
+    }
+  }
+}
+
 /// A binary min-heap of model indices in one `ReadyOrder`, with each model's position so that a
 /// model leaves it in O(log n).
 final class ReadyHeap {
@@ -220,26 +254,11 @@ final class ReadyHeap {
   }
 
   private func up(_ start: Int, _ tasks: [ReadyTask?]) {
-    var i = start
-    while i > 0 {
-      let parent = (i - 1) / 2
-      guard less(i, parent, tasks) else { return }
-      swapAt(i, parent)
-      i = parent
-    }
+    HeapSift.up(from: start, less: { less($0, $1, tasks) }, swap: swapAt)
   }
 
   private func down(_ start: Int, _ tasks: [ReadyTask?]) {
-    var i = start
-    while true {
-      let l = 2 * i + 1, r = l + 1
-      var best = i
-      if l < items.count && less(l, best, tasks) { best = l }
-      if r < items.count && less(r, best, tasks) { best = r }
-      guard best != i else { return }
-      swapAt(i, best)
-      i = best
-    }
+    HeapSift.down(from: start, count: items.count, less: { less($0, $1, tasks) }, swap: swapAt)
   }
 }
 
@@ -282,26 +301,11 @@ public struct OrderedReadyTasks: Sequence, IteratorProtocol {
   }
 
   private mutating func siftUp() {
-    var i = frontier.count - 1
-    while i > 0 {
-      let parent = (i - 1) / 2
-      guard less(i, parent) else { return }
-      frontier.swapAt(i, parent)
-      i = parent
-    }
+    HeapSift.up(from: frontier.count - 1, less: { less($0, $1) }, swap: { frontier.swapAt($0, $1) })
   }
 
   private mutating func siftDown() {
-    var i = 0
-    while true {
-      let l = 2 * i + 1, r = l + 1
-      var best = i
-      if l < frontier.count && less(l, best) { best = l }
-      if r < frontier.count && less(r, best) { best = r }
-      guard best != i else { return }
-      frontier.swapAt(i, best)
-      i = best
-    }
+    HeapSift.down(from: 0, count: frontier.count, less: { less($0, $1) }, swap: { frontier.swapAt($0, $1) })
   }
 }
 

@@ -207,28 +207,13 @@ private struct CompletionHeap {
 
   mutating func push(end: Double, device: Int) {
     items.append((end, device))
-    var i = items.count - 1
-    while i > 0 {
-      let parent = (i - 1) / 2
-      guard less(i, parent) else { return }
-      items.swapAt(i, parent)
-      i = parent
-    }
+    HeapSift.up(from: items.count - 1, less: { less($0, $1) }, swap: { items.swapAt($0, $1) })
   }
 
   mutating func pop() {
     let last = items.removeLast()
     guard !items.isEmpty else { return }
     items[0] = last
-    var i = 0
-    while true {
-      let l = 2 * i + 1, r = l + 1
-      var best = i
-      if l < items.count && less(l, best) { best = l }
-      if r < items.count && less(r, best) { best = r }
-      guard best != i else { return }
-      items.swapAt(i, best)
-      i = best
-    }
+    HeapSift.down(from: 0, count: items.count, less: { less($0, $1) }, swap: { items.swapAt($0, $1) })
   }
 }
