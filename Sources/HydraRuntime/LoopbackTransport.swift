@@ -7,11 +7,13 @@ import HydraCore
 ///
 /// - Messages go through one queue per rank, in the order they were sent (per source and overall);
 ///   a send completes at once.
-/// - A tensor is copied when sent: ranks share no memory, as separate processes would not.
+/// - A tensor is copied when sent: ranks share no memory, as separate processes would not (unless
+///   made with `copies: false`, which hands the same object over, as ranks sharing memory could).
 /// - `allGather` meets every rank's call, in order.
 /// - `abort` records the code and the rank and stops that thread for good (a test cannot end the
 ///   process); every other rank's next `poll` or `allGather` throws, so their runtimes fail too.
-///   Watch `abortCode`.
+///   Watch `aborted`. A harness whose rank thread ends with an error calls `fail(rank:)`, which
+///   does the same without parking the thread.
 public final class Loopback: @unchecked Sendable {
   public let size: Int
   /// Bytes per second reported as the measured bandwidth (it only weighs shard moves).
@@ -32,10 +34,15 @@ public final class Loopback: @unchecked Sendable {
   }
   private var _lost: [MessageKey] = []
 
-  public init(ranks: Int, bandwidth: Double = 1e9) {
+  /// Whether a sent tensor is copied (as between processes) or handed over as the same object
+  /// (ranks that share memory; the runtime does not touch a tensor it sent).
+  public let copies: Bool
+
+  public init(ranks: Int, bandwidth: Double = 1e9, copies: Bool = true) {
     precondition(ranks >= 1)
     size = ranks
     self.bandwidth = bandwidth
+    self.copies = copies
     inboxes = Array(repeating: [], count: ranks)
   }
 
@@ -95,6 +102,17 @@ public final class Loopback: @unchecked Sendable {
     return all
   }
 
+  /// Rank `rank`'s thread ended with an error outside the transport (its runner threw, where the
+  /// tool would have aborted the job): every other rank's next `poll` or `allGather` throws, as after
+  /// an `abort`, so that their runtimes end too instead of serving for good. The calling thread is
+  /// not parked.
+  public func fail(rank: Int, code: Int32 = 1) {
+    lock.lock()
+    if _abort == nil { _abort = (code, rank) }
+    lock.broadcast()
+    lock.unlock()
+  }
+
   fileprivate func abort(code: Int32, rank: Int) -> Never {
     lock.lock()
     if _abort == nil { _abort = (code, rank) }
@@ -131,6 +149,8 @@ public final class LoopbackTransport: Transport, @unchecked Sendable {
     }
     switch message {
     case .control:
+      try loopback.deliver(message, from: rank, to: destination)
+    case .tensor(_, _) where !loopback.copies:
       try loopback.deliver(message, from: rank, to: destination)
     case .tensor(let key, let tensor):
       let copy = try Tensor(shape: tensor.shape)

@@ -30,18 +30,20 @@ final class LoopbackTests: XCTestCase {
   /// before the job starts.
   func runLoopback(
     ranks: Int, output: String, overrides: [String], pauseAt: Int? = nil, resume: Bool = false,
-    loopback: Loopback? = nil, configure: @escaping (DistributedRuntime) -> Void = { _ in }
+    loopback: Loopback? = nil, job: String = LoopbackTests.sweep,
+    configure: @escaping (DistributedRuntime) -> Void = { _ in }
   ) throws -> (result: JobRunner.Result, summary: [String: Any]) {
     let loop = loopback ?? Loopback(ranks: ranks)
     let overrides = overrides + ["cluster.backend=\"loopback\"", "job.output=\"\(output)\""]
     let outcomes = ByRank<Result<JobRunner.Result, Error>>()
+    let failedFirst = FirstValue<Int>()
     let group = DispatchGroup()
     for rank in 0..<ranks {
       group.enter()
       let thread = Thread {
         defer { group.leave() }
         do {
-          let config = try JobConfig.load(path: Self.sweep, known: self.known(), overrides: overrides)
+          let config = try JobConfig.load(path: job, known: self.known(), overrides: overrides)
           let runtime = try DistributedRuntime(transport: loop.transport(rank: rank))
           configure(runtime)
           let runner = JobRunner(config: config, registry: testRegistry())
@@ -54,16 +56,22 @@ final class LoopbackTests: XCTestCase {
           outcomes.set(rank, .success(result))
         } catch {
           outcomes.set(rank, .failure(error))
+          // As the tool's abort would: the other ranks stop instead of serving for good. The first
+          // rank to fail is the one reported.
+          failedFirst.setIfEmpty(rank)
+          loop.fail(rank: rank)
         }
       }
       thread.stackSize = 8 << 20
       thread.start()
     }
-    // A rank whose runner throws ends its thread and leaves the others serving for good (the tool
-    // would abort them all); HYDRA_TEST_LOG=1 prints the ranks' logs and gives up sooner.
+    // HYDRA_TEST_LOG=1 prints the ranks' logs and gives up sooner.
     let limit = Self.debugging ? 20.0 : 300.0
     guard group.wait(timeout: .now() + limit) == .success else {
       throw RuntimeError("the loopback job on \(ranks) ranks did not end in \(Int(limit)) s")
+    }
+    if let first = failedFirst.value, case .failure(let error) = outcomes.get(first) {
+      throw RuntimeError("rank \(first): \(error)")
     }
     var results: [JobRunner.Result] = []
     for rank in 0..<ranks {
@@ -319,6 +327,38 @@ extension LoopbackTests {
   }
 }
 
+extension LoopbackTests {
+  /// A rank whose thread ends with an error calls `fail`: the other ranks' polls and collectives
+  /// throw, naming it (so a harness's job ends at once instead of waiting out its limit), and the
+  /// caller's thread goes on.
+  func testLoopbackFailEndsTheOtherRanks() throws {
+    let loop = Loopback(ranks: 3)
+    let ranks = (0..<3).map { loop.transport(rank: $0) }
+    try ranks[0].send(.control([7]), to: 1)
+    XCTAssertEqual(try ranks[1].poll().count, 1)
+    // Ranks 1 and 2 wait in a collective that rank 0 never joins; rank 0 fails instead.
+    let waiting = ByRank<String>()
+    let group = DispatchGroup()
+    for r in 1...2 {
+      group.enter()
+      Thread {
+        defer { group.leave() }
+        do {
+          _ = try ranks[r].allGather([UInt8(r)])
+          waiting.set(r, "returned")
+        } catch { waiting.set(r, "\(error)") }
+      }.start()
+    }
+    Thread.sleep(forTimeInterval: 0.1)
+    loop.fail(rank: 0, code: 2)
+    XCTAssertEqual(group.wait(timeout: .now() + 10), .success, "the collective did not end")
+    for r in 1...2 { XCTAssertEqual(waiting.get(r), "loopback: rank 0 aborted the job (code 2)") }
+    XCTAssertThrowsError(try ranks[2].poll())
+    XCTAssertEqual(loop.aborted?.rank, 0)
+    XCTAssertEqual(loop.aborted?.code, 2)
+  }
+}
+
 /// Values by rank, set from the ranks' threads (their outcomes, their runtimes).
 final class ByRank<Value>: @unchecked Sendable {
   private let lock = NSLock()
@@ -332,5 +372,108 @@ final class ByRank<Value>: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     return values[rank]
+  }
+}
+
+/// The first value set, kept (the first rank to fail, say).
+final class FirstValue<Value>: @unchecked Sendable {
+  private let lock = NSLock()
+  private var _value: Value?
+  func setIfEmpty(_ value: Value) {
+    lock.lock()
+    if _value == nil { _value = value }
+    lock.unlock()
+  }
+  var value: Value? {
+    lock.lock()
+    defer { lock.unlock() }
+    return _value
+  }
+}
+
+extension LoopbackTests {
+  /// Not a test but a measurement (opt-in: `HYDRA_SHM_TRANSPORT_REPS=n`): what `shm` would cost as a
+  /// `Transport`, that is the distributed runtime with one in-process rank per device, against the
+  /// `shm` backend, on the scheduling benchmark's job (8 GPTs, 4 shards each, 2 devices, 1 thread
+  /// each, `Scripts/bench-schedulers`). Loopback ranks that copy tensors (as processes must) and
+  /// that hand them over by reference (as threads sharing memory could). Prints the median makespan
+  /// of n runs of each, in turn, their ratio to shm, the shard moves and the host memory the ranks
+  /// held together. Also checks that every layout ends with shm's checkpoints.
+  func testLoopbackAsShmTransportTiming() throws {
+    guard let reps = ProcessInfo.processInfo.environment["HYDRA_SHM_TRANSPORT_REPS"].flatMap(Int.init), reps > 0
+    else { throw XCTSkip("set HYDRA_SHM_TRANSPORT_REPS=n to measure shm against in-process transports") }
+    let steps = ProcessInfo.processInfo.environment["HYDRA_SHM_TRANSPORT_STEPS"].flatMap(Int.init) ?? 20
+    let folder = try temporaryFolder()
+    let job = folder + "/job.toml"
+    try """
+    [job]
+    name = "shm-transport"
+    output = "out"
+    seed = 3
+    [cluster]
+    devices = 2
+    threads_per_device = 1
+    [data]
+    format = "text"
+    path = "\(repositoryRoot)/Examples/data/fortunes.txt"
+    [model]
+    kind = "gpt"
+    layers = 4
+    d_model = 128
+    heads = 4
+    context = 64
+    [train]
+    steps = \(steps)
+    batch_size = 16
+    eval_every = 0
+    eval_batches = 1
+    [sweep]
+    "train.lr" = [1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 7e-3, 8e-3]
+    [partitioner]
+    name = "fixed"
+    boundaries = [2, 3, 4]
+    [scheduler]
+    name = "lrtf"
+    """.write(toFile: job, atomically: true, encoding: .utf8)
+    func figures(_ output: String) throws -> (makespan: Double, hostBytes: Int, moves: Int) {
+      let data = try Data(contentsOf: URL(fileURLWithPath: output + "/summary.json"))
+      let s = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+      let memory = try XCTUnwrap(s["memory"] as? [String: Any])
+      let store = try XCTUnwrap((memory["host_store"] as? [String: Any])?["peak_bytes"] as? Int)
+      let others = (memory["devices"] as? [[String: Any]] ?? []).compactMap { $0["host_store_peak_bytes"] as? Int }
+      return (
+        try XCTUnwrap(s["makespan_seconds"] as? Double), store + others.reduce(0, +),
+        (s["coordinator"] as? [String: Any])?["shard_moves"] as? Int ?? 0
+      )
+    }
+    var rows: [String: [(makespan: Double, hostBytes: Int, moves: Int)]] = [:]
+    var shmOutput = ""
+    for rep in 0..<reps {
+      let shm = folder + "/shm-\(rep)"
+      _ = try runJob(job, overrides: ["cluster.backend=\"shm\"", "job.output=\"\(shm)\""])
+      rows["shm", default: []].append(try figures(shm))
+      shmOutput = shm
+      for copies in [true, false] {
+        let label = copies ? "loopback, copies" : "loopback, by reference"
+        let output = folder + "/\(copies ? "copies" : "refs")-\(rep)"
+        _ = try runLoopback(
+          ranks: 2, output: output, overrides: ["cluster.devices=1"],
+          loopback: Loopback(ranks: 2, copies: copies), job: job)
+        rows[label, default: []].append(try figures(output))
+        try assertSameCheckpoints(shmOutput, output, label)
+      }
+    }
+    func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+    let base = median(rows["shm"]!.map(\.makespan))
+    print("shm as a transport: 8 GPTs x 4 shards, 2 devices x 1 thread, \(steps) steps, lrtf; medians of \(reps)")
+    for label in ["shm", "loopback, copies", "loopback, by reference"] {
+      let r = rows[label]!
+      print(
+        String(
+          format: "  %@ makespan %7.3f s  ratio to shm %.3f  host store peaks (all ranks) %6.1f MB  shard moves %d",
+          label.padding(toLength: 24, withPad: " ", startingAt: 0), median(r.map(\.makespan)),
+          median(r.map(\.makespan)) / base,
+          median(r.map { Double($0.hostBytes) }) / 1e6, r.map(\.moves).sorted()[r.count / 2]))
+    }
   }
 }
