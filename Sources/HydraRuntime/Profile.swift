@@ -14,11 +14,12 @@ public enum BlockProfile {
   }
 
   /// Per block: the median seconds of its forward and of its backward apart (what `hydra-mpi plan
-  /// --measure` simulates with).
+  /// --measure` simulates with). The block lets go of its buffers after each repetition, as a shard
+  /// does after each task, so that each forward allocates them again as in the job.
   public static func measureDirections(_ spec: ModelSpec, batch: Int, repetitions: Int, kernels: Kernels) throws
     -> (forward: [Double], backward: [Double])
   {
-    let times = try time(spec, batch: batch, repetitions: repetitions, kernels: kernels)
+    let times = try time(spec, batch: batch, repetitions: repetitions, kernels: kernels, releaseEachTime: true)
     return (times.map { median($0.forward) }, times.map { median($0.backward) })
   }
 
@@ -26,7 +27,9 @@ public enum BlockProfile {
 
   /// Per block, per timed repetition (`repetitions`, at least 1, after one warm-up): the seconds of
   /// its forward, of its backward, and of both.
-  private static func time(_ spec: ModelSpec, batch: Int, repetitions: Int, kernels: Kernels) throws
+  private static func time(
+    _ spec: ModelSpec, batch: Int, repetitions: Int, kernels: Kernels, releaseEachTime: Bool = false
+  ) throws
     -> [(forward: [Double], backward: [Double], total: [Double])]
   {
     var rng = SplitMix64(seed: 0x9E0F1)
@@ -63,6 +66,7 @@ public enum BlockProfile {
           if dOutput == nil { dOutput = try random(kernels, count: y.count, rng: &rng) }
           _ = try block.backward(dOutput, kernels: kernels)
         }
+        if releaseEachTime { block.releaseBuffers() }
         let end = DispatchTime.now().uptimeNanoseconds
         if r > 0 {
           times.forward.append(Double(forwardEnd - start) / 1e9)
