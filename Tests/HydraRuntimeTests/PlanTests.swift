@@ -1,7 +1,9 @@
 import Foundation
 import HydraConfig
+import HydraSchedulers
 import XCTest
 
+@testable import HydraBuiltins
 @testable import HydraRuntime
 
 /// `hydra-mpi plan` from profiles: task times from a file by hand (checked against makespans
@@ -175,5 +177,47 @@ final class PlanTests: XCTestCase {
     XCTAssertGreaterThan(plan?["moved_bytes"] as? Int ?? 0, 0)
     XCTAssertGreaterThan(makespan, 36)
     XCTAssertLessThan(makespan, 36.01)
+  }
+
+  /// The coordinator hands the scheduler the workload before its first decision: every model, its
+  /// steps, one time per shard, the devices.
+  func testTheCoordinatorPlansBeforeItsFirstDecision() throws {
+    final class Recording: Scheduler, @unchecked Sendable {
+      let name = "recording"
+      let lrtf = LRTFScheduler()
+      var workloads: [Workload] = []
+      var decisionsBeforePlan = 0
+      var decisions = 0
+      func plan(_ workload: Workload) throws { workloads.append(workload) }
+      func schedule(_ view: SchedulerView) -> [Assignment] {
+        if workloads.isEmpty { decisionsBeforePlan += 1 }
+        decisions += 1
+        return lrtf.schedule(view)
+      }
+    }
+    let recording = Recording()
+    let registry = try PluginRegistry { b in
+      try Builtins.register(into: &b)
+      try b.registerScheduler("recording") { _, _ in recording }
+    }
+    let dir = try temporaryFolder()
+    let path = try job(dir)
+    let config = try JobConfig.load(
+      path: path, known: Builtins.known(registry), overrides: ["scheduler.name=\"recording\""])
+    let runner = JobRunner(config: config, registry: registry)
+    runner.log = { _ in }
+    _ = try runner.run()
+    XCTAssertEqual(recording.workloads.count, 1)
+    XCTAssertEqual(recording.decisionsBeforePlan, 0)
+    XCTAssertGreaterThan(recording.decisions, 0)
+    let w = try XCTUnwrap(recording.workloads.first)
+    XCTAssertEqual(w.devices, 2)
+    XCTAssertEqual(w.models.map(\.steps), [2, 2])
+    XCTAssertEqual(w.models.map(\.shardCount), [2, 2])
+    // FLOP estimates: the batch-8 model's tasks take twice the batch-4 model's.
+    for s in 0..<2 {
+      XCTAssertEqual(w.models[1].forwardSeconds[s], 2 * w.models[0].forwardSeconds[s], accuracy: 1e-12)
+      XCTAssertGreaterThan(w.models[0].backwardSeconds[s], 0)
+    }
   }
 }
