@@ -2,12 +2,15 @@ import HydraPluginAPI
 
 /// The built-in schedulers by the names `[scheduler] name` uses, for the one place that registers
 /// them. `seed` is used by `random` only.
-public let builtinSchedulerNames = ["fifo", "lrtf", "model-parallel", "random", "round-robin", "sequential"]
+public let builtinSchedulerNames = [
+  "fifo", "lrtf", "model-parallel", "planned", "random", "round-robin", "sequential",
+]
 
 /// A fresh instance of the built-in scheduler `name` (schedulers keep state: one per run), or nil.
 public func makeBuiltinScheduler(_ name: String, seed: UInt64 = 0) -> Scheduler? {
   switch name {
   case "lrtf": return LRTFScheduler()
+  case "planned": return PlannedScheduler()
   case "fifo": return FIFOScheduler()
   case "round-robin": return RoundRobinScheduler()
   case "random": return RandomScheduler(seed: seed)

@@ -9,19 +9,26 @@ public enum ReadyOrder: Hashable, Sendable {
   case longestToNextRung(residentFirst: Bool)
   /// Earliest `readySince` first (first come, first served).
   case earliestReady
+  /// As `longestRemaining`, by `remainingSeconds` times the model's weight: a planner's priorities.
+  /// Where every weight is 1 it is `longestRemaining`; scaling every estimate by one factor (the
+  /// machine is faster than the plan assumed) leaves it unchanged.
+  case weightedRemaining(residentFirst: Bool, weights: ModelWeights)
 
   /// Whether `a` comes before `b` in this order.
   public func precedes(_ a: ReadyTask, _ b: ReadyTask) -> Bool {
     switch self {
-    case .longestRemaining(let resident), .longestToNextRung(let resident):
+    case .longestRemaining(let resident), .longestToNextRung(let resident), .weightedRemaining(let resident, _):
       if resident {
         let x = a.state == .disk ? 1 : 0, y = b.state == .disk ? 1 : 0
         if x != y { return x < y }
       }
       let x: Double, y: Double
-      if case .longestToNextRung = self {
+      switch self {
+      case .longestToNextRung:
         (x, y) = (a.secondsToNextRung ?? a.remainingSeconds, b.secondsToNextRung ?? b.remainingSeconds)
-      } else {
+      case .weightedRemaining(_, let w):
+        (x, y) = (a.remainingSeconds * w[a.task.model], b.remainingSeconds * w[b.task.model])
+      default:
         (x, y) = (a.remainingSeconds, b.remainingSeconds)
       }
       return x != y ? x > y : a.task.model < b.task.model
@@ -29,6 +36,18 @@ public enum ReadyOrder: Hashable, Sendable {
       return a.readySince != b.readySince ? a.readySince < b.readySince : a.task.model < b.task.model
     }
   }
+}
+
+/// Per-model weights for `ReadyOrder.weightedRemaining`, fixed once made (a new plan makes new
+/// weights): equal only to itself, so that an index keeps one heap per set of weights.
+public final class ModelWeights: Hashable, Sendable, CustomStringConvertible {
+  public let values: [Double]
+  public init(_ values: [Double]) { self.values = values }
+  /// Model `m`'s weight; 1 for a model it has none for.
+  public subscript(m: Int) -> Double { m >= 0 && m < values.count ? values[m] : 1 }
+  public static func == (a: ModelWeights, b: ModelWeights) -> Bool { a === b }
+  public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+  public var description: String { "ModelWeights(\(values))" }
 }
 
 /// The ready tasks of a job, at most one per model, kept by the runtime as tasks become ready and
@@ -150,6 +169,10 @@ public final class ReadyIndex: @unchecked Sendable {
     }
     return OrderedReadyTasks(heap: heap.items, tasks: tasks, order: order)
   }
+
+  /// Drops the heap kept for `order` (a scheduler that replaced its weights no longer asks for the
+  /// old ones; their heap would otherwise be kept up to date for nothing).
+  public func forget(_ order: ReadyOrder) { heaps[order] = nil }
 
   /// A view over this index is being made (`SchedulerView.init(now:readyIndex:...)`).
   func register(_ view: ReadyStorage) {

@@ -198,10 +198,31 @@ public protocol Scheduler: AnyObject {
   /// an error or answers out of range): the error stops the job. The runtime calls this one; by
   /// default it is `schedule`.
   func trySchedule(_ view: SchedulerView) throws -> [Assignment]
+  /// Called once before the first decision with what the runtime expects of the job: each model's
+  /// estimated task times and the steps it has left, and the device count. A scheduler that
+  /// searches before it starts (`planned`) does it here, typically by running `simulate` over the
+  /// workload; by default it does nothing. An error stops the job before anything runs.
+  func plan(_ workload: Workload) throws
 }
 
 extension Scheduler {
   public func trySchedule(_ view: SchedulerView) throws -> [Assignment] { schedule(view) }
+  public func plan(_ workload: Workload) throws {}
+}
+
+/// What a scheduler may plan for: the models as the simulator takes them (steps left, estimated
+/// forward and backward seconds per shard; model `m` of the job is `models[m]`, with 0 steps when it
+/// has nothing left) and the devices.
+public struct Workload: Sendable, Equatable {
+  public var models: [SimulatedModel]
+  public var devices: Int
+  /// Bytes per second of a shard's state moving to a device, if the runtime knows (see `simulate`).
+  public var bandwidth: Double?
+  public init(models: [SimulatedModel], devices: Int, bandwidth: Double? = nil) {
+    self.models = models
+    self.devices = devices
+    self.bandwidth = bandwidth
+  }
 }
 
 public struct SchedulerError: Error, CustomStringConvertible, Sendable {

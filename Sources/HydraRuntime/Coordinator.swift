@@ -161,6 +161,7 @@ public final class Coordinator: @unchecked Sendable {
   /// Trains every model; returns the makespan in seconds. The first error stops every device
   /// after its current task and is rethrown.
   public func run() throws -> Double {
+    try scheduler.plan(workload())
     origin = Date()
     for store in stores { store.journalMoves() }
     condition.lock()
@@ -226,6 +227,17 @@ public final class Coordinator: @unchecked Sendable {
       )
     }
     return elapsed()
+  }
+
+  /// What the scheduler plans for: each model's estimated task times (FLOPs until measured) and
+  /// the steps it has left (none for a model that has finished or stopped).
+  private func workload() -> Workload {
+    Workload(
+      models: runs.indices.map { m in
+        SimulatedModel(
+          steps: runs[m].status.isFinished ? 0 : max(runs[m].settings.steps - runs[m].step, 0),
+          forwardSeconds: forwardSeconds[m], backwardSeconds: backwardSeconds[m])
+      }, devices: devices.count)
   }
 
   /// Under the lock: the view of a decision for the free devices, over the ready index brought up

@@ -124,6 +124,11 @@ public final class OutputFolder {
   /// Written by hand: a long run has millions of events, and building them as Foundation
   /// dictionaries took longer than the run (8 s and 490 MB for 96k events).
   public func writeTrace(_ events: [TraceEvent], devices: Int) throws {
+    try writeAtomically(Self.traceJSON(events, devices: devices), to: path + "/trace.json")
+  }
+
+  /// The text of `trace.json` (also what `hydra-mpi plan --output` writes for a simulated run).
+  public static func traceJSON(_ events: [TraceEvent], devices: Int) -> String {
     var out = "{\"displayTimeUnit\":\"ms\",\"traceEvents\":["
     out.reserveCapacity(120 * (events.count + devices) + 64)
     for d in 0..<devices {
@@ -140,7 +145,7 @@ public final class OutputFolder {
       out += "\"ph\":\"X\",\"pid\":0,\"tid\":\(e.device),\"ts\":\(ts)}"
     }
     out += "\n]}\n"
-    try writeAtomically(out, to: path + "/trace.json")
+    return out
   }
 }
 

@@ -10,6 +10,28 @@ import HydraCore
 /// the next: the profile needs one block's memory at a time and touches no model's state.
 public enum BlockProfile {
   public static func measure(_ spec: ModelSpec, batch: Int, repetitions: Int, kernels: Kernels) throws -> [Double] {
+    try time(spec, batch: batch, repetitions: repetitions, kernels: kernels).map { median($0.total) }
+  }
+
+  /// Per block: the median seconds of its forward and of its backward apart (what `hydra-mpi plan
+  /// --measure` simulates with). The block lets go of its buffers after each repetition, as a shard
+  /// does after each task, so that each forward allocates them again as in the job.
+  public static func measureDirections(_ spec: ModelSpec, batch: Int, repetitions: Int, kernels: Kernels) throws
+    -> (forward: [Double], backward: [Double])
+  {
+    let times = try time(spec, batch: batch, repetitions: repetitions, kernels: kernels, releaseEachTime: true)
+    return (times.map { median($0.forward) }, times.map { median($0.backward) })
+  }
+
+  private static func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+
+  /// Per block, per timed repetition (`repetitions`, at least 1, after one warm-up): the seconds of
+  /// its forward, of its backward, and of both.
+  private static func time(
+    _ spec: ModelSpec, batch: Int, repetitions: Int, kernels: Kernels, releaseEachTime: Bool = false
+  ) throws
+    -> [(forward: [Double], backward: [Double], total: [Double])]
+  {
     var rng = SplitMix64(seed: 0x9E0F1)
     let batchInput: Batch
     switch spec {
@@ -23,29 +45,37 @@ public enum BlockProfile {
         rows: batch, features: (0..<(batch * inputs)).map { _ in Float(rng.nextNormal()) },
         targets: (0..<batch).map { _ in Int32(rng.nextInt(below: classes)) })
     }
-    var seconds: [Double] = []
+    var seconds: [(forward: [Double], backward: [Double], total: [Double])] = []
     for i in 0..<spec.blockCount {
       let block = try spec.makeBlock(i, memory: kernels.memory)
       spec.initialize(block, seed: 1)
       let input: Tensor? =
         i == 0 ? nil : try random(kernels, count: spec.outputBytesPerSample(i - 1) / 4 * batch, rng: &rng)
-      var times: [Double] = []
+      var times: (forward: [Double], backward: [Double], total: [Double]) = ([], [], [])
       var dOutput: Tensor? = nil
-      for r in 0...repetitions {
+      for r in 0...max(repetitions, 1) {
         let start = DispatchTime.now().uptimeNanoseconds
         let y = try block.forward(BlockInput(activation: input, batch: batchInput), kernels: kernels)
+        var forwardEnd = DispatchTime.now().uptimeNanoseconds
         if let loss = block as? LossBlock {
+          // The loss belongs to the last shard's forward task.
           _ = try loss.loss(targets: batchInput.targets, kernels: kernels, keepGradient: true)
+          forwardEnd = DispatchTime.now().uptimeNanoseconds
           _ = try block.backward(nil, kernels: kernels)
         } else {
           if dOutput == nil { dOutput = try random(kernels, count: y.count, rng: &rng) }
           _ = try block.backward(dOutput, kernels: kernels)
         }
-        if r > 0 { times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9) }
+        if releaseEachTime { block.releaseBuffers() }
+        let end = DispatchTime.now().uptimeNanoseconds
+        if r > 0 {
+          times.forward.append(Double(forwardEnd - start) / 1e9)
+          times.backward.append(Double(end - forwardEnd) / 1e9)
+          times.total.append(Double(end - start) / 1e9)
+        }
       }
       block.releaseBuffers()
-      times.sort()
-      seconds.append(times[times.count / 2])
+      seconds.append(times)
     }
     return seconds
   }

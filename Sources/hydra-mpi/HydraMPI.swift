@@ -175,15 +175,28 @@ struct Plan: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Simulate the job's schedule on N devices under every scheduler, from estimated task times.",
     discussion: """
-      Task times are estimated from each shard's FLOPs (forward; a backward counts twice) at the
-      given rate per device; only their ratios matter for comparing schedulers. Nothing is trained
-      or written.
+      Task times come from each shard's FLOPs (forward; a backward counts twice) at the given rate
+      per device, where only their ratios matter for comparing schedulers; or from a profile of
+      seconds per block: a file (--profile, for hardware that is not here; the format is in
+      docs/planning.md) or measured here on the job's kernels and threads (--measure, cached as
+      profile.json in the job's output folder and reused). Nothing is trained; with --output,
+      each scheduler's simulated run is written as trace.json, schedule.svg and plan.json.
       """)
   @OptionGroup var options: JobOptions
   @Option(help: "Devices to simulate (default: the job's [cluster] devices).")
   var devices: Int?
-  @Option(help: "Assumed GFLOP/s of one device.")
+  @Option(help: "Assumed GFLOP/s of one device (without a profile).")
   var gflops: Double = 100
+  @Option(help: "A profile file: seconds per block of each model shape (docs/planning.md).")
+  var profile: String?
+  @Flag(help: "Measure each distinct model shape here (cached as profile.json in the job's output folder).")
+  var measure = false
+  @Option(help: "Timed repetitions per block when measuring.")
+  var repetitions: Int = 3
+  @Option(help: "Bytes per second of a shard's state moving to a device (default: the profile's, else none).")
+  var bandwidth: Double?
+  @Option(help: "Write each scheduler's simulated run (trace.json, schedule.svg, plan.json) into DIR/<scheduler>/.")
+  var output: String?
   @Flag(help: "Also print, per scheduler, the wall time of its simulation and the microseconds per decision.")
   var timing = false
   @Option(help: "Simulate only this scheduler (default: every registered one).")
@@ -192,29 +205,47 @@ struct Plan: ParsableCommand {
   func run() throws {
     try reportingErrors {
       let (config, registry) = try options.load()
-      let runner = JobRunner(config: config, registry: registry)
-      let plans = try runner.plan()
-      let models = zip(plans, config.members).map { plan, member in
-        let forward = plan.shards.map { range in
-          TaskCost.forwardSeconds(
-            range.map { plan.request.blocks[$0] }, batchSize: member.train.batchSize, flopsPerSecond: gflops * 1e9)
-        }
-        return SimulatedModel(
-          steps: member.train.steps, forwardSeconds: forward,
-          backwardSeconds: forward.map { TaskCost.backwardPerForward * $0 })
-      }
       let n = devices ?? config.cluster.devices
       guard (1...65536).contains(n) else { throw InputError(file: "--devices", "needs 1...65536 devices, got \(n)") }
       guard gflops.isFinite && gflops > 0 else { throw InputError(file: "--gflops", "needs a rate > 0, got \(gflops)") }
-      guard n >= 1 else { throw InputError(file: "--devices", "needs at least 1 device") }
+      guard (1...1000).contains(repetitions) else {
+        throw InputError(file: "--repetitions", "needs 1...1000 repetitions, got \(repetitions)")
+      }
+      guard !(measure && profile != nil) else {
+        throw InputError(file: "--profile", "give a profile file or --measure, not both")
+      }
+      if let bandwidth, !(bandwidth.isFinite && bandwidth > 0) {
+        throw InputError(file: "--bandwidth", "needs a rate > 0 in bytes per second, got \(bandwidth)")
+      }
+      let runner = JobRunner(config: config, registry: registry)
+      let plans = try runner.plan()
+      let times: TaskTimes
+      var rate = bandwidth
+      var source = "at \(gflops) GFLOP/s each"
+      if let profile {
+        let file = try ProfileFile.read(profile)
+        times = .profile(file, file: profile)
+        rate = rate ?? file.bandwidth
+        source = "from the profile \(profile)"
+      } else if measure {
+        let (file, path) = try runner.measuredProfile(plans, repetitions: repetitions) { print($0) }
+        times = .profile(file, file: path)
+        rate = rate ?? file.bandwidth
+        source = "from the profile measured here (\(path))"
+      } else {
+        times = .flops(gflops: gflops)
+      }
+      let models = try runner.simulatedModels(plans, times: times)
+      let ids = config.members.map(\.id)
       let total = models.reduce(0) { $0 + $1.totalSeconds }
       print(
-        "job \(config.job.name): \(models.count) model(s), \(plans.map(\.shards.count).reduce(0, +)) shards, on \(n) device(s) at \(gflops) GFLOP/s each"
+        "job \(config.job.name): \(models.count) model(s), \(plans.map(\.shards.count).reduce(0, +)) shards, on \(n) device(s) \(source)"
       )
+      if let rate { print(String(format: "shard moves at %.3g bytes/s", rate)) }
       print(String(format: "sum of the models' times %.2f s, ideal makespan %.2f s", total, total / Double(n)))
       print(
         "scheduler        makespan   vs ideal  utilisation"
-          + (timing ? "     wall  us/decision  decisions  us/task" : ""))
+          + (timing ? "     wall  us/decision  decisions  us/task" : "") + "     moved")
       let names = scheduler.map { [$0] } ?? registry.schedulerNames
       for name in names {
         guard registry.schedulerNames.contains(name) else {
@@ -222,9 +253,11 @@ struct Plan: ParsableCommand {
         }
         let scheduler = try registry.makeScheduler(name, options: [:], seed: config.job.seed)
         let start = DispatchTime.now().uptimeNanoseconds
-        let r = try simulate(models, devices: n, scheduler: scheduler)
+        let r = try simulate(models, devices: n, scheduler: scheduler, bandwidth: rate)
         let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         let mark = name == config.scheduler.name ? "  <- the job's" : ""
+        let bytes = formatBytes(r.movedBytes)
+        let moved = String(repeating: " ", count: max(0, 9 - bytes.count)) + bytes
         let times =
           timing
           ? String(
@@ -232,10 +265,15 @@ struct Plan: ParsableCommand {
             wall * 1e6 / Double(max(r.intervals.count, 1))) : ""
         print(
           String(
-            format: "%@ %8.2f s  %8.3f  %10.3f%@%@", name.padding(toLength: 15, withPad: " ", startingAt: 0),
-            r.makespan,
-            r.makespan / (total / Double(n)), r.utilisation, times, mark))
+            format: "%@ %8.2f s  %8.3f  %10.3f%@ %@%@", name.padding(toLength: 15, withPad: " ", startingAt: 0),
+            r.makespan, r.makespan / (total / Double(n)), r.utilisation, times, moved, mark))
+        if let output {
+          try SimulationReport.write(
+            r, scheduler: name, modelIDs: ids,
+            title: "\(config.job.name): \(name) on \(n) device(s), simulated", to: output + "/" + name)
+        }
       }
+      if let output { print("simulated runs written to \(output)/<scheduler>/") }
     }
   }
 }

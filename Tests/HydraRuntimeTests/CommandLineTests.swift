@@ -192,7 +192,9 @@ final class CommandLineTests: XCTestCase {
       let parts = line.split(separator: " ", omittingEmptySubsequences: true)
       if parts.count >= 3, let m = Double(parts[1]) { makespans[String(parts[0])] = m }
     }
-    XCTAssertEqual(Set(makespans.keys), ["fifo", "lrtf", "model-parallel", "random", "round-robin", "sequential"])
+    XCTAssertEqual(
+      Set(makespans.keys), ["fifo", "lrtf", "model-parallel", "planned", "random", "round-robin", "sequential"])
+    XCTAssertLessThanOrEqual(makespans["planned"]!, makespans["lrtf"]!)
     XCTAssertLessThan(makespans["lrtf"]!, makespans["sequential"]! * 0.75)
     XCTAssertEqual(makespans["sequential"]!, makespans["model-parallel"]!, accuracy: 1e-9)
     XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out"), "plan must not write")

@@ -143,7 +143,7 @@ final class RegistryTests: XCTestCase {
     XCTAssertEqual(builtins.kernelsNames, ["cpu", "reference"])
     XCTAssertEqual(builtins.partitionerNames, ["balanced", "fixed", "memory-greedy"])
     XCTAssertEqual(
-      builtins.schedulerNames, ["fifo", "lrtf", "model-parallel", "random", "round-robin", "sequential"])
+      builtins.schedulerNames, ["fifo", "lrtf", "model-parallel", "planned", "random", "round-robin", "sequential"])
   }
 }
 

@@ -198,3 +198,32 @@ final class FuzzTests: XCTestCase {
     }
   }
 }
+
+extension FuzzTests {
+  /// `hydra-mpi plan --profile`'s reader: a value, or an error naming the file; then what `plan`
+  /// asks of a profile (a shape's times) never crashes either.
+  func testProfileFiles() throws {
+    let seeds = [
+      """
+      {"hydra_profile": 1, "note": "n", "kernels": "cpu", "threads_per_device": 1, "bandwidth_bytes_per_second": 1e9,
+       "shapes": [{"shape": "gpt layers=1 d_model=16 heads=2 context=8 vocab=256 batch=4",
+                   "forward_seconds": [0.001, 0.002, 0.003], "backward_seconds": 0.004}]}
+      """,
+      #"{"hydra_profile": 1, "shapes": []}"#,
+      #"{"hydra_profile": 1, "shapes": [{"shape": "x", "forward_seconds": 1, "backward_seconds": [1, 2]}]}"#,
+    ]
+    try fuzz(
+      "profile.json", seeds: seeds.map { Array($0.utf8) },
+      dictionary: [
+        "{", "}", "[", "]", ",", ":", "\"", "1e309", "-1", "nan", "null", "true", "\"shape\"", "\"shapes\"",
+        "\"forward_seconds\"", "\"backward_seconds\"", "\"hydra_profile\"", "9223372036854775807", "\\u0000", "0.5",
+      ], iterations: Self.iterations / 4, seed: 14
+    ) { _, path in
+      let profile = try ProfileFile.read(path)
+      for s in profile.shapes.prefix(4) {
+        for blocks in [1, 3] { _ = try? profile.blockSeconds(s.shape, blocks: blocks, file: path) }
+      }
+      _ = try ProfileFile.parse(Data(profile.json().utf8), file: path)
+    }
+  }
+}

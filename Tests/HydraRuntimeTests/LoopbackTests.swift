@@ -140,7 +140,7 @@ final class LoopbackTests: XCTestCase {
     let root = try temporaryFolder()
     var cases: [(ranks: Int, scheduler: String, placement: String)] = []
     for ranks in 1...4 {
-      for scheduler in ["lrtf", "fifo", "round-robin", "random", "sequential", "model-parallel"] {
+      for scheduler in ["lrtf", "fifo", "round-robin", "random", "sequential", "model-parallel", "planned"] {
         cases.append((ranks, scheduler, "by-shard"))
       }
     }

@@ -13,7 +13,7 @@ final class SchedulingTests: XCTestCase {
   override func setUp() { Coordinator.checksReadyIndex = true }
   override func tearDown() { Coordinator.checksReadyIndex = false }
 
-  static let schedulers = ["lrtf", "fifo", "round-robin", "random", "sequential", "model-parallel"]
+  static let schedulers = ["lrtf", "fifo", "round-robin", "random", "sequential", "model-parallel", "planned"]
 
   func sweepJob(_ dir: String, lrs: String = "3e-3, 1e-3, 3e-4") throws -> String {
     let data = dir + "/text.txt"

@@ -1,6 +1,7 @@
 import HydraSchedulers
 import XCTest
 
+@testable import HydraPluginAPI
 @testable import HydraRuntime
 
 // The oracle: the built-in policies as they were written over the whole ready list (sort it, walk

@@ -1,11 +1,13 @@
 import Foundation
 import HydraConfig
 import HydraCore
+import HydraRuntime
 
 // libFuzzer targets for the readers of user input; HYDRA_FUZZ_TARGET picks one:
 // - job: a job file, read and checked (`JobConfig.load`);
 // - safetensors: a safetensors file, opened and every tensor read;
-// - data: a data file as csv, tokens or text (its first byte picks), loaded and a batch drawn.
+// - data: a data file as csv, tokens or text (its first byte picks), loaded and a batch drawn;
+// - profile: a profile file of `hydra-mpi plan --profile`, read and its shapes' times asked for.
 // Each must answer with a value or an error, never crash.
 
 @_silgen_name("LLVMFuzzerRunDriver")
@@ -50,6 +52,15 @@ func fuzzData(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
   return 0
 }
 
+func fuzzProfile(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+  let path = inputFile(data, size, suffix: ".json")
+  if let profile = try? ProfileFile.read(path) {
+    for s in profile.shapes.prefix(4) { _ = try? profile.blockSeconds(s.shape, blocks: 3, file: path) }
+    _ = try? ProfileFile.parse(Data(profile.json().utf8), file: path)
+  }
+  return 0
+}
+
 let target = ProcessInfo.processInfo.environment["HYDRA_FUZZ_TARGET"] ?? "job"
 
 /// One input, to the target HYDRA_FUZZ_TARGET names (libFuzzer's runtime also expects this symbol).
@@ -58,6 +69,7 @@ public func testOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
   switch target {
   case "safetensors": return fuzzSafetensors(data, size)
   case "data": return fuzzData(data, size)
+  case "profile": return fuzzProfile(data, size)
   default: return fuzzJob(data, size)
   }
 }

@@ -1,6 +1,7 @@
 /// A deterministic discrete-event simulation of a job under a scheduler: fixed task times, a
-/// simulated clock, no threads and no sleeping. It is how scheduler logic is tested, and how
-/// `hydra-mpi plan` shows the schedule a job would get on N devices.
+/// simulated clock, no threads and no sleeping. It is how scheduler logic is tested, how
+/// `hydra-mpi plan` shows the schedule a job would get on N devices, and what a scheduler that plans
+/// (`planned`) searches over: it lives in the vocabulary so that a scheduler plugin can run it.
 
 /// One model of a simulated job: `steps` training steps, each a strict chain of forward through
 /// shards 0..<k, then backward through k-1...0, with these times per shard (seconds).
@@ -8,10 +9,14 @@ public struct SimulatedModel: Sendable, Equatable {
   public var steps: Int
   public var forwardSeconds: [Double]
   public var backwardSeconds: [Double]
-  public init(steps: Int, forwardSeconds: [Double], backwardSeconds: [Double]) {
+  /// Bytes of each shard's state (parameters and optimizer state), what a task moves when its
+  /// shard's state is not on its device; empty: nothing is counted.
+  public var stateBytes: [Int] = []
+  public init(steps: Int, forwardSeconds: [Double], backwardSeconds: [Double], stateBytes: [Int] = []) {
     self.steps = steps
     self.forwardSeconds = forwardSeconds
     self.backwardSeconds = backwardSeconds
+    self.stateBytes = stateBytes
   }
 
   public var shardCount: Int { forwardSeconds.count }
@@ -60,6 +65,25 @@ public struct SimulationResult: Sendable {
   public var intervals: [TaskInterval]
   /// How many times the scheduler was asked.
   public var decisions: Int
+  /// Tasks that ran where their shard's state was not (a promotion from the host store or a move
+  /// from another device), and the bytes of state they moved (`SimulatedModel.stateBytes`).
+  public var moves: Int
+  public var movedBytes: Int
+  /// When each model's last task ended (0 for a model with no steps).
+  public var finishTimes: [Double]
+
+  public init(
+    makespan: Double, deviceCount: Int, intervals: [TaskInterval], decisions: Int, moves: Int = 0,
+    movedBytes: Int = 0, finishTimes: [Double] = []
+  ) {
+    self.makespan = makespan
+    self.deviceCount = deviceCount
+    self.intervals = intervals
+    self.decisions = decisions
+    self.moves = moves
+    self.movedBytes = movedBytes
+    self.finishTimes = finishTimes
+  }
 
   /// Seconds each device was busy.
   public var busySeconds: [Double] {
@@ -71,6 +95,8 @@ public struct SimulationResult: Sendable {
   public var utilisation: Double {
     makespan > 0 ? busySeconds.reduce(0, +) / (makespan * Double(deviceCount)) : 0
   }
+  /// Each device's busy time over the makespan.
+  public var deviceUtilisation: [Double] { busySeconds.map { makespan > 0 ? $0 / makespan : 0 } }
   /// The intervals of one device, in time order.
   public func intervals(device: Int) -> [TaskInterval] { intervals.filter { $0.device == device } }
 }
@@ -84,19 +110,34 @@ public struct SimulationResult: Sendable {
 /// checked with `validate` and the tasks start; then the clock moves to the next completion.
 /// Completions at the same time are all processed, in device index order, before the next decision.
 ///
+/// With a `bandwidth` (bytes per second), a task whose shard's state is not on its device first
+/// moves it there: the move's seconds are added to the task (no overlap with the task before, so an
+/// upper bound where the runtime prefetches). Without one, moves are counted but take no time.
+///
+/// The scheduler's `plan` is called first, with the models and the device count, as the
+/// coordinator calls it before its first decision.
+///
 /// Throws `SchedulerError` for an invalid answer, or when the scheduler leaves every device idle
 /// while tasks are ready (the run would never end), and `RuntimeError` for a malformed model.
-public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Scheduler) throws -> SimulationResult {
+public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Scheduler, bandwidth: Double? = nil) throws
+  -> SimulationResult
+{
   guard devices >= 1 else { throw RuntimeError("simulate: devices must be >= 1, found \(devices)") }
+  if let bandwidth, !(bandwidth.isFinite && bandwidth > 0) {
+    throw RuntimeError("simulate: the bandwidth must be finite and > 0, found \(bandwidth)")
+  }
   for (m, model) in models.enumerated() {
     guard model.steps >= 0, model.shardCount >= 1, model.backwardSeconds.count == model.shardCount,
-      (model.forwardSeconds + model.backwardSeconds).allSatisfy({ $0.isFinite && $0 >= 0 })
+      (model.forwardSeconds + model.backwardSeconds).allSatisfy({ $0.isFinite && $0 >= 0 }),
+      model.stateBytes.isEmpty
+        || (model.stateBytes.count == model.shardCount && model.stateBytes.allSatisfy { $0 >= 0 })
     else {
       throw RuntimeError(
-        "simulate: model \(m) needs steps >= 0 and, per shard (at least one), a forward and a backward time that are finite and >= 0"
+        "simulate: model \(m) needs steps >= 0 and, per shard (at least one), a forward and a backward time that are finite and >= 0 (and state bytes >= 0, if any)"
       )
     }
   }
+  try scheduler.plan(Workload(models: models, devices: devices, bandwidth: bandwidth))
 
   // Per model: position in the chain, when its next task became ready, the device of its last task.
   var step = models.map { _ in 0 }, position = models.map { _ in 0 }
@@ -105,6 +146,8 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
   var finished = Set(models.indices.filter { models[$0].steps == 0 })
   var busy = [TaskInterval?](repeating: nil, count: devices)
   var intervals: [TaskInterval] = [], decisions = 0, now = 0.0
+  var moves = 0, movedBytes = 0
+  var finishTimes = [Double](repeating: 0, count: models.count)
   // Kept as things happen, never rebuilt: the ready tasks (one per model at rest), the free devices
   // (ascending) and the running tasks' ends (a heap of (end, device)). A decision and a completion
   // cost O(log n) plus what the scheduler asks.
@@ -140,8 +183,15 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       }
       let answer = try decide()
       for a in answer.sorted(by: { $0.device < $1.device }) {
-        let seconds = ready[model: a.task.model]!.estimatedSeconds
-        ready.remove(model: a.task.model)
+        let m = a.task.model
+        var seconds = ready[model: m]!.estimatedSeconds
+        if shardDevice[m][a.task.shard] != a.device {
+          let bytes = models[m].stateBytes.isEmpty ? 0 : models[m].stateBytes[a.task.shard]
+          moves += 1
+          movedBytes = movedBytes &+ bytes
+          if let bandwidth { seconds += Double(bytes) / bandwidth }
+        }
+        ready.remove(model: m)
         let interval = TaskInterval(device: a.device, task: a.task, start: now, end: now + seconds)
         busy[a.device] = interval
         free.remove(at: free.partitioningIndex(of: a.device))
@@ -174,13 +224,18 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       if position[m] == models[m].chain.length {
         position[m] = 0
         step[m] += 1
-        if step[m] == models[m].steps { finished.insert(m) }
+        if step[m] == models[m].steps {
+          finished.insert(m)
+          finishTimes[m] = now
+        }
       }
       if !finished.contains(m) { ready.insert(readyTask(m)) }
     }
     while finishedBelow < models.count && finished.contains(finishedBelow) { finishedBelow += 1 }
   }
-  return SimulationResult(makespan: now, deviceCount: devices, intervals: intervals, decisions: decisions)
+  return SimulationResult(
+    makespan: now, deviceCount: devices, intervals: intervals, decisions: decisions, moves: moves,
+    movedBytes: movedBytes, finishTimes: finishTimes)
 }
 
 extension Array where Element == Int {

@@ -1,0 +1,131 @@
+import Foundation
+import HydraCore
+
+/// Where `hydra-mpi plan` takes task times from.
+public enum TaskTimes {
+  /// Each shard's FLOPs at this rate per device (forward; a backward counts twice): only the ratios
+  /// are meaningful.
+  case flops(gflops: Double)
+  /// A profile's per-block seconds; `file` names it in errors.
+  case profile(ProfileFile, file: String)
+}
+
+extension JobRunner {
+  /// The job's models as the simulator takes them: each member's steps, and per shard of its plan
+  /// the seconds of its forward and backward task (the sum of its blocks'), and the bytes of its
+  /// state (what a move of the shard carries).
+  public func simulatedModels(_ plans: [Plan], times: TaskTimes) throws -> [SimulatedModel] {
+    try zip(plans, config.members).map { plan, member in
+      let batch = member.train.batchSize
+      let forward: [Double], backward: [Double]
+      switch times {
+      case .flops(let gflops):
+        forward = plan.shards.map { range in
+          TaskCost.forwardSeconds(range.map { plan.request.blocks[$0] }, batchSize: batch, flopsPerSecond: gflops * 1e9)
+        }
+        backward = forward.map { TaskCost.backwardPerForward * $0 }
+      case .profile(let profile, let file):
+        let blocks = try profile.blockSeconds(
+          ProfileFile.key(plan.spec, batch: batch), blocks: plan.spec.blockCount, file: file)
+        forward = plan.shards.map { range in range.reduce(0) { $0 + blocks.forward[$1] } }
+        backward = plan.shards.map { range in range.reduce(0) { $0 + blocks.backward[$1] } }
+      }
+      var model = SimulatedModel(steps: member.train.steps, forwardSeconds: forward, backwardSeconds: backward)
+      model.stateBytes = plan.shards.map { range in
+        range.reduce(0) { saturatingSum($0, plan.request.blocks[$1].stateBytes(stateCopies: plan.request.stateCopies)) }
+      }
+      return model
+    }
+  }
+
+  /// The measured profile of every distinct model shape of the job (forward and backward seconds
+  /// per block, `repetitions` timed runs after a warm-up, the median kept) on the job's kernels and
+  /// threads per device, cached in the output folder as `profile.json`: shapes already there,
+  /// measured with the same kernels and threads, are reused; the others are measured and added.
+  /// Under `shm` the devices share this machine's cores, caches and memory bandwidth, so each
+  /// shape is measured on as many threads at once as the job has devices (at most the cores), and
+  /// their times averaged: a block timed alone runs faster than it does in the job.
+  /// Returns the profile and its path.
+  public func measuredProfile(_ plans: [Plan], repetitions: Int, log: (String) -> Void) throws -> (
+    ProfileFile, String
+  ) {
+    let cluster = config.cluster
+    let path = config.job.output + "/profile.json"
+    var cached: ProfileFile?
+    if FileManager.default.fileExists(atPath: path) {
+      do {
+        let p = try ProfileFile.read(path)
+        if p.kernels == cluster.kernels && p.threadsPerDevice == cluster.threadsPerDevice {
+          cached = p
+        } else {
+          log("\(path): measured on other kernels or threads; measuring again")
+        }
+      } catch {
+        log("\(error); measuring again")
+      }
+    }
+    var profile =
+      cached
+      ?? ProfileFile(
+        shapes: [], kernels: cluster.kernels, threadsPerDevice: cluster.threadsPerDevice,
+        note: "measured by hydra-mpi plan --measure")
+    var added = 0
+    var kernels: [Kernels] = []
+    let together =
+      cluster.backend == "shm"
+      ? max(1, min(cluster.devices, ProcessInfo.processInfo.activeProcessorCount / max(cluster.threadsPerDevice, 1)))
+      : 1
+    for (plan, member) in zip(plans, config.members) {
+      let key = ProfileFile.key(plan.spec, batch: member.train.batchSize)
+      if profile.shapes.contains(where: { $0.shape == key }) { continue }
+      while kernels.count < together {
+        kernels.append(
+          try registry.makeKernels(
+            cluster.kernels, threads: cluster.threadsPerDevice, memory: DeviceMemory(label: "profile \(kernels.count)"))
+        )
+      }
+      log(
+        "measuring \(key) (\(plan.spec.blockCount) blocks, \(repetitions) repetition(s) each, on \(together) thread(s) at once)"
+      )
+      let results = Locked(
+        [Swift.Result<(forward: [Double], backward: [Double]), Error>?](repeating: nil, count: together))
+      DispatchQueue.concurrentPerform(iterations: together) { i in
+        let r = Swift.Result {
+          try BlockProfile.measureDirections(
+            plan.spec, batch: member.train.batchSize, repetitions: repetitions, kernels: kernels[i])
+        }
+        results.withLock { $0[i] = r }
+      }
+      let times = try results.withLock { $0 }.map { try $0!.get() }
+      func mean(_ pick: ((forward: [Double], backward: [Double])) -> [Double]) -> [Double] {
+        (0..<plan.spec.blockCount).map { b in times.reduce(0) { $0 + pick($1)[b] } / Double(times.count) }
+      }
+      profile.shapes.append(
+        .init(shape: key, forwardSeconds: .each(mean { $0.forward }), backwardSeconds: .each(mean { $0.backward })))
+      added += 1
+    }
+    if added > 0 {
+      do {
+        try FileManager.default.createDirectory(atPath: config.job.output, withIntermediateDirectories: true)
+        try writeAtomically(profile.json(), to: path)
+      } catch {
+        throw WriteError(file: path, "cannot write the measured profile: \(error)")
+      }
+    } else {
+      log("profile: every shape from \(path)")
+    }
+    return (profile, path)
+  }
+}
+
+/// A value shared between threads behind a lock.
+private final class Locked<Value>: @unchecked Sendable {
+  private var value: Value
+  private let lock = NSLock()
+  init(_ value: Value) { self.value = value }
+  func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+    lock.lock()
+    defer { lock.unlock() }
+    return try body(&value)
+  }
+}

@@ -1,0 +1,223 @@
+import Foundation
+import HydraConfig
+import HydraSchedulers
+import XCTest
+
+@testable import HydraBuiltins
+@testable import HydraRuntime
+
+/// `hydra-mpi plan` from profiles: task times from a file by hand (checked against makespans
+/// computed by hand), bad files refused with the file named, the measured profile cached and
+/// reused, and the simulated run written like a real one.
+final class PlanTests: XCTestCase {
+  func hydra(_ args: [String]) throws -> (status: Int32, out: String, err: String) { try runTool(args) }
+
+  /// Two models of 3 blocks (1-layer GPT: embedding, block, head), cut [0, 1) [1, 3), 2 steps each,
+  /// batch 4 and 8 (two shapes).
+  func job(_ dir: String) throws -> String {
+    let data = dir + "/text.txt"
+    try String(repeating: "a profile is seconds per block. ", count: 40).write(
+      toFile: data, atomically: true, encoding: .utf8)
+    return try writeJob(
+      dir,
+      """
+      [job]
+      name = "planned"
+      output = "out"
+      [cluster]
+      devices = 2
+      [data]
+      format = "text"
+      path = "\(data)"
+      [model]
+      kind = "gpt"
+      layers = 1
+      d_model = 16
+      heads = 2
+      context = 8
+      [train]
+      steps = 2
+      batch_size = 4
+      eval_every = 0
+      checkpoint_every = 0
+      [sweep]
+      "train.batch_size" = [4, 8]
+      [partitioner]
+      name = "fixed"
+      boundaries = [1]
+      """)
+  }
+
+  let shape4 = "gpt layers=1 d_model=16 heads=2 context=8 vocab=256 batch=4"
+  let shape8 = "gpt layers=1 d_model=16 heads=2 context=8 vocab=256 batch=8"
+
+  func makespans(_ out: String) -> [String: Double] {
+    var m: [String: Double] = [:]
+    for line in out.split(separator: "\n") {
+      let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+      if parts.count >= 3, parts[2] == "s", let v = Double(parts[1]) { m[String(parts[0])] = v }
+    }
+    return m
+  }
+
+  func testProfileTimesGiveMakespansComputedByHand() throws {
+    let dir = try temporaryFolder()
+    let job = try job(dir)
+    // m000 (batch 4): shard 0 = block 0: fwd 1, bwd 2; shard 1 = blocks 1-2: fwd 1+1, bwd 3+3.
+    // A step: 1 + 2 + 6 + 2 = 11 s; 2 steps: 22 s. m001 (batch 8): every block fwd 2, bwd 4: shard
+    // 0 fwd 2 bwd 4, shard 1 fwd 4 bwd 8: a step 18 s, 2 steps 36 s.
+    // sequential: 22 + 36 = 58. lrtf on 2 devices: each model is a strict chain on its own device
+    // (two models, two devices): the longer one, 36 s.
+    let profile = dir + "/profile.json"
+    try """
+    {"hydra_profile": 1, "shapes": [
+      {"shape": "\(shape4)", "forward_seconds": [1, 1, 1], "backward_seconds": [2, 3, 3]},
+      {"shape": "\(shape8)", "forward_seconds": 2, "backward_seconds": 4}]}
+    """.write(toFile: profile, atomically: true, encoding: .utf8)
+    let r = try hydra(["plan", job, "--profile", profile])
+    XCTAssertEqual(r.status, 0, r.err)
+    let m = makespans(r.out)
+    XCTAssertEqual(m["sequential"], 58)
+    XCTAssertEqual(m["model-parallel"], 58)
+    XCTAssertEqual(m["lrtf"], 36)
+    XCTAssertEqual(m["planned"], 36)
+    XCTAssertTrue(r.out.contains("ideal makespan 29.00 s"), r.out)
+  }
+
+  func testBadProfilesAreRefusedNamingTheFile() throws {
+    let dir = try temporaryFolder()
+    let job = try job(dir)
+    let cases: [(String, String)] = [
+      ("{", "not valid JSON"),
+      (#"{"hydra_profile": 2, "shapes": []}"#, "hydra_profile must be 1"),
+      (#"{"hydra_profile": 1}"#, "missing \"shapes\""),
+      (
+        #"{"hydra_profile": 1, "shapes": [{"shape": "\#(shape4)", "forward_seconds": [1, -1, 1], "backward_seconds": 1}]}"#,
+        "forward_seconds[1] must be a number of seconds"
+      ),
+      (
+        #"{"hydra_profile": 1, "shapes": [{"shape": "\#(shape4)", "forward_seconds": [1, 1], "backward_seconds": 1}]}"#,
+        "has 3 blocks"
+      ),
+      (
+        #"{"hydra_profile": 1, "shapes": [{"shape": "\#(shape4)", "forward_seconds": 1, "backward_seconds": 1}]}"#,
+        "no times for the shape \"\(shape8)\""
+      ),
+      (
+        #"{"hydra_profile": 1, "shapes": [{"shape": "x", "forward_seconds": "1", "backward_seconds": 1}]}"#, "shapes[0]"
+      ),
+    ]
+    for (i, (text, message)) in cases.enumerated() {
+      let profile = dir + "/bad-\(i).json"
+      try text.write(toFile: profile, atomically: true, encoding: .utf8)
+      let r = try hydra(["plan", job, "--profile", profile])
+      XCTAssertEqual(r.status, 2, "case \(i): \(r.out) \(r.err)")
+      XCTAssertTrue(r.err.contains(profile), "case \(i): \(r.err)")
+      XCTAssertTrue(r.err.contains(message), "case \(i): \(r.err)")
+    }
+    let missing = try hydra(["plan", job, "--profile", dir + "/none.json"])
+    XCTAssertEqual(missing.status, 2)
+    XCTAssertTrue(missing.err.contains(dir + "/none.json"), missing.err)
+  }
+
+  func testMeasuredProfileIsCachedInTheOutputFolderAndReused() throws {
+    let dir = try temporaryFolder()
+    let job = try job(dir)
+    let first = try hydra(["plan", job, "--measure", "--repetitions", "1", "--scheduler", "lrtf"])
+    XCTAssertEqual(first.status, 0, first.err)
+    XCTAssertTrue(first.out.contains("measuring \(shape4)"), first.out)
+    XCTAssertTrue(first.out.contains("measuring \(shape8)"), first.out)
+    let cache = dir + "/out/profile.json"
+    let profile = try ProfileFile.read(cache)
+    XCTAssertEqual(profile.shapes.map(\.shape), [shape4, shape8])
+    XCTAssertEqual(profile.kernels, "cpu")
+    XCTAssertEqual(profile.threadsPerDevice, 1)
+    let times = try profile.blockSeconds(shape4, blocks: 3, file: cache)
+    XCTAssertTrue((times.forward + times.backward).allSatisfy { $0 > 0 })
+    // The second plan measures nothing and simulates the same times.
+    let second = try hydra(["plan", job, "--measure", "--scheduler", "lrtf"])
+    XCTAssertEqual(second.status, 0, second.err)
+    XCTAssertFalse(second.out.contains("measuring"), second.out)
+    XCTAssertEqual(makespans(second.out)["lrtf"], makespans(first.out)["lrtf"])
+    // The cache is no result: the job still runs into that folder.
+    XCTAssertEqual(try hydra(["run", job]).status, 0)
+  }
+
+  func testOutputHoldsTheSimulatedRunLikeARealOne() throws {
+    let dir = try temporaryFolder()
+    let job = try job(dir)
+    let profile = dir + "/profile.json"
+    try """
+    {"hydra_profile": 1, "bandwidth_bytes_per_second": 1e12, "shapes": [
+      {"shape": "\(shape4)", "forward_seconds": 1, "backward_seconds": 2},
+      {"shape": "\(shape8)", "forward_seconds": 1, "backward_seconds": 2}]}
+    """.write(toFile: profile, atomically: true, encoding: .utf8)
+    let r = try hydra(["plan", job, "--profile", profile, "--scheduler", "sequential", "--output", dir + "/sim"])
+    XCTAssertEqual(r.status, 0, r.err)
+    let folder = dir + "/sim/sequential"
+    let trace = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/trace.json")))
+    let events = ((trace as? [String: Any])?["traceEvents"] as? [[String: Any]] ?? []).filter {
+      $0["ph"] as? String == "X"
+    }
+    // 2 models x 2 steps x 2 shards x (fwd + bwd).
+    XCTAssertEqual(events.count, 16)
+    XCTAssertTrue(try String(contentsOfFile: folder + "/schedule.svg").contains("<svg"))
+    let plan =
+      try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/plan.json")))
+      as? [String: Any]
+    // sequential, everything on device 0: each model's step is 3 blocks x (1 + 2) = 9 s of work,
+    // plus moves: every task's shard state comes from the host or the other shard's device.
+    let devices = plan?["device_utilisation"] as? [Double]
+    XCTAssertEqual(devices?.count, 2)
+    XCTAssertEqual(devices?[1], 0)
+    XCTAssertEqual(devices?[0] ?? 0, 1, accuracy: 1e-9)
+    let finish = (plan?["models"] as? [[String: Any]])?.map { $0["finish_seconds"] as? Double ?? -1 }
+    let makespan = plan?["makespan_seconds"] as? Double ?? 0
+    XCTAssertEqual(finish?.last, makespan)
+    XCTAssertGreaterThan(plan?["moved_bytes"] as? Int ?? 0, 0)
+    XCTAssertGreaterThan(makespan, 36)
+    XCTAssertLessThan(makespan, 36.01)
+  }
+
+  /// The coordinator hands the scheduler the workload before its first decision: every model, its
+  /// steps, one time per shard, the devices.
+  func testTheCoordinatorPlansBeforeItsFirstDecision() throws {
+    final class Recording: Scheduler, @unchecked Sendable {
+      let name = "recording"
+      let lrtf = LRTFScheduler()
+      var workloads: [Workload] = []
+      var decisionsBeforePlan = 0
+      var decisions = 0
+      func plan(_ workload: Workload) throws { workloads.append(workload) }
+      func schedule(_ view: SchedulerView) -> [Assignment] {
+        if workloads.isEmpty { decisionsBeforePlan += 1 }
+        decisions += 1
+        return lrtf.schedule(view)
+      }
+    }
+    let recording = Recording()
+    let registry = try PluginRegistry { b in
+      try Builtins.register(into: &b)
+      try b.registerScheduler("recording") { _, _ in recording }
+    }
+    let dir = try temporaryFolder()
+    let path = try job(dir)
+    let config = try JobConfig.load(
+      path: path, known: Builtins.known(registry), overrides: ["scheduler.name=\"recording\""])
+    let runner = JobRunner(config: config, registry: registry)
+    runner.log = { _ in }
+    _ = try runner.run()
+    XCTAssertEqual(recording.workloads.count, 1)
+    XCTAssertEqual(recording.decisionsBeforePlan, 0)
+    XCTAssertGreaterThan(recording.decisions, 0)
+    let w = try XCTUnwrap(recording.workloads.first)
+    XCTAssertEqual(w.devices, 2)
+    XCTAssertEqual(w.models.map(\.steps), [2, 2])
+    XCTAssertEqual(w.models.map(\.shardCount), [2, 2])
+    // FLOP estimates: the batch-8 model's tasks take twice the batch-4 model's.
+    for s in 0..<2 {
+      XCTAssertEqual(w.models[1].forwardSeconds[s], 2 * w.models[0].forwardSeconds[s], accuracy: 1e-12)
+      XCTAssertGreaterThan(w.models[0].backwardSeconds[s], 0)
+    }
+  }
+}
