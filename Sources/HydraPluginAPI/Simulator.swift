@@ -12,6 +12,12 @@ public struct SimulatedModel: Sendable, Equatable {
   /// Bytes of each shard's state (parameters and optimizer state), what a task moves when its
   /// shard's state is not on its device; empty: nothing is counted.
   public var stateBytes: [Int] = []
+  /// Seconds of one evaluation (its validation batches' forwards through every shard), which the
+  /// device that ran a step's last task does right after it, as the runtime does: after the step
+  /// numbered a multiple of `evalEvery` (0: none in between) and after the last step. 0: no
+  /// evaluations are simulated.
+  public var evaluationSeconds: Double = 0
+  public var evalEvery = 0
   public init(steps: Int, forwardSeconds: [Double], backwardSeconds: [Double], stateBytes: [Int] = []) {
     self.steps = steps
     self.forwardSeconds = forwardSeconds
@@ -19,11 +25,22 @@ public struct SimulatedModel: Sendable, Equatable {
     self.stateBytes = stateBytes
   }
 
+  /// Whether the model is evaluated once it has done `done` steps (ModelRun's rule, rungs aside).
+  func evaluates(after done: Int) -> Bool {
+    evaluationSeconds > 0 && (done == steps || (evalEvery > 0 && done % evalEvery == 0))
+  }
+
   public var shardCount: Int { forwardSeconds.count }
   /// Seconds of one step: every task of its chain.
   public var stepSeconds: Double { forwardSeconds.reduce(0, +) + backwardSeconds.reduce(0, +) }
-  /// Seconds of all steps on one device: what the model takes alone.
-  public var totalSeconds: Double { Double(steps) * stepSeconds }
+  /// Seconds of all steps on one device, with their evaluations: what the model takes alone.
+  public var totalSeconds: Double { Double(steps) * stepSeconds + Double(evaluationCount) * evaluationSeconds }
+  /// The evaluations of a whole run (`evaluates(after:)` for steps 1...steps).
+  public var evaluationCount: Int {
+    guard evaluationSeconds > 0, steps > 0 else { return 0 }
+    guard evalEvery > 0 else { return 1 }
+    return steps / evalEvery + (steps % evalEvery == 0 ? 0 : 1)
+  }
 
   public var chain: StepChain { StepChain(shards: shardCount) }
 
@@ -56,6 +73,22 @@ public struct TaskInterval: Sendable, Equatable, CustomStringConvertible {
   public var description: String { "device \(device): \(task) [\(start), \(end)]" }
 }
 
+/// An evaluation as it ran: of `model` after its step `step` (counted from 1), on `device`.
+public struct EvaluationInterval: Sendable, Equatable {
+  public var device: Int
+  public var model: Int
+  public var step: Int
+  public var start: Double
+  public var end: Double
+  public init(device: Int, model: Int, step: Int, start: Double, end: Double) {
+    self.device = device
+    self.model = model
+    self.step = step
+    self.start = start
+    self.end = end
+  }
+}
+
 /// The schedule a simulation produced.
 public struct SimulationResult: Sendable {
   /// When the last task ended.
@@ -69,8 +102,11 @@ public struct SimulationResult: Sendable {
   /// from another device), and the bytes of state they moved (`SimulatedModel.stateBytes`).
   public var moves: Int
   public var movedBytes: Int
-  /// When each model's last task ended (0 for a model with no steps).
+  /// When each model's last task (or its final evaluation) ended (0 for a model with no steps).
   public var finishTimes: [Double]
+  /// The evaluations the models' `evaluationSeconds` asked for, in the order they ended (they are
+  /// not in `intervals` nor in `busySeconds`, which count shard tasks).
+  public var evaluations: [EvaluationInterval] = []
 
   public init(
     makespan: Double, deviceCount: Int, intervals: [TaskInterval], decisions: Int, moves: Int = 0,
@@ -129,11 +165,12 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
   for (m, model) in models.enumerated() {
     guard model.steps >= 0, model.shardCount >= 1, model.backwardSeconds.count == model.shardCount,
       (model.forwardSeconds + model.backwardSeconds).allSatisfy({ $0.isFinite && $0 >= 0 }),
+      model.evaluationSeconds.isFinite, model.evaluationSeconds >= 0, model.evalEvery >= 0,
       model.stateBytes.isEmpty
         || (model.stateBytes.count == model.shardCount && model.stateBytes.allSatisfy { $0 >= 0 })
     else {
       throw RuntimeError(
-        "simulate: model \(m) needs steps >= 0 and, per shard (at least one), a forward and a backward time that are finite and >= 0 (and state bytes >= 0, if any)"
+        "simulate: model \(m) needs steps >= 0 and, per shard (at least one), a forward and a backward time that are finite and >= 0 (and state bytes >= 0, if any; an evaluation time finite and >= 0, evalEvery >= 0)"
       )
     }
   }
@@ -145,6 +182,9 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
   var shardDevice = models.map { [Int?](repeating: nil, count: $0.shardCount) }
   var finished = Set(models.indices.filter { models[$0].steps == 0 })
   var busy = [TaskInterval?](repeating: nil, count: devices)
+  // The evaluation each device is doing (of the model whose step it ended), with its start.
+  var evaluating = [(model: Int, start: Double)?](repeating: nil, count: devices)
+  var evaluations: [EvaluationInterval] = []
   var intervals: [TaskInterval] = [], decisions = 0, now = 0.0
   var moves = 0, movedBytes = 0
   var finishTimes = [Double](repeating: 0, count: models.count)
@@ -213,29 +253,53 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       ends.pop()
     }
     for d in done.sorted() {
+      // A model whose step (and evaluation, if it had one) is over: done, or ready again.
+      func stepOver(_ m: Int) {
+        if step[m] == models[m].steps {
+          finished.insert(m)
+          finishTimes[m] = now
+        } else {
+          ready.insert(readyTask(m))
+        }
+      }
+      if let e = evaluating[d] {
+        evaluating[d] = nil
+        free.insert(d, at: free.partitioningIndex(of: d))
+        evaluations.append(EvaluationInterval(device: d, model: e.model, step: step[e.model], start: e.start, end: now))
+        readySince[e.model] = now
+        stepOver(e.model)
+        continue
+      }
       let interval = busy[d]!
       busy[d] = nil
-      free.insert(d, at: free.partitioningIndex(of: d))
       let m = interval.model
       lastDevice[m] = d
       shardDevice[m][interval.task.shard] = d
       readySince[m] = now
       position[m] += 1
-      if position[m] == models[m].chain.length {
-        position[m] = 0
-        step[m] += 1
-        if step[m] == models[m].steps {
-          finished.insert(m)
-          finishTimes[m] = now
-        }
+      guard position[m] == models[m].chain.length else {
+        free.insert(d, at: free.partitioningIndex(of: d))
+        ready.insert(readyTask(m))
+        continue
       }
-      if !finished.contains(m) { ready.insert(readyTask(m)) }
+      position[m] = 0
+      step[m] += 1
+      if models[m].evaluates(after: step[m]) {
+        // The device that ended the step evaluates the model before either goes on.
+        evaluating[d] = (m, now)
+        ends.push(end: now + models[m].evaluationSeconds, device: d)
+      } else {
+        free.insert(d, at: free.partitioningIndex(of: d))
+        stepOver(m)
+      }
     }
     while finishedBelow < models.count && finished.contains(finishedBelow) { finishedBelow += 1 }
   }
-  return SimulationResult(
+  var result = SimulationResult(
     makespan: now, deviceCount: devices, intervals: intervals, decisions: decisions, moves: moves,
     movedBytes: movedBytes, finishTimes: finishTimes)
+  result.evaluations = evaluations
+  return result
 }
 
 extension Array where Element == Int {

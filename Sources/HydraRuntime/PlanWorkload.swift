@@ -13,7 +13,7 @@ public enum TaskTimes {
 extension JobRunner {
   /// The job's models as the simulator takes them: each member's steps, and per shard of its plan
   /// the seconds of its forward and backward task (the sum of its blocks'), and the bytes of its
-  /// state (what a move of the shard carries).
+  /// state (what a move of the shard carries); and the seconds of an evaluation, when it is due.
   public func simulatedModels(_ plans: [Plan], times: TaskTimes) throws -> [SimulatedModel] {
     try zip(plans, config.members).map { plan, member in
       let batch = member.train.batchSize
@@ -31,6 +31,12 @@ extension JobRunner {
         backward = plan.shards.map { range in range.reduce(0) { $0 + blocks.backward[$1] } }
       }
       var model = SimulatedModel(steps: member.train.steps, forwardSeconds: forward, backwardSeconds: backward)
+      // An evaluation is a forward of every shard over the validation rows it reads (at most
+      // eval_batches batches), on the device that ended the step; its time scales with the rows.
+      let rows = min(
+        plan.data.validationCount, member.train.evalBatches.multipliedReportingOverflow(by: batch).partialValue)
+      model.evaluationSeconds = Double(max(rows, 0)) / Double(batch) * forward.reduce(0, +)
+      model.evalEvery = member.train.evalEvery
       model.stateBytes = plan.shards.map { range in
         range.reduce(0) { saturatingSum($0, plan.request.blocks[$1].stateBytes(stateCopies: plan.request.stateCopies)) }
       }

@@ -6,12 +6,15 @@ import Foundation
 public enum SimulationReport {
   /// The simulated tasks as trace events (model ids from `modelIDs`).
   public static func traceEvents(_ r: SimulationResult, modelIDs: [String]) -> [TraceEvent] {
-    r.intervals.map { i in
+    func id(_ m: Int) -> String { m < modelIDs.count ? modelIDs[m] : "m\(m)" }
+    return r.intervals.map { i in
       TraceEvent(
-        device: i.device, model: i.model < modelIDs.count ? modelIDs[i.model] : "m\(i.model)",
-        name: "s\(i.task.shard) \(i.task.direction == .forward ? "fwd" : "bwd")", step: i.task.step, start: i.start,
-        end: i.end)
+        device: i.device, model: id(i.model), name: "s\(i.task.shard) \(i.task.direction == .forward ? "fwd" : "bwd")",
+        step: i.task.step, start: i.start, end: i.end)
     }
+      + r.evaluations.map { e in
+        TraceEvent(device: e.device, model: id(e.model), name: "eval", step: e.step, start: e.start, end: e.end)
+      }
   }
 
   /// `plan.json`'s text.

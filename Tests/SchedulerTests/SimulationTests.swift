@@ -44,6 +44,46 @@ final class SimulationTests: XCTestCase {
     }
   }
 
+  /// Evaluations take the device that ended the step, and the model waits for them.
+  /// 1 device, 2 models of one shard (fwd 1, bwd 1), 2 steps each; m0 evaluates after every step
+  /// (3 s), m1 only after its last (0.5 s). fifo (longest ready first, then model index): t0 m0 f
+  /// [0,1]; t1 m1 f (ready since 0) before m0 b (since 1) [1,2]; t2 m0 b [2,3], then m0's eval
+  /// [3,6] keeps the device; t6 m1 b (since 2) [6,7], no eval (m1's every 0: only the last);
+  /// t7 m0 f (since 6) [7,8]; m1 f (since 7) [8,9]; m0 b [9,10] and m0's last eval [10,13];
+  /// m1 b [13,14] and m1's eval [14,14.5]. Makespan 14.5; m0 ends at 13.
+  func testEvaluationsHoldTheDeviceAndTheModel() throws {
+    var m0 = one([1], [1], steps: 2)
+    m0.evaluationSeconds = 3
+    m0.evalEvery = 1
+    var m1 = one([1], [1], steps: 2)
+    m1.evaluationSeconds = 0.5
+    XCTAssertEqual(m0.evaluationCount, 2)
+    XCTAssertEqual(m1.evaluationCount, 1)
+    XCTAssertEqual(m0.totalSeconds, 4 + 6)
+    let r = try simulate([m0, m1], devices: 1, scheduler: FIFOScheduler())
+    XCTAssertEqual(r.makespan, 14.5)
+    XCTAssertEqual(r.finishTimes, [13, 14.5])
+    XCTAssertEqual(r.intervals.map(\.start), [0, 1, 2, 6, 7, 8, 9, 13])
+    XCTAssertEqual(r.intervals.map(\.model), [0, 1, 0, 1, 0, 1, 0, 1])
+    XCTAssertEqual(
+      r.evaluations,
+      [
+        EvaluationInterval(device: 0, model: 0, step: 1, start: 3, end: 6),
+        EvaluationInterval(device: 0, model: 0, step: 2, start: 10, end: 13),
+        EvaluationInterval(device: 0, model: 1, step: 2, start: 14, end: 14.5),
+      ])
+    // Tasks only: busy 8 of 14.5.
+    XCTAssertEqual(r.busySeconds, [8])
+    // evalEvery 3 over 7 steps: after steps 3, 6 and 7.
+    var m2 = one([1], [1], steps: 7)
+    m2.evaluationSeconds = 1
+    m2.evalEvery = 3
+    XCTAssertEqual(m2.evaluationCount, 3)
+    let alone = try simulate([m2], devices: 1, scheduler: LRTFScheduler())
+    XCTAssertEqual(alone.evaluations.map(\.step), [3, 6, 7])
+    XCTAssertEqual(alone.makespan, 14 + 3)
+  }
+
   /// 2 devices, 2 shards, 1 step: m0 fwd [1, 2] bwd [3, 4] (10 s), m1 fwd [1, 1] bwd [1, 1] (4 s).
   var twoShards: [SimulatedModel] { [one([1, 2], [3, 4]), one([1, 1], [1, 1])] }
 
