@@ -73,6 +73,21 @@ public struct TaskInterval: Sendable, Equatable, CustomStringConvertible {
   public var description: String { "device \(device): \(task) [\(start), \(end)]" }
 }
 
+/// A selection policy on the simulated clock. The simulator has no losses: `score` says what each
+/// model would report at each of its rungs (lower is better; `hydra-mpi plan` uses a stand-in), and
+/// the policy decides from those as in a real run. What a makespan depends on is how many models go
+/// on at each rung, which is the policy's rule, not which ones.
+public struct SimulatedSelection {
+  public var policy: Selection
+  public var setup: SelectionSetup
+  public var score: (_ model: Int, _ rung: Int) -> Double
+  public init(policy: Selection, setup: SelectionSetup, score: @escaping (_ model: Int, _ rung: Int) -> Double) {
+    self.policy = policy
+    self.setup = setup
+    self.score = score
+  }
+}
+
 /// An evaluation as it ran: of `model` after its step `step` (counted from 1), on `device`.
 public struct EvaluationInterval: Sendable, Equatable {
   public var device: Int
@@ -107,6 +122,8 @@ public struct SimulationResult: Sendable {
   /// The evaluations the models' `evaluationSeconds` asked for, in the order they ended (they are
   /// not in `intervals` nor in `busySeconds`, which count shard tasks).
   public var evaluations: [EvaluationInterval] = []
+  /// Under a selection policy: the steps each model trained (fewer than its `steps` when stopped).
+  public var stepsDone: [Int] = []
 
   public init(
     makespan: Double, deviceCount: Int, intervals: [TaskInterval], decisions: Int, moves: Int = 0,
@@ -153,9 +170,16 @@ public struct SimulationResult: Sendable {
 /// The scheduler's `plan` is called first, with the models and the device count, as the
 /// coordinator calls it before its first decision.
 ///
+/// With a `selection`, each model is evaluated at its rungs (when it has `evaluationSeconds`) and
+/// the policy told its score there, and when it ends; a model it pauses waits (its device free),
+/// one it stops is done at once, one it lets go on is ready again, as in the runtime.
+///
 /// Throws `SchedulerError` for an invalid answer, or when the scheduler leaves every device idle
 /// while tasks are ready (the run would never end), and `RuntimeError` for a malformed model.
-public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Scheduler, bandwidth: Double? = nil) throws
+public func simulate(
+  _ models: [SimulatedModel], devices: Int, scheduler: Scheduler, bandwidth: Double? = nil,
+  selection: SimulatedSelection? = nil
+) throws
   -> SimulationResult
 {
   guard devices >= 1 else { throw RuntimeError("simulate: devices must be >= 1, found \(devices)") }
@@ -174,6 +198,14 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       )
     }
   }
+  if let selection {
+    guard selection.setup.models == models.count, selection.setup.rungSteps.count == models.count else {
+      throw RuntimeError(
+        "simulate: the selection was set up for \(selection.setup.models) models (\(selection.setup.rungSteps.count) rung lists); the job has \(models.count)"
+      )
+    }
+    try selection.policy.start(selection.setup)
+  }
   try scheduler.plan(Workload(models: models, devices: devices, bandwidth: bandwidth))
 
   // Per model: position in the chain, when its next task became ready, the device of its last task.
@@ -185,6 +217,8 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
   // The evaluation each device is doing (of the model whose step it ended), with its start.
   var evaluating = [(model: Int, start: Double)?](repeating: nil, count: devices)
   var evaluations: [EvaluationInterval] = []
+  // Under selection: models waiting at a rung, and models to stop when their running task ends.
+  var paused = Set<Int>(), stopWhenDone = Set<Int>()
   var intervals: [TaskInterval] = [], decisions = 0, now = 0.0
   var moves = 0, movedBytes = 0
   var finishTimes = [Double](repeating: 0, count: models.count)
@@ -241,6 +275,11 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
     }
 
     // Advance to the next completion; all completions at that time, in device order.
+    if ends.first == nil && readyCount == 0 && !paused.isEmpty {
+      throw RuntimeError(
+        "selection \"\(selection?.policy.name ?? "")\" left model(s) \(paused.sorted().map(String.init).joined(separator: ", ")) waiting at a rung with nothing else to run (simulated, at \(now) s)"
+      )
+    }
     guard let next = ends.first?.end else {
       throw SchedulerError(
         "scheduler \"\(scheduler.name)\" left every device idle with \(readyCount) task(s) ready and nothing running at \(now) s: the run would never end"
@@ -253,13 +292,55 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       ends.pop()
     }
     for d in done.sorted() {
-      // A model whose step (and evaluation, if it had one) is over: done, or ready again.
-      func stepOver(_ m: Int) {
-        if step[m] == models[m].steps {
-          finished.insert(m)
-          finishTimes[m] = now
+      func finish(_ m: Int) {
+        finished.insert(m)
+        finishTimes[m] = now
+      }
+      // A model whose step (and evaluation, if it had one) is over: done, or ready again; under
+      // selection, what the policy decides at a rung or at the model's end comes first.
+      func stepOver(_ m: Int) throws {
+        guard let selection else {
+          if step[m] == models[m].steps { finish(m) } else { ready.insert(readyTask(m)) }
+          return
+        }
+        var decisions: [Int: SelectionDecision]
+        if let rung = selection.setup.rungSteps[m].firstIndex(of: step[m]) {
+          decisions = selection.policy.reached(
+            RungResult(model: m, rung: rung, step: step[m], score: selection.score(m, rung)))
+          if decisions[m] == nil { decisions[m] = .proceed }
+        } else if step[m] == models[m].steps {
+          finish(m)
+          decisions = selection.policy.ended(model: m)
         } else {
           ready.insert(readyTask(m))
+          return
+        }
+        for (k, decision) in decisions.sorted(by: { $0.key < $1.key }) {
+          guard k >= 0 && k < models.count else {
+            throw RuntimeError(
+              "selection \"\(selection.policy.name)\" decided for model \(k); the job has \(models.count)")
+          }
+          if finished.contains(k) { continue }
+          let waiting = k == m || paused.contains(k)
+          switch decision {
+          case .proceed:
+            guard waiting else { continue }
+            paused.remove(k)
+            readySince[k] = now
+            if step[k] == models[k].steps { finish(k) } else { ready.insert(readyTask(k)) }
+          case .pause:
+            if waiting { paused.insert(k) }
+          case .stop:
+            if waiting {
+              paused.remove(k)
+              finish(k)
+            } else if ready[model: k] != nil {
+              ready.remove(model: k)
+              finish(k)
+            } else {
+              stopWhenDone.insert(k)
+            }
+          }
         }
       }
       if let e = evaluating[d] {
@@ -267,7 +348,7 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
         free.insert(d, at: free.partitioningIndex(of: d))
         evaluations.append(EvaluationInterval(device: d, model: e.model, step: step[e.model], start: e.start, end: now))
         readySince[e.model] = now
-        stepOver(e.model)
+        try stepOver(e.model)
         continue
       }
       let interval = busy[d]!
@@ -277,6 +358,13 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       shardDevice[m][interval.task.shard] = d
       readySince[m] = now
       position[m] += 1
+      if stopWhenDone.remove(m) != nil {
+        // The policy stopped it while this task ran: it trains no further (mid-step, as in the
+        // runtime, which lets the task end and drops the rest of the step).
+        free.insert(d, at: free.partitioningIndex(of: d))
+        finish(m)
+        continue
+      }
       guard position[m] == models[m].chain.length else {
         free.insert(d, at: free.partitioningIndex(of: d))
         ready.insert(readyTask(m))
@@ -284,13 +372,14 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
       }
       position[m] = 0
       step[m] += 1
-      if models[m].evaluates(after: step[m]) {
+      let atRung = selection?.setup.rungSteps[m].contains(step[m]) ?? false
+      if models[m].evaluationSeconds > 0 && (models[m].evaluates(after: step[m]) || atRung) {
         // The device that ended the step evaluates the model before either goes on.
         evaluating[d] = (m, now)
         ends.push(end: now + models[m].evaluationSeconds, device: d)
       } else {
         free.insert(d, at: free.partitioningIndex(of: d))
-        stepOver(m)
+        try stepOver(m)
       }
     }
     while finishedBelow < models.count && finished.contains(finishedBelow) { finishedBelow += 1 }
@@ -299,6 +388,7 @@ public func simulate(_ models: [SimulatedModel], devices: Int, scheduler: Schedu
     makespan: now, deviceCount: devices, intervals: intervals, decisions: decisions, moves: moves,
     movedBytes: movedBytes, finishTimes: finishTimes)
   result.evaluations = evaluations
+  result.stepsDone = step
   return result
 }
 

@@ -88,6 +88,33 @@ final class PlanTests: XCTestCase {
     XCTAssertTrue(r.out.contains("ideal makespan 34.25 s"), r.out)
   }
 
+  /// The job's selection policy runs in the simulation. sha with min_steps 1, eta 2: one rung at
+  /// step 1, where the better of the two models (by the stand-in ranking) goes on and the other
+  /// stops. From the hand computation above: m000's step 1 and rung evaluation end at 11 + 5.25 =
+  /// 16.25 on its device, m001's at 18 + 5.25 = 23.25 on the other; the rung is decided then. If
+  /// m000 goes on: its 2nd step and last evaluation, 23.25 + 11 + 5.25 = 39.5; if m001 does:
+  /// 23.25 + 18 + 5.25 = 46.5. The same value every time (the stand-in comes from the job's seed).
+  func testSelectionRunsInThePlan() throws {
+    let dir = try temporaryFolder()
+    let job = try job(dir)
+    let profile = dir + "/profile.json"
+    try """
+    {"hydra_profile": 1, "shapes": [
+      {"shape": "\(shape4)", "forward_seconds": [1, 1, 1], "backward_seconds": [2, 3, 3]},
+      {"shape": "\(shape8)", "forward_seconds": 2, "backward_seconds": 4}]}
+    """.write(toFile: profile, atomically: true, encoding: .utf8)
+    let args = [
+      "plan", job, "--profile", profile, "--scheduler", "lrtf", "--set", "selection.name=\"sha\"", "--set",
+      "selection.min_steps=1", "--set", "selection.reduction_factor=2",
+    ]
+    let r = try hydra(args)
+    XCTAssertEqual(r.status, 0, r.err)
+    XCTAssertTrue(r.out.contains("selection sha"), r.out)
+    let lrtf = try XCTUnwrap(makespans(r.out)["lrtf"], r.out)
+    XCTAssertTrue(lrtf == 39.5 || lrtf == 46.5, "\(lrtf)")
+    XCTAssertEqual(makespans(try hydra(args).out)["lrtf"], lrtf)
+  }
+
   func testBadProfilesAreRefusedNamingTheFile() throws {
     let dir = try temporaryFolder()
     let job = try job(dir)

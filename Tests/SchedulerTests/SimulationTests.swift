@@ -1,5 +1,6 @@
 import HydraRuntime
 import HydraSchedulers
+import HydraSelection
 import XCTest
 
 /// Schedulers on the simulated clock: makespans computed by hand, utilisation, and the trace's shape.
@@ -82,6 +83,44 @@ final class SimulationTests: XCTestCase {
     let alone = try simulate([m2], devices: 1, scheduler: LRTFScheduler())
     XCTAssertEqual(alone.evaluations.map(\.step), [3, 6, 7])
     XCTAssertEqual(alone.makespan, 14 + 3)
+  }
+
+  /// Selection policies run on the simulated clock. 3 models of one shard (fwd 1, bwd 1), 3 steps,
+  /// one rung at step 1 (min_steps 1, eta 3: 3 is not below 3 steps), 1 device, fifo (longest
+  /// ready first, then model index): m0 f [0,1], m1 f [1,2], m2 f [2,3], m0 b [3,4], m1 b [4,5],
+  /// m2 b [5,6]; each model reaches the rung at the end of its backward.
+  func testSelectionPoliciesOnTheSimulatedClock() throws {
+    let models = [one([1], [1], steps: 3), one([1], [1], steps: 3), one([1], [1], steps: 3)]
+    let setup = SelectionSetup(models: 3, rungSteps: [[1], [1], [1]], reductionFactor: 3)
+    // sha: m0 and m1 wait at the rung; when m2 arrives (6 s) the best 1 of 3 goes on: m2 (score
+    // -m: the higher index the better); m0 and m1 stop there. m2's 2 more steps: [6,10].
+    let sha = try simulate(
+      models, devices: 1, scheduler: FIFOScheduler(),
+      selection: SimulatedSelection(policy: SuccessiveHalving(), setup: setup) { m, _ in -Double(m) })
+    XCTAssertEqual(sha.makespan, 10)
+    XCTAssertEqual(sha.finishTimes, [6, 6, 10])
+    XCTAssertEqual(sha.stepsDone, [1, 1, 3])
+    XCTAssertEqual(sha.intervals.filter { $0.start >= 6 }.map(\.model), [2, 2, 2, 2])
+    // asha, scores m (lower index better): m0 arrives first and goes on (4 s); m1 (5 s) and m2
+    // (6 s) are not in the best 1/3 of what the rung has seen, and stop. m0's forward was ready at
+    // 4 but m1 b (ready since 2) and m2 b (since 3) came first: m0's 2 more steps [6,10].
+    let asha = try simulate(
+      models, devices: 1, scheduler: FIFOScheduler(),
+      selection: SimulatedSelection(policy: AsyncSuccessiveHalving(), setup: setup) { m, _ in Double(m) })
+    XCTAssertEqual(asha.makespan, 10)
+    XCTAssertEqual(asha.finishTimes, [10, 5, 6])
+    XCTAssertEqual(asha.stepsDone, [3, 1, 1])
+    // Without selection every model trains its 3 steps: 18 s.
+    XCTAssertEqual(try simulate(models, devices: 1, scheduler: FIFOScheduler()).makespan, 18)
+    // A rung evaluation takes the device: with 0.5 s evaluations (after step 1, the rung, and after
+    // the last), sha's rung fills at 6 + 3 x 0.5 = 7.5; m2's 2 steps and last evaluation: 12.
+    var evaluated = models
+    for i in evaluated.indices { evaluated[i].evaluationSeconds = 0.5 }
+    let shaEvaluated = try simulate(
+      evaluated, devices: 1, scheduler: FIFOScheduler(),
+      selection: SimulatedSelection(policy: SuccessiveHalving(), setup: setup) { m, _ in -Double(m) })
+    XCTAssertEqual(shaEvaluated.makespan, 12)
+    XCTAssertEqual(shaEvaluated.evaluations.map(\.model), [0, 1, 2, 2])
   }
 
   /// 2 devices, 2 shards, 1 step: m0 fwd [1, 2] bwd [3, 4] (10 s), m1 fwd [1, 1] bwd [1, 1] (4 s).
