@@ -536,7 +536,8 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
             tensorsSent += 1
             bytesSent += tensor.byteCount
             state.unlock()
-            try transport.send(.tensor(key, tensor), to: to)
+            // Transports read host memory: a tensor on a device is copied off it first.
+            try transport.send(.tensor(key, try tensor.onHost()), to: to)
           }
         }
         for (source, message) in try transport.poll() {

@@ -335,9 +335,9 @@ public final class HostStore: @unchecked Sendable {
       if let file {
         try file.transfer(buffer + offset, t.byteCount, at: fileOffset, reading: !toState)
       } else if toState {
-        UnsafeMutableRawPointer(t.data).copyMemory(from: buffer + offset, byteCount: t.byteCount)
+        t.write(from: buffer + offset)
       } else {
-        (buffer + offset).copyMemory(from: t.data, byteCount: t.byteCount)
+        t.read(into: buffer + offset)
       }
       offset += t.byteCount
     }
