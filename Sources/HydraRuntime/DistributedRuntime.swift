@@ -620,6 +620,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
         bytesWrittenToDisk: store?.bytesWritten ?? 0, bytesReadFromDisk: store?.bytesRead ?? 0,
         host: String(transport.hostName.prefix(255)))
       report.leftOver = leftOver
+      report.traffic = device?.kernels.memory.buffers?.traffic ?? DeviceTraffic()
       state.lock()
       report.tensorsSent = tensorsSent
       report.bytesSent = bytesSent
