@@ -19,6 +19,9 @@ public final class ShardState {
   fileprivate var lastUse = 0
   /// Just built: resident in RAM but charged nowhere yet.
   fileprivate var uncharged = true
+  /// A task of this shard is running (between `beginTask` and `endTask`): its kernels hold the
+  /// addresses of its tensors, so nothing may move it (a prefetch for another device, a spill).
+  fileprivate var inUse = false
 
   init(model: String, shard: Int, parameters: [Parameter]) {
     self.model = model
@@ -133,6 +136,10 @@ public final class HostStore: @unchecked Sendable {
       throw RuntimeError("the state of \(state.model) shard \(state.shard) is held by another process, not this one")
     }
     let resident = state.residency == .device(index)
+    if state.inUse && !resident {
+      // A prefetch that a scheduler's later choice overtook: the shard runs on another device now.
+      throw RuntimeError("the state of \(state.model) shard \(state.shard) is in use by a task on another device")
+    }
     let need = max(footprint, state.bytes) - (resident ? state.bytes : 0)
     try makeRoom(on: index, device, bytes: need, pinned: pinned + [state])
     if resident { return }
@@ -160,6 +167,14 @@ public final class HostStore: @unchecked Sendable {
     precondition(workingSet.parent === deviceMemories[index], "the working set of another device")
     try promoteLocked(state, to: index, footprint: state.bytes + bytes, pinned: [])
     try workingSet.open(bytes)
+    state.inUse = true
+  }
+
+  /// The task `beginTask` started has ended: its state may move again.
+  public func endTask(_ state: ShardState) {
+    lock.lock()
+    state.inUse = false
+    lock.unlock()
   }
 
   /// Takes tensors a model keeps between its tasks (charged to a task's working set, or to
@@ -359,7 +374,9 @@ public final class HostStore: @unchecked Sendable {
 
   private func makeRoom(on index: Int, _ device: DeviceMemory, bytes: Int, pinned: [ShardState]) throws {
     while device.budget - device.used < bytes {
-      let candidates = states.filter { s in s.residency == .device(index) && !pinned.contains { $0 === s } }
+      let candidates = states.filter { s in
+        s.residency == .device(index) && !s.inUse && !pinned.contains { $0 === s }
+      }
       guard let victim = candidates.min(by: { $0.lastUse < $1.lastUse }) else { return }
       try bringToHost(victim, pinned: pinned)
     }

@@ -426,6 +426,7 @@ public final class ModelRun {
   private func end(shard s: Int, kernels: Kernels, failed: Bool) throws {
     let memory = kernels.memory
     let working = hasWorkingSet(kernels)
+    if working { store!.endTask(shardStates[s]) }
     if store != nil {
       for (key, t) in touched {
         if !failed && !discarded.contains(key) && backend.tensorsStayInProcess {
