@@ -121,9 +121,10 @@ public final class Tensor: @unchecked Sendable {
 
   /// Moves the charge for this tensor's bytes to `other`; when `other` keeps its bytes elsewhere
   /// (host RAM and a device's memory, say) the bytes are copied there through the plugin and the
-  /// old buffer freed. To nil: the charge alone goes, the bytes stay where they are. Throws,
-  /// changing nothing, when `other` has no room.
-  public func move(to other: DeviceMemory?) throws {
+  /// old buffer freed; without `keepingValues` (a gradient, whose values do not outlive a task)
+  /// they come back zero there instead, and nothing is copied. To nil: the charge alone goes, the
+  /// bytes stay where they are. Throws, changing nothing, when `other` has no room.
+  public func move(to other: DeviceMemory?, keepingValues: Bool = true) throws {
     guard other !== memory else { return }
     guard let storage, let other, other.buffers !== deviceBuffers else {
       if isResident {
@@ -135,8 +136,8 @@ public final class Tensor: @unchecked Sendable {
     }
     try other.reserve(allocatedBytes)
     let target = other.buffers
-    let fresh = Tensor.allocate(capacity, zeroed: false, in: target)
-    Tensor.transfer(storage, in: deviceBuffers, to: fresh, in: target, byteCount: byteCount)
+    let fresh = Tensor.allocate(capacity, zeroed: !keepingValues, in: target)
+    if keepingValues { Tensor.transfer(storage, in: deviceBuffers, to: fresh, in: target, byteCount: byteCount) }
     Tensor.deallocate(storage, count: capacity, in: deviceBuffers)
     memory?.release(allocatedBytes)
     self.storage = fresh

@@ -13,7 +13,8 @@ public final class ShardState {
   let persistent: [Tensor]
   /// For each of `persistent`: a parameter's value (else optimizer state).
   let isValue: [Bool]
-  /// Gradients: zeroed at the start of every backward, so never written to disk.
+  /// Gradients: zeroed at the start of every backward and used up within it, so never written to
+  /// disk nor copied between a device and the host (they arrive zero).
   let transient: [Tensor]
   public fileprivate(set) var residency: Residency = .host
   fileprivate var lastUse = 0
@@ -149,7 +150,8 @@ public final class HostStore: @unchecked Sendable {
     }
     switch state.residency {
     case .device, .host:
-      for t in state.persistent + state.transient { try t.move(to: device) }
+      for t in state.persistent { try t.move(to: device) }
+      for t in state.transient { try t.move(to: device, keepingValues: false) }
     case .disk:
       try restore(state, into: device)
     case .elsewhere:
@@ -404,7 +406,8 @@ public final class HostStore: @unchecked Sendable {
         try restore(state, into: memory)
       }
     case .device:
-      for t in state.persistent + state.transient { try t.move(to: memory) }
+      for t in state.persistent { try t.move(to: memory) }
+      for t in state.transient { try t.move(to: memory, keepingValues: false) }
     case .host: break
     case .elsewhere: return  // nothing here to bring
     }

@@ -239,15 +239,15 @@ final class DiscreteDeviceTests: XCTestCase {
   ///
   /// | task | host -> device | device -> host |
   /// | --- | --- | --- |
-  /// | fwd s0 | state of s0: value, grad, momentum of W0 and b0 (6 copies, 3 P0); the features (B F) | kept for the backward: features, pre-activation, output (3: B F + 2 B H); the activation posted for s1 (B H) |
-  /// | fwd s1 | state of s1 (6, 3 P1); the activation (B H) | kept: the logits (B C); the activation, again held for the backward (B H) |
+  /// | fwd s0 | state of s0: value and momentum of W0 and b0 (4 copies, 2 P0; the gradients arrive zero, not copied); the features (B F) | kept for the backward: features, pre-activation, output (3: B F + 2 B H); the activation posted for s1 (B H) |
+  /// | fwd s1 | state of s1 (4, 2 P1); the activation (B H) | kept: the logits (B C); the activation, again held for the backward (B H) |
   /// | bwd s1 | the logits (B C); the activation (B H) | the gradient posted for s0 (B H) |
   /// | bwd s0 | the kept three (3: B F + 2 B H); the gradient (B H) | |
   /// | eval s0 | the features (B F) | the activation for s1 (B H) |
   /// | eval s1 | the activation (B H) | |
   /// | checkpoint | | value and momentum of each parameter (8: 2 P0 + 2 P1) |
   ///
-  /// In all, host -> device 22 copies of 3 P0 + 3 P1 + 3 B F + 6 B H + B C floats, device -> host
+  /// In all, host -> device 18 copies of 2 P0 + 2 P1 + 3 B F + 6 B H + B C floats, device -> host
   /// 16 copies of 2 P0 + 2 P1 + B F + 6 B H + B C floats. Nothing device to device through the
   /// plugin's copies (the runtime's copies on a device are the `copy` kernel).
   func testTheCopiesOfASmallJobAreTheHandCount() throws {
@@ -286,11 +286,83 @@ final class DiscreteDeviceTests: XCTestCase {
     let (F, H, C, B) = (64, 12, 10, 8)
     let (P0, P1) = (H * F + H, C * H + C)
     let traffic = (result.devices[0].kernels as! DiscreteKernels).arena.traffic
-    XCTAssertEqual(traffic.hostToDeviceCopies, 22, "\(traffic)")
-    XCTAssertEqual(traffic.hostToDeviceBytes, 4 * (3 * P0 + 3 * P1 + 3 * B * F + 6 * B * H + B * C), "\(traffic)")
+    XCTAssertEqual(traffic.hostToDeviceCopies, 18, "\(traffic)")
+    XCTAssertEqual(traffic.hostToDeviceBytes, 4 * (2 * P0 + 2 * P1 + 3 * B * F + 6 * B * H + B * C), "\(traffic)")
     XCTAssertEqual(traffic.deviceToHostCopies, 16, "\(traffic)")
     XCTAssertEqual(traffic.deviceToHostBytes, 4 * (2 * P0 + 2 * P1 + B * F + 6 * B * H + B * C), "\(traffic)")
     XCTAssertEqual(traffic.deviceToDeviceCopies, 0)
+  }
+
+  /// The same kind of job with a device that holds one shard's task at a time: every promotion
+  /// of the other shard spills the one there (least recently used) to the host store's RAM. With
+  /// F = 64, H = 32, C = 10, B = 2, SGD, V0 = 2 (H F + H) and V1 = 2 (C H + C) floats of a shard's
+  /// value and momentum (4 copies; gradients arrive zero and leave uncopied); the budget is shard
+  /// 0's footprint, its state plus a working set smaller than shard 1's state, so shard 1 never
+  /// fits beside shard 0's state, nor shard 0's beside shard 1's. No double buffering.
+  ///
+  /// | when | host -> device | device -> host |
+  /// | --- | --- | --- |
+  /// | fwd s0 | promote s0 (V0) | |
+  /// | fwd s1 | promote s1 (V1) | spill s0 (V0) |
+  /// | bwd s1 | | |
+  /// | bwd s0 | promote s0 (V0) | spill s1 (V1) |
+  /// | eval s0, s1 | promote s1 (V1) | spill s0 (V0) |
+  /// | checkpoint s0 | promote s0 (V0) | spill s1 (V1), read s0 (V0) |
+  /// | checkpoint s1 | promote s1 (V1) | spill s0 (V0), read s1 (V1) |
+  ///
+  /// States: host -> device 6 x 4 copies of 3 V0 + 3 V1 floats, device -> host 7 x 4 copies of
+  /// 4 V0 + 3 V1. The tensors between tasks as in the job above: host -> device 10 copies of
+  /// 3 B F + 6 B H + B C, device -> host 8 of B F + 6 B H + B C.
+  func testTheCopiesOfPromotionAndSpillingAreTheHandCount() throws {
+    let dir = try temporaryFolder()
+    let text = { (budget: String) in
+      """
+      [job]
+      name = "discrete-spill"
+      output = "out"
+      [cluster]
+      kernels = "discrete"
+      activation_checkpointing = false
+      double_buffering = false
+      device_memory = \(budget)
+      [data]
+      format = "csv"
+      path = "\(repositoryRoot)/Examples/data/digits.csv.gz"
+      feature_scale = 0.0625
+      [model]
+      kind = "mlp"
+      hidden = [32]
+      classes = 10
+      [train]
+      steps = 1
+      batch_size = 2
+      optimizer = "sgd"
+      lr = 0.05
+      eval_every = 0
+      eval_batches = 1
+      [partitioner]
+      name = "fixed"
+      blocks_per_shard = 1
+      """
+    }
+    // The footprints, from a run on an unlimited device.
+    let probe = try runJob(try writeJob(dir, text("\"1GiB\""), name: "probe.toml"))
+    let footprints = probe.runs[0].footprints
+    let (F, H, C, B) = (64, 32, 10, 2)
+    let (V0, V1) = (2 * (H * F + H), 2 * (C * H + C))
+    let state0 = 3 * (H * F + H) * 4, state1 = 3 * (C * H + C) * 4
+    // The premises of the count: either shard's task fits alone, never beside the other's state.
+    XCTAssertEqual(footprints.count, 2)
+    XCTAssertGreaterThanOrEqual(footprints[0], footprints[1])
+    XCTAssertLessThan(footprints[0] - state0, footprints[1], "shard 1's task would fit beside shard 0's state")
+    XCTAssertLessThan(footprints[0] - state0, state1, "shard 1's state would fit beside shard 0's")
+    let result = try runJob(try writeJob(dir, text("\(footprints[0])")))
+    let traffic = (result.devices[0].kernels as! DiscreteKernels).arena.traffic
+    XCTAssertEqual(traffic.hostToDeviceCopies, 24 + 10, "\(traffic)")
+    XCTAssertEqual(traffic.hostToDeviceBytes, 4 * (3 * V0 + 3 * V1 + 3 * B * F + 6 * B * H + B * C), "\(traffic)")
+    XCTAssertEqual(traffic.deviceToHostCopies, 28 + 8, "\(traffic)")
+    XCTAssertEqual(traffic.deviceToHostBytes, 4 * (4 * V0 + 3 * V1 + B * F + 6 * B * H + B * C), "\(traffic)")
+    XCTAssertEqual(result.store.bytesWritten, 0, "nothing went to disk")
   }
 }
 
