@@ -58,6 +58,11 @@ let package = Package(
     .target(
       name: "HydraKernelsCPU", dependencies: ["HydraPluginAPI", "CBLAS"], path: "Plugins/Kernels/CPU",
       swiftSettings: kernelSettings),
+    // A test device: `cpu`'s kernels on memory the host cannot touch (checks that the runtime
+    // reaches device memory only through the plugin's copies).
+    .target(
+      name: "HydraKernelsDiscrete", dependencies: ["HydraPluginAPI", "HydraKernelsCPU"], path: "Plugins/Kernels/Discrete",
+      swiftSettings: settings),
 
     // Built-in partitioners: shard boundaries from block costs and the device budget.
     .target(
@@ -107,7 +112,7 @@ let package = Package(
       name: "HydraBuiltins",
       dependencies: [
         "HydraRuntime", "HydraConfig", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference",
-        "HydraPartitioners", "HydraSchedulers", "HydraSelection", "HydraBackendSHM", "HydraBackendMPI", "HydraPluginLoader",
+        "HydraKernelsDiscrete", "HydraPartitioners", "HydraSchedulers", "HydraSelection", "HydraBackendSHM", "HydraBackendMPI", "HydraPluginLoader",
       ],
       swiftSettings: settings),
 
@@ -148,7 +153,7 @@ let package = Package(
       name: "HydraRuntimeTests",
       dependencies: [
         "HydraRuntime", "HydraCore", "HydraConfig", "HydraKernelsReference", "HydraKernelsCPU", "HydraPartitioners",
-        "HydraSchedulers", "HydraBackendSHM", "HydraBuiltins",
+        "HydraSchedulers", "HydraBackendSHM", "HydraBuiltins", "HydraKernelsDiscrete",
       ],
       swiftSettings: settings),
   ]

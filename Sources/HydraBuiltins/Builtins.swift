@@ -3,6 +3,7 @@ import HydraBackendSHM
 import HydraConfig
 import HydraCore
 import HydraKernelsCPU
+import HydraKernelsDiscrete
 import HydraKernelsReference
 import HydraPartitioners
 import HydraPluginLoader
@@ -29,6 +30,7 @@ public enum Builtins {
   static func register(into registry: inout PluginRegistry.Builder) throws {
     try registry.registerKernels("cpu") { threads, memory in CPUKernels(threads: threads, memory: memory) }
     try registry.registerKernels("reference") { _, memory in ReferenceKernels(memory: memory) }
+    try registry.registerKernels("discrete") { threads, memory in DiscreteKernels(threads: threads, memory: memory) }
     try registry.registerPartitioner("memory-greedy") { MemoryGreedyPartitioner() }
     try registry.registerPartitioner("balanced") { BalancedPartitioner() }
     try registry.registerPartitioner("fixed") { FixedPartitioner() }

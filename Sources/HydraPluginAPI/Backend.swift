@@ -81,6 +81,9 @@ public struct DeviceReport: Sendable {
   public var bytesSent = 0
   /// Tensors the device still held when the job ended (none, unless a message was lost or unused).
   public var leftOver = 0
+  /// The copies between the device's memory and the host, as its kernels plugin counted them
+  /// (none for a plugin computing on host memory).
+  public var traffic = DeviceTraffic()
   public init(
     device: Int, peakBytes: Int, storePeakBytes: Int, bytesWrittenToDisk: Int, bytesReadFromDisk: Int, host: String
   ) {

@@ -17,6 +17,20 @@ public final class DeviceMemory: @unchecked Sendable {
   private var _budget: Int
   private var _used = 0
   private var _peak = 0
+  private var _buffers: DeviceBuffers?
+
+  /// Where tensors charged here keep their bytes: the device plugin's memory, or nil for host RAM
+  /// (the host store, and every device whose plugin computes on host memory). A working set's are
+  /// its device's.
+  public var buffers: DeviceBuffers? { parent?.buffers ?? _buffers }
+
+  /// Puts the bytes of tensors charged to this memory (a device: its working set follows) in
+  /// `buffers`. A kernels plugin with device memory of its own calls this when it is made, before
+  /// anything is allocated.
+  public func place(in buffers: DeviceBuffers) {
+    if let parent { return parent.place(in: buffers) }
+    _buffers = buffers
+  }
 
   /// A device (or host store) holding at most `budget` bytes; `Int.max` for no limit.
   public init(budget: Int = .max, label: String = "device") {

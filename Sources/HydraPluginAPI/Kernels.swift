@@ -8,12 +8,18 @@
 /// - Results must be deterministic: the same inputs and `threads` give the same bits, every call.
 ///   The exactness invariant (DESIGN.md) rests on this.
 /// - No method allocates per call; callers pass every scratch buffer.
+/// - Every Float pointer is in this device's memory: `Tensor.data` of a tensor charged to `memory`
+///   (or to another memory keeping its bytes in the same place). Where the plugin has memory of its
+///   own (`memory.buffers`, placed there when the plugin is made), the runtime gets bytes on and off
+///   the device only through those buffers' copies. Token and target indices (`Int32`) are host
+///   memory.
 public protocol Kernels: AnyObject {
   /// The plugin name (`cpu`, `reference`, ...).
   var name: String { get }
   /// Compute threads this device uses (`[cluster] threads_per_device`).
   var threads: Int { get }
-  /// The allocator accounting of this device.
+  /// The allocator accounting of this device; its `buffers` are the device's own memory (nil: the
+  /// kernels compute on host RAM).
   var memory: DeviceMemory { get }
 
   // MARK: Matrix products

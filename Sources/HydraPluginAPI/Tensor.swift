@@ -4,9 +4,14 @@ import Foundation
 /// `DeviceMemory` (a device, or the host store) for as long as it holds its bytes.
 ///
 /// Tensors are reference types: handing one from a block to the next (or from one device thread to
-/// another under `shm`) is a reference, never a copy. Shard state moves by changing the charge
-/// (`move(to:)`: on the CPU, device and host memory are the same RAM) or by leaving RAM for a file
-/// (`evict(to:offset:)`, `restore(from:offset:memory:)`).
+/// another under `shm`) is a reference, never a copy. The bytes live where the memory they are
+/// charged to keeps them (`DeviceMemory.buffers`): host RAM, or a device buffer of the device's
+/// kernels plugin (`deviceBuffers`), which only that plugin's kernels and copies may touch. Moving a
+/// tensor between memories (`move(to:)`) is a change of charge when both keep their bytes in the
+/// same place (on the CPU, device and host memory are the same RAM) and a copy through the plugin
+/// when they do not; `evict(to:offset:)` and `restore(from:offset:memory:)` leave for a file and
+/// come back. The host reads or writes the values only through `read(into:)`, `write(from:)`,
+/// `withHostBuffer` and `array`, which copy through the plugin when the bytes are on a device.
 public final class Tensor: @unchecked Sendable {
   public static let alignment = 64
 
@@ -14,8 +19,12 @@ public final class Tensor: @unchecked Sendable {
   public let capacity: Int
   private var storage: UnsafeMutablePointer<Float>?
   public private(set) var memory: DeviceMemory?
+  /// The device memory holding the bytes; nil: host RAM.
+  public private(set) var deviceBuffers: DeviceBuffers?
 
-  /// The bytes; only while the tensor is resident (not evicted to a file).
+  /// The address of the bytes, only while the tensor is resident (not evicted to a file): in host
+  /// RAM, or in the device memory of `deviceBuffers`, where only that plugin's kernels may
+  /// dereference it (the runtime hands it to them; it reads values through `read(into:)`).
   public var data: UnsafeMutablePointer<Float> {
     guard let storage else { preconditionFailure("tensor \(shape) used while evicted to disk") }
     return storage
@@ -30,13 +39,13 @@ public final class Tensor: @unchecked Sendable {
   /// drifts gigabytes past what the budgets account for.
   static let mappedBytes = 256 << 10
 
-  private static func allocateZeroed(_ count: Int) -> UnsafeMutablePointer<Float> {
-    allocate(count, zeroed: true)
-  }
-
-  /// Storage for `count` floats (at least one), 64-byte aligned; zero-filled when `zeroed`.
-  private static func allocate(_ count: Int, zeroed: Bool) -> UnsafeMutablePointer<Float> {
+  /// Storage for `count` floats (at least one), 64-byte aligned, in host RAM or (`buffers`) device
+  /// memory; zero-filled when `zeroed`.
+  private static func allocate(_ count: Int, zeroed: Bool, in buffers: DeviceBuffers?) -> UnsafeMutablePointer<Float> {
     let bytes = max(count, 1) * MemoryLayout<Float>.stride
+    if let buffers {
+      return buffers.allocate(byteCount: bytes, zeroed: zeroed).assumingMemoryBound(to: Float.self)
+    }
     if bytes >= mappedBytes {
       // Fresh pages are zero already.
       guard let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED
@@ -48,85 +57,180 @@ public final class Tensor: @unchecked Sendable {
     return raw.assumingMemoryBound(to: Float.self)
   }
 
-  private static func deallocate(_ p: UnsafeMutablePointer<Float>, count: Int) {
+  private static func deallocate(_ p: UnsafeMutablePointer<Float>, count: Int, in buffers: DeviceBuffers?) {
     let bytes = max(count, 1) * MemoryLayout<Float>.stride
-    if bytes >= mappedBytes {
+    if let buffers {
+      buffers.deallocate(UnsafeMutableRawPointer(p), byteCount: bytes)
+    } else if bytes >= mappedBytes {
       munmap(UnsafeMutableRawPointer(p), bytes)
     } else {
       UnsafeMutableRawPointer(p).deallocate()
     }
   }
 
-  /// Allocates a zero-filled tensor, charging `memory` (if given) for its bytes.
+  /// Copies `byteCount` bytes between two places, each host RAM (nil) or a plugin's device memory:
+  /// the only way bytes cross between them. Two different devices go through a host buffer.
+  static func transfer(
+    _ source: UnsafeRawPointer, in from: DeviceBuffers?, to destination: UnsafeMutableRawPointer,
+    in to: DeviceBuffers?, byteCount: Int
+  ) {
+    guard byteCount > 0 else { return }
+    switch (from, to) {
+    case (nil, nil):
+      destination.copyMemory(from: source, byteCount: byteCount)
+    case (nil, let device?):
+      device.copy(fromHost: source, toDevice: destination, byteCount: byteCount)
+    case (let device?, nil):
+      device.copy(fromDevice: source, toHost: destination, byteCount: byteCount)
+    case (let a?, let b?):
+      if a === b { return a.copy(onDevice: source, to: destination, byteCount: byteCount) }
+      let staging = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: alignment)
+      defer { staging.deallocate() }
+      a.copy(fromDevice: source, toHost: staging, byteCount: byteCount)
+      b.copy(fromHost: staging, toDevice: destination, byteCount: byteCount)
+    }
+  }
+
+  /// Allocates a zero-filled tensor, charging `memory` (if given) for its bytes, where `memory`
+  /// keeps them.
   public init(shape: [Int], memory: DeviceMemory? = nil) throws {
     precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
     let count = shape.reduce(1, *)
     try memory?.reserve(max(count, 1) * MemoryLayout<Float>.stride)
-    self.storage = Tensor.allocateZeroed(count)
+    let buffers = memory?.buffers
+    self.storage = Tensor.allocate(count, zeroed: true, in: buffers)
     self.shape = shape
     self.capacity = count
     self.memory = memory
+    self.deviceBuffers = buffers
   }
 
-  /// A tensor holding `values`, not charged to any device (tests and loading).
+  /// A tensor holding `values` (copied to the device when `memory` is a device's).
   public convenience init(shape: [Int], values: [Float], memory: DeviceMemory? = nil) throws {
     precondition(shape.reduce(1, *) == values.count, "shape \(shape) does not hold \(values.count) values")
     try self.init(shape: shape, memory: memory)
-    values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: values.count) }
+    values.withUnsafeBytes { write(from: $0.baseAddress!) }
   }
 
   deinit {
     if let storage {
       memory?.release(allocatedBytes)
-      Tensor.deallocate(storage, count: capacity)
+      Tensor.deallocate(storage, count: capacity, in: deviceBuffers)
     }
   }
 
-  /// Moves the charge for this tensor's bytes to `other` (no copy). Throws, changing nothing, when
-  /// `other` has no room.
-  public func move(to other: DeviceMemory?) throws {
+  /// Moves the charge for this tensor's bytes to `other`; when `other` keeps its bytes elsewhere
+  /// (host RAM and a device's memory, say) the bytes are copied there through the plugin and the
+  /// old buffer freed; without `keepingValues` (a gradient, whose values do not outlive a task)
+  /// they come back zero there instead, and nothing is copied. To nil: the charge alone goes, the
+  /// bytes stay where they are. Throws, changing nothing, when `other` has no room.
+  public func move(to other: DeviceMemory?, keepingValues: Bool = true) throws {
     guard other !== memory else { return }
-    if isResident {
-      try other?.reserve(allocatedBytes)
-      memory?.release(allocatedBytes)
+    guard let storage, let other, other.buffers !== deviceBuffers else {
+      if isResident {
+        try other?.reserve(allocatedBytes)
+        memory?.release(allocatedBytes)
+      }
+      memory = other
+      return
     }
+    try other.reserve(allocatedBytes)
+    let target = other.buffers
+    let fresh = Tensor.allocate(capacity, zeroed: !keepingValues, in: target)
+    if keepingValues { Tensor.transfer(storage, in: deviceBuffers, to: fresh, in: target, byteCount: byteCount) }
+    Tensor.deallocate(storage, count: capacity, in: deviceBuffers)
+    memory?.release(allocatedBytes)
+    self.storage = fresh
+    deviceBuffers = target
     memory = other
   }
 
-  /// Writes the bytes to `file` at `offset` and frees them; with no file (a gradient, say, whose
-  /// contents need not survive, or a state another process holds) just frees them.
+  /// Writes the bytes to `file` at `offset` (through a host buffer when they are on a device) and
+  /// frees them; with no file (a gradient, say, whose contents need not survive, or a state another
+  /// process holds) just frees them.
   public func evict(to file: SpillFile?, offset: Int) throws {
     guard let storage else { return }
-    if let file { try file.transfer(UnsafeMutableRawPointer(storage), byteCount, at: offset, reading: false) }
-    Tensor.deallocate(storage, count: capacity)
+    if let file {
+      if deviceBuffers == nil {
+        try file.transfer(UnsafeMutableRawPointer(storage), byteCount, at: offset, reading: false)
+      } else {
+        let staging = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: Tensor.alignment)
+        defer { staging.deallocate() }
+        read(into: staging)
+        try file.transfer(staging, byteCount, at: offset, reading: false)
+      }
+    }
+    Tensor.deallocate(storage, count: capacity, in: deviceBuffers)
     self.storage = nil
+    deviceBuffers = nil
     memory?.release(allocatedBytes)
   }
 
-  /// Allocates the bytes again, charged to `memory`, and reads them back from `file` at `offset`;
-  /// with no file they come back zero.
+  /// Allocates the bytes again, charged to `memory` and where it keeps them, and reads them back
+  /// from `file` at `offset` (through a host buffer for a device); with no file they come back zero.
   public func restore(from file: SpillFile?, offset: Int, memory newMemory: DeviceMemory?) throws {
     guard storage == nil else { return try move(to: newMemory) }
     try newMemory?.reserve(allocatedBytes)
+    let target = newMemory?.buffers
     // Every byte is about to be read over when there is a file: no need to zero them first.
-    let fresh = Tensor.allocate(capacity, zeroed: file == nil)
+    let fresh = Tensor.allocate(capacity, zeroed: file == nil, in: target)
     if let file {
+      let staging =
+        target == nil
+        ? UnsafeMutableRawPointer(fresh)
+        : UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: Tensor.alignment)
+      defer { if target != nil { staging.deallocate() } }
       do {
-        try file.transfer(UnsafeMutableRawPointer(fresh), byteCount, at: offset, reading: true)
+        try file.transfer(staging, byteCount, at: offset, reading: true)
       } catch {
-        Tensor.deallocate(fresh, count: capacity)
+        Tensor.deallocate(fresh, count: capacity, in: target)
         newMemory?.release(allocatedBytes)
         throw error
       }
+      if let target { target.copy(fromHost: staging, toDevice: fresh, byteCount: byteCount) }
     }
     storage = fresh
+    deviceBuffers = target
     memory = newMemory
+  }
+
+  /// Copies the values (`byteCount` bytes) out to host memory at `host`: through the plugin when
+  /// the tensor is on a device.
+  public func read(into host: UnsafeMutableRawPointer) {
+    Tensor.transfer(data, in: deviceBuffers, to: host, in: nil, byteCount: byteCount)
+  }
+
+  /// Overwrites the values with `byteCount` bytes of host memory at `host`: through the plugin when
+  /// the tensor is on a device.
+  public func write(from host: UnsafeRawPointer) {
+    Tensor.transfer(host, in: nil, to: data, in: deviceBuffers, byteCount: byteCount)
+  }
+
+  /// This tensor when its bytes are in host RAM, else a copy there (charged nowhere): what a
+  /// transport sends.
+  public func onHost() throws -> Tensor {
+    guard deviceBuffers != nil else { return self }
+    let copy = try Tensor(shape: shape)
+    read(into: copy.data)
+    return copy
+  }
+
+  /// Calls `body` with the values in host memory: the bytes themselves in host RAM, or a copy of a
+  /// device's (read-only: changes to a copy would be lost).
+  public func withHostBuffer<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+    guard deviceBuffers != nil else { return try body(UnsafeBufferPointer(start: data, count: count)) }
+    let staging = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+    defer { staging.deallocate() }
+    read(into: staging)
+    return try body(UnsafeBufferPointer(start: staging, count: count))
   }
 
   public var count: Int { shape.reduce(1, *) }
   public var byteCount: Int { count * MemoryLayout<Float>.stride }
+  /// The values in place: host RAM only (a tensor on a device has no host address).
   public var buffer: UnsafeMutableBufferPointer<Float> { .init(start: data, count: count) }
-  public var array: [Float] { Array(buffer) }
+  /// A copy of the values, wherever they are.
+  public var array: [Float] { withHostBuffer { Array($0) } }
 
   /// Reinterprets the same buffer with another shape of at most `capacity` elements: lets a block
   /// keep one buffer sized for the largest batch and use a prefix for a smaller one.
@@ -135,22 +239,25 @@ public final class Tensor: @unchecked Sendable {
     shape = newShape
   }
 
+  /// One value in place: host RAM only.
   public subscript(i: Int) -> Float {
     get { data[i] }
     set { data[i] = newValue }
   }
 
+  /// Copies the values of `other`, wherever each is.
   public func copy(from other: Tensor) {
     precondition(other.count == count, "copy \(other.shape) into \(shape)")
-    data.update(from: other.data, count: count)
+    Tensor.transfer(other.data, in: other.deviceBuffers, to: data, in: deviceBuffers, byteCount: byteCount)
   }
 
+  /// Host RAM only: a device's tensor is zeroed by its kernels (`fill`).
   public func zero() { data.update(repeating: 0, count: count) }
 
   /// True when both hold the same bits (NaNs included): the exactness invariant compares this way.
   public func bitwiseEqual(_ other: Tensor) -> Bool {
     guard shape == other.shape else { return false }
-    return memcmp(data, other.data, byteCount) == 0
+    return withHostBuffer { a in other.withHostBuffer { b in memcmp(a.baseAddress!, b.baseAddress!, byteCount) == 0 } }
   }
 }
 

@@ -73,8 +73,9 @@ public enum Checkpoint {
             "cannot write \(temp)/\(weightsFile): No space left on device (injected by HYDRA_FAULT_CHECKPOINT)")
         }
         for p in run.parameters(ofShard: s) where p.replicaOf == nil {
-          try weights.append(UnsafeBufferPointer(p.value.buffer))
-          for t in p.state { try states.append(UnsafeBufferPointer(t.buffer)) }
+          // Off the device through its plugin (for `cpu`, the bytes in place).
+          try p.value.withHostBuffer { try weights.append($0) }
+          for t in p.state { try t.withHostBuffer { try states.append($0) } }
         }
       }
       try weights.finish()
@@ -281,7 +282,7 @@ public enum Checkpoint {
       for p in run.parameters(ofShard: s) where p.replicaOf == nil {
         for (i, t) in p.state.enumerated() {
           let v = try optimizer.floats("\(storedName(p, spec: run.spec)).state\(i)", expectedShape: p.shape)
-          v.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: t.count) }
+          v.withUnsafeBytes { t.write(from: $0.baseAddress!) }
         }
       }
     }
@@ -396,7 +397,7 @@ public enum Checkpoint {
       for p in run.parameters(ofShard: s) where p.replicaOf == nil {
         let (name, cut) = try entry(for: p, spec: run.spec, in: st, file: file)
         let values = cut ? Array(try st.floats(name).prefix(p.count)) : try st.floats(name, expectedShape: p.shape)
-        values.withUnsafeBufferPointer { p.value.data.update(from: $0.baseAddress!, count: p.count) }
+        values.withUnsafeBytes { p.value.write(from: $0.baseAddress!) }
       }
     }
   }

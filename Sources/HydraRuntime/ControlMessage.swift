@@ -71,6 +71,9 @@ public enum ControlMessage: Sendable, Equatable {
       w.op(.bye)
       for x in [r.device, r.peakBytes, r.storePeakBytes, r.bytesWrittenToDisk, r.bytesReadFromDisk] { w.int(x) }
       for x in [r.tensorsSent, r.bytesSent, r.leftOver] { w.int(x) }
+      let t = r.traffic
+      for x in [t.hostToDeviceCopies, t.hostToDeviceBytes, t.deviceToHostCopies, t.deviceToHostBytes] { w.int(x) }
+      for x in [t.deviceToDeviceCopies, t.deviceToDeviceBytes] { w.int(x) }
       w.string(r.host)
     case .fail(let code, let message):
       w.op(.fail)
@@ -125,13 +128,19 @@ public enum ControlMessage: Sendable, Equatable {
     case .stop:
       self = .stop
     case .bye:
-      let n = try (0..<8).map { _ in try r.int() }
+      let n = try (0..<14).map { _ in try r.int() }
       var report = DeviceReport(
         device: n[0], peakBytes: n[1], storePeakBytes: n[2], bytesWrittenToDisk: n[3], bytesReadFromDisk: n[4],
         host: try r.string())
       report.tensorsSent = n[5]
       report.bytesSent = n[6]
       report.leftOver = n[7]
+      report.traffic.hostToDeviceCopies = n[8]
+      report.traffic.hostToDeviceBytes = n[9]
+      report.traffic.deviceToHostCopies = n[10]
+      report.traffic.deviceToHostBytes = n[11]
+      report.traffic.deviceToDeviceCopies = n[12]
+      report.traffic.deviceToDeviceBytes = n[13]
       self = .bye(report)
     case .fail:
       self = .fail(code: Int32(truncatingIfNeeded: try r.int()), message: try r.string())

@@ -536,7 +536,8 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
             tensorsSent += 1
             bytesSent += tensor.byteCount
             state.unlock()
-            try transport.send(.tensor(key, tensor), to: to)
+            // Transports read host memory: a tensor on a device is copied off it first.
+            try transport.send(.tensor(key, try tensor.onHost()), to: to)
           }
         }
         for (source, message) in try transport.poll() {
@@ -619,6 +620,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
         bytesWrittenToDisk: store?.bytesWritten ?? 0, bytesReadFromDisk: store?.bytesRead ?? 0,
         host: String(transport.hostName.prefix(255)))
       report.leftOver = leftOver
+      report.traffic = device?.kernels.memory.buffers?.traffic ?? DeviceTraffic()
       state.lock()
       report.tensorsSent = tensorsSent
       report.bytesSent = bytesSent

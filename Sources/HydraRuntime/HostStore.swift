@@ -13,12 +13,16 @@ public final class ShardState {
   let persistent: [Tensor]
   /// For each of `persistent`: a parameter's value (else optimizer state).
   let isValue: [Bool]
-  /// Gradients: zeroed at the start of every backward, so never written to disk.
+  /// Gradients: zeroed at the start of every backward and used up within it, so never written to
+  /// disk nor copied between a device and the host (they arrive zero).
   let transient: [Tensor]
   public fileprivate(set) var residency: Residency = .host
   fileprivate var lastUse = 0
   /// Just built: resident in RAM but charged nowhere yet.
   fileprivate var uncharged = true
+  /// A task of this shard is running (between `beginTask` and `endTask`): its kernels hold the
+  /// addresses of its tensors, so nothing may move it (a prefetch for another device, a spill).
+  fileprivate var inUse = false
 
   init(model: String, shard: Int, parameters: [Parameter]) {
     self.model = model
@@ -133,6 +137,10 @@ public final class HostStore: @unchecked Sendable {
       throw RuntimeError("the state of \(state.model) shard \(state.shard) is held by another process, not this one")
     }
     let resident = state.residency == .device(index)
+    if state.inUse && !resident {
+      // A prefetch that a scheduler's later choice overtook: the shard runs on another device now.
+      throw RuntimeError("the state of \(state.model) shard \(state.shard) is in use by a task on another device")
+    }
     let need = max(footprint, state.bytes) - (resident ? state.bytes : 0)
     try makeRoom(on: index, device, bytes: need, pinned: pinned + [state])
     if resident { return }
@@ -142,7 +150,8 @@ public final class HostStore: @unchecked Sendable {
     }
     switch state.residency {
     case .device, .host:
-      for t in state.persistent + state.transient { try t.move(to: device) }
+      for t in state.persistent { try t.move(to: device) }
+      for t in state.transient { try t.move(to: device, keepingValues: false) }
     case .disk:
       try restore(state, into: device)
     case .elsewhere:
@@ -160,6 +169,14 @@ public final class HostStore: @unchecked Sendable {
     precondition(workingSet.parent === deviceMemories[index], "the working set of another device")
     try promoteLocked(state, to: index, footprint: state.bytes + bytes, pinned: [])
     try workingSet.open(bytes)
+    state.inUse = true
+  }
+
+  /// The task `beginTask` started has ended: its state may move again.
+  public func endTask(_ state: ShardState) {
+    lock.lock()
+    state.inUse = false
+    lock.unlock()
   }
 
   /// Takes tensors a model keeps between its tasks (charged to a task's working set, or to
@@ -335,9 +352,9 @@ public final class HostStore: @unchecked Sendable {
       if let file {
         try file.transfer(buffer + offset, t.byteCount, at: fileOffset, reading: !toState)
       } else if toState {
-        UnsafeMutableRawPointer(t.data).copyMemory(from: buffer + offset, byteCount: t.byteCount)
+        t.write(from: buffer + offset)
       } else {
-        (buffer + offset).copyMemory(from: t.data, byteCount: t.byteCount)
+        t.read(into: buffer + offset)
       }
       offset += t.byteCount
     }
@@ -359,7 +376,9 @@ public final class HostStore: @unchecked Sendable {
 
   private func makeRoom(on index: Int, _ device: DeviceMemory, bytes: Int, pinned: [ShardState]) throws {
     while device.budget - device.used < bytes {
-      let candidates = states.filter { s in s.residency == .device(index) && !pinned.contains { $0 === s } }
+      let candidates = states.filter { s in
+        s.residency == .device(index) && !s.inUse && !pinned.contains { $0 === s }
+      }
       guard let victim = candidates.min(by: { $0.lastUse < $1.lastUse }) else { return }
       try bringToHost(victim, pinned: pinned)
     }
@@ -387,7 +406,8 @@ public final class HostStore: @unchecked Sendable {
         try restore(state, into: memory)
       }
     case .device:
-      for t in state.persistent + state.transient { try t.move(to: memory) }
+      for t in state.persistent { try t.move(to: memory) }
+      for t in state.transient { try t.move(to: memory, keepingValues: false) }
     case .host: break
     case .elsewhere: return  // nothing here to bring
     }

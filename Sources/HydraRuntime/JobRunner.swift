@@ -344,7 +344,11 @@ public final class JobRunner {
     var memory: [String: Any] = [
       "devices": devices.map { d -> [String: Any] in
         var m: [String: Any] = ["index": d.index, "peak_bytes": d.memory.peak]
+        // Copies between the device's own memory and the host (0 where the kernels compute on
+        // host memory: `cpu`, `reference`).
+        var traffic = d.kernels.memory.buffers?.traffic ?? DeviceTraffic()
         if let r = reports.first(where: { $0.device == d.index }) {
+          traffic = r.traffic
           m["peak_bytes"] = r.peakBytes
           m["host"] = r.host
           m["host_store_peak_bytes"] = r.storePeakBytes
@@ -352,6 +356,10 @@ public final class JobRunner {
           m["bytes_read_from_disk"] = r.bytesReadFromDisk
           m["tensors_sent"] = r.tensorsSent
         }
+        m["host_to_device_bytes"] = traffic.hostToDeviceBytes
+        m["device_to_host_bytes"] = traffic.deviceToHostBytes
+        m["host_to_device_copies"] = traffic.hostToDeviceCopies
+        m["device_to_host_copies"] = traffic.deviceToHostCopies
         if budget != .max { m["budget_bytes"] = budget }
         return m
       },

@@ -154,7 +154,7 @@ public final class LoopbackTransport: Transport, @unchecked Sendable {
       try loopback.deliver(message, from: rank, to: destination)
     case .tensor(let key, let tensor):
       let copy = try Tensor(shape: tensor.shape)
-      copy.data.update(from: tensor.data, count: tensor.count)
+      copy.copy(from: tensor)
       try loopback.deliver(.tensor(key, copy), from: rank, to: destination)
     }
   }

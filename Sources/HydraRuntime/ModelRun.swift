@@ -343,7 +343,7 @@ public final class ModelRun {
     } else {
       var offset = 0
       for t in stateTensors(of: shard, valuesOnly: valuesOnly) {
-        (packed.data + offset).update(from: t.data, count: t.count)
+        t.read(into: packed.data + offset)
         offset += t.count
       }
     }
@@ -368,7 +368,7 @@ public final class ModelRun {
     if let store { return try store.write(shardStates[shard], from: packed, valuesOnly: valuesOnly) }
     var offset = 0
     for t in stateTensors(of: shard, valuesOnly: valuesOnly) {
-      t.data.update(from: packed.data + offset, count: t.count)
+      t.write(from: packed.data + offset)
       offset += t.count
     }
   }
@@ -400,6 +400,8 @@ public final class ModelRun {
       try? end(shard: s, kernels: kernels, failed: true)
       throw error
     }
+    // A plugin may still be computing on its device: the task ends when its work does.
+    kernels.memory.buffers?.synchronize()
     try end(shard: s, kernels: kernels, failed: false)
     return completed
   }
@@ -424,6 +426,7 @@ public final class ModelRun {
   private func end(shard s: Int, kernels: Kernels, failed: Bool) throws {
     let memory = kernels.memory
     let working = hasWorkingSet(kernels)
+    if working { store!.endTask(shardStates[s]) }
     if store != nil {
       for (key, t) in touched {
         if !failed && !discarded.contains(key) && backend.tensorsStayInProcess {

@@ -43,7 +43,7 @@ final class BadJobFileTests: XCTestCase {
       ("path = \"\(data)\"", "path = \"\(dir)/missing.txt\"", 8, "missing.txt"),
       ("[cluster]", "[cluster]\ndevice_memory = \"12 GB of RAM\"", 5, "device_memory"),
       ("[cluster]", "[cluster]\ndevice_memory = \"1KiB\"", nil, "device_memory"),
-      ("[cluster]", "[cluster]\nkernels = \"gpu\"", 5, "cpu, reference"),
+      ("[cluster]", "[cluster]\nkernels = \"gpu\"", 5, "cpu, discrete, reference"),
       ("[train]", "[scheduler]\nname = \"lrft\"\n[train]", 16, "lrtf"),
       ("[train]", "[partitioner]\nname = \"fixed\"\nboundaries = [2, 1]\n[train]", nil, "boundaries"),
       ("[train]", "[scheduler]\nname = \"fifo\"\nspeed = 3\n[train]", nil, "no options"),

@@ -46,6 +46,12 @@ final class ControlMessageTests: XCTestCase {
     report.tensorsSent = r.int()
     report.bytesSent = r.int()
     report.leftOver = r.int()
+    report.traffic.hostToDeviceCopies = r.int()
+    report.traffic.hostToDeviceBytes = r.int()
+    report.traffic.deviceToHostCopies = r.int()
+    report.traffic.deviceToHostBytes = r.int()
+    report.traffic.deviceToDeviceCopies = r.int()
+    report.traffic.deviceToDeviceBytes = r.int()
     return [
       .run(r.task(), movedFrom: r.bool() ? abs(r.int() % 1000) : nil, homes: r.ints()),
       .done(r.task(), seconds: r.double(), loss: r.bool() ? r.double() : nil),
@@ -140,7 +146,7 @@ final class RegistryTests: XCTestCase {
       })
     let builtins = testRegistry()
     XCTAssertEqual(builtins.backendNames, ["mpi", "shm"])
-    XCTAssertEqual(builtins.kernelsNames, ["cpu", "reference"])
+    XCTAssertEqual(builtins.kernelsNames, ["cpu", "discrete", "reference"])
     XCTAssertEqual(builtins.partitionerNames, ["balanced", "fixed", "memory-greedy"])
     XCTAssertEqual(
       builtins.schedulerNames, ["fifo", "lrtf", "model-parallel", "planned", "random", "round-robin", "sequential"])

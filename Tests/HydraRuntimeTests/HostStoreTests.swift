@@ -38,6 +38,30 @@ final class HostStoreTests: XCTestCase {
     return t
   }
 
+  /// A shard whose task runs (between `beginTask` and `endTask`) stays where it is: a prefetch for
+  /// another device (queued before the scheduler chose this one) and a promotion that needs room
+  /// on its device leave it alone. On a device with memory of its own, moving it would free the
+  /// buffers its kernels are computing on; on the cpu, it charged the wrong device.
+  func testAShardInUseByARunningTaskIsNeitherPrefetchedAwayNorSpilled() throws {
+    let dir = try temporaryFolder()
+    let (run, store) = try makeRun(hostBudget: .max, folder: dir + "/spill")
+    let running = run.shardStates[1]
+    let device1 = DeviceMemory(budget: running.bytes + run.shardStates[2].bytes - 1, label: "device 1")
+    store.attach(device: 1, memory: device1)
+    try store.beginTask(running, on: 1, workingSet: DeviceMemory(workingSetOf: device1), bytes: 0)
+    XCTAssertEqual(run.residency(of: 1), .device(1))
+    store.prefetch(running, to: 0, pinned: [])
+    store.drain()
+    XCTAssertEqual(run.residency(of: 1), .device(1), "prefetched away while its task runs")
+    // Shard 2 fits device 1 only if shard 1 leaves: it must not.
+    XCTAssertThrowsError(try store.promote(run.shardStates[2], to: 1))
+    XCTAssertEqual(run.residency(of: 1), .device(1), "spilled while its task runs")
+    store.endTask(running)
+    store.prefetch(running, to: 0, pinned: [])
+    store.drain()
+    XCTAssertEqual(run.residency(of: 1), .device(0))
+  }
+
   func testReleasedStateComesBackExactlyFromRAMAndFromDisk() throws {
     for budget in [Int.max, 1] {
       let dir = try temporaryFolder()

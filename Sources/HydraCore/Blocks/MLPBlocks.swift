@@ -63,7 +63,8 @@ public final class LinearBlock: LossBlock {
       precondition(
         inputs.batch.features.count == B * dense.inputs, "\(name): expected \(dense.inputs) features per row")
       x = try features.get([B, dense.inputs], kernels: kernels)
-      inputs.batch.features.withUnsafeBufferPointer { kernels.copy($0.baseAddress!, x.data, count: $0.count) }
+      // Host -> device, through the plugin.
+      inputs.batch.features.withUnsafeBytes { x.write(from: $0.baseAddress!) }
     } else {
       guard let a = inputs.activation else { preconditionFailure("\(name) needs an input activation") }
       x = a

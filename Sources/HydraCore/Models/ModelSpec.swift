@@ -78,23 +78,28 @@ public enum ModelSpec: Sendable, Equatable {
   public func initialize(_ block: Block, seed: UInt64) {
     for p in block.parameters where p.replicaOf == nil {
       var rng = SplitMix64(seed: derivedSeed(seed, stableHash(p.name)))
-      let values = p.value.buffer
-      switch self {
-      case .gpt(let s):
-        let name = p.name
-        if name.hasSuffix("ln_1.weight") || name.hasSuffix("ln_2.weight") || name == "ln_f.weight" {
-          for i in values.indices { values[i] = 1 }
-        } else if name.hasSuffix(".bias") {
-          for i in values.indices { values[i] = 0 }
-        } else {
-          let std = name.hasSuffix("c_proj.weight") ? 0.02 / (2 * Double(s.layers)).squareRoot() : 0.02
-          for i in values.indices { values[i] = Float(rng.nextNormal() * std) }
+      // Drawn in host memory, then written to the tensor wherever it is (through its device's
+      // plugin when a block is built on a device).
+      var drawn = [Float](repeating: 0, count: p.count)
+      drawn.withUnsafeMutableBufferPointer { values in
+        switch self {
+        case .gpt(let s):
+          let name = p.name
+          if name.hasSuffix("ln_1.weight") || name.hasSuffix("ln_2.weight") || name == "ln_f.weight" {
+            for i in values.indices { values[i] = 1 }
+          } else if name.hasSuffix(".bias") {
+            for i in values.indices { values[i] = 0 }
+          } else {
+            let std = name.hasSuffix("c_proj.weight") ? 0.02 / (2 * Double(s.layers)).squareRoot() : 0.02
+            for i in values.indices { values[i] = Float(rng.nextNormal() * std) }
+          }
+        case .mlp:
+          let fanIn = block.parameters[0].shape[1]
+          let bound = 1 / Double(fanIn).squareRoot()
+          for i in values.indices { values[i] = Float((rng.nextUnit() * 2 - 1) * bound) }
         }
-      case .mlp:
-        let fanIn = block.parameters[0].shape[1]
-        let bound = 1 / Double(fanIn).squareRoot()
-        for i in values.indices { values[i] = Float((rng.nextUnit() * 2 - 1) * bound) }
       }
+      drawn.withUnsafeBytes { p.value.write(from: $0.baseAddress!) }
     }
   }
 }
