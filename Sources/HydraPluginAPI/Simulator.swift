@@ -119,8 +119,8 @@ public struct SimulationResult: Sendable {
   public var movedBytes: Int
   /// When each model's last task (or its final evaluation) ended (0 for a model with no steps).
   public var finishTimes: [Double]
-  /// The evaluations the models' `evaluationSeconds` asked for, in the order they ended (they are
-  /// not in `intervals` nor in `busySeconds`, which count shard tasks).
+  /// The evaluations the models' `evaluationSeconds` asked for, in the order they ended (not in
+  /// `intervals`, which are shard tasks; `busySeconds` counts both).
   public var evaluations: [EvaluationInterval] = []
   /// Under a selection policy: the steps each model trained (fewer than its `steps` when stopped).
   public var stepsDone: [Int] = []
@@ -142,6 +142,7 @@ public struct SimulationResult: Sendable {
   public var busySeconds: [Double] {
     var busy = [Double](repeating: 0, count: deviceCount)
     for i in intervals { busy[i.device] += i.end - i.start }
+    for e in evaluations { busy[e.device] += e.end - e.start }
     return busy
   }
   /// Busy time over `makespan x devices`, in 0...1 (0 when nothing ran).

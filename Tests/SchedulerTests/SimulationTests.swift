@@ -73,8 +73,9 @@ final class SimulationTests: XCTestCase {
         EvaluationInterval(device: 0, model: 0, step: 2, start: 10, end: 13),
         EvaluationInterval(device: 0, model: 1, step: 2, start: 14, end: 14.5),
       ])
-    // Tasks only: busy 8 of 14.5.
-    XCTAssertEqual(r.busySeconds, [8])
+    // Tasks and evaluations: the device never idles.
+    XCTAssertEqual(r.busySeconds, [8 + 6.5])
+    XCTAssertEqual(r.utilisation, 1)
     // evalEvery 3 over 7 steps: after steps 3, 6 and 7.
     var m2 = one([1], [1], steps: 7)
     m2.evaluationSeconds = 1
