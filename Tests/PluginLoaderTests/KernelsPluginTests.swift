@@ -376,4 +376,33 @@ final class KernelsPluginTests: XCTestCase {
     XCTAssertEqual(registry.origin(.scheduler, "v1-first")?.abiVersion, 1)
     XCTAssertNoThrow(try registry.makeScheduler("v1-first", options: [:], seed: 1))
   }
+
+  /// A table with HYDRA_KERNELS_HOST_MEMORY and no memory functions loads; its tensors are host
+  /// memory (no buffers placed), and its compute functions work on host arrays.
+  func testHostMemoryKernelsNeedNoMemoryFunctions() throws {
+    let library = try buildLibrary(
+      "c-host", file: "Tests/plugins/bad-kernels.c", flags: cLoopsFlags + ["-DBAD_KERNELS=5"],
+      in: try temporaryFolder(self))
+    let memory = DeviceMemory(label: "device 0")
+    let k = try Builtins.registry(loading: [library]).makeKernels("c-host", threads: 1, memory: memory)
+    XCTAssertNil(memory.buffers)
+    let a = random(12), b = random(12)
+    var got = [Float](repeating: 0, count: 12), want = got
+    k.add(a, b, &got, count: 12)
+    ReferenceKernels().add(a, b, &want, count: 12)
+    XCTAssertEqual(got, want)
+  }
+
+  /// `create` refusing the job with HYDRA_ERROR_INPUT is bad input naming the library and its message.
+  func testKernelsRefusingTheJobAreBadInputNamingTheFile() throws {
+    let library = try buildLibrary(
+      "c-refuses", file: "Tests/plugins/bad-kernels.c", flags: cLoopsFlags + ["-DBAD_KERNELS=6"],
+      in: try temporaryFolder(self))
+    let registry = try Builtins.registry(loading: [library])
+    XCTAssertThrowsError(try registry.makeKernels("c-refuses", threads: 2, memory: DeviceMemory(label: "device 1"))) {
+      XCTAssertEqual(
+        ($0 as? InputError)?.description,
+        "\(library): kernels \"c-refuses\" refuses this job: device 1: 2 threads are not enough")
+    }
+  }
 }

@@ -5,12 +5,25 @@
  *   -DBAD_KERNELS=2  struct_size is that of a table of 16 bytes
  *   -DBAD_KERNELS=3  the table says ABI version 999
  *   -DBAD_KERNELS=4  the name "cpu", which is built in
+ * and two that load but behave otherwise than c-loops:
+ *   -DBAD_KERNELS=5  "c-host": HYDRA_KERNELS_HOST_MEMORY, every memory function NULL (valid: the
+ *                    kernels compute on host memory the host allocates)
+ *   -DBAD_KERNELS=6  "c-refuses": create refuses every job (HYDRA_ERROR_INPUT)
  */
 #define hydra_plugin_register c_loops_register
 #include "../../Examples/Plugins/kernels-c/kernels.c"
 #undef hydra_plugin_register
 
 static const hydra_registrar *real;
+
+#if BAD_KERNELS == 6
+static int32_t refuse(void *context, int64_t threads, const char *label, void **instance, hydra_error *error) {
+  (void)context;
+  (void)instance;
+  snprintf(error->message, sizeof error->message, "%s: %lld threads are not enough", label, (long long)threads);
+  return HYDRA_ERROR_INPUT;
+}
+#endif
 
 static int32_t add_bad_kernels(void *host, const hydra_kernels *kernels, hydra_error *error) {
   hydra_kernels k = *kernels;
@@ -22,6 +35,18 @@ static int32_t add_bad_kernels(void *host, const hydra_kernels *kernels, hydra_e
   k.abi_version = 999;
 #elif BAD_KERNELS == 4
   k.name = "cpu";
+#elif BAD_KERNELS == 5
+  k.name = "c-host";
+  k.flags = HYDRA_KERNELS_HOST_MEMORY;
+  k.allocate = NULL;
+  k.deallocate = NULL;
+  k.copy_to_device = NULL;
+  k.copy_to_host = NULL;
+  k.copy_on_device = NULL;
+  k.synchronize = NULL;
+#elif BAD_KERNELS == 6
+  k.name = "c-refuses";
+  k.create = refuse;
 #endif
   return real->add_kernels(host, &k, error);
 }
