@@ -407,10 +407,11 @@ public enum PluginHeader {
     /*
      * A kernels plugin, as registered. The host copies the table and the name; `context` must stay
      * valid until the process ends. `abi_version` = HYDRA_PLUGIN_ABI_VERSION and `struct_size` =
-     * sizeof(hydra_kernels) as the library was compiled: the host refuses a table that is smaller than
-     * its own or of another version, and one whose required functions are NULL (each named). Every
-     * function is required except `create` and `destroy`, and except the memory functions under
-     * HYDRA_KERNELS_HOST_MEMORY.
+     * sizeof(hydra_kernels) as the library was compiled. The host refuses a table of a version it does
+     * not speak (before 2, or after its own), one smaller than the table of the version it claims (a
+     * later host reads only the functions a version-2 table has), and one whose required functions are
+     * NULL (each named). Every function is required except `create` and `destroy`, and except the
+     * memory functions under HYDRA_KERNELS_HOST_MEMORY.
      */
     typedef struct hydra_kernels {
       uint32_t abi_version;
