@@ -61,7 +61,8 @@ let package = Package(
     // A test device: `cpu`'s kernels on memory the host cannot touch (checks that the runtime
     // reaches device memory only through the plugin's copies).
     .target(
-      name: "HydraKernelsDiscrete", dependencies: ["HydraPluginAPI", "HydraKernelsCPU"], path: "Plugins/Kernels/Discrete",
+      name: "HydraKernelsDiscrete", dependencies: ["HydraPluginAPI", "HydraKernelsCPU"],
+      path: "Plugins/Kernels/Discrete",
       swiftSettings: settings),
 
     // Built-in partitioners: shard boundaries from block costs and the device budget.
@@ -112,7 +113,8 @@ let package = Package(
       name: "HydraBuiltins",
       dependencies: [
         "HydraRuntime", "HydraConfig", "HydraCore", "HydraKernelsCPU", "HydraKernelsReference",
-        "HydraKernelsDiscrete", "HydraPartitioners", "HydraSchedulers", "HydraSelection", "HydraBackendSHM", "HydraBackendMPI", "HydraPluginLoader",
+        "HydraKernelsDiscrete", "HydraPartitioners", "HydraSchedulers", "HydraSelection", "HydraBackendSHM",
+        "HydraBackendMPI", "HydraPluginLoader",
       ],
       swiftSettings: settings),
 
@@ -145,7 +147,7 @@ let package = Package(
       swiftSettings: settings),
     .testTarget(
       name: "PluginLoaderTests",
-      dependencies: ["HydraPluginLoader", "HydraBuiltins", "HydraRuntime", "HydraSchedulers"],
+      dependencies: ["HydraPluginLoader", "HydraBuiltins", "HydraRuntime", "HydraSchedulers", "HydraKernelsReference"],
       swiftSettings: settings),
     .testTarget(
       name: "HydraConfigTests", dependencies: ["HydraConfig"], swiftSettings: settings),

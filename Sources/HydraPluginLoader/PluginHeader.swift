@@ -9,12 +9,16 @@ public enum PluginHeader {
      * A job names libraries in job.toml (`[plugins] load = ["libsrtf.so"]`, relative to the job file).
      * hydra-mpi opens each with dlopen, calls `hydra_plugin_abi_version` and refuses the library unless
      * it returns HYDRA_PLUGIN_ABI_VERSION, then calls `hydra_plugin_register` once. Through the
-     * registrar the library adds any number of schedulers, partitioners and transports, each by name,
-     * as a table of function pointers plus a context pointer. A name already registered (by hydra-mpi
-     * or by a library loaded earlier) is an error.
+     * registrar the library adds any number of schedulers, partitioners, transports and kernels, each
+     * by name, as a table of function pointers plus a context pointer. A name already registered (by
+     * hydra-mpi or by a library loaded earlier) is an error.
      *
-     * ABI version 1 covers schedulers, partitioners and transports. Kernels (device code) are not part
-     * of version 1: hydra-mpi has no adapter for them yet, and a library cannot register any.
+     * Versions. ABI version 1 covers schedulers, partitioners and transports. Version 2 adds kernels
+     * (`hydra_kernels`, `hydra_registrar.add_kernels`) and changes nothing of version 1: every struct
+     * of version 1 keeps its layout, and the registrar only grows at its end. A host of version 2 loads
+     * libraries built against version 1 or 2 and refuses any other. A table that may grow again
+     * (`hydra_kernels`) starts with its own version and size, so that a later header can add functions
+     * at its end without breaking libraries built against this one.
      *
      * General rules
      * - Every integer is fixed-width; sizes and indices are int64_t. Strings are NUL-terminated UTF-8.
@@ -41,8 +45,10 @@ public enum PluginHeader {
     extern "C" {
     #endif
 
-    /* The version of this file. A library built against another version is refused. */
-    #define HYDRA_PLUGIN_ABI_VERSION 1
+    /* The version of this file. */
+    #define HYDRA_PLUGIN_ABI_VERSION 2
+    /* The oldest version a host of this version still loads. */
+    #define HYDRA_PLUGIN_ABI_OLDEST_VERSION 1
 
     /* Return codes. */
     #define HYDRA_OK 0
@@ -350,6 +356,228 @@ public enum PluginHeader {
     } hydra_transport;
 
     /* ---------------------------------------------------------------------------------------------
+     * Kernels (ABI version 2): a device's memory and everything a training step computes on it. A
+     * registered kernels table is selected by `[cluster] kernels = "<name>"`; hydra-mpi makes one
+     * instance per device of the job (`create`) and calls only that instance's functions for it.
+     *
+     * Memory. A device's memory belongs to its kernels plugin. Unless `flags` holds
+     * HYDRA_KERNELS_HOST_MEMORY, every tensor on the device is a buffer of `allocate`; the host never
+     * reads or writes one itself: it gets bytes on and off the device only through `copy_to_device`,
+     * `copy_to_host` and `copy_on_device`, and hands the addresses to this instance's functions. A
+     * device address is like a CUDA device pointer: the host may pass `buffer + offset` (in bytes, a
+     * multiple of 4, inside a buffer of `allocate`) anywhere a buffer is expected, and never
+     * dereferences it. With HYDRA_KERNELS_HOST_MEMORY, tensors are host memory the host allocates,
+     * the memory functions may be NULL (they are never called), and every `float *` is a host pointer.
+     *
+     * The ordering rule (instead of streams). Each instance is one in-order queue of work, like one CUDA
+     * stream per device:
+     * - A compute function may return before its work has finished (an asynchronous launch). Work
+     *   issued to one instance takes effect in the order the calls were made, whichever thread made them.
+     * - The copies are complete when they return, with every earlier call of the instance finished
+     *   first: a `copy_to_host` sees what earlier kernels wrote, and the host may reuse or read its
+     *   host buffer at once. `sum_of_squares` and `softmax_cross_entropy` return host values, so they
+     *   too are complete when they return.
+     * - `deallocate` may be called while earlier work on the buffer is still running: the plugin must
+     *   not hand the memory out again before that work has finished (stream-ordered free).
+     * - `synchronize` returns once every call issued so far has finished.
+     * - Token and target indices (`const int32_t *`) are host memory, valid only during the call: an
+     *   asynchronous plugin copies them before returning.
+     *
+     * Threads. The host may call an instance's functions from several threads at once (a device's task
+     * computing while the next shard's state is copied onto the same device): every function must be
+     * safe to call concurrently with any other of the same instance, on different buffers. Different
+     * instances (devices) are used concurrently.
+     *
+     * Conventions of the compute functions (the `Kernels` protocol of hydra-mpi's HydraPluginAPI):
+     * - Matrices are row-major: an "(r, c)" buffer has r rows of c contiguous floats unless a leading
+     *   dimension (`ld*`, elements between row starts) says otherwise.
+     * - Outputs are overwritten (`=`) unless the function says it accumulates (`+=`).
+     * - Results must be deterministic: the same inputs and thread count give the same bits on every
+     *   call. hydra-mpi's exactness guarantee (a model's weights do not depend on the schedule) rests on
+     *   this.
+     * - No function may fail. A plugin that cannot go on (a device error) prints why and ends the
+     *   process; `allocate` alone reports a failure, by returning NULL (the host then stops the job,
+     *   exit status 1, naming the library and the kernels).
+     * - Booleans (`trans_a`, `trans_b`) are 0 or 1.
+     * ------------------------------------------------------------------------------------------- */
+
+    /* `hydra_kernels.flags`: the kernels compute on host memory (no memory functions). */
+    #define HYDRA_KERNELS_HOST_MEMORY 1u
+
+    /*
+     * A kernels plugin, as registered. The host copies the table and the name; `context` must stay
+     * valid until the process ends. `abi_version` = HYDRA_PLUGIN_ABI_VERSION and `struct_size` =
+     * sizeof(hydra_kernels) as the library was compiled. The host refuses a table of a version it does
+     * not speak (before 2, or after its own), one smaller than the table of the version it claims (a
+     * later host reads only the functions a version-2 table has), and one whose required functions are
+     * NULL (each named). Every function is required except `create` and `destroy`, and except the
+     * memory functions under HYDRA_KERNELS_HOST_MEMORY.
+     */
+    typedef struct hydra_kernels {
+      uint32_t abi_version;
+      uint32_t struct_size;
+      const char *name;
+      void *context;
+      uint32_t flags; /* HYDRA_KERNELS_* */
+
+      /*
+       * Makes the instance of one device: `threads` compute threads (`[cluster] threads_per_device`),
+       * `device` a label for messages ("device 0"). Stores it in `*instance`. HYDRA_ERROR_INPUT: the
+       * job cannot run on these kernels (exit status 2); HYDRA_ERROR: the device failed (exit status 1).
+       * May be NULL: every instance is then `context`.
+       */
+      int32_t (*create)(void *context, int64_t threads, const char *device, void **instance, hydra_error *error);
+      /*
+       * Frees an instance once nothing of it is in use (every buffer deallocated or abandoned: the host
+       * may end the process without freeing). May be NULL.
+       */
+      void (*destroy)(void *instance);
+
+      /* -- Memory ------------------------------------------------------------------------------- */
+
+      /*
+       * `bytes` (at least 1) of device memory, 64-byte aligned, zero-filled when `zeroed` is 1. NULL
+       * when the device has no room (the host stops the job; it keeps its own budget, so this means
+       * the device holds less than `[cluster] device_memory`).
+       */
+      void *(*allocate)(void *instance, int64_t bytes, int32_t zeroed);
+      /* Frees a buffer of `allocate` (`bytes` as allocated). */
+      void (*deallocate)(void *instance, void *buffer, int64_t bytes);
+      /* Host -> device: `bytes` from host memory `source` to device memory `destination`. */
+      void (*copy_to_device)(void *instance, void *destination, const void *source, int64_t bytes);
+      /* Device -> host. */
+      void (*copy_to_host)(void *instance, void *destination, const void *source, int64_t bytes);
+      /* Device -> device, both buffers of this instance. */
+      void (*copy_on_device)(void *instance, void *destination, const void *source, int64_t bytes);
+      /* Returns once every call issued so far has finished. */
+      void (*synchronize)(void *instance);
+
+      /* -- Matrix products ---------------------------------------------------------------------- */
+
+      /*
+       * c(m, n) = alpha * op(a) * op(b) + beta * c, op(a) (m, k), op(b) (k, n); a is stored (m, k), or
+       * (k, m) with trans_a; b is (k, n), or (n, k) with trans_b. With beta = 0, c is not read.
+       */
+      void (*gemm)(
+        void *instance, int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+        int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+      /* `batch` independent gemms; matrix i of a starts at a + i * stride_a (likewise b and c). */
+      void (*gemm_batched)(
+        void *instance, int32_t trans_a, int32_t trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+        int64_t lda, int64_t stride_a, const float *b, int64_t ldb, int64_t stride_b, float beta, float *c, int64_t ldc,
+        int64_t stride_c, int64_t batch);
+
+      /* -- Bias --------------------------------------------------------------------------------- */
+
+      /* y(rows, cols) += bias(cols), broadcast over rows. */
+      void (*add_bias)(void *instance, float *y, const float *bias, int64_t rows, int64_t cols);
+      /* dbias(cols) += sum over rows of dy(rows, cols). */
+      void (*accumulate_bias_gradient)(void *instance, const float *dy, int64_t rows, int64_t cols, float *dbias);
+
+      /* -- Activations, elementwise over `count` ----------------------------------------------- */
+
+      /* y = GELU(x), GPT-2's tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+      void (*gelu_forward)(void *instance, const float *x, float *y, int64_t count);
+      /* dx = dy * GELU'(x). */
+      void (*gelu_backward)(void *instance, const float *x, const float *dy, float *dx, int64_t count);
+      /* y = max(x, 0). */
+      void (*relu_forward)(void *instance, const float *x, float *y, int64_t count);
+      /* dx = x > 0 ? dy : 0. */
+      void (*relu_backward)(void *instance, const float *x, const float *dy, float *dx, int64_t count);
+
+      /* -- LayerNorm over the last dimension ------------------------------------------------------ */
+
+      /*
+       * y(rows, cols) = (x - mean) * rstd * gamma + beta per row; writes mean(rows) and rstd(rows),
+       * rstd = 1 / sqrt(var + eps) with var the biased variance.
+       */
+      void (*layer_norm_forward)(
+        void *instance, const float *x, const float *gamma, const float *beta, float *y, float *mean, float *rstd,
+        int64_t rows, int64_t cols, float eps);
+      /*
+       * dx(rows, cols) += dL/dx (accumulates: the residual stream's gradient is already there);
+       * dgamma(cols) += ..., dbeta(cols) += ...
+       */
+      void (*layer_norm_backward)(
+        void *instance, const float *dy, const float *x, const float *gamma, const float *mean, const float *rstd,
+        float *dx, float *dgamma, float *dbeta, int64_t rows, int64_t cols);
+
+      /* -- Causal multi-head self-attention ------------------------------------------------------- */
+
+      /*
+       * qkv(B, T, 3C) holds per token [q(C) k(C) v(C)], head h in columns h*hs ... (h+1)*hs - 1 of
+       * each, hs = C / heads. For every (b, h): S = q k^T / sqrt(hs), S[t, u] = -inf for u > t;
+       * P = softmax over u, written to probs(B, heads, T, T) with zeros above the diagonal;
+       * out(B, T, C)[b, :, h*hs ...] = P v.
+       */
+      void (*attention_forward)(
+        void *instance, const float *qkv, float *out, float *probs, int64_t batch, int64_t seq, int64_t channels,
+        int64_t heads);
+      /*
+       * dqkv(B, T, 3C) = the gradient of attention_forward (overwritten); `scratch` holds
+       * B * heads * T * T floats for the plugin's use.
+       */
+      void (*attention_backward)(
+        void *instance, const float *dout, const float *qkv, const float *probs, float *dqkv, float *scratch,
+        int64_t batch, int64_t seq, int64_t channels, int64_t heads);
+
+      /* -- Embeddings (tokens: host memory, B*T of them, each below wte's rows) ------------------- */
+
+      /* out(B*T, C)[i] = wte[tokens[i]] + wpe[i % T]. */
+      void (*embedding_forward)(
+        void *instance, const int32_t *tokens, const float *wte, const float *wpe, float *out, int64_t batch, int64_t seq,
+        int64_t channels);
+      /* dwte[tokens[i]] += dout[i]; dwpe[i % T] += dout[i], rows visited in order i = 0, 1, ... */
+      void (*embedding_backward)(
+        void *instance, const float *dout, const int32_t *tokens, float *dwte, float *dwpe, int64_t batch, int64_t seq,
+        int64_t channels);
+
+      /* -- Loss ------------------------------------------------------------------------------------ */
+
+      /*
+       * Softmax cross-entropy of logits(rows, classes) against targets(rows) (host memory). Writes the
+       * summed loss (natural log) to `*loss` and the number of rows whose arg-max (the first maximum)
+       * is the target to `*correct` (both host memory). If `dlogits` is not NULL it is overwritten
+       * with (softmax(logits) - onehot(target)) * grad_scale; it may be `logits` itself.
+       */
+      void (*softmax_cross_entropy)(
+        void *instance, const float *logits, const int32_t *targets, int64_t rows, int64_t classes, float *dlogits,
+        float grad_scale, double *loss, int64_t *correct);
+
+      /* -- Elementwise and reductions -------------------------------------------------------------- */
+
+      /* out = a + b (out may be a or b). */
+      void (*add)(void *instance, const float *a, const float *b, float *out, int64_t count);
+      /* y += x. */
+      void (*accumulate)(void *instance, const float *x, float *y, int64_t count);
+      /* dst = src. */
+      void (*copy)(void *instance, const float *src, float *dst, int64_t count);
+      /* x = value. */
+      void (*fill)(void *instance, float *x, float value, int64_t count);
+      /* x *= factor. */
+      void (*scale)(void *instance, float *x, float factor, int64_t count);
+      /* The sum of x^2, accumulated in double, to `*result` (host memory). */
+      void (*sum_of_squares)(void *instance, const float *x, int64_t count, double *result);
+
+      /* -- Optimizer updates, in place, elementwise (`step` counts from 1) -------------------------- */
+
+      /*
+       * SGD with momentum and coupled weight decay (PyTorch's torch.optim.SGD, dampening 0):
+       * g = grad + weight_decay * param; buf = momentum * buf + g (buf = g at step 1); param -= lr * buf.
+       */
+      void (*sgd_step)(
+        void *instance, float *param, const float *grad, float *momentum_buffer, int64_t count, float lr, float momentum,
+        float weight_decay, int64_t step);
+      /*
+       * AdamW (PyTorch's torch.optim.AdamW): param *= 1 - lr * weight_decay; m = b1 m + (1 - b1) g;
+       * v = b2 v + (1 - b2) g^2; param -= lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps).
+       */
+      void (*adamw_step)(
+        void *instance, float *param, const float *grad, float *m, float *v, int64_t count, float lr, float beta1,
+        float beta2, float eps, float weight_decay, int64_t step);
+    } hydra_kernels;
+
+    /* ---------------------------------------------------------------------------------------------
      * Registration.
      * ------------------------------------------------------------------------------------------- */
 
@@ -371,6 +599,8 @@ public enum PluginHeader {
       int32_t (*add_scheduler)(void *host, const hydra_scheduler *scheduler, hydra_error *error);
       int32_t (*add_partitioner)(void *host, const hydra_partitioner *partitioner, hydra_error *error);
       int32_t (*add_transport)(void *host, const hydra_transport *transport, hydra_error *error);
+      /* Since ABI version 2 (a library of version 1 does not know it is there). */
+      int32_t (*add_kernels)(void *host, const hydra_kernels *kernels, hydra_error *error);
     } hydra_registrar;
 
     /*
@@ -378,7 +608,8 @@ public enum PluginHeader {
      * `#[no_mangle] extern "C"` in Rust).
      *
      * `hydra_plugin_abi_version` returns HYDRA_PLUGIN_ABI_VERSION as the library was compiled; the host
-     * calls it first and refuses the library when it differs from its own.
+     * calls it first and refuses the library unless it is between HYDRA_PLUGIN_ABI_OLDEST_VERSION and
+     * its own.
      *
      * `hydra_plugin_register` is then called once, on the thread that loads the job: it registers the
      * library's plugins and returns HYDRA_OK, or an error with a message (the host stops).

@@ -8,10 +8,14 @@ import HydraRuntime
 /// Each library is opened with `dlopen` (and never closed: its code must outlive every plugin made
 /// from it), its ABI version is checked before anything else is read, then `hydra_plugin_register`
 /// adds its plugins. Every problem with a library is bad input (`InputError`, exit 2) naming its
-/// file: missing, not a library, no entry point, another ABI version, a name already registered.
+/// file: missing, not a library, no entry point, an ABI version it does not speak, a name already
+/// registered, a kernels table that is malformed.
 public enum PluginLoader {
   /// The ABI version this host speaks.
   public static let abiVersion = Int(HYDRA_PLUGIN_ABI_VERSION)
+  /// The versions of libraries it loads: every version is a superset of the one before (the
+  /// registrar only grows at its end), so a library built against version 1 still loads.
+  public static let abiVersions = Int(HYDRA_PLUGIN_ABI_OLDEST_VERSION)...abiVersion
 
   /// Loads `paths` in order into `builder`. A library's plugins are registered all or none.
   public static func load(_ paths: [String], into builder: inout PluginRegistry.Builder) throws {
@@ -44,14 +48,14 @@ public enum PluginLoader {
       )
     }
     let version = Int(unsafeBitCast(versionSymbol, to: VersionFunction.self)())
-    guard version == abiVersion else {
+    guard abiVersions.contains(version) else {
       throw InputError(
         file: path,
-        "built for plugin ABI version \(version), but this hydra-mpi speaks ABI version \(abiVersion); rebuild the plugin against the header `hydra-mpi plugins --header` prints"
+        "built for plugin ABI version \(version), but this hydra-mpi speaks ABI versions \(abiVersions.lowerBound) to \(abiVersion); rebuild the plugin against the header `hydra-mpi plugins --header` prints"
       )
     }
     let registration = Registration(
-      file: path, builder: builder, fingerprint: "\(bytes.count) bytes, fnv1a \(fnv1a(bytes))")
+      file: path, version: version, builder: builder, fingerprint: "\(bytes.count) bytes, fnv1a \(fnv1a(bytes))")
     let context = Unmanaged.passRetained(registration)
     defer { context.release() }
     var error = hydra_error()
@@ -59,7 +63,7 @@ public enum PluginLoader {
       var host = hydra_host(abi_version: UInt32(HYDRA_PLUGIN_ABI_VERSION), plugin_path: cPath)
       var registrar = hydra_registrar(
         host: context.toOpaque(), add_scheduler: addScheduler, add_partitioner: addPartitioner,
-        add_transport: addTransport)
+        add_transport: addTransport, add_kernels: addKernels)
       return unsafeBitCast(registerSymbol, to: RegisterFunction.self)(&host, &registrar, &error)
     }
     // The registrar's own refusal (a name clash) comes first: the plugin may have passed it on or not.
@@ -73,12 +77,15 @@ public enum PluginLoader {
   /// What one library's `hydra_plugin_register` adds, checked as it goes.
   final class Registration {
     let file: String
+    /// The ABI version the library was built against.
+    let version: Int
     var builder: PluginRegistry.Builder
     let fingerprint: String
     /// The first registration refused, and why.
     var failure: String?
-    init(file: String, builder: PluginRegistry.Builder, fingerprint: String) {
+    init(file: String, version: Int, builder: PluginRegistry.Builder, fingerprint: String) {
       self.file = file
+      self.version = version
       self.builder = builder
       self.fingerprint = fingerprint
     }
@@ -104,7 +111,7 @@ public enum PluginLoader {
         return nil
       }
       builder.note(
-        PluginOrigin(kind: kind, name: name, file: file, abiVersion: PluginLoader.abiVersion, fingerprint: fingerprint))
+        PluginOrigin(kind: kind, name: name, file: file, abiVersion: version, fingerprint: fingerprint))
       return name
     }
   }
@@ -176,6 +183,34 @@ public enum PluginLoader {
           // One device per rank, as for "mpi": `devices` is checked against the ranks by the runtime.
           try r.builder.registerBackend(name) { _ in
             try DistributedRuntime(transport: try CTransport(made.value, name: name, file: file))
+          }
+        } catch let e {
+          write("\(e)", to: error)
+          return HYDRA_ERROR
+        }
+        return HYDRA_OK
+      }
+
+  static let addKernels:
+    @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<hydra_kernels>?, UnsafeMutablePointer<hydra_error>?) ->
+      Int32 = { host, pointer, error in
+        let r = registration(host)
+        guard let pointer else {
+          write("add_kernels: NULL table", to: error)
+          if r.failure == nil { r.failure = "add_kernels: NULL table" }
+          return HYDRA_ERROR
+        }
+        if let problem = KernelsTableCheck.problem(pointer) {
+          if r.failure == nil { r.failure = problem }
+          write(problem, to: error)
+          return HYDRA_ERROR
+        }
+        let table = pointer.pointee
+        guard let name = r.admit(.kernels, table.name, [], error) else { return HYDRA_ERROR }
+        let made = CTable(table), file = r.file
+        do {
+          try r.builder.registerKernels(name) { threads, memory in
+            try CKernels(made.value, name: name, file: file, threads: threads, memory: memory)
           }
         } catch let e {
           write("\(e)", to: error)

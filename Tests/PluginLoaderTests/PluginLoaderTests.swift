@@ -168,7 +168,7 @@ final class LoaderErrorTests: XCTestCase {
     let abi = try buildLibrary("abi999", file: "Tests/plugins/abi999.c", in: folder)
     XCTAssertEqual(
       loadError([abi]),
-      "\(abi): built for plugin ABI version 999, but this hydra-mpi speaks ABI version 1; rebuild the plugin against the header `hydra-mpi plugins --header` prints"
+      "\(abi): built for plugin ABI version 999, but this hydra-mpi speaks ABI versions 1 to 2; rebuild the plugin against the header `hydra-mpi plugins --header` prints"
     )
     let noEntry = try buildLibrary("no-entry", file: "Tests/plugins/no-entry.c", in: folder)
     XCTAssertTrue(loadError([noEntry]).hasPrefix("\(noEntry): not a hydra-mpi plugin: it exports no"))

@@ -15,8 +15,10 @@ func temporaryFolder(_ test: XCTestCase) throws -> String {
 }
 
 /// Compiles C `sources` (files relative to the repository, or text) into a shared library in `folder`, as
-/// a user would: `cc -shared -fPIC` against the header alone.
-func buildLibrary(_ name: String, source: String? = nil, file: String? = nil, in folder: String) throws -> String {
+/// a user would: `cc -shared -fPIC` against the header alone, `flags` last.
+func buildLibrary(
+  _ name: String, source: String? = nil, file: String? = nil, flags: [String] = [], in folder: String
+) throws -> String {
   let input: String
   if let file {
     input = repositoryRoot + "/" + file
@@ -27,7 +29,7 @@ func buildLibrary(_ name: String, source: String? = nil, file: String? = nil, in
   let output = folder + "/lib\(name).so"
   let cc = Process()
   cc.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-  cc.arguments = ["cc", "-std=c11", "-O2", "-shared", "-fPIC", "-I", headerFolder, "-o", output, input]
+  cc.arguments = ["cc", "-std=c11", "-O2", "-shared", "-fPIC", "-I", headerFolder, "-o", output, input] + flags
   try cc.run()
   cc.waitUntilExit()
   guard cc.terminationStatus == 0 else { throw NSError(domain: "cc failed for \(input)", code: 1) }
