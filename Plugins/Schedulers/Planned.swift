@@ -56,10 +56,17 @@ public final class PlannedScheduler: Scheduler {
   }
 
   public func plan(_ workload: Workload) throws {
-    try adopt(workload)
+    try adopt(workload, limits: limits)
   }
 
-  private func adopt(_ workload: Workload) throws {
+  /// A re-plan runs inside a scheduling decision, while devices wait for it: its search gets a
+  /// twentieth of the tasks and time of the first (at most 0.2 s by default), not the whole bound.
+  public var replanLimits: PlanSearch.Limits {
+    PlanSearch.Limits(
+      tasks: max(limits.tasks / 20, 1), candidates: limits.candidates, seconds: min(limits.seconds / 20, 0.2))
+  }
+
+  private func adopt(_ workload: Workload, limits: PlanSearch.Limits) throws {
     let outcome = try PlanSearch.search(workload, preferResident: preferResident, limits: limits)
     lastSearch = outcome
     weights = outcome.weights.map(ModelWeights.init)
@@ -132,7 +139,7 @@ public final class PlannedScheduler: Scheduler {
     }
     let old = order
     do {
-      try adopt(Workload(models: models, devices: devices, bandwidth: bandwidth))
+      try adopt(Workload(models: models, devices: devices, bandwidth: bandwidth), limits: replanLimits)
       replans += 1
       if old != order { view.readyIndex?.forget(old) }
     } catch {

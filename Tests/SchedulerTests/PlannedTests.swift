@@ -103,6 +103,17 @@ final class PlannedTests: XCTestCase {
     // Models 0 and 1 three times slower than the rest (a tenth of ten models is 1): a new plan.
     _ = drift.schedule(views(models, scale: { $0 < 2 ? 3 : 1 }))
     XCTAssertEqual(drift.replans, 1)
+    // A re-plan runs inside a decision: its search gets a twentieth of the task bound. 10 models
+    // x 3 steps x 2 tasks = 60 simulated tasks a run: a bound of 180 lets the first plan simulate
+    // lrtf and more; the re-plan's 9 cannot simulate one run, so it searches nothing.
+    let bounded = PlannedScheduler(limits: .init(tasks: 180))
+    try bounded.plan(Workload(models: models, devices: 3))
+    XCTAssertNotNil(bounded.lastSearch?.lrtfMakespan)
+    _ = bounded.schedule(views(models, scale: { $0 < 2 ? 3 : 1 }))
+    XCTAssertEqual(bounded.replans, 1)
+    XCTAssertEqual(bounded.replanLimits.tasks, 9)
+    XCTAssertNil(bounded.lastSearch?.lrtfMakespan)
+    XCTAssertLessThanOrEqual(PlannedScheduler().replanLimits.seconds, 0.2)
     // Within the tolerance (10 % apart): nothing.
     let near = PlannedScheduler()
     try near.plan(Workload(models: models, devices: 3))
