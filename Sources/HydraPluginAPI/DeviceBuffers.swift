@@ -1,3 +1,5 @@
+import Foundation
+
 /// The memory of a device that the host cannot address directly (a GPU's, `discrete`'s arena),
 /// owned by the device's kernels plugin: it allocates and frees the buffers and performs every copy
 /// between them and host memory. The runtime never dereferences a device buffer; it holds its
@@ -39,5 +41,36 @@ public struct DeviceTraffic: Sendable, Equatable, CustomStringConvertible {
   public var description: String {
     "h->d \(hostToDeviceCopies) copies \(hostToDeviceBytes) B, d->h \(deviceToHostCopies) copies "
       + "\(deviceToHostBytes) B, d->d \(deviceToDeviceCopies) copies \(deviceToDeviceBytes) B"
+  }
+}
+
+/// The copies a `DeviceBuffers` made, counted from any thread: what a plugin's `traffic` returns.
+public final class DeviceTrafficCounter: @unchecked Sendable {
+  public enum Direction: Sendable { case hostToDevice, deviceToHost, deviceToDevice }
+  private let lock = NSLock()
+  private var counted = DeviceTraffic()
+  public init() {}
+
+  /// One copy of `byteCount` bytes `direction`.
+  public func record(_ direction: Direction, byteCount: Int) {
+    lock.lock()
+    defer { lock.unlock() }
+    switch direction {
+    case .hostToDevice:
+      counted.hostToDeviceCopies += 1
+      counted.hostToDeviceBytes += byteCount
+    case .deviceToHost:
+      counted.deviceToHostCopies += 1
+      counted.deviceToHostBytes += byteCount
+    case .deviceToDevice:
+      counted.deviceToDeviceCopies += 1
+      counted.deviceToDeviceBytes += byteCount
+    }
+  }
+
+  public var traffic: DeviceTraffic {
+    lock.lock()
+    defer { lock.unlock() }
+    return counted
   }
 }

@@ -11,8 +11,7 @@ final class CDeviceBuffers: DeviceBuffers, @unchecked Sendable {
   let name: String
   let file: String
   private let owned: Bool
-  private let lock = NSLock()
-  private var counted = DeviceTraffic()
+  private let counter = DeviceTrafficCounter()
 
   init(_ table: hydra_kernels, instance: UnsafeMutableRawPointer?, owned: Bool, name: String, file: String) {
     self.table = table
@@ -45,41 +44,22 @@ final class CDeviceBuffers: DeviceBuffers, @unchecked Sendable {
 
   func copy(fromHost source: UnsafeRawPointer, toDevice destination: UnsafeMutableRawPointer, byteCount: Int) {
     table.copy_to_device!(instance, destination, source, Int64(byteCount))
-    count {
-      $0.hostToDeviceCopies += 1
-      $0.hostToDeviceBytes += byteCount
-    }
+    counter.record(.hostToDevice, byteCount: byteCount)
   }
 
   func copy(fromDevice source: UnsafeRawPointer, toHost destination: UnsafeMutableRawPointer, byteCount: Int) {
     table.copy_to_host!(instance, destination, source, Int64(byteCount))
-    count {
-      $0.deviceToHostCopies += 1
-      $0.deviceToHostBytes += byteCount
-    }
+    counter.record(.deviceToHost, byteCount: byteCount)
   }
 
   func copy(onDevice source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, byteCount: Int) {
     table.copy_on_device!(instance, destination, source, Int64(byteCount))
-    count {
-      $0.deviceToDeviceCopies += 1
-      $0.deviceToDeviceBytes += byteCount
-    }
+    counter.record(.deviceToDevice, byteCount: byteCount)
   }
 
   func synchronize() { table.synchronize!(instance) }
 
-  var traffic: DeviceTraffic {
-    lock.lock()
-    defer { lock.unlock() }
-    return counted
-  }
-
-  private func count(_ update: (inout DeviceTraffic) -> Void) {
-    lock.lock()
-    update(&counted)
-    lock.unlock()
-  }
+  var traffic: DeviceTraffic { counter.traffic }
 }
 
 /// A kernels table of a plugin library as `Kernels`: one instance per device, made by the

@@ -24,7 +24,7 @@ public final class DiscreteArena: DeviceBuffers, @unchecked Sendable {
   /// Calls inside the region now; while any, `[base, base + openTop)` is readable and writable.
   private var callsInside = 0
   private var openTop = 0
-  private var counted = DeviceTraffic()
+  private let counter = DeviceTrafficCounter()
 
   /// Address space reserved per device (never committed until used).
   public static let reservedBytes = 1 << 40
@@ -110,39 +110,23 @@ public final class DiscreteArena: DeviceBuffers, @unchecked Sendable {
   public func copy(fromHost source: UnsafeRawPointer, toDevice destination: UnsafeMutableRawPointer, byteCount: Int) {
     precondition(contains(destination) && !contains(source), "discrete \(label): not a host -> device copy")
     whileOpen { destination.copyMemory(from: source, byteCount: byteCount) }
-    count {
-      $0.hostToDeviceCopies += 1; $0.hostToDeviceBytes += byteCount
-    }
+    counter.record(.hostToDevice, byteCount: byteCount)
   }
 
   public func copy(fromDevice source: UnsafeRawPointer, toHost destination: UnsafeMutableRawPointer, byteCount: Int) {
     precondition(contains(source) && !contains(destination), "discrete \(label): not a device -> host copy")
     whileOpen { destination.copyMemory(from: source, byteCount: byteCount) }
-    count {
-      $0.deviceToHostCopies += 1; $0.deviceToHostBytes += byteCount
-    }
+    counter.record(.deviceToHost, byteCount: byteCount)
   }
 
   public func copy(onDevice source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, byteCount: Int) {
     precondition(contains(source) && contains(destination), "discrete \(label): not a device -> device copy")
     whileOpen { destination.copyMemory(from: source, byteCount: byteCount) }
-    count {
-      $0.deviceToDeviceCopies += 1; $0.deviceToDeviceBytes += byteCount
-    }
+    counter.record(.deviceToDevice, byteCount: byteCount)
   }
 
   /// Every call is synchronous: nothing to wait for.
   public func synchronize() {}
 
-  public var traffic: DeviceTraffic {
-    lock.lock()
-    defer { lock.unlock() }
-    return counted
-  }
-
-  private func count(_ update: (inout DeviceTraffic) -> Void) {
-    lock.lock()
-    update(&counted)
-    lock.unlock()
-  }
+  public var traffic: DeviceTraffic { counter.traffic }
 }
