@@ -60,6 +60,17 @@ final class PlanTests: XCTestCase {
     return m
   }
 
+  /// The profile the hand computations below use, written into `dir`; returns its path.
+  func handProfile(_ dir: String) throws -> String {
+    let profile = dir + "/profile.json"
+    try """
+    {"hydra_profile": 1, "shapes": [
+      {"shape": "\(shape4)", "forward_seconds": [1, 1, 1], "backward_seconds": [2, 3, 3]},
+      {"shape": "\(shape8)", "forward_seconds": 2, "backward_seconds": 4}]}
+    """.write(toFile: profile, atomically: true, encoding: .utf8)
+    return profile
+  }
+
   func testProfileTimesGiveMakespansComputedByHand() throws {
     let dir = try temporaryFolder()
     let job = try job(dir)
@@ -72,12 +83,7 @@ final class PlanTests: XCTestCase {
     // 7/8 x 6 s = 5.25 s.
     // sequential: 22 + 5.25 + 36 + 5.25 = 68.5. lrtf on 2 devices: each model is a strict chain on
     // its own device (two models, two devices): the longer one, 36 + 5.25 = 41.25 s.
-    let profile = dir + "/profile.json"
-    try """
-    {"hydra_profile": 1, "shapes": [
-      {"shape": "\(shape4)", "forward_seconds": [1, 1, 1], "backward_seconds": [2, 3, 3]},
-      {"shape": "\(shape8)", "forward_seconds": 2, "backward_seconds": 4}]}
-    """.write(toFile: profile, atomically: true, encoding: .utf8)
+    let profile = try handProfile(dir)
     let r = try hydra(["plan", job, "--profile", profile])
     XCTAssertEqual(r.status, 0, r.err)
     let m = makespans(r.out)
@@ -97,12 +103,7 @@ final class PlanTests: XCTestCase {
   func testSelectionRunsInThePlan() throws {
     let dir = try temporaryFolder()
     let job = try job(dir)
-    let profile = dir + "/profile.json"
-    try """
-    {"hydra_profile": 1, "shapes": [
-      {"shape": "\(shape4)", "forward_seconds": [1, 1, 1], "backward_seconds": [2, 3, 3]},
-      {"shape": "\(shape8)", "forward_seconds": 2, "backward_seconds": 4}]}
-    """.write(toFile: profile, atomically: true, encoding: .utf8)
+    let profile = try handProfile(dir)
     let args = [
       "plan", job, "--profile", profile, "--scheduler", "lrtf", "--set", "selection.name=\"sha\"", "--set",
       "selection.min_steps=1", "--set", "selection.reduction_factor=2",
