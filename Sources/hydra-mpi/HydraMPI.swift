@@ -248,7 +248,8 @@ struct Plan: ParsableCommand {
       // makespan depends on is how many models go on, which is the policy's rule.
       let selectionSection = config.selection
       var selection: () throws -> SimulatedSelection? = { nil }
-      if try runner.makeSelection() != nil {
+      let selecting = try runner.makeSelection() != nil
+      if selecting {
         var rng = SplitMix64(seed: config.job.seed ^ 0x5E1E_C710)
         let scores = models.map { _ in rng.nextNormal() }
         let setup = SelectionSetup(
@@ -266,7 +267,7 @@ struct Plan: ParsableCommand {
       print(
         String(
           format: "sum of the models' times %.2f s, ideal makespan %.2f s%@", total, total / Double(n),
-          try selection() == nil ? "" : " (every model to the end)"))
+          selecting ? " (every model to the end)" : ""))
       print(
         "scheduler        makespan   vs ideal  utilisation"
           + (timing ? "     wall  us/decision  decisions  us/task" : "") + "     moved")
