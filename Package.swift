@@ -154,7 +154,8 @@ let package = Package(
     .testTarget(
       name: "HydraRuntimeTests",
       dependencies: [
-        "HydraRuntime", "HydraCore", "HydraConfig", "HydraKernelsReference", "HydraKernelsCPU", "HydraPartitioners",
+        "HydraRuntime", "HydraPluginAPI", "HydraCore", "HydraConfig", "HydraKernelsReference", "HydraKernelsCPU",
+        "HydraPartitioners",
         "HydraSchedulers", "HydraBackendSHM", "HydraBuiltins", "HydraKernelsDiscrete",
       ],
       swiftSettings: settings),

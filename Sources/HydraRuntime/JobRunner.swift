@@ -371,6 +371,11 @@ public final class JobRunner {
     ]
     // This process (the coordinator's, under mpi) at its most, the final checkpoints included.
     if let rss = MachineMemory.processPeakResidentBytes { memory["process_peak_resident_bytes"] = rss }
+    // Tensor buffers of 256 KiB and more: how many reused kept pages, how many were mapped afresh.
+    let pages = MappedBuffers.shared.statistics
+    memory["host_buffers"] = [
+      "reused": pages.reused, "mapped": pages.mapped, "peak_live_bytes": pages.peakLiveBytes,
+    ]
     var decisions: [String: Any] = [
       "scheduler": scheduler.name, "decisions": coordinator.decisions,
       "seconds_per_decision": coordinator.decisionSeconds / Double(max(coordinator.decisions, 1)),
