@@ -649,6 +649,14 @@ public final class JobRunner {
     }
   }
 
+  /// The optimizer a member's `[train]` table asks for.
+  static func optimizer(_ t: TrainSection) -> Optimizer {
+    Optimizer(
+      kind: t.optimizer == .sgd ? .sgd : .adamw, lr: Float(t.lr), weightDecay: Float(t.weightDecay),
+      momentum: Float(t.momentum), beta1: Float(t.betas[0]), beta2: Float(t.betas[1]), eps: Float(t.eps),
+      schedule: t.schedule == .constant ? .constant : .cosine, warmupSteps: t.warmupSteps, totalSteps: t.steps)
+  }
+
   /// Builds and initialises every member. The state of shards for which `keep(model, shard)` is
   /// false is let go as soon as it is built (another process holds it), and no checkpoint is
   /// loaded into it.
@@ -659,11 +667,7 @@ public final class JobRunner {
     for (i, plan) in plans.enumerated() {
       let member = config.members[i]
       let t = member.train
-      let optimizer = Optimizer(
-        kind: t.optimizer == .sgd ? .sgd : .adamw, lr: Float(t.lr), weightDecay: Float(t.weightDecay),
-        momentum: Float(t.momentum), beta1: Float(t.betas[0]), beta2: Float(t.betas[1]), eps: Float(t.eps),
-        schedule: t.schedule == .constant ? .constant : .cosine, warmupSteps: t.warmupSteps,
-        totalSteps: t.steps)
+      let optimizer = Self.optimizer(t)
       let settings = TrainSettings(
         steps: t.steps, batchSize: t.batchSize, shuffle: t.shuffle, evalEvery: t.evalEvery,
         evalBatches: t.evalBatches, checkpointEvery: t.checkpointEvery, optimizer: optimizer)

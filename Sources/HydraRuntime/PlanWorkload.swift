@@ -45,7 +45,8 @@ extension JobRunner {
   }
 
   /// The measured profile of every distinct model shape of the job (forward and backward seconds
-  /// per block, `repetitions` timed runs after a warm-up, the median kept) on the job's kernels and
+  /// per block, the backward with the optimizer's update of the block's parameters, `repetitions`
+  /// timed runs after a warm-up, their mean kept) on the job's kernels and
   /// threads per device, cached in the output folder as `profile.json`: shapes already there,
   /// measured with the same kernels and threads, are reused; the others are measured and added.
   /// Under `shm` the devices share this machine's cores, caches and memory bandwidth, so each
@@ -98,7 +99,8 @@ extension JobRunner {
       DispatchQueue.concurrentPerform(iterations: together) { i in
         let r = Swift.Result {
           try BlockProfile.measureDirections(
-            plan.spec, batch: member.train.batchSize, repetitions: repetitions, kernels: kernels[i])
+            plan.spec, batch: member.train.batchSize, repetitions: repetitions, kernels: kernels[i],
+            optimizer: JobRunner.optimizer(member.train))
         }
         results.withLock { $0[i] = r }
       }
