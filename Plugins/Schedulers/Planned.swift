@@ -30,6 +30,9 @@ public final class PlannedScheduler: Scheduler {
   /// The last search's outcome.
   public private(set) var lastSearch: PlanSearch.Outcome?
   public private(set) var replans = 0
+  /// The search before the run, and when the latest re-plan happened (seconds into the run).
+  public private(set) var firstSearch: PlanSearch.Outcome?
+  private var lastReplanAt: Double?
 
   /// What the plan in force assumed: per model, its task times and the steps it had left.
   private var planned: [SimulatedModel] = []
@@ -57,6 +60,23 @@ public final class PlannedScheduler: Scheduler {
 
   public func plan(_ workload: Workload) throws {
     try adopt(workload, limits: limits)
+    firstSearch = lastSearch
+  }
+
+  /// For `summary.json`: the plan before the run (simulated makespans of `lrtf` and of the plan,
+  /// candidates tried) and the re-plans (how many, when the latest was, its simulated makespan).
+  public var report: [String: Double] {
+    var r: [String: Double] = ["replans": Double(replans)]
+    if let first = firstSearch {
+      r["plan_candidates"] = Double(first.candidates)
+      if let m = first.lrtfMakespan { r["plan_lrtf_makespan_seconds"] = m }
+      if let m = first.makespan { r["plan_makespan_seconds"] = m }
+    }
+    if let at = lastReplanAt {
+      r["last_replan_at_seconds"] = at
+      if let m = lastSearch?.makespan { r["last_replan_makespan_seconds"] = m }
+    }
+    return r
   }
 
   /// A re-plan runs inside a scheduling decision, while devices wait for it: its search gets a
@@ -141,6 +161,7 @@ public final class PlannedScheduler: Scheduler {
     do {
       try adopt(Workload(models: models, devices: devices, bandwidth: bandwidth), limits: replanLimits)
       replans += 1
+      lastReplanAt = view.now
       if old != order { view.readyIndex?.forget(old) }
     } catch {
       // The workload came from the plan's own (valid) models: keep the plan in force.

@@ -203,11 +203,16 @@ public protocol Scheduler: AnyObject {
   /// searches before it starts (`planned`) does it here, typically by running `simulate` over the
   /// workload; by default it does nothing. An error stops the job before anything runs.
   func plan(_ workload: Workload) throws
+  /// Figures of the scheduler's own, read once when the job ends and written to `summary.json`
+  /// as `coordinator.scheduler_report` (`planned`: its plan's simulated makespans and how often it
+  /// planned again). By default none.
+  var report: [String: Double] { get }
 }
 
 extension Scheduler {
   public func trySchedule(_ view: SchedulerView) throws -> [Assignment] { schedule(view) }
   public func plan(_ workload: Workload) throws {}
+  public var report: [String: Double] { [:] }
 }
 
 /// What a scheduler may plan for: the models as the simulator takes them (steps left, estimated

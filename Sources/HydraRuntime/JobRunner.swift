@@ -383,6 +383,8 @@ public final class JobRunner {
       "assignments": coordinator.assignments,
       "device_busy_fraction": coordinator.deviceSnapshot().map(\.busyFraction),
     ]
+    let report = scheduler.report
+    if !report.isEmpty { decisions["scheduler_report"] = report }
     if let distributed {
       decisions["backend"] = backend.name
       decisions["shard_moves"] = coordinator.moves

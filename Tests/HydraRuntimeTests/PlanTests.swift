@@ -224,6 +224,7 @@ final class PlanTests: XCTestCase {
       var decisionsBeforePlan = 0
       var decisions = 0
       func plan(_ workload: Workload) throws { workloads.append(workload) }
+      var report: [String: Double] { ["decisions": Double(decisions)] }
       func schedule(_ view: SchedulerView) -> [Assignment] {
         if workloads.isEmpty { decisionsBeforePlan += 1 }
         decisions += 1
@@ -245,6 +246,13 @@ final class PlanTests: XCTestCase {
     XCTAssertEqual(recording.workloads.count, 1)
     XCTAssertEqual(recording.decisionsBeforePlan, 0)
     XCTAssertGreaterThan(recording.decisions, 0)
+    // The scheduler's report, read when the job ended, is in summary.json.
+    let summary = try XCTUnwrap(
+      JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/out/summary.json")))
+        as? [String: Any])
+    let coordinator = try XCTUnwrap(summary["coordinator"] as? [String: Any])
+    let report = try XCTUnwrap(coordinator["scheduler_report"] as? [String: Double])
+    XCTAssertEqual(report, ["decisions": Double(recording.decisions)])
     let w = try XCTUnwrap(recording.workloads.first)
     XCTAssertEqual(w.devices, 2)
     XCTAssertEqual(w.models.map(\.steps), [2, 2])

@@ -103,6 +103,10 @@ final class PlannedTests: XCTestCase {
     // Models 0 and 1 three times slower than the rest (a tenth of ten models is 1): a new plan.
     _ = drift.schedule(views(models, scale: { $0 < 2 ? 3 : 1 }))
     XCTAssertEqual(drift.replans, 1)
+    XCTAssertEqual(drift.report["replans"], 1)
+    XCTAssertEqual(drift.report["last_replan_at_seconds"], 0, "the view's now")
+    XCTAssertEqual(same.report["replans"], 0)
+    XCTAssertNil(same.report["last_replan_at_seconds"])
     // A re-plan runs inside a decision: its search gets a twentieth of the task bound. 10 models
     // x 3 steps x 2 tasks = 60 simulated tasks a run: a bound of 180 lets the first plan simulate
     // lrtf and more; the re-plan's 9 cannot simulate one run, so it searches nothing.
