@@ -276,6 +276,8 @@ public final class MappedBuffers: @unchecked Sendable {
     /// Buffers handed out from kept pages, and mapped afresh.
     public var reused = 0
     public var mapped = 0
+    /// Bytes of the buffers mapped afresh (each page of them faulted in once more).
+    public var mappedBytes = 0
     /// Bytes of live tensors, of kept pages, and the most live bytes at once.
     public var liveBytes = 0
     public var keptBytes = 0
@@ -321,6 +323,7 @@ public final class MappedBuffers: @unchecked Sendable {
     stats.liveBytes += size
     stats.peakLiveBytes = max(stats.peakLiveBytes, stats.liveBytes)
     stats.mapped += 1
+    stats.mappedBytes += size
     lock.unlock()
     for (p, n) in unmap { munmap(p, n) }
     // Fresh pages are zero already.

@@ -374,7 +374,8 @@ public final class JobRunner {
     // Tensor buffers of 256 KiB and more: how many reused kept pages, how many were mapped afresh.
     let pages = MappedBuffers.shared.statistics
     memory["host_buffers"] = [
-      "reused": pages.reused, "mapped": pages.mapped, "peak_live_bytes": pages.peakLiveBytes,
+      "reused": pages.reused, "mapped": pages.mapped, "mapped_bytes": pages.mappedBytes,
+      "peak_live_bytes": pages.peakLiveBytes,
     ]
     var decisions: [String: Any] = [
       "scheduler": scheduler.name, "decisions": coordinator.decisions,
