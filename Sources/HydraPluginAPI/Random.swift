@@ -14,10 +14,15 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
     return z ^ (z >> 31)
   }
 
+  /// The generator as it will be after `n` more calls of `next()` (each call moves the state by
+  /// the same constant): lets one stream be drawn in pieces at once, with the same values.
+  public func advanced(by n: UInt64) -> SplitMix64 { SplitMix64(seed: state &+ n &* 0x9E37_79B9_7F4A_7C15) }
+
   /// Uniform in [0, 1) with 53 random bits.
   public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
 
-  /// Standard normal (Box-Muller in Double, one value per call for simplicity of state).
+  /// Standard normal (Box-Muller in Double, one value per call for simplicity of state): two
+  /// calls of `next()` each.
   public mutating func nextNormal() -> Double {
     let u1 = max(nextUnit(), 0x1.0p-60)
     let u2 = nextUnit()

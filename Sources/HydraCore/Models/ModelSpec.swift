@@ -75,9 +75,13 @@ public enum ModelSpec: Sendable, Equatable {
   /// gpt (GPT-2): weights ~ N(0, 0.02), the two residual projections (`c_proj`) ~ N(0, 0.02 / sqrt(2
   /// layers)), biases 0, LayerNorm gains 1. mlp (PyTorch `nn.Linear`): weight and bias
   /// ~ U(-1/sqrt(in), 1/sqrt(in)).
+  ///
+  /// A large parameter is drawn in pieces on every core at once: piece `[lo, hi)` starts from the
+  /// parameter's generator advanced past the draws of values `0..<lo` (a normal takes two, a
+  /// uniform one), so the values are those of one sequential stream.
   public func initialize(_ block: Block, seed: UInt64) {
     for p in block.parameters where p.replicaOf == nil {
-      var rng = SplitMix64(seed: derivedSeed(seed, stableHash(p.name)))
+      let rng = SplitMix64(seed: derivedSeed(seed, stableHash(p.name)))
       // Drawn in host memory, then written to the tensor wherever it is (through its device's
       // plugin when a block is built on a device).
       var drawn = [Float](repeating: 0, count: p.count)
@@ -91,16 +95,38 @@ public enum ModelSpec: Sendable, Equatable {
             for i in values.indices { values[i] = 0 }
           } else {
             let std = name.hasSuffix("c_proj.weight") ? 0.02 / (2 * Double(s.layers)).squareRoot() : 0.02
-            for i in values.indices { values[i] = Float(rng.nextNormal() * std) }
+            ModelSpec.draw(values, from: rng, drawsPerValue: 2) { Float($0.nextNormal() * std) }
           }
         case .mlp:
           let fanIn = block.parameters[0].shape[1]
           let bound = 1 / Double(fanIn).squareRoot()
-          for i in values.indices { values[i] = Float((rng.nextUnit() * 2 - 1) * bound) }
+          ModelSpec.draw(values, from: rng, drawsPerValue: 1) { Float(($0.nextUnit() * 2 - 1) * bound) }
         }
       }
       drawn.withUnsafeBytes { p.value.write(from: $0.baseAddress!) }
     }
+  }
+
+  /// Values drawn per piece of `draw` (a piece is worth a thread above this).
+  static let drawPiece = 1 << 16
+
+  /// `values[i] = value(&generator)` for i in order from `rng`, each value taking `drawsPerValue`
+  /// calls of `next()`: in pieces on every core when there are several pieces.
+  static func draw(
+    _ values: UnsafeMutableBufferPointer<Float>, from rng: SplitMix64, drawsPerValue: UInt64,
+    _ value: (inout SplitMix64) -> Float
+  ) {
+    let pieces = (values.count + drawPiece - 1) / drawPiece
+    func fill(_ piece: Int) {
+      let lo = piece * drawPiece, hi = Swift.min(values.count, lo + drawPiece)
+      var r = rng.advanced(by: UInt64(lo) &* drawsPerValue)
+      for i in lo..<hi { values[i] = value(&r) }
+    }
+    if pieces <= 1 {
+      if pieces == 1 { fill(0) }
+      return
+    }
+    DispatchQueue.concurrentPerform(iterations: pieces) { fill($0) }
   }
 }
 
