@@ -53,6 +53,12 @@ public final class Coordinator: @unchecked Sendable {
   /// task after it when that was already handed to the same device (chained one ahead).
   private var inFlight: [Assignment?]
   private var chained: [Assignment?]
+  /// Under a distributed backend, per device: the models whose task in flight runs there, and the
+  /// models whose ready task (in the index) has its home there. The one-ahead decision looks only
+  /// at the devices with room for a next task, through these: O(those devices and their models),
+  /// not O(models).
+  private var inFlightOn: [Set<Int>]
+  private var readyByHome: [Set<Int>]
   private var lastDevice: [Int?]
   private var readySince: [Double]
   /// Estimated seconds of each model's shard tasks: [model][shard], forward and backward.
@@ -131,6 +137,8 @@ public final class Coordinator: @unchecked Sendable {
     running = Array(repeating: false, count: runs.count)
     inFlight = Array(repeating: nil, count: runs.count)
     chained = Array(repeating: nil, count: runs.count)
+    inFlightOn = Array(repeating: [], count: devices.count)
+    readyByHome = Array(repeating: [], count: devices.count)
     lastDevice = Array(repeating: nil, count: runs.count)
     readySince = Array(repeating: 0, count: runs.count)
     readyIndex = ReadyIndex(capacity: runs.count)
@@ -202,6 +210,7 @@ public final class Coordinator: @unchecked Sendable {
           var assignments: [Assignment] = []
           decisions += 1
           do {
+            if Coordinator.checksReadyIndex { try checkByDevice() }
             assignments = try scheduler.trySchedule(ahead)
             try validate(assignments, against: ahead, scheduler: scheduler.name)
           } catch {
@@ -255,10 +264,10 @@ public final class Coordinator: @unchecked Sendable {
     for m in dirtyModels {
       dirty[m] = false
       if !running[m], let task = runs[m].nextTask {
-        readyIndex.insert(readyTask(m, task, ahead: false))
+        indexInsert(readyTask(m, task, ahead: false))
         finishedModels.remove(m)
       } else {
-        readyIndex.remove(model: m)
+        indexRemove(model: m)
         if running[m] { finishedModels.remove(m) } else { finishedModels.insert(m) }
       }
     }
@@ -268,7 +277,7 @@ public final class Coordinator: @unchecked Sendable {
       for (id, shard) in store.takeMoves() where distributed == nil {
         guard let m = modelIndex[id], var t = readyIndex[model: m], t.task.shard == shard else { continue }
         t.state = runs[m].residency(of: shard)
-        readyIndex.insert(t)
+        indexInsert(t)
       }
     }
   }
@@ -288,6 +297,33 @@ public final class Coordinator: @unchecked Sendable {
     guard actual == expected, finished == finishedModels else {
       throw RuntimeError(
         "coordinator: the ready index disagrees with the models: \(actual) against \(expected); finished \(finishedModels.sorted()) against \(finished.sorted())"
+      )
+    }
+  }
+
+  /// Under the lock: `t` becomes its model's ready task, in the index and by its home.
+  private func indexInsert(_ t: ReadyTask) {
+    let m = t.task.model
+    if let old = readyIndex[model: m]?.home { readyByHome[old].remove(m) }
+    readyIndex.insert(t)
+    if let home = t.home { readyByHome[home].insert(m) }
+  }
+
+  /// Under the lock: model `m` has no ready task any more.
+  private func indexRemove(model m: Int) {
+    if let old = readyIndex[model: m]?.home { readyByHome[old].remove(m) }
+    readyIndex.remove(model: m)
+  }
+
+  /// Under the lock, in tests: the tables by device against lists built from every model.
+  private func checkByDevice() throws {
+    var homes = Array(repeating: Set<Int>(), count: devices.count)
+    for t in readyIndex.all { if let h = t.home { homes[h].insert(t.task.model) } }
+    var flying = Array(repeating: Set<Int>(), count: devices.count)
+    for case let a? in inFlight { flying[a.device].insert(a.task.model) }
+    guard homes == readyByHome, flying == inFlightOn else {
+      throw RuntimeError(
+        "coordinator: the tables by device disagree with the models: homes \(readyByHome) against \(homes), in flight \(inFlightOn) against \(flying)"
       )
     }
   }
@@ -320,16 +356,25 @@ public final class Coordinator: @unchecked Sendable {
 
   /// Under the lock, under a distributed backend: the view of a decision one task ahead. The free
   /// devices are those running one task (with room for the next), and every task may only go to its
-  /// home. Built as a list (O(models)): the models at rest, and those whose next task can be queued
-  /// behind their running one.
+  /// home. Built as a list of the tasks that may go to those devices, in model order: the models at
+  /// rest whose home is one of them, and those whose next task can be queued behind their running
+  /// one there. O(devices + those models), from the tables by device.
   private func makeAheadView() -> SchedulerView {
     refresh()
-    var ready = readyIndex.all.map { readyTask($0.task.model, $0.task, ahead: true) }
+    let free = assigned.indices.filter { assigned[$0] == 1 }
+    var atRest: [Int] = []
+    var flying: [Int] = []
+    for d in free {
+      atRest.append(contentsOf: readyByHome[d])
+      flying.append(contentsOf: inFlightOn[d])
+    }
+    var ready = atRest.sorted().compactMap { m in readyIndex[model: m].map { readyTask(m, $0.task, ahead: true) } }
     // A model whose task runs on a device that also holds its next shard: that next task can be
     // queued behind it there (it will find its input in place). Not across the loss (the model
     // may diverge there) nor the end of a step (evaluations, checkpoints, a pause come after).
-    for (m, run) in runs.enumerated() where running[m] && chained[m] == nil {
+    for m in flying.sorted() where running[m] && chained[m] == nil {
       guard let a = inFlight[m] else { continue }
+      let run = runs[m]
       let k = run.shards.count
       guard !run.chain.computesLoss(a.task), let next = run.chain.next(after: a.task) else { continue }
       guard distributed?.homes(of: m)[next.shard] == a.device else { continue }
@@ -345,8 +390,7 @@ public final class Coordinator: @unchecked Sendable {
       ready.append(r)
     }
     var view = SchedulerView(
-      now: elapsed(), ready: ready, freeDevices: assigned.indices.filter { assigned[$0] == 1 },
-      deviceCount: devices.count, modelCount: runs.count)
+      now: elapsed(), ready: ready, freeDevices: free, deviceCount: devices.count, modelCount: runs.count)
     view.finished = finishedModels
     return view
   }
@@ -378,11 +422,12 @@ public final class Coordinator: @unchecked Sendable {
     assignments += 1
     assigned[a.device] += 1
     if assigned[a.device] == 1, let i = idle.firstIndex(of: a.device) { idle.remove(at: i) }
-    readyIndex.remove(model: a.task.model)
+    indexRemove(model: a.task.model)
     if running[a.task.model] {
       chained[a.task.model] = a  // queued behind the model's task on the same device
     } else {
       inFlight[a.task.model] = a
+      inFlightOn[a.device].insert(a.task.model)
     }
     running[a.task.model] = true
     let m = a.task.model
@@ -568,12 +613,15 @@ public final class Coordinator: @unchecked Sendable {
     if let next = chained[m] {
       // Its next task was queued behind it on the same device: the model stays busy with that.
       chained[m] = nil
+      inFlightOn[a.device].remove(m)
       inFlight[m] = next
+      inFlightOn[next.device].insert(m)
       condition.signal()
       condition.unlock()
       return
     }
     inFlight[m] = nil
+    inFlightOn[a.device].remove(m)
     running[a.task.model] = false
     markDirty(m)
     if stopping { stop(model: m) }
