@@ -1,8 +1,10 @@
 import Foundation
 import HydraConfig
 import HydraCore
+import HydraSchedulers
 import XCTest
 
+@testable import HydraBuiltins
 @testable import HydraRuntime
 
 /// The distributed runtime in-process: every rank a thread with its own `JobRunner`, models, host
@@ -23,6 +25,7 @@ final class LoopbackTests: XCTestCase {
   func known() -> KnownPlugins {
     var k = testKnownPlugins()
     k.backends.append("loopback")
+    k.schedulers.append("failing")
     return k
   }
 
@@ -31,6 +34,7 @@ final class LoopbackTests: XCTestCase {
   func runLoopback(
     ranks: Int, output: String, overrides: [String], pauseAt: Int? = nil, resume: Bool = false,
     loopback: Loopback? = nil, job: String = LoopbackTests.sweep,
+    registry: @escaping () throws -> PluginRegistry = { testRegistry() }, failures: ByRank<Error>? = nil,
     configure: @escaping (DistributedRuntime) -> Void = { _ in }
   ) throws -> (result: JobRunner.Result, summary: [String: Any]) {
     let loop = loopback ?? Loopback(ranks: ranks)
@@ -46,7 +50,7 @@ final class LoopbackTests: XCTestCase {
           let config = try JobConfig.load(path: job, known: self.known(), overrides: overrides)
           let runtime = try DistributedRuntime(transport: loop.transport(rank: rank))
           configure(runtime)
-          let runner = JobRunner(config: config, registry: testRegistry())
+          let runner = JobRunner(config: config, registry: try registry())
           runner.backend = runtime
           runner.log = Self.debugging ? { print("rank \(rank): \($0)") } : { _ in }
           runner.pauseAt = pauseAt
@@ -56,6 +60,7 @@ final class LoopbackTests: XCTestCase {
           outcomes.set(rank, .success(result))
         } catch {
           outcomes.set(rank, .failure(error))
+          failures?.set(rank, error)
           // As the tool's abort would: the other ranks stop instead of serving for good. The first
           // rank to fail is the one reported.
           failedFirst.setIfEmpty(rank)
@@ -238,6 +243,48 @@ final class LoopbackTests: XCTestCase {
 
   /// A rank fails in the middle of training (a fault after its 5th task): it tells rank 0, and
   /// rank 0 ends the job with status 1.
+  /// A scheduler plugin that fails mid-run (on rank 0, the coordinator) ends the job on every rank
+  /// with its message, promptly, while tasks are out on other ranks.
+  func testLoopbackSchedulerErrorEndsTheJob() throws {
+    final class Failing: Scheduler, @unchecked Sendable {
+      let name = "failing"
+      let lrtf = LRTFScheduler()
+      var calls = 0
+      func schedule(_ view: SchedulerView) -> [Assignment] { lrtf.schedule(view) }
+      func trySchedule(_ view: SchedulerView) throws -> [Assignment] {
+        calls += 1
+        if calls > 30 { throw SchedulerError("the failing scheduler gave up at decision 31") }
+        return lrtf.schedule(view)
+      }
+    }
+    let loop = Loopback(ranks: 3)
+    let output = try temporaryFolder() + "/scheduler-error"
+    let failures = ByRank<Error>()
+    let start = Date()
+    // Ending the job is an abort (under mpirun, MPI_Abort ends every process): the ranks' threads
+    // stay where the abort found them, as in the other failure tests.
+    let job = Thread {
+      _ = try? self.runLoopback(
+        ranks: 3, output: output, overrides: ["scheduler.name=\"failing\"", "cluster.placement=\"by-shard\""],
+        loopback: loop,
+        registry: {
+          try PluginRegistry { b in
+            try Builtins.register(into: &b)
+            try b.registerScheduler("failing") { _, _ in Failing() }
+          }
+        }, failures: failures)
+    }
+    job.start()
+    XCTAssertTrue(loop.waitForAbort(seconds: 60), "the job did not end")
+    XCTAssertLessThan(Date().timeIntervalSince(start), 30, "the job ended promptly")
+    let aborted = try XCTUnwrap(loop.aborted)
+    XCTAssertEqual(aborted.rank, 0, "rank 0, the coordinator, ends the job")
+    XCTAssertEqual(aborted.code, 1)
+    // What rank 0's run threw (the tool prints it before its abort).
+    let said = failures.get(0).map { "\($0)" } ?? ""
+    XCTAssertTrue(said.contains("gave up at decision 31"), "rank 0 ended the job with: \(said)")
+  }
+
   func testLoopbackRankFailingMidRunEndsTheJob() throws {
     let loop = Loopback(ranks: 3)
     let output = try temporaryFolder() + "/failing"
