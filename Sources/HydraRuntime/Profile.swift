@@ -69,8 +69,7 @@ public enum BlockProfile {
       // block that their state (values, gradients, optimizer state) passes `coldBytes`.
       var copies = [try make()]
       if releaseEachTime {
-        let values = copies[0].parameters.reduce(0) { $0 + $1.count }
-        let bytes = values * MemoryLayout<Float>.stride * (2 + (optimizer?.stateCopies ?? 0))
+        let bytes = spec.blockCosts(i).stateBytes(stateCopies: optimizer?.stateCopies ?? 0)
         let wanted = min(maxCopies, max(1, coldBytes / max(bytes, 1) + 1))
         while copies.count < wanted { copies.append(try make()) }
       }

@@ -122,10 +122,7 @@ public enum ModelSpec: Sendable, Equatable {
       var r = rng.advanced(by: UInt64(lo) &* drawsPerValue)
       for i in lo..<hi { values[i] = value(&r) }
     }
-    if pieces <= 1 {
-      if pieces == 1 { fill(0) }
-      return
-    }
+    if pieces == 1 { return fill(0) }
     DispatchQueue.concurrentPerform(iterations: pieces) { fill($0) }
   }
 }
