@@ -154,6 +154,9 @@ public final class PlannedScheduler: Scheduler {
       let f = ratio[m] > 0 ? ratio[m] / mean : 1
       model.forwardSeconds = model.forwardSeconds.map { $0 * f }
       model.backwardSeconds = model.backwardSeconds.map { $0 * f }
+      // The process's first step is behind (or under way): its fresh-memory times are paid.
+      model.firstForwardSeconds = []
+      model.firstBackwardSeconds = []
       model.steps = view.finished.contains(m) ? 0 : stepsLeft[m]
       return model
     }

@@ -18,6 +18,11 @@ public struct SimulatedModel: Sendable, Equatable {
   /// evaluations are simulated.
   public var evaluationSeconds: Double = 0
   public var evalEvery = 0
+  /// Seconds of each shard's forward and backward in the first step the process runs, when they
+  /// differ from the others (empty: they do not): that step's tasks map their buffers, gradients
+  /// and optimizer state afresh, a page fault per 4 KiB, where later steps reuse them.
+  public var firstForwardSeconds: [Double] = []
+  public var firstBackwardSeconds: [Double] = []
   public init(steps: Int, forwardSeconds: [Double], backwardSeconds: [Double], stateBytes: [Int] = []) {
     self.steps = steps
     self.forwardSeconds = forwardSeconds
@@ -34,7 +39,19 @@ public struct SimulatedModel: Sendable, Equatable {
   /// Seconds of one step: every task of its chain.
   public var stepSeconds: Double { forwardSeconds.reduce(0, +) + backwardSeconds.reduce(0, +) }
   /// Seconds of all steps on one device, with their evaluations: what the model takes alone.
-  public var totalSeconds: Double { Double(steps) * stepSeconds + Double(evaluationCount) * evaluationSeconds }
+  public var totalSeconds: Double {
+    guard steps > 0 else { return 0 }
+    return firstStepSeconds + Double(steps - 1) * stepSeconds + Double(evaluationCount) * evaluationSeconds
+  }
+  /// Seconds of the first step (`stepSeconds` without first-step times).
+  public var firstStepSeconds: Double { chain.seconds(from: 0, forward: forward(step: 0), backward: backward(step: 0)) }
+  /// The forward and backward times of `step`'s tasks.
+  func forward(step: Int) -> [Double] {
+    step == 0 && !firstForwardSeconds.isEmpty ? firstForwardSeconds : forwardSeconds
+  }
+  func backward(step: Int) -> [Double] {
+    step == 0 && !firstBackwardSeconds.isEmpty ? firstBackwardSeconds : backwardSeconds
+  }
   /// The evaluations of a whole run (`evaluates(after:)` for steps 1...steps).
   public var evaluationCount: Int {
     guard evaluationSeconds > 0, steps > 0 else { return 0 }
@@ -46,14 +63,14 @@ public struct SimulatedModel: Sendable, Equatable {
 
   /// Seconds left from the `position`-th task of `step`'s chain on, that task included.
   func remainingSeconds(step: Int, position: Int) -> Double {
-    chain.seconds(from: position, forward: forwardSeconds, backward: backwardSeconds)
+    chain.seconds(from: position, forward: forward(step: step), backward: backward(step: step))
       + Double(steps - step - 1) * stepSeconds
   }
 
   /// The `position`-th task of a step's chain (0..<2k) and its time.
   func task(model: Int, step: Int, position: Int) -> (task: ShardTask, seconds: Double) {
     let task = chain.task(at: position, model: model, step: step)
-    return (task, task.direction == .forward ? forwardSeconds[task.shard] : backwardSeconds[task.shard])
+    return (task, task.direction == .forward ? forward(step: step)[task.shard] : backward(step: step)[task.shard])
   }
 }
 
@@ -192,10 +209,13 @@ public func simulate(
       (model.forwardSeconds + model.backwardSeconds).allSatisfy({ $0.isFinite && $0 >= 0 }),
       model.evaluationSeconds.isFinite, model.evaluationSeconds >= 0, model.evalEvery >= 0,
       model.stateBytes.isEmpty
-        || (model.stateBytes.count == model.shardCount && model.stateBytes.allSatisfy { $0 >= 0 })
+        || (model.stateBytes.count == model.shardCount && model.stateBytes.allSatisfy { $0 >= 0 }),
+      [model.firstForwardSeconds, model.firstBackwardSeconds].allSatisfy({
+        $0.isEmpty || ($0.count == model.shardCount && $0.allSatisfy { $0.isFinite && $0 >= 0 })
+      })
     else {
       throw RuntimeError(
-        "simulate: model \(m) needs steps >= 0 and, per shard (at least one), a forward and a backward time that are finite and >= 0 (and state bytes >= 0, if any; an evaluation time finite and >= 0, evalEvery >= 0)"
+        "simulate: model \(m) needs steps >= 0 and, per shard (at least one), a forward and a backward time that are finite and >= 0 (and state bytes >= 0, first-step times finite and >= 0, if any; an evaluation time finite and >= 0, evalEvery >= 0)"
       )
     }
   }

@@ -18,6 +18,7 @@ extension JobRunner {
     try zip(plans, config.members).map { plan, member in
       let batch = member.train.batchSize
       let forward: [Double], backward: [Double]
+      var firstForward: [Double] = [], firstBackward: [Double] = []
       switch times {
       case .flops(let gflops):
         forward = plan.shards.map { range in
@@ -29,8 +30,14 @@ extension JobRunner {
           ProfileFile.key(plan.spec, batch: batch), blocks: plan.spec.blockCount, file: file)
         forward = plan.shards.map { range in range.reduce(0) { $0 + blocks.forward[$1] } }
         backward = plan.shards.map { range in range.reduce(0) { $0 + blocks.backward[$1] } }
+        if blocks.firstForward != blocks.forward || blocks.firstBackward != blocks.backward {
+          firstForward = plan.shards.map { range in range.reduce(0) { $0 + blocks.firstForward[$1] } }
+          firstBackward = plan.shards.map { range in range.reduce(0) { $0 + blocks.firstBackward[$1] } }
+        }
       }
       var model = SimulatedModel(steps: member.train.steps, forwardSeconds: forward, backwardSeconds: backward)
+      model.firstForwardSeconds = firstForward
+      model.firstBackwardSeconds = firstBackward
       // An evaluation is a forward of every shard over the validation rows it reads (at most
       // eval_batches batches), on the device that ended the step; its time scales with the rows.
       let rows = min(
@@ -94,22 +101,36 @@ extension JobRunner {
       log(
         "measuring \(key) (\(plan.spec.blockCount) blocks, \(repetitions) repetition(s) each, on \(together) thread(s) at once)"
       )
-      let results = Locked(
-        [Swift.Result<(forward: [Double], backward: [Double]), Error>?](repeating: nil, count: together))
-      DispatchQueue.concurrentPerform(iterations: together) { i in
-        let r = Swift.Result {
-          try BlockProfile.measureDirections(
-            plan.spec, batch: member.train.batchSize, repetitions: repetitions, kernels: kernels[i],
-            optimizer: JobRunner.optimizer(member.train))
+      // On every thread at once: first the first step's runs (on fresh memory), then, apart, the
+      // steady ones (a first run's letting go of kept buffers would make them fresh too).
+      func onEveryThread(
+        _ measure: @escaping @Sendable (Kernels) throws -> (forward: [Double], backward: [Double])
+      ) throws -> (forward: [Double], backward: [Double]) {
+        let results = Locked(
+          [Swift.Result<(forward: [Double], backward: [Double]), Error>?](repeating: nil, count: kernels.count))
+        DispatchQueue.concurrentPerform(iterations: kernels.count) { [kernels] i in
+          let r = Swift.Result { try measure(kernels[i]) }
+          results.withLock { $0[i] = r }
         }
-        results.withLock { $0[i] = r }
+        let times = try results.withLock { $0 }.map { try $0!.get() }
+        func mean(_ pick: ((forward: [Double], backward: [Double])) -> [Double]) -> [Double] {
+          (0..<plan.spec.blockCount).map { b in times.reduce(0) { $0 + pick($1)[b] } / Double(times.count) }
+        }
+        return (mean { $0.forward }, mean { $0.backward })
       }
-      let times = try results.withLock { $0 }.map { try $0!.get() }
-      func mean(_ pick: ((forward: [Double], backward: [Double])) -> [Double]) -> [Double] {
-        (0..<plan.spec.blockCount).map { b in times.reduce(0) { $0 + pick($1)[b] } / Double(times.count) }
+      let (spec, batch, optimizer) = (plan.spec, member.train.batchSize, JobRunner.optimizer(member.train))
+      let first = try onEveryThread { k in
+        try BlockProfile.measureFirstRuns(
+          spec, batch: batch, repetitions: repetitions, kernels: k, optimizer: optimizer)
+      }
+      let steady = try onEveryThread { k in
+        try BlockProfile.measureDirections(
+          spec, batch: batch, repetitions: repetitions, kernels: k, optimizer: optimizer)
       }
       profile.shapes.append(
-        .init(shape: key, forwardSeconds: .each(mean { $0.forward }), backwardSeconds: .each(mean { $0.backward })))
+        .init(
+          shape: key, forwardSeconds: .each(steady.forward), backwardSeconds: .each(steady.backward),
+          firstForwardSeconds: .each(first.forward), firstBackwardSeconds: .each(first.backward)))
       added += 1
     }
     if added > 0 {

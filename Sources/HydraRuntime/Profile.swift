@@ -35,6 +35,82 @@ public enum BlockProfile {
   private static func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
   private static func mean(_ xs: [Double]) -> Double { xs.reduce(0, +) / Double(max(xs.count, 1)) }
 
+  /// Per block: the mean seconds of its forward and of its backward as the first step of a job
+  /// runs them, `repetitions` times (at least 1): each on a new copy of the block (its gradients
+  /// and optimizer state allocated but not touched yet, as a job leaves them before its first
+  /// step), after the buffers kept for reuse are let go (`MappedBuffers.trim`), so that every
+  /// buffer the task takes is mapped afresh and faulted in page by page. This is an upper bound:
+  /// a model whose first step follows another's may reuse that model's freed buffers.
+  public static func measureFirstRuns(
+    _ spec: ModelSpec, batch: Int, repetitions: Int, kernels: Kernels, optimizer: Optimizer? = nil
+  ) throws -> (forward: [Double], backward: [Double]) {
+    var rng = SplitMix64(seed: 0x9E0F1)
+    let batchInput = inputBatch(spec, batch: batch, rng: &rng)
+    var forward: [Double] = [], backward: [Double] = []
+    for i in 0..<spec.blockCount {
+      let input: Tensor? =
+        i == 0 ? nil : try random(kernels, count: spec.outputBytesPerSample(i - 1) / 4 * batch, rng: &rng)
+      var dOutput: Tensor? = nil
+      var f = 0.0, b = 0.0
+      let n = max(repetitions, 1)
+      for r in 0..<n {
+        MappedBuffers.shared.trim()
+        let block = try spec.makeBlock(i, memory: kernels.memory)
+        spec.initialize(block, seed: 1)
+        try optimizer?.allocateState(block.parameters, memory: kernels.memory)
+        let t = try run(
+          block, input: input, batch: batchInput, dOutput: &dOutput, rng: &rng, step: r, kernels: kernels,
+          optimizer: optimizer, release: true)
+        f += t.forward
+        b += t.backward
+      }
+      forward.append(f / Double(n))
+      backward.append(b / Double(n))
+    }
+    return (forward, backward)
+  }
+
+  /// Random tokens and targets (GPT) or features and classes (MLP) for one batch.
+  private static func inputBatch(_ spec: ModelSpec, batch: Int, rng: inout SplitMix64) -> Batch {
+    switch spec {
+    case .gpt(let s):
+      let n = batch * s.context
+      return Batch(
+        rows: batch, tokens: (0..<n).map { _ in Int32(rng.nextInt(below: s.vocab)) },
+        targets: (0..<n).map { _ in Int32(rng.nextInt(below: s.vocab)) })
+    case .mlp(let inputs, _, let classes):
+      return Batch(
+        rows: batch, features: (0..<(batch * inputs)).map { _ in Float(rng.nextNormal()) },
+        targets: (0..<batch).map { _ in Int32(rng.nextInt(below: classes)) })
+    }
+  }
+
+  /// One forward and backward of `block` as a task runs them, timed apart: the loss belongs to the
+  /// forward (the last shard's forward task computes it); with an `optimizer`, the backward zeroes
+  /// the gradients first and applies the update after. `dOutput`, the gradient fed to a block that
+  /// is not the loss, is drawn the first time (outside the timing).
+  private static func run(
+    _ block: Block, input: Tensor?, batch: Batch, dOutput: inout Tensor?, rng: inout SplitMix64, step: Int,
+    kernels: Kernels, optimizer: Optimizer?, release: Bool
+  ) throws -> (forward: Double, backward: Double) {
+    let start = DispatchTime.now().uptimeNanoseconds
+    let y = try block.forward(BlockInput(activation: input, batch: batch), kernels: kernels)
+    var forwardEnd = DispatchTime.now().uptimeNanoseconds
+    if let loss = block as? LossBlock {
+      _ = try loss.loss(targets: batch.targets, kernels: kernels, keepGradient: true)
+      forwardEnd = DispatchTime.now().uptimeNanoseconds
+    } else if dOutput == nil {
+      dOutput = try random(kernels, count: y.count, rng: &rng)
+      forwardEnd = DispatchTime.now().uptimeNanoseconds
+    }
+    if optimizer != nil { for p in block.parameters { kernels.fill(p.grad.data, value: 0, count: p.count) } }
+    _ = try block.backward(block is LossBlock ? nil : dOutput, kernels: kernels)
+    try optimizer?.apply(to: block.parameters, step: step, kernels: kernels)
+    if release { block.releaseBuffers() }
+    let end = DispatchTime.now().uptimeNanoseconds
+    return (Double(forwardEnd - start) / 1e9, Double(end - forwardEnd) / 1e9)
+  }
+
   /// Per block, per timed repetition (`repetitions`, at least 1, after a warm-up of each copy): the seconds of
   /// its forward, of its backward, and of both.
   private static func time(
@@ -44,18 +120,7 @@ public enum BlockProfile {
     -> [(forward: [Double], backward: [Double], total: [Double])]
   {
     var rng = SplitMix64(seed: 0x9E0F1)
-    let batchInput: Batch
-    switch spec {
-    case .gpt(let s):
-      let n = batch * s.context
-      batchInput = Batch(
-        rows: batch, tokens: (0..<n).map { _ in Int32(rng.nextInt(below: s.vocab)) },
-        targets: (0..<n).map { _ in Int32(rng.nextInt(below: s.vocab)) })
-    case .mlp(let inputs, _, let classes):
-      batchInput = Batch(
-        rows: batch, features: (0..<(batch * inputs)).map { _ in Float(rng.nextNormal()) },
-        targets: (0..<batch).map { _ in Int32(rng.nextInt(below: classes)) })
-    }
+    let batchInput = inputBatch(spec, batch: batch, rng: &rng)
     var seconds: [(forward: [Double], backward: [Double], total: [Double])] = []
     for i in 0..<spec.blockCount {
       func make() throws -> Block {
@@ -80,27 +145,13 @@ public enum BlockProfile {
       // One warm-up run of each copy, then the timed repetitions in turn.
       let warmUps = copies.count
       for r in 0..<(warmUps + max(repetitions, 1)) {
-        let block = copies[r % copies.count]
-        let start = DispatchTime.now().uptimeNanoseconds
-        let y = try block.forward(BlockInput(activation: input, batch: batchInput), kernels: kernels)
-        var forwardEnd = DispatchTime.now().uptimeNanoseconds
-        if let loss = block as? LossBlock {
-          // The loss belongs to the last shard's forward task.
-          _ = try loss.loss(targets: batchInput.targets, kernels: kernels, keepGradient: true)
-          forwardEnd = DispatchTime.now().uptimeNanoseconds
-        } else if dOutput == nil {
-          dOutput = try random(kernels, count: y.count, rng: &rng)
-          forwardEnd = DispatchTime.now().uptimeNanoseconds
-        }
-        if optimizer != nil { for p in block.parameters { kernels.fill(p.grad.data, value: 0, count: p.count) } }
-        _ = try block.backward(block is LossBlock ? nil : dOutput, kernels: kernels)
-        try optimizer?.apply(to: block.parameters, step: r, kernels: kernels)
-        if releaseEachTime { block.releaseBuffers() }
-        let end = DispatchTime.now().uptimeNanoseconds
+        let t = try run(
+          copies[r % copies.count], input: input, batch: batchInput, dOutput: &dOutput, rng: &rng, step: r,
+          kernels: kernels, optimizer: optimizer, release: releaseEachTime)
         if r >= warmUps {
-          times.forward.append(Double(forwardEnd - start) / 1e9)
-          times.backward.append(Double(end - forwardEnd) / 1e9)
-          times.total.append(Double(end - start) / 1e9)
+          times.forward.append(t.forward)
+          times.backward.append(t.backward)
+          times.total.append(t.forward + t.backward)
         }
       }
       for block in copies { block.releaseBuffers() }

@@ -10,19 +10,30 @@ import HydraCore
 ///   "bandwidth_bytes_per_second": 12e9,
 ///   "shapes": [ { "shape": "gpt layers=2 d_model=32 heads=4 context=32 vocab=256 batch=8",
 ///                 "forward_seconds": [0.001, 0.002, 0.002, 0.003],
-///                 "backward_seconds": 0.004 } ] }
+///                 "backward_seconds": 0.004,
+///                 "first_forward_seconds": 0.009, "first_backward_seconds": 0.012 } ] }
 /// ```
 ///
 /// A shape's times are one number per block (or one number for every block) at that batch size.
+/// The `first_` times, optional, are those of the first step a process runs, which maps its
+/// buffers and optimizer state afresh.
 public struct ProfileFile: Sendable, Equatable {
   public struct Shape: Sendable, Equatable {
     public var shape: String
     public var forwardSeconds: Times
     public var backwardSeconds: Times
-    public init(shape: String, forwardSeconds: Times, backwardSeconds: Times) {
+    /// The first step's times, when given.
+    public var firstForwardSeconds: Times?
+    public var firstBackwardSeconds: Times?
+    public init(
+      shape: String, forwardSeconds: Times, backwardSeconds: Times, firstForwardSeconds: Times? = nil,
+      firstBackwardSeconds: Times? = nil
+    ) {
       self.shape = shape
       self.forwardSeconds = forwardSeconds
       self.backwardSeconds = backwardSeconds
+      self.firstForwardSeconds = firstForwardSeconds
+      self.firstBackwardSeconds = firstBackwardSeconds
     }
   }
 
@@ -122,7 +133,11 @@ public struct ProfileFile: Sendable, Equatable {
       let at = "shapes[\(i)] (\"\(s.shape.prefix(200))\")"
       guard !s.shape.isEmpty else { throw InputError(file: file, "shapes[\(i)]: shape is empty") }
       guard seen.insert(s.shape).inserted else { throw InputError(file: file, "\(at): the shape is listed twice") }
-      for (name, times) in [("forward_seconds", s.forward_seconds), ("backward_seconds", s.backward_seconds)] {
+      let named: [(String, Times?)] = [
+        ("forward_seconds", s.forward_seconds), ("backward_seconds", s.backward_seconds),
+        ("first_forward_seconds", s.first_forward_seconds), ("first_backward_seconds", s.first_backward_seconds),
+      ]
+      for case let (name, times?) in named {
         let values: [Double]
         switch times {
         case .every(let v): values = [v]
@@ -136,27 +151,37 @@ public struct ProfileFile: Sendable, Equatable {
             file: file, "\(at): \(name)[\(bad)] must be a number of seconds in [0, 1e9); found \(values[bad])")
         }
       }
-      shapes.append(Shape(shape: s.shape, forwardSeconds: s.forward_seconds, backwardSeconds: s.backward_seconds))
+      shapes.append(
+        Shape(
+          shape: s.shape, forwardSeconds: s.forward_seconds, backwardSeconds: s.backward_seconds,
+          firstForwardSeconds: s.first_forward_seconds, firstBackwardSeconds: s.first_backward_seconds))
     }
     return ProfileFile(
       shapes: shapes, bandwidth: raw.bandwidth_bytes_per_second, kernels: raw.kernels,
       threadsPerDevice: raw.threads_per_device, note: raw.note)
   }
 
-  /// The forward and backward seconds of each of `blocks` blocks of the shape `key`; the error
-  /// names `file` and what is missing.
-  public func blockSeconds(_ key: String, blocks: Int, file: String) throws -> (forward: [Double], backward: [Double]) {
+  /// The forward and backward seconds of each of `blocks` blocks of the shape `key`, and those of
+  /// the first step (the others where the profile has none); the error names `file` and what is
+  /// missing.
+  public func blockSeconds(_ key: String, blocks: Int, file: String) throws -> (
+    forward: [Double], backward: [Double], firstForward: [Double], firstBackward: [Double]
+  ) {
     guard let s = shapes.first(where: { $0.shape == key }) else {
       let known = shapes.prefix(8).map { "\"\($0.shape)\"" }.joined(separator: ", ")
       throw InputError(
         file: file, "no times for the shape \"\(key)\"; the profile has \(shapes.isEmpty ? "none" : known)")
     }
-    guard let f = s.forwardSeconds.blocks(blocks), let b = s.backwardSeconds.blocks(blocks) else {
+    guard let f = s.forwardSeconds.blocks(blocks), let b = s.backwardSeconds.blocks(blocks),
+      let ff = s.firstForwardSeconds.map({ $0.blocks(blocks) }) ?? f,
+      let fb = s.firstBackwardSeconds.map({ $0.blocks(blocks) }) ?? b
+    else {
       throw InputError(
         file: file,
-        "shape \"\(key)\" has \(blocks) blocks: forward_seconds and backward_seconds need one number, or \(blocks)")
+        "shape \"\(key)\" has \(blocks) blocks: forward_seconds and backward_seconds (and first_forward_seconds and first_backward_seconds, if given) need one number, or \(blocks)"
+      )
     }
-    return (f, b)
+    return (f, b, ff, fb)
   }
 
   /// The file's JSON (what `--measure` writes).
@@ -175,7 +200,13 @@ public struct ProfileFile: Sendable, Equatable {
     lines.append("  \"shapes\": [")
     lines.append(
       shapes.map {
-        "    {\"shape\": \(quoted($0.shape)),\n     \"forward_seconds\": \(times($0.forwardSeconds)),\n     \"backward_seconds\": \(times($0.backwardSeconds))}"
+        var fields = [
+          "\"shape\": \(quoted($0.shape))", "\"forward_seconds\": \(times($0.forwardSeconds))",
+          "\"backward_seconds\": \(times($0.backwardSeconds))",
+        ]
+        if let t = $0.firstForwardSeconds { fields.append("\"first_forward_seconds\": \(times(t))") }
+        if let t = $0.firstBackwardSeconds { fields.append("\"first_backward_seconds\": \(times(t))") }
+        return "    {" + fields.joined(separator: ",\n     ") + "}"
       }.joined(separator: ",\n"))
     lines.append("  ]")
     lines.append("}")
@@ -201,6 +232,8 @@ public struct ProfileFile: Sendable, Equatable {
     var shape: String
     var forward_seconds: Times
     var backward_seconds: Times
+    var first_forward_seconds: Times?
+    var first_backward_seconds: Times?
   }
 
   private static func describe(_ e: DecodingError) -> String {

@@ -211,12 +211,14 @@ extension FuzzTests {
       """,
       #"{"hydra_profile": 1, "shapes": []}"#,
       #"{"hydra_profile": 1, "shapes": [{"shape": "x", "forward_seconds": 1, "backward_seconds": [1, 2]}]}"#,
+      #"{"hydra_profile": 1, "shapes": [{"shape": "x", "forward_seconds": 1, "backward_seconds": 2, "first_forward_seconds": [3, 4, 5], "first_backward_seconds": 6}]}"#,
     ]
     try fuzz(
       "profile.json", seeds: seeds.map { Array($0.utf8) },
       dictionary: [
         "{", "}", "[", "]", ",", ":", "\"", "1e309", "-1", "nan", "null", "true", "\"shape\"", "\"shapes\"",
-        "\"forward_seconds\"", "\"backward_seconds\"", "\"hydra_profile\"", "9223372036854775807", "\\u0000", "0.5",
+        "\"forward_seconds\"", "\"backward_seconds\"", "\"first_forward_seconds\"", "\"hydra_profile\"",
+        "9223372036854775807", "\\u0000", "0.5",
       ], iterations: Self.iterations / 4, seed: 14
     ) { _, path in
       let profile = try ProfileFile.read(path)

@@ -94,6 +94,33 @@ final class PlanTests: XCTestCase {
     XCTAssertTrue(r.out.contains("ideal makespan 34.25 s"), r.out)
   }
 
+  /// First-step times from the profile replace the others in each model's first step only.
+  /// m000 (batch 4), first step: shard 0 fwd 2, shard 1 fwd 2 + 2, bwd 6 + 6, shard 0 bwd 4 = 22;
+  /// its second step 11 (as above), with its evaluation 5.25 (steady forwards): 38.25. m001 (batch
+  /// 8), every block's first fwd 3 and bwd 5: 3 + 6 + 10 + 5 = 24, then 18, and 5.25: 47.25.
+  /// sequential: 85.5; lrtf on 2 devices: each model on its own device, 47.25.
+  func testFirstStepTimesGiveMakespansComputedByHand() throws {
+    let dir = try temporaryFolder()
+    let job = try job(dir)
+    let profile = dir + "/first.json"
+    try """
+    {"hydra_profile": 1, "shapes": [
+      {"shape": "\(shape4)", "forward_seconds": [1, 1, 1], "backward_seconds": [2, 3, 3],
+       "first_forward_seconds": 2, "first_backward_seconds": [4, 6, 6]},
+      {"shape": "\(shape8)", "forward_seconds": 2, "backward_seconds": 4,
+       "first_forward_seconds": 3, "first_backward_seconds": 5}]}
+    """.write(toFile: profile, atomically: true, encoding: .utf8)
+    let r = try hydra(["plan", job, "--profile", profile])
+    XCTAssertEqual(r.status, 0, r.err)
+    let m = makespans(r.out)
+    XCTAssertEqual(m["sequential"], 85.5)
+    XCTAssertEqual(m["lrtf"], 47.25)
+    // The file's own JSON reads back the same.
+    let parsed = try ProfileFile.read(profile)
+    XCTAssertEqual(parsed.shapes[0].firstBackwardSeconds, .each([4, 6, 6]))
+    XCTAssertEqual(try ProfileFile.parse(Data(parsed.json().utf8), file: "again"), parsed)
+  }
+
   /// The job's selection policy runs in the simulation. sha with min_steps 1, eta 2: one rung at
   /// step 1, where the better of the two models (by the stand-in ranking) goes on and the other
   /// stops. From the hand computation above: m000's step 1 and rung evaluation end at 11 + 5.25 =
@@ -138,6 +165,14 @@ final class PlanTests: XCTestCase {
       (
         #"{"hydra_profile": 1, "shapes": [{"shape": "x", "forward_seconds": "1", "backward_seconds": 1}]}"#, "shapes[0]"
       ),
+      (
+        #"{"hydra_profile": 1, "shapes": [{"shape": "x", "forward_seconds": 1, "backward_seconds": 1, "first_backward_seconds": [-2]}]}"#,
+        "first_backward_seconds[0] must be a number of seconds"
+      ),
+      (
+        #"{"hydra_profile": 1, "shapes": [{"shape": "\#(shape4)", "forward_seconds": 1, "backward_seconds": 1, "first_forward_seconds": [1, 1]}]}"#,
+        "has 3 blocks"
+      ),
     ]
     for (i, (text, message)) in cases.enumerated() {
       let profile = dir + "/bad-\(i).json"
@@ -166,6 +201,9 @@ final class PlanTests: XCTestCase {
     XCTAssertEqual(profile.threadsPerDevice, 1)
     let times = try profile.blockSeconds(shape4, blocks: 3, file: cache)
     XCTAssertTrue((times.forward + times.backward).allSatisfy { $0 > 0 })
+    // The first step's times are measured too (on memory mapped afresh).
+    XCTAssertNotNil(profile.shapes[0].firstForwardSeconds)
+    XCTAssertTrue((times.firstForward + times.firstBackward).allSatisfy { $0 > 0 })
     // The second plan measures nothing and simulates the same times.
     let second = try hydra(["plan", job, "--measure", "--scheduler", "lrtf"])
     XCTAssertEqual(second.status, 0, second.err)

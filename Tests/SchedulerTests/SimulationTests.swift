@@ -86,6 +86,38 @@ final class SimulationTests: XCTestCase {
     XCTAssertEqual(alone.makespan, 14 + 3)
   }
 
+  /// First-step times (a process's first step maps its buffers afresh) hold for step 0 only, and
+  /// count in the remaining time that orders lrtf. 1 device: mA has 2 steps of one shard, fwd 1,
+  /// bwd 1, but 10 and 10 in its first step; mB 2 steps of fwd 2, bwd 2. mA's remaining time at the
+  /// start is 10 + 10 + 2 = 22 against mB's 8, so lrtf runs mA first: mA f [0,10], mA b [10,20]
+  /// (its remaining 12 > 8); now mA has 2 left against mB's 8: mB f [20,22], b [22,24], f [24,26].
+  /// At 26 both have 2 left and the lower index goes first: mA f [26,27]; then mB's 2 > mA's 1:
+  /// mB b [27,29], mA b [29,30]. Without the first-step times mA's remaining time would be 4 < 8
+  /// and mB would go first.
+  func testFirstStepTimesHoldForTheFirstStepOnly() throws {
+    var a = one([1], [1], steps: 2)
+    a.firstForwardSeconds = [10]
+    a.firstBackwardSeconds = [10]
+    let b = one([2], [2], steps: 2)
+    XCTAssertEqual(a.totalSeconds, 22)
+    XCTAssertEqual(a.firstStepSeconds, 20)
+    let r = try simulate([a, b], devices: 1, scheduler: LRTFScheduler())
+    XCTAssertEqual(r.intervals.map(\.model), [0, 0, 1, 1, 1, 0, 1, 0])
+    XCTAssertEqual(r.intervals.map(\.start), [0, 10, 20, 22, 24, 26, 27, 29])
+    XCTAssertEqual(r.finishTimes, [30, 29])
+    XCTAssertEqual(r.makespan, 30)
+    var plain = a
+    plain.firstForwardSeconds = []
+    plain.firstBackwardSeconds = []
+    XCTAssertEqual(try simulate([plain, b], devices: 1, scheduler: LRTFScheduler()).intervals.first?.model, 1)
+    // Wrong counts are refused.
+    var bad = a
+    bad.firstBackwardSeconds = [1, 2]
+    XCTAssertThrowsError(try simulate([bad], devices: 1, scheduler: LRTFScheduler()))
+    bad.firstBackwardSeconds = [-1]
+    XCTAssertThrowsError(try simulate([bad], devices: 1, scheduler: LRTFScheduler()))
+  }
+
   /// Selection policies run on the simulated clock. 3 models of one shard (fwd 1, bwd 1), 3 steps,
   /// one rung at step 1 (min_steps 1, eta 3: 3 is not below 3 steps), 1 device, fifo (longest
   /// ready first, then model index): m0 f [0,1], m1 f [1,2], m2 f [2,3], m0 b [3,4], m1 b [4,5],
