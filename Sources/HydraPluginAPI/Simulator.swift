@@ -18,6 +18,12 @@ public struct SimulatedModel: Sendable, Equatable {
   /// evaluations are simulated.
   public var evaluationSeconds: Double = 0
   public var evalEvery = 0
+  /// Seconds of one checkpoint write (the model's weights and optimizer state, hashed and flushed),
+  /// which the device that ended the step does after the evaluation, as the runtime does: after
+  /// the step numbered a multiple of `checkpointEvery` (0: none in between), at a rung and after
+  /// the last step. 0: no checkpoints are simulated.
+  public var checkpointSeconds: Double = 0
+  public var checkpointEvery = 0
   /// Seconds of each shard's forward and backward in the first step the process runs, when they
   /// differ from the others (empty: they do not): that step's tasks map their buffers, gradients
   /// and optimizer state afresh, a page fault per 4 KiB, where later steps reuse them.
@@ -34,6 +40,10 @@ public struct SimulatedModel: Sendable, Equatable {
   func evaluates(after done: Int) -> Bool {
     evaluationSeconds > 0 && (done == steps || (evalEvery > 0 && done % evalEvery == 0))
   }
+  /// Whether a checkpoint is written once it has done `done` steps (ModelRun's rule, rungs aside).
+  func checkpoints(after done: Int) -> Bool {
+    checkpointSeconds > 0 && (done == steps || (checkpointEvery > 0 && done % checkpointEvery == 0))
+  }
 
   public var shardCount: Int { forwardSeconds.count }
   /// Seconds of one step: every task of its chain.
@@ -42,6 +52,7 @@ public struct SimulatedModel: Sendable, Equatable {
   public var totalSeconds: Double {
     guard steps > 0 else { return 0 }
     return firstStepSeconds + Double(steps - 1) * stepSeconds + Double(evaluationCount) * evaluationSeconds
+      + Double(checkpointCount) * checkpointSeconds
   }
   /// Seconds of the first step (`stepSeconds` without first-step times).
   public var firstStepSeconds: Double { chain.seconds(from: 0, forward: forward(step: 0), backward: backward(step: 0)) }
@@ -53,10 +64,14 @@ public struct SimulatedModel: Sendable, Equatable {
     step == 0 && !firstBackwardSeconds.isEmpty ? firstBackwardSeconds : backwardSeconds
   }
   /// The evaluations of a whole run (`evaluates(after:)` for steps 1...steps).
-  public var evaluationCount: Int {
-    guard evaluationSeconds > 0, steps > 0 else { return 0 }
-    guard evalEvery > 0 else { return 1 }
-    return steps / evalEvery + (steps % evalEvery == 0 ? 0 : 1)
+  public var evaluationCount: Int { evaluationSeconds > 0 ? Self.count(steps: steps, every: evalEvery) : 0 }
+  /// The checkpoints of a whole run (`checkpoints(after:)` for steps 1...steps).
+  public var checkpointCount: Int { checkpointSeconds > 0 ? Self.count(steps: steps, every: checkpointEvery) : 0 }
+  /// The steps of 1...steps that are multiples of `every`, or the last.
+  private static func count(steps: Int, every: Int) -> Int {
+    guard steps > 0 else { return 0 }
+    guard every > 0 else { return 1 }
+    return steps / every + (steps % every == 0 ? 0 : 1)
   }
 
   public var chain: StepChain { StepChain(shards: shardCount) }
@@ -139,6 +154,9 @@ public struct SimulationResult: Sendable {
   /// The evaluations the models' `evaluationSeconds` asked for, in the order they ended (not in
   /// `intervals`, which are shard tasks; `busySeconds` counts both).
   public var evaluations: [EvaluationInterval] = []
+  /// The checkpoint writes the models' `checkpointSeconds` asked for, in the order they ended
+  /// (each right after its step's evaluation, if any; `busySeconds` counts them).
+  public var checkpoints: [EvaluationInterval] = []
   /// Under a selection policy: the steps each model trained (fewer than its `steps` when stopped).
   public var stepsDone: [Int] = []
 
@@ -159,7 +177,7 @@ public struct SimulationResult: Sendable {
   public var busySeconds: [Double] {
     var busy = [Double](repeating: 0, count: deviceCount)
     for i in intervals { busy[i.device] += i.end - i.start }
-    for e in evaluations { busy[e.device] += e.end - e.start }
+    for e in evaluations + checkpoints { busy[e.device] += e.end - e.start }
     return busy
   }
   /// Busy time over `makespan x devices`, in 0...1 (0 when nothing ran).
@@ -208,6 +226,7 @@ public func simulate(
     guard model.steps >= 0, model.shardCount >= 1, model.backwardSeconds.count == model.shardCount,
       (model.forwardSeconds + model.backwardSeconds).allSatisfy({ $0.isFinite && $0 >= 0 }),
       model.evaluationSeconds.isFinite, model.evaluationSeconds >= 0, model.evalEvery >= 0,
+      model.checkpointSeconds.isFinite, model.checkpointSeconds >= 0, model.checkpointEvery >= 0,
       model.stateBytes.isEmpty
         || (model.stateBytes.count == model.shardCount && model.stateBytes.allSatisfy { $0 >= 0 }),
       [model.firstForwardSeconds, model.firstBackwardSeconds].allSatisfy({
@@ -215,7 +234,7 @@ public func simulate(
       })
     else {
       throw RuntimeError(
-        "simulate: model \(m) needs steps >= 0 and, per shard (at least one), a forward and a backward time that are finite and >= 0 (and state bytes >= 0, first-step times finite and >= 0, if any; an evaluation time finite and >= 0, evalEvery >= 0)"
+        "simulate: model \(m) needs steps >= 0 and, per shard (at least one), a forward and a backward time that are finite and >= 0 (and state bytes >= 0, first-step times finite and >= 0, if any; evaluation and checkpoint times finite and >= 0, evalEvery and checkpointEvery >= 0)"
       )
     }
   }
@@ -235,9 +254,11 @@ public func simulate(
   var shardDevice = models.map { [Int?](repeating: nil, count: $0.shardCount) }
   var finished = Set(models.indices.filter { models[$0].steps == 0 })
   var busy = [TaskInterval?](repeating: nil, count: devices)
-  // The evaluation each device is doing (of the model whose step it ended), with its start.
-  var evaluating = [(model: Int, start: Double)?](repeating: nil, count: devices)
-  var evaluations: [EvaluationInterval] = []
+  // The work after a step each device is doing (of the model whose step it ended): from `start`,
+  // an evaluation until `evaluatedAt` (nil: none), then a checkpoint if `checkpoint`.
+  var evaluating = [(model: Int, start: Double, evaluatedAt: Double?, checkpoint: Bool)?](
+    repeating: nil, count: devices)
+  var evaluations: [EvaluationInterval] = [], checkpoints: [EvaluationInterval] = []
   // Under selection: models waiting at a rung, and models to stop when their running task ends.
   var paused = Set<Int>(), stopWhenDone = Set<Int>()
   var intervals: [TaskInterval] = [], decisions = 0, now = 0.0
@@ -367,7 +388,15 @@ public func simulate(
       if let e = evaluating[d] {
         evaluating[d] = nil
         free.insert(d, at: free.partitioningIndex(of: d))
-        evaluations.append(EvaluationInterval(device: d, model: e.model, step: step[e.model], start: e.start, end: now))
+        if let at = e.evaluatedAt {
+          evaluations.append(
+            EvaluationInterval(device: d, model: e.model, step: step[e.model], start: e.start, end: at))
+        }
+        if e.checkpoint {
+          checkpoints.append(
+            EvaluationInterval(
+              device: d, model: e.model, step: step[e.model], start: e.evaluatedAt ?? e.start, end: now))
+        }
         readySince[e.model] = now
         try stepOver(e.model)
         continue
@@ -394,10 +423,14 @@ public func simulate(
       position[m] = 0
       step[m] += 1
       let atRung = selection?.setup.rungSteps[m].contains(step[m]) ?? false
-      if models[m].evaluationSeconds > 0 && (models[m].evaluates(after: step[m]) || atRung) {
-        // The device that ended the step evaluates the model before either goes on.
-        evaluating[d] = (m, now)
-        ends.push(end: now + models[m].evaluationSeconds, device: d)
+      let evaluate = models[m].evaluationSeconds > 0 && (models[m].evaluates(after: step[m]) || atRung)
+      let checkpoint = models[m].checkpointSeconds > 0 && (models[m].checkpoints(after: step[m]) || atRung)
+      if evaluate || checkpoint {
+        // The device that ended the step evaluates the model and writes its checkpoint before
+        // either goes on.
+        let evaluatedAt = evaluate ? now + models[m].evaluationSeconds : nil
+        evaluating[d] = (m, now, evaluatedAt, checkpoint)
+        ends.push(end: (evaluatedAt ?? now) + (checkpoint ? models[m].checkpointSeconds : 0), device: d)
       } else {
         free.insert(d, at: free.partitioningIndex(of: d))
         try stepOver(m)
@@ -409,6 +442,7 @@ public func simulate(
     makespan: now, deviceCount: devices, intervals: intervals, decisions: decisions, moves: moves,
     movedBytes: movedBytes, finishTimes: finishTimes)
   result.evaluations = evaluations
+  result.checkpoints = checkpoints
   result.stepsDone = step
   return result
 }

@@ -5,7 +5,7 @@ import HydraCore
 public struct TraceEvent: Sendable {
   public var device: Int
   public var model: String
-  public var name: String  // "s2 fwd", "s0 bwd", "eval"
+  public var name: String  // "s2 fwd", "s0 bwd", "eval", "checkpoint"
   public var step: Int
   public var start: Double
   public var end: Double
@@ -647,12 +647,18 @@ public final class Coordinator: @unchecked Sendable {
 
   /// Records an evaluation box on the trace.
   public func recordEvaluation(of run: ModelRun, on device: Device, start: Double, end: Double? = nil) {
+    recordStepWork("eval", of: run, on: device, start: start, end: end)
+  }
+
+  /// A box on the trace for work after a step (`eval`, `checkpoint`) on `device`, from `start`
+  /// (or the device's last box's end, if later) to `end` (default: now).
+  public func recordStepWork(_ name: String, of run: ModelRun, on device: Device, start: Double, end: Double? = nil) {
     condition.lock()
     let start = max(start, lastEnd[device.index])
     let end = max(end ?? elapsed(), start)
     lastEnd[device.index] = end
     _trace.append(
-      TraceEvent(device: device.index, model: run.id, name: "eval", step: run.step, start: start, end: end))
+      TraceEvent(device: device.index, model: run.id, name: name, step: run.step, start: start, end: end))
     condition.unlock()
   }
 }

@@ -290,7 +290,11 @@ public final class JobRunner {
           // Rows before the checkpoint: a run killed between the two resumes before this step and
           // records it again (a resume drops rows past its checkpoint), never past it without them.
           try recordRows()
-          if checkpoint { try writeCheckpoint(run, device: device.index) }
+          if checkpoint {
+            let start = coordinator.elapsed()
+            try writeCheckpoint(run, device: device.index)
+            coordinator.recordStepWork("checkpoint", of: run, on: device, start: start)
+          }
         }
         try select(run, e)
       }

@@ -141,7 +141,7 @@ public final class OutputFolder {
       let model = jsonString(e.model), task = jsonString(e.name)
       out += "\(i + devices == 0 ? "" : ",")\n{\"args\":{\"model\":\(model),\"step\":\(e.step),\"task\":\(task)},"
       out +=
-        "\"cat\":\"\(e.name == "eval" ? "eval" : "shard")\",\"dur\":\(dur),\"name\":\(jsonString(e.model + " " + e.name)),"
+        "\"cat\":\"\(e.name == "eval" || e.name == "checkpoint" ? e.name : "shard")\",\"dur\":\(dur),\"name\":\(jsonString(e.model + " " + e.name)),"
       out += "\"ph\":\"X\",\"pid\":0,\"tid\":\(e.device),\"ts\":\(ts)}"
     }
     out += "\n]}\n"

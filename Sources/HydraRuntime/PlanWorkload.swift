@@ -1,4 +1,5 @@
 import Foundation
+import HydraConfig
 import HydraCore
 
 /// Where `hydra-mpi plan` takes task times from.
@@ -19,6 +20,7 @@ extension JobRunner {
       let batch = member.train.batchSize
       let forward: [Double], backward: [Double]
       var firstForward: [Double] = [], firstBackward: [Double] = []
+      var checkpointSeconds = 0.0
       switch times {
       case .flops(let gflops):
         forward = plan.shards.map { range in
@@ -34,6 +36,9 @@ extension JobRunner {
           firstForward = plan.shards.map { range in range.reduce(0) { $0 + blocks.firstForward[$1] } }
           firstBackward = plan.shards.map { range in range.reduce(0) { $0 + blocks.firstBackward[$1] } }
         }
+        checkpointSeconds =
+          profile.shapes.first { $0.shape == ProfileFile.key(plan.spec, batch: batch) }?
+          .checkpointSeconds ?? 0
       }
       var model = SimulatedModel(steps: member.train.steps, forwardSeconds: forward, backwardSeconds: backward)
       model.firstForwardSeconds = firstForward
@@ -44,6 +49,8 @@ extension JobRunner {
         plan.data.validationCount, member.train.evalBatches.multipliedReportingOverflow(by: batch).partialValue)
       model.evaluationSeconds = Double(max(rows, 0)) / Double(batch) * forward.reduce(0, +)
       model.evalEvery = member.train.evalEvery
+      model.checkpointSeconds = checkpointSeconds
+      model.checkpointEvery = member.train.checkpointEvery
       model.stateBytes = plan.shards.map { range in
         range.reduce(0) { saturatingSum($0, plan.request.blocks[$1].stateBytes(stateCopies: plan.request.stateCopies)) }
       }
@@ -127,10 +134,12 @@ extension JobRunner {
         try BlockProfile.measureDirections(
           spec, batch: batch, repetitions: repetitions, kernels: k, optimizer: optimizer)
       }
+      let checkpoint = try checkpointSeconds(plan, member: member, repetitions: repetitions)
       profile.shapes.append(
         .init(
           shape: key, forwardSeconds: .each(steady.forward), backwardSeconds: .each(steady.backward),
-          firstForwardSeconds: .each(first.forward), firstBackwardSeconds: .each(first.backward)))
+          firstForwardSeconds: .each(first.forward), firstBackwardSeconds: .each(first.backward),
+          checkpointSeconds: checkpoint))
       added += 1
     }
     if added > 0 {
@@ -144,6 +153,38 @@ extension JobRunner {
       log("profile: every shape from \(path)")
     }
     return (profile, path)
+  }
+}
+
+extension JobRunner {
+  /// Seconds of one checkpoint write of `plan`'s model, as the runtime writes it (`Checkpoint.write`:
+  /// weights and optimizer state, hashed and flushed, into the output folder's file system): the
+  /// mean of `repetitions` (1 to 3) writes of a model built like the member, its state touched,
+  /// each into a scratch folder of the output folder, removed after. Not counted: bringing a
+  /// shard's state back from the host store or its spill file first, which a job whose state
+  /// spills also does.
+  func checkpointSeconds(_ plan: Plan, member: ModelMember, repetitions: Int) throws -> Double {
+    let t = member.train
+    let settings = TrainSettings(steps: t.steps, batchSize: t.batchSize, optimizer: Self.optimizer(t))
+    let run = try ModelRun(
+      index: 0, id: member.id, spec: plan.spec, seed: member.seed, settings: settings, data: plan.data,
+      shards: plan.shards, backend: try registry.makeBackend("shm", devices: 1))
+    // A job's optimizer state holds values by its first checkpoint; fresh zero pages read faster.
+    for p in run.ownedParameters { for s in p.state { s.data.update(repeating: 1e-3, count: s.count) } }
+    let scratch = config.job.output + "/.profile-checkpoint-\(getpid())"
+    defer { try? FileManager.default.removeItem(atPath: scratch) }
+    let n = max(1, min(repetitions, 3))
+    var total = 0.0
+    for r in 0..<n {
+      let start = DispatchTime.now().uptimeNanoseconds
+      do {
+        try Checkpoint.write(run, to: scratch + "/\(r)", keep: 1)
+      } catch {
+        throw WriteError(file: scratch, "cannot time a checkpoint write for the profile: \(error)")
+      }
+      total += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    }
+    return total / Double(n)
   }
 }
 

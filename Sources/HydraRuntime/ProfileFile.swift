@@ -11,12 +11,14 @@ import HydraCore
 ///   "shapes": [ { "shape": "gpt layers=2 d_model=32 heads=4 context=32 vocab=256 batch=8",
 ///                 "forward_seconds": [0.001, 0.002, 0.002, 0.003],
 ///                 "backward_seconds": 0.004,
-///                 "first_forward_seconds": 0.009, "first_backward_seconds": 0.012 } ] }
+///                 "first_forward_seconds": 0.009, "first_backward_seconds": 0.012,
+///                 "checkpoint_seconds": 0.05 } ] }
 /// ```
 ///
 /// A shape's times are one number per block (or one number for every block) at that batch size.
 /// The `first_` times, optional, are those of the first step a process runs, which maps its
-/// buffers and optimizer state afresh.
+/// buffers and optimizer state afresh; `checkpoint_seconds`, optional, one checkpoint write of the
+/// whole model.
 public struct ProfileFile: Sendable, Equatable {
   public struct Shape: Sendable, Equatable {
     public var shape: String
@@ -25,15 +27,18 @@ public struct ProfileFile: Sendable, Equatable {
     /// The first step's times, when given.
     public var firstForwardSeconds: Times?
     public var firstBackwardSeconds: Times?
+    /// Seconds of one checkpoint write of the whole model, when given.
+    public var checkpointSeconds: Double?
     public init(
       shape: String, forwardSeconds: Times, backwardSeconds: Times, firstForwardSeconds: Times? = nil,
-      firstBackwardSeconds: Times? = nil
+      firstBackwardSeconds: Times? = nil, checkpointSeconds: Double? = nil
     ) {
       self.shape = shape
       self.forwardSeconds = forwardSeconds
       self.backwardSeconds = backwardSeconds
       self.firstForwardSeconds = firstForwardSeconds
       self.firstBackwardSeconds = firstBackwardSeconds
+      self.checkpointSeconds = checkpointSeconds
     }
   }
 
@@ -151,10 +156,14 @@ public struct ProfileFile: Sendable, Equatable {
             file: file, "\(at): \(name)[\(bad)] must be a number of seconds in [0, 1e9); found \(values[bad])")
         }
       }
+      if let c = s.checkpoint_seconds, !(c.isFinite && c >= 0 && c < 1e9) {
+        throw InputError(file: file, "\(at): checkpoint_seconds must be a number of seconds in [0, 1e9); found \(c)")
+      }
       shapes.append(
         Shape(
           shape: s.shape, forwardSeconds: s.forward_seconds, backwardSeconds: s.backward_seconds,
-          firstForwardSeconds: s.first_forward_seconds, firstBackwardSeconds: s.first_backward_seconds))
+          firstForwardSeconds: s.first_forward_seconds, firstBackwardSeconds: s.first_backward_seconds,
+          checkpointSeconds: s.checkpoint_seconds))
     }
     return ProfileFile(
       shapes: shapes, bandwidth: raw.bandwidth_bytes_per_second, kernels: raw.kernels,
@@ -206,6 +215,7 @@ public struct ProfileFile: Sendable, Equatable {
         ]
         if let t = $0.firstForwardSeconds { fields.append("\"first_forward_seconds\": \(times(t))") }
         if let t = $0.firstBackwardSeconds { fields.append("\"first_backward_seconds\": \(times(t))") }
+        if let c = $0.checkpointSeconds { fields.append("\"checkpoint_seconds\": \(c)") }
         return "    {" + fields.joined(separator: ",\n     ") + "}"
       }.joined(separator: ",\n"))
     lines.append("  ]")
@@ -234,6 +244,7 @@ public struct ProfileFile: Sendable, Equatable {
     var backward_seconds: Times
     var first_forward_seconds: Times?
     var first_backward_seconds: Times?
+    var checkpoint_seconds: Double?
   }
 
   private static func describe(_ e: DecodingError) -> String {

@@ -15,6 +15,9 @@ public enum SimulationReport {
       + r.evaluations.map { e in
         TraceEvent(device: e.device, model: id(e.model), name: "eval", step: e.step, start: e.start, end: e.end)
       }
+      + r.checkpoints.map { e in
+        TraceEvent(device: e.device, model: id(e.model), name: "checkpoint", step: e.step, start: e.start, end: e.end)
+      }
   }
 
   /// `plan.json`'s text.

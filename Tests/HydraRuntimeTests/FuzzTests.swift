@@ -217,7 +217,8 @@ extension FuzzTests {
       "profile.json", seeds: seeds.map { Array($0.utf8) },
       dictionary: [
         "{", "}", "[", "]", ",", ":", "\"", "1e309", "-1", "nan", "null", "true", "\"shape\"", "\"shapes\"",
-        "\"forward_seconds\"", "\"backward_seconds\"", "\"first_forward_seconds\"", "\"hydra_profile\"",
+        "\"forward_seconds\"", "\"backward_seconds\"", "\"first_forward_seconds\"", "\"checkpoint_seconds\"",
+        "\"hydra_profile\"",
         "9223372036854775807", "\\u0000", "0.5",
       ], iterations: Self.iterations / 4, seed: 14
     ) { _, path in

@@ -94,27 +94,32 @@ final class PlanTests: XCTestCase {
     XCTAssertTrue(r.out.contains("ideal makespan 34.25 s"), r.out)
   }
 
-  /// First-step times from the profile replace the others in each model's first step only.
+  /// First-step times from the profile replace the others in each model's first step only, and a
+  /// checkpoint write holds the device after the last step (checkpoint_every 0: only there).
   /// m000 (batch 4), first step: shard 0 fwd 2, shard 1 fwd 2 + 2, bwd 6 + 6, shard 0 bwd 4 = 22;
-  /// its second step 11 (as above), with its evaluation 5.25 (steady forwards): 38.25. m001 (batch
-  /// 8), every block's first fwd 3 and bwd 5: 3 + 6 + 10 + 5 = 24, then 18, and 5.25: 47.25.
-  /// sequential: 85.5; lrtf on 2 devices: each model on its own device, 47.25.
-  func testFirstStepTimesGiveMakespansComputedByHand() throws {
+  /// its second step 11 (as above), with its evaluation 5.25 (steady forwards) and its checkpoint
+  /// 0.75: 39. m001 (batch 8), every block's first fwd 3 and bwd 5: 3 + 6 + 10 + 5 = 24, then 18,
+  /// and 5.25, no checkpoint time: 47.25. sequential: 86.25; lrtf on 2 devices: each model on its
+  /// own device, 47.25.
+  func testFirstStepAndCheckpointTimesGiveMakespansComputedByHand() throws {
     let dir = try temporaryFolder()
     let job = try job(dir)
     let profile = dir + "/first.json"
     try """
     {"hydra_profile": 1, "shapes": [
       {"shape": "\(shape4)", "forward_seconds": [1, 1, 1], "backward_seconds": [2, 3, 3],
-       "first_forward_seconds": 2, "first_backward_seconds": [4, 6, 6]},
+       "first_forward_seconds": 2, "first_backward_seconds": [4, 6, 6], "checkpoint_seconds": 0.75},
       {"shape": "\(shape8)", "forward_seconds": 2, "backward_seconds": 4,
        "first_forward_seconds": 3, "first_backward_seconds": 5}]}
     """.write(toFile: profile, atomically: true, encoding: .utf8)
     let r = try hydra(["plan", job, "--profile", profile])
     XCTAssertEqual(r.status, 0, r.err)
     let m = makespans(r.out)
-    XCTAssertEqual(m["sequential"], 85.5)
+    XCTAssertEqual(m["sequential"], 86.25)
     XCTAssertEqual(m["lrtf"], 47.25)
+    // Every 1 step instead: m000 writes 2 checkpoints, 39.75; sequential 87.
+    let every = try hydra(["plan", job, "--profile", profile, "--set", "train.checkpoint_every=1"])
+    XCTAssertEqual(makespans(every.out)["sequential"], 87, every.out + every.err)
     // The file's own JSON reads back the same.
     let parsed = try ProfileFile.read(profile)
     XCTAssertEqual(parsed.shapes[0].firstBackwardSeconds, .each([4, 6, 6]))
@@ -173,6 +178,10 @@ final class PlanTests: XCTestCase {
         #"{"hydra_profile": 1, "shapes": [{"shape": "\#(shape4)", "forward_seconds": 1, "backward_seconds": 1, "first_forward_seconds": [1, 1]}]}"#,
         "has 3 blocks"
       ),
+      (
+        #"{"hydra_profile": 1, "shapes": [{"shape": "x", "forward_seconds": 1, "backward_seconds": 1, "checkpoint_seconds": -1}]}"#,
+        "checkpoint_seconds must be a number of seconds"
+      ),
     ]
     for (i, (text, message)) in cases.enumerated() {
       let profile = dir + "/bad-\(i).json"
@@ -204,6 +213,9 @@ final class PlanTests: XCTestCase {
     // The first step's times are measured too (on memory mapped afresh).
     XCTAssertNotNil(profile.shapes[0].firstForwardSeconds)
     XCTAssertTrue((times.firstForward + times.firstBackward).allSatisfy { $0 > 0 })
+    // And one checkpoint write, in a scratch folder that is gone again.
+    XCTAssertGreaterThan(profile.shapes[0].checkpointSeconds ?? 0, 0)
+    XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/out"), ["profile.json"])
     // The second plan measures nothing and simulates the same times.
     let second = try hydra(["plan", job, "--measure", "--scheduler", "lrtf"])
     XCTAssertEqual(second.status, 0, second.err)
@@ -211,6 +223,13 @@ final class PlanTests: XCTestCase {
     XCTAssertEqual(makespans(second.out)["lrtf"], makespans(first.out)["lrtf"])
     // The cache is no result: the job still runs into that folder.
     XCTAssertEqual(try hydra(["run", job]).status, 0)
+    // Its trace shows the device's time on each model's checkpoint (one each, after the last step).
+    let trace = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/out/trace.json")))
+    let boxes = ((trace as? [String: Any])?["traceEvents"] as? [[String: Any]] ?? []).filter {
+      $0["cat"] as? String == "checkpoint"
+    }
+    XCTAssertEqual(boxes.compactMap { ($0["args"] as? [String: Any])?["step"] as? Int }, [2, 2])
+    XCTAssertEqual(Set(boxes.compactMap { ($0["args"] as? [String: Any])?["model"] as? String }), ["m000", "m001"])
   }
 
   func testOutputHoldsTheSimulatedRunLikeARealOne() throws {
@@ -219,7 +238,7 @@ final class PlanTests: XCTestCase {
     let profile = dir + "/profile.json"
     try """
     {"hydra_profile": 1, "bandwidth_bytes_per_second": 1e12, "shapes": [
-      {"shape": "\(shape4)", "forward_seconds": 1, "backward_seconds": 2},
+      {"shape": "\(shape4)", "forward_seconds": 1, "backward_seconds": 2, "checkpoint_seconds": 0.5},
       {"shape": "\(shape8)", "forward_seconds": 1, "backward_seconds": 2}]}
     """.write(toFile: profile, atomically: true, encoding: .utf8)
     let r = try hydra(["plan", job, "--profile", profile, "--scheduler", "sequential", "--output", dir + "/sim"])
@@ -229,9 +248,11 @@ final class PlanTests: XCTestCase {
     let events = ((trace as? [String: Any])?["traceEvents"] as? [[String: Any]] ?? []).filter {
       $0["ph"] as? String == "X"
     }
-    // 2 models x 2 steps x 2 shards x (fwd + bwd), and each model's final evaluation.
-    XCTAssertEqual(events.count, 18)
+    // 2 models x 2 steps x 2 shards x (fwd + bwd), each model's final evaluation, and m000's
+    // final checkpoint (m001's shape has no checkpoint time).
+    XCTAssertEqual(events.count, 19)
     XCTAssertEqual(events.filter { $0["cat"] as? String == "eval" }.count, 2)
+    XCTAssertEqual(events.filter { $0["cat"] as? String == "checkpoint" }.count, 1)
     XCTAssertTrue(try String(contentsOfFile: folder + "/schedule.svg").contains("<svg"))
     let plan =
       try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/plan.json")))
@@ -239,7 +260,7 @@ final class PlanTests: XCTestCase {
     // sequential, everything on device 0: each model's step is 3 blocks x (1 + 2) = 9 s of work,
     // plus moves: every task's shard state comes from the host or the other shard's device. Then
     // each model's final evaluation (7 validation rows, see above): m000 7/4 x 3 s, m001 7/8 x 3 s,
-    // 7.875 s together, which keep device 0 busy too: utilisation 1.
+    // 7.875 s together, and m000's checkpoint, 0.5 s, which keep device 0 busy too: utilisation 1.
     let devices = plan?["device_utilisation"] as? [Double]
     XCTAssertEqual(devices?.count, 2)
     XCTAssertEqual(devices?[1], 0)
@@ -248,8 +269,8 @@ final class PlanTests: XCTestCase {
     let makespan = plan?["makespan_seconds"] as? Double ?? 0
     XCTAssertEqual(finish?.last, makespan)
     XCTAssertGreaterThan(plan?["moved_bytes"] as? Int ?? 0, 0)
-    XCTAssertGreaterThan(makespan, 43.875)
-    XCTAssertLessThan(makespan, 43.885)
+    XCTAssertGreaterThan(makespan, 44.375)
+    XCTAssertLessThan(makespan, 44.385)
   }
 
   /// The coordinator hands the scheduler the workload before its first decision: every model, its

@@ -96,7 +96,7 @@ final class SchedulingTests: XCTestCase {
       let ts = (e["ts"] as! NSNumber).doubleValue, dur = (e["dur"] as! NSNumber).doubleValue
       byDevice[tid, default: []].append((ts, ts + dur))
       let args = e["args"] as! [String: Any]
-      if (args["task"] as! String) != "eval" {
+      if !["eval", "checkpoint"].contains(args["task"] as! String) {
         seen["\(args["model"]!) \(args["task"]!) \(args["step"]!)", default: 0] += 1
       }
     }

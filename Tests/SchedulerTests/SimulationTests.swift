@@ -118,6 +118,36 @@ final class SimulationTests: XCTestCase {
     XCTAssertThrowsError(try simulate([bad], devices: 1, scheduler: LRTFScheduler()))
   }
 
+  /// Checkpoint writes hold the device after the step's evaluation. 1 device, one shard (fwd 1,
+  /// bwd 1), 3 steps, an evaluation after every step (1 s), a checkpoint every 2 steps and after
+  /// the last (0.5 s): step 1 [0,2], eval [2,3]; step 2 [3,5], eval [5,6], checkpoint [6,6.5];
+  /// step 3 [6.5,8.5], eval [8.5,9.5], checkpoint [9.5,10].
+  func testCheckpointsHoldTheDeviceAfterTheEvaluation() throws {
+    var m = one([1], [1], steps: 3)
+    m.evaluationSeconds = 1
+    m.evalEvery = 1
+    m.checkpointSeconds = 0.5
+    m.checkpointEvery = 2
+    XCTAssertEqual(m.checkpointCount, 2)
+    XCTAssertEqual(m.totalSeconds, 6 + 3 + 1)
+    let r = try simulate([m], devices: 1, scheduler: LRTFScheduler())
+    XCTAssertEqual(r.makespan, 10)
+    XCTAssertEqual(r.intervals.map(\.start), [0, 1, 3, 4, 6.5, 7.5])
+    XCTAssertEqual(
+      r.checkpoints,
+      [
+        EvaluationInterval(device: 0, model: 0, step: 2, start: 6, end: 6.5),
+        EvaluationInterval(device: 0, model: 0, step: 3, start: 9.5, end: 10),
+      ])
+    XCTAssertEqual(r.evaluations.map(\.end), [3, 6, 9.5])
+    XCTAssertEqual(r.busySeconds, [10])
+    // Without evaluations the checkpoint starts when the step ends.
+    m.evaluationSeconds = 0
+    let alone = try simulate([m], devices: 1, scheduler: LRTFScheduler())
+    XCTAssertEqual(alone.checkpoints.map(\.start), [4, 6.5])
+    XCTAssertEqual(alone.makespan, 7)
+  }
+
   /// Selection policies run on the simulated clock. 3 models of one shard (fwd 1, bwd 1), 3 steps,
   /// one rung at step 1 (min_steps 1, eta 3: 3 is not below 3 steps), 1 device, fifo (longest
   /// ready first, then model index): m0 f [0,1], m1 f [1,2], m2 f [2,3], m0 b [3,4], m1 b [4,5],
