@@ -35,8 +35,40 @@ func preferredDevice(for task: ReadyTask, among free: [Int]) -> Int? {
 /// as many as it takes to fill the free devices; from the sorted list when the view names a model
 /// twice).
 func assignInOrder(_ order: ReadyOrder, _ view: SchedulerView) -> [Assignment] {
-  if let index = view.readyIndex { return assignInOrder(index.ordered(order), freeDevices: view.freeDevices) }
+  if let index = view.readyIndex {
+    if index.count > 0 && index.homedCount == index.count {
+      return assignByHome(order, index, freeDevices: view.freeDevices)
+    }
+    return assignInOrder(index.ordered(order), freeDevices: view.freeDevices)
+  }
   return assignInOrder(view.ready.sorted(by: order.precedes), freeDevices: view.freeDevices)
+}
+
+/// What `assignInOrder(index.ordered(order), freeDevices:)` answers when every ready task has a
+/// home (a distributed backend), without walking past the tasks homed on busy devices: each free
+/// device takes the first task in `order` homed on it (O(log n) from the index's per-home heaps);
+/// devices with none left then go, in order, to the tasks whose state is cheaper to move than to
+/// wait for, as there. That last walk is the only one that can pass many tasks: when a device has
+/// nothing homed on it ready and the tasks ahead cost more to move than to run.
+func assignByHome(_ order: ReadyOrder, _ index: ReadyIndex, freeDevices: [Int]) -> [Assignment] {
+  var chosen: [(task: ReadyTask, device: Int)] = []
+  var free: [Int] = []
+  for d in freeDevices.sorted() {
+    var homed = index.ordered(order, home: d)
+    if let t = homed.next() { chosen.append((t, d)) } else { free.append(d) }
+  }
+  chosen.sort { order.precedes($0.task, $1.task) }
+  var out = chosen.map { Assignment(task: $0.task.task, device: $0.device) }
+  guard !free.isEmpty else { return out }
+  let taken = Set(chosen.map { $0.task.task.model })
+  for t in index.ordered(order) {
+    if free.isEmpty { break }
+    if taken.contains(t.task.model) || t.moveSeconds > t.estimatedSeconds { continue }
+    guard let d = preferredDevice(for: t, among: free) else { continue }
+    free.removeAll { $0 == d }
+    out.append(Assignment(task: t.task, device: d))
+  }
+  return out
 }
 
 /// Hands out free devices to `tasks` in the order given, each to its preferred device, until one

@@ -69,9 +69,13 @@ public final class ReadyIndex: @unchecked Sendable {
   /// Ready tasks that name a home or the devices they may run on (only under a distributed
   /// backend); schedulers whose fast path assumes any task may run anywhere check it is 0.
   public private(set) var constrainedCount = 0
+  /// Ready tasks that name a home (under a distributed backend, all of them).
+  public private(set) var homedCount = 0
   /// Fenwick tree of "model m is ready", 1-based.
   private var tree: [Int]
   private var heaps: [ReadyOrder: ReadyHeap] = [:]
+  /// Per order asked for by home: one heap per home device of the tasks homed there.
+  private var homeHeaps: [ReadyOrder: HomeHeaps] = [:]
   /// The views made over this index since it last changed: a view kept past its decision (a
   /// scheduler that records views) is given a copy of the list before the index changes under it.
   private var views: [WeakStorage] = []
@@ -110,6 +114,10 @@ public final class ReadyIndex: @unchecked Sendable {
     if task.home != nil || task.allowedDevices != nil { constrainedCount += 1 }
     add(m, 1)
     for heap in heaps.values { heap.insert(m, tasks) }
+    if let home = task.home {
+      homedCount += 1
+      for heaps in homeHeaps.values { heaps.insert(m, home: home, tasks) }
+    }
   }
 
   /// The model has no ready task any more (it started, or finished).
@@ -117,6 +125,10 @@ public final class ReadyIndex: @unchecked Sendable {
     guard let old = self[model: m] else { return }
     willChange()
     for heap in heaps.values { heap.remove(m, tasks) }
+    if old.home != nil {
+      homedCount -= 1
+      for heaps in homeHeaps.values { heaps.remove(m, tasks) }
+    }
     tasks[m] = nil
     count -= 1
     if old.home != nil || old.allowedDevices != nil { constrainedCount -= 1 }
@@ -170,9 +182,28 @@ public final class ReadyIndex: @unchecked Sendable {
     return OrderedReadyTasks(heap: heap.items, tasks: tasks, order: order)
   }
 
-  /// Drops the heap kept for `order` (a scheduler that replaced its weights no longer asks for the
-  /// old ones; their heap would otherwise be kept up to date for nothing).
-  public func forget(_ order: ReadyOrder) { heaps[order] = nil }
+  /// The ready tasks whose home is device `home`, in `order`, produced lazily: the first costs
+  /// O(1) and each next O(log k), whatever the number of models homed elsewhere. The heaps of an
+  /// order are built (O(n)) on its first request by home, then kept up to date. Valid until the
+  /// index next changes.
+  public func ordered(_ order: ReadyOrder, home: Int) -> OrderedReadyTasks {
+    let byHome: HomeHeaps
+    if let h = homeHeaps[order] {
+      byHome = h
+    } else {
+      byHome = HomeHeaps(order: order, capacity: capacity)
+      for m in 0..<capacity { if let t = tasks[m], let h = t.home { byHome.insert(m, home: h, tasks) } }
+      homeHeaps[order] = byHome
+    }
+    return OrderedReadyTasks(heap: byHome.heap(home), tasks: tasks, order: order)
+  }
+
+  /// Drops the heaps kept for `order` (a scheduler that replaced its weights no longer asks for the
+  /// old ones; their heaps would otherwise be kept up to date for nothing).
+  public func forget(_ order: ReadyOrder) {
+    heaps[order] = nil
+    homeHeaps[order] = nil
+  }
 
   /// A view over this index is being made (`SchedulerView.init(now:readyIndex:...)`).
   func register(_ view: ReadyStorage) {
@@ -282,6 +313,62 @@ final class ReadyHeap {
 
   private func down(_ start: Int, _ tasks: [ReadyTask?]) {
     HeapSift.down(from: start, count: items.count, less: { less($0, $1, tasks) }, swap: swapAt)
+  }
+}
+
+/// The models homed on each device, one binary min-heap per home in one `ReadyOrder`, with one
+/// position array for all of them (a model is in at most one): O(capacity + homes) memory.
+final class HomeHeaps {
+  let order: ReadyOrder
+  private var items: [[Int]] = []
+  private var position: [Int]
+  private var homeOf: [Int]
+
+  init(order: ReadyOrder, capacity: Int) {
+    self.order = order
+    position = Array(repeating: -1, count: capacity)
+    homeOf = Array(repeating: -1, count: capacity)
+  }
+
+  /// The heap of the models homed on `home` (empty for a home no model has).
+  func heap(_ home: Int) -> [Int] { home >= 0 && home < items.count ? items[home] : [] }
+
+  func insert(_ m: Int, home: Int, _ tasks: [ReadyTask?]) {
+    guard home >= 0 else { return }
+    if home >= items.count { items += Array(repeating: [], count: home - items.count + 1) }
+    items[home].append(m)
+    position[m] = items[home].count - 1
+    homeOf[m] = home
+    sift(home, up: items[home].count - 1, tasks)
+  }
+
+  func remove(_ m: Int, _ tasks: [ReadyTask?]) {
+    let i = position[m], h = homeOf[m]
+    guard i >= 0, h >= 0 else { return }
+    let last = items[h].count - 1
+    if i != last { swapAt(h, i, last) }
+    items[h].removeLast()
+    position[m] = -1
+    homeOf[m] = -1
+    if i < items[h].count {
+      sift(h, up: i, tasks)
+      HeapSift.down(
+        from: i, count: items[h].count, less: { self.less(h, $0, $1, tasks) }, swap: { self.swapAt(h, $0, $1) })
+    }
+  }
+
+  private func less(_ h: Int, _ i: Int, _ j: Int, _ tasks: [ReadyTask?]) -> Bool {
+    order.precedes(tasks[items[h][i]]!, tasks[items[h][j]]!)
+  }
+
+  private func swapAt(_ h: Int, _ i: Int, _ j: Int) {
+    items[h].swapAt(i, j)
+    position[items[h][i]] = i
+    position[items[h][j]] = j
+  }
+
+  private func sift(_ h: Int, up start: Int, _ tasks: [ReadyTask?]) {
+    HeapSift.up(from: start, less: { less(h, $0, $1, tasks) }, swap: { swapAt(h, $0, $1) })
   }
 }
 

@@ -1,3 +1,4 @@
+import Foundation
 import HydraSchedulers
 import XCTest
 
@@ -190,8 +191,11 @@ private func referenceSimulate(_ models: [SimulatedModel], devices: Int, schedul
 /// The runtime's index of ready tasks, and the built-in schedulers answering from it, against the
 /// full-list oracle.
 final class ReadyIndexTests: XCTestCase {
-  /// A ready task with random estimates; a few are bound to devices (as under `mpi`) when `bound`.
-  private func randomTask(_ m: Int, devices: Int, bound: Bool, _ rng: inout SplitMix64) -> ReadyTask {
+  /// A ready task with random estimates; a few are bound to devices (as under `mpi`) when `bound`,
+  /// every one when `homed`.
+  private func randomTask(_ m: Int, devices: Int, bound: Bool, homed: Bool = false, _ rng: inout SplitMix64)
+    -> ReadyTask
+  {
     // Few distinct values, so that ties (broken by model index) are common.
     func pick(_ n: Int) -> Double { Double(rng.nextInt(below: n)) }
     let k = 1 + rng.nextInt(below: 3)
@@ -204,7 +208,7 @@ final class ReadyIndexTests: XCTestCase {
       estimatedSeconds: 1 + pick(3), remainingSeconds: pick(6), state: states[rng.nextInt(below: 3)],
       lastDevice: rng.nextInt(below: 2) == 0 ? nil : rng.nextInt(below: devices), readySince: pick(4), shardCount: k)
     if rng.nextInt(below: 2) == 0 { t.secondsToNextRung = pick(6) }
-    if bound && rng.nextInt(below: 3) == 0 {
+    if homed || (bound && rng.nextInt(below: 3) == 0) {
       let home = rng.nextInt(below: devices)
       t.home = home
       if rng.nextInt(below: 2) == 0 { t.allowedDevices = [home] }
@@ -236,6 +240,7 @@ final class ReadyIndexTests: XCTestCase {
       XCTAssertEqual(index.count, list.count)
       XCTAssertEqual(index.all, list)
       XCTAssertEqual(index.constrainedCount, list.filter { $0.home != nil || $0.allowedDevices != nil }.count)
+      XCTAssertEqual(index.homedCount, list.filter { $0.home != nil }.count)
       for (k, t) in list.enumerated() {
         XCTAssertEqual(index.model(atRank: k), t.task.model)
         XCTAssertEqual(index.rank(of: t.task.model), k)
@@ -247,6 +252,14 @@ final class ReadyIndexTests: XCTestCase {
       for order in orders.prefix(1 + round / 500) {
         XCTAssertEqual(Array(index.ordered(order)), list.sorted(by: order.precedes), "\(order)")
         XCTAssertEqual(Array(index.ordered(order).prefix(3)), Array(list.sorted(by: order.precedes).prefix(3)))
+        // By home, from heaps built at another time than the order's own.
+        if round % 7 == 0 || round > 1000 {
+          for d in -1...4 {
+            XCTAssertEqual(
+              Array(index.ordered(order, home: d)), list.filter { $0.home == d }.sorted(by: order.precedes),
+              "\(order) home \(d)")
+          }
+        }
       }
     }
   }
@@ -258,7 +271,8 @@ final class ReadyIndexTests: XCTestCase {
     for seed in UInt64(1)...40 {
       var rng = SplitMix64(seed: seed)
       let models = 1 + rng.nextInt(below: 40), devices = 1 + rng.nextInt(below: 9)
-      let bound = seed % 4 == 0
+      // Some tasks bound to devices, or every one homed (a distributed backend: the per-home path).
+      let bound = seed % 4 == 0, homed = seed % 4 == 2
       for (fast, reference) in pairs(seed: seed) {
         let index = ReadyIndex(capacity: models)
         var finished = Set<Int>()
@@ -272,7 +286,7 @@ final class ReadyIndexTests: XCTestCase {
               index.remove(model: m)
               finished.insert(m)
             default:
-              index.insert(randomTask(m, devices: devices, bound: bound, &rng))
+              index.insert(randomTask(m, devices: devices, bound: bound, homed: homed, &rng))
               finished.remove(m)
             }
           }
@@ -346,5 +360,68 @@ final class ReadyIndexTests: XCTestCase {
     XCTAssertEqual(view.readyIndex?.count, 2)
     XCTAssertEqual(LRTFScheduler().schedule(view), [Assignment(task: fwd(2), device: 0)])
     XCTAssertEqual(index.all.map(\.task.model), [1, 2])
+  }
+
+  /// A measurement, not a test (opt-in: HYDRA_DECISION_TIMING=1, a release build): lrtf's decision
+  /// under a distributed backend (every ready task homed, one device free, the rest busy) from the
+  /// per-home heaps, against the walk over the order that skips tasks homed on busy devices, at 4
+  /// models per device. Prints microseconds per decision.
+  func testDecisionTimingWithHomes() throws {
+    try XCTSkipUnless(
+      ProcessInfo.processInfo.environment["HYDRA_DECISION_TIMING"] == "1",
+      "set HYDRA_DECISION_TIMING=1 (and build with -c release) to time decisions with homes")
+    let order = ReadyOrder.longestRemaining(residentFirst: true)
+    // The walk as it was: every task in order until the free devices are gone.
+    func walk(_ index: ReadyIndex, _ free: [Int]) -> [Assignment] {
+      var free = free, out: [Assignment] = [], waiting: [ReadyTask] = []
+      for t in index.ordered(order) {
+        if free.isEmpty { break }
+        if let h = t.home, free.contains(h) {
+          free.removeAll { $0 == h }
+          out.append(Assignment(task: t.task, device: h))
+        } else {
+          waiting.append(t)
+        }
+      }
+      for t in waiting where !free.isEmpty && t.moveSeconds <= t.estimatedSeconds {
+        out.append(Assignment(task: t.task, device: free.removeFirst()))
+      }
+      return out
+    }
+    for models in [64, 512, 4096] {
+      let devices = models / 4
+      var rng = SplitMix64(seed: 5)
+      let index = ReadyIndex(capacity: models)
+      func task(_ m: Int) -> ReadyTask {
+        var t = ReadyTask(
+          task: ShardTask(model: m, shard: 0, direction: .forward, step: 0), estimatedSeconds: 1,
+          remainingSeconds: Double(rng.nextInt(below: 1_000_000)), shardCount: 1)
+        t.home = m % devices
+        t.moveSeconds = 2  // dearer to move than to wait: nothing runs away from home
+        return t
+      }
+      for m in 0..<models { index.insert(task(m)) }
+      let lrtf = LRTFScheduler()
+      var seconds = (home: 0.0, walk: 0.0)
+      let decisions = 20_000
+      for i in 0..<decisions {
+        let free = [i % devices]
+        let view = SchedulerView(
+          now: 0, readyIndex: index, freeDevices: free, deviceCount: devices, modelCount: models, finished: [])
+        var start = DispatchTime.now().uptimeNanoseconds
+        let a = lrtf.schedule(view)
+        seconds.home += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        start = DispatchTime.now().uptimeNanoseconds
+        let b = walk(index, free)
+        seconds.walk += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        XCTAssertEqual(a, b)
+        // The chosen model's task changes (it ran), as between decisions in a run.
+        if let m = a.first?.task.model { index.insert(task(m)) }
+      }
+      print(
+        String(
+          format: "decision with homes, %d models on %d devices: per-home heaps %.2f us, walk %.2f us",
+          models, devices, seconds.home / Double(decisions) * 1e6, seconds.walk / Double(decisions) * 1e6))
+    }
   }
 }
