@@ -230,6 +230,22 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     }
   }
 
+  /// Rank 0: where it writes why the job ended when it ends the job on a failure (`failure.txt` in
+  /// the output folder): an MPI launcher that kills the ranks may lose what they were printing,
+  /// and a batch system's log may be elsewhere. nil: nowhere.
+  public var failureRecord: String?
+
+  /// Writes `message` to `failureRecord`, best effort (the job is ending either way).
+  private func recordFailure(_ message: String) {
+    guard localDevice == 0, let path = failureRecord else { return }
+    _ = FileManager.default.createFile(atPath: path, contents: Data((message + "\n").utf8))
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    if fd >= 0 {
+      _ = fsync(fd)
+      Glibc.close(fd)
+    }
+  }
+
   /// An error on this rank where no caller can catch it (a task run for the coordinator): rank 0
   /// is told (it prints the message and stops the job), then this rank stops the job itself in case
   /// rank 0 cannot. On rank 0, or before the progress thread runs, the job stops at once.
@@ -238,6 +254,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     if _endedWith == nil { _endedWith = message }
     state.unlock()
     FileHandle.standardError.write(Data("hydra-mpi: rank \(localDevice): error: \(message)\n".utf8))
+    if localDevice == 0 { recordFailure("rank 0: error: \(message)") }
     if localDevice != 0 && progressThread != nil && Thread.current !== progressThread {
       send(.control(.fail(code: code, message: String(message.prefix(4000))), to: 0))
       // Rank 0 ends the job; should it not, this rank does after a moment.
@@ -462,6 +479,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
     state.unlock()
     lines.append("hydra-mpi: the job ends; continue it with --resume (each model from its last checkpoint)")
     FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
+    recordFailure(lines.joined(separator: "\n"))
     fflush(stdout)
     _exit(1)
   }
@@ -630,6 +648,7 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
       state.unlock()
     case .fail(let code, let message):
       FileHandle.standardError.write(Data("hydra-mpi: rank \(source) failed; stopping the job: \(message)\n".utf8))
+      recordFailure("rank \(source) failed; stopping the job: \(message)")
       state.lock()
       if _endedWith == nil { _endedWith = "rank \(source) failed: \(message)" }
       state.unlock()

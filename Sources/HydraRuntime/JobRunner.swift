@@ -165,6 +165,8 @@ public final class JobRunner {
     defer { outputLock?.release() }
     let folder =
       local == 0 ? try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML(), append: resume) : nil
+    // The folder is this job's now (locked): a failure that ends it is recorded there.
+    if folder != nil { (backend as? DistributedRuntime)?.failureRecord = config.job.output + "/failure.txt" }
     // Under a distributed backend every process builds every model, places every shard the same way
     // (from the plans: estimated work over the whole job, bytes of state) and keeps only the state
     // of the shards homed on it, letting go of the others as soon as each model is built.

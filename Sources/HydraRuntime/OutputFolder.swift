@@ -20,6 +20,8 @@ public final class OutputFolder {
     do {
       try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
       try writeAtomically(resolvedJob, to: path + "/job.toml")
+      // Why an earlier run of this folder failed (a distributed job's rank 0 writes it): not this run's.
+      try? FileManager.default.removeItem(atPath: path + "/failure.txt")
       let csv = path + "/metrics.csv"
       if !(append && FileManager.default.fileExists(atPath: csv)) {
         _ = FileManager.default.createFile(

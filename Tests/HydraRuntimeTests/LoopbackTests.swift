@@ -305,6 +305,9 @@ final class LoopbackTests: XCTestCase {
     XCTAssertEqual(aborted.rank, 0, "rank 0 ends the job for the failing rank")
     let said = try XCTUnwrap(runtimes.get(0)?.endedWith)
     XCTAssertTrue(said.contains("rank 2 failed") && said.contains("a fault injected"), said)
+    // Rank 0 also leaves the reason in the output folder (a launcher may lose what ranks print).
+    let record = (try? String(contentsOfFile: output + "/failure.txt", encoding: .utf8)) ?? ""
+    XCTAssertTrue(record.contains("rank 2 failed") && record.contains("a fault injected"), record)
   }
 
   /// A rank stops answering (its task never ends): after the rank timeout rank 0 ends the job,

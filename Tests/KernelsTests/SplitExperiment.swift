@@ -1,0 +1,64 @@
+import CBLAS
+import Dispatch
+import Foundation
+import XCTest
+
+@testable import HydraKernelsCPU
+
+/// TEMPORARY experiment: per product shape of one GPT layer, our pieces at 1 and 2 threads against
+/// OpenBLAS's own call at 1 and 2 threads.
+final class SplitExperiment: XCTestCase {
+  func time(reps: Int = 15, _ body: () -> Void) -> Double {
+    body()
+    var ts: [Double] = []
+    for _ in 0..<reps {
+      let start = DispatchTime.now().uptimeNanoseconds
+      body()
+      ts.append(Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+    }
+    return ts.sorted()[ts.count / 2]
+  }
+
+  func testSplits() throws {
+    try XCTSkipUnless(ProcessInfo.processInfo.environment["HYDRA_SPLIT_EXPERIMENT"] == "1")
+    var rng = TestRandom(7)
+    let (B, T, C) = (8, 128, 384)
+    let R = B * T
+    let big = Buf(rng.normal(R * 4 * C)), big2 = Buf(rng.normal(R * 4 * C)), out = Buf(count: R * 4 * C)
+    // (name, transA, transB, m, n, k)
+    var shapes: [(String, Bool, Bool, Int, Int, Int)] = []
+    for (i, o) in [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] {
+      shapes.append(("fwd \(i)x\(o)", false, false, R, o, i))
+      shapes.append(("dX  \(i)x\(o)", false, true, R, i, o))
+      shapes.append(("dW  \(i)x\(o)", true, false, i, o, R))
+    }
+    let k1 = CPUKernels(threads: 1), k2 = CPUKernels(threads: 2)
+    for (name, ta, tb, m, n, kk) in shapes {
+      let lda = ta ? m : kk, ldb = tb ? kk : n
+      func ours(_ k: CPUKernels) -> Double {
+        time {
+          k.gemm(
+            transA: ta, transB: tb, m: m, n: n, k: kk, alpha: 1, a: big.c, lda: lda, b: big2.c, ldb: ldb, beta: 0,
+            c: out.p, ldc: n)
+        }
+      }
+      func blas(_ t: Int32) -> Double {
+        openblas_set_num_threads(t)
+        defer { openblas_set_num_threads(1) }
+        return time {
+          cblas_sgemm(
+            CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, Int32(m), Int32(n),
+            Int32(kk), 1, big.c, Int32(lda), big2.c, Int32(ldb), 0, out.p, Int32(n))
+        }
+      }
+      let o1 = ours(k1), o2 = ours(k2), b1 = blas(1), b2 = blas(2)
+      let split = CPUKernels.productSplit(m: m, n: n, k: kk)
+      let f = 2 * Double(m * n * kk)
+      print(
+        String(
+          format: "%@ m%5d n%5d k%5d pieces %2d x %4d %@ | 1t ours %.1f blas %.1f (%.2f) | 2t ours %.1f blas %.1f (%.2f) | ours x%.2f blas x%.2f",
+          name, m, n, kk, split.count, split.size, split.alongRows ? "rows" : "cols", f / o1 / 1e9, f / b1 / 1e9,
+          b1 / o1, f / o2 / 1e9, f / b2 / 1e9, b2 / o2, o1 / o2, b1 / b2))
+    }
+  }
+}
