@@ -163,33 +163,14 @@ final class DiscreteDeviceTests: XCTestCase {
     }
   }
 
-  func shardVariants(budget: String, half: String) -> [[String]] {
-    var out: [[String]] = []
-    for partitioner in ["balanced", "memory-greedy"] {
-      for checkpointing in ["true", "false"] {
-        for host in [[], ["cluster.host_memory=1"]] {
-          out.append(
-            [
-              "cluster.device_memory=\(budget)", "partitioner.name=\"\(partitioner)\"",
-              "cluster.activation_checkpointing=\(checkpointing)",
-            ] + host)
-        }
-      }
-    }
-    out.append(["partitioner.name=\"fixed\"", "partitioner.blocks_per_shard=1"])
-    out.append(["cluster.device_memory=\(half)", "cluster.double_buffering=false", "cluster.host_memory=1"])
-    out.append(["cluster.device_memory=\(budget)", "partitioner.profile_steps=2"])
-    return out
-  }
-
   func testGPTUnderDiscreteShardedSpilledAndRecomputedIsBitwiseCPU() throws {
     let dir = try temporaryFolder()
-    try checkAgainstCPU(try gptSweep(dir), variants: [[]] + shardVariants(budget: "600KiB", half: "300KiB"))
+    try checkAgainstCPU(try gptSweep(dir), variants: [[]] + shardingVariants(budget: "600KiB", half: "300KiB"))
   }
 
   func testMLPUnderDiscreteShardedSpilledAndRecomputedIsBitwiseCPU() throws {
     let dir = try temporaryFolder()
-    try checkAgainstCPU(try mlpJob(dir), variants: shardVariants(budget: "80KiB", half: "44KiB"))
+    try checkAgainstCPU(try mlpJob(dir), variants: shardingVariants(budget: "80KiB", half: "44KiB"))
   }
 
   func testEverySchedulerOnSeveralDiscreteDevicesIsBitwiseCPU() throws {

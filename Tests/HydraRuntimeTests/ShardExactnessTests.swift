@@ -108,37 +108,16 @@ final class ShardExactnessTests: XCTestCase {
     }
   }
 
-  /// `budget` with double buffering; `half` is the same shard budget without it.
-  func variants(budget: String, half: String) -> [[String]] {
-    var out: [[String]] = []
-    for partitioner in ["balanced", "memory-greedy"] {
-      for checkpointing in ["true", "false"] {
-        for host in [[], ["cluster.host_memory=1"]] {
-          out.append(
-            [
-              "cluster.device_memory=\(budget)", "partitioner.name=\"\(partitioner)\"",
-              "cluster.activation_checkpointing=\(checkpointing)",
-            ] + host)
-        }
-      }
-    }
-    out.append(["partitioner.name=\"fixed\"", "partitioner.blocks_per_shard=1"])
-    out.append(["partitioner.name=\"fixed\"", "partitioner.boundaries=[1, 3]", "cluster.host_memory=1"])
-    out.append(["cluster.device_memory=\(half)", "cluster.double_buffering=false", "cluster.host_memory=1"])
-    out.append(["cluster.device_memory=\(budget)", "partitioner.profile_steps=2"])
-    return out
-  }
-
   func testGPTShardedSpilledAndRecomputedIsBitwiseIdentical() throws {
     let dir = try temporaryFolder()
     // A transformer block here holds ~80 KiB of state and ~60 KiB of activations at batch 4:
     // a 600 KiB budget (300 KiB per shard with double buffering) forces several shards.
-    try check(try gptJob(dir), variants: variants(budget: "600KiB", half: "300KiB"), minimumShards: 2)
+    try check(try gptJob(dir), variants: shardingVariants(budget: "600KiB", half: "300KiB"), minimumShards: 2)
   }
 
   func testMLPShardedSpilledAndRecomputedIsBitwiseIdentical() throws {
     let dir = try temporaryFolder()
-    try check(try mlpJob(dir), variants: variants(budget: "80KiB", half: "44KiB"), minimumShards: 2)
+    try check(try mlpJob(dir), variants: shardingVariants(budget: "80KiB", half: "44KiB"), minimumShards: 2)
   }
 
   /// `profile_steps` measures every block; balanced then partitions by those seconds.

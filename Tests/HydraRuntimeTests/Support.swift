@@ -71,3 +71,28 @@ func snapshot(_ run: ModelRun) -> [String: [UInt32]] {
   }
   return out
 }
+
+/// The ways the sharding tests cut, spill and recompute a job (the same job must end bit for bit
+/// alike under each): two partitioners x activation checkpointing on or off x the host store's
+/// budget large or 1 byte (everything spills), one block per shard, fixed boundaries [1, 3] with
+/// spilling, half the budget without double buffering, and a measured profile. `budget` is the device
+/// budget with double buffering (it forces several shards); `half` the same shard budget without.
+func shardingVariants(budget: String, half: String) -> [[String]] {
+  var out: [[String]] = []
+  for partitioner in ["balanced", "memory-greedy"] {
+    for checkpointing in ["true", "false"] {
+      for host in [[], ["cluster.host_memory=1"]] {
+        out.append(
+          [
+            "cluster.device_memory=\(budget)", "partitioner.name=\"\(partitioner)\"",
+            "cluster.activation_checkpointing=\(checkpointing)",
+          ] + host)
+      }
+    }
+  }
+  out.append(["partitioner.name=\"fixed\"", "partitioner.blocks_per_shard=1"])
+  out.append(["partitioner.name=\"fixed\"", "partitioner.boundaries=[1, 3]", "cluster.host_memory=1"])
+  out.append(["cluster.device_memory=\(half)", "cluster.double_buffering=false", "cluster.host_memory=1"])
+  out.append(["cluster.device_memory=\(budget)", "partitioner.profile_steps=2"])
+  return out
+}
