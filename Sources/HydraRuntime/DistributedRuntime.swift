@@ -235,15 +235,11 @@ public final class DistributedRuntime: DistributedBackend, @unchecked Sendable {
   /// and a batch system's log may be elsewhere. nil: nowhere.
   public var failureRecord: String?
 
-  /// Writes `message` to `failureRecord`, best effort (the job is ending either way).
+  /// Writes `message` to `failureRecord`, best effort (the job is ending either way); whole or not
+  /// at all. A killed process's written pages stay in the page cache.
   private func recordFailure(_ message: String) {
     guard localDevice == 0, let path = failureRecord else { return }
-    _ = FileManager.default.createFile(atPath: path, contents: Data((message + "\n").utf8))
-    let fd = open(path, O_WRONLY | O_CLOEXEC)
-    if fd >= 0 {
-      _ = fsync(fd)
-      Glibc.close(fd)
-    }
+    try? writeAtomically(message + "\n", to: path)
   }
 
   /// An error on this rank where no caller can catch it (a task run for the coordinator): rank 0

@@ -28,17 +28,19 @@ extension JobRunner {
         }
         backward = forward.map { TaskCost.backwardPerForward * $0 }
       case .profile(let profile, let file):
-        let blocks = try profile.blockSeconds(
-          ProfileFile.key(plan.spec, batch: batch), blocks: plan.spec.blockCount, file: file)
-        forward = plan.shards.map { range in range.reduce(0) { $0 + blocks.forward[$1] } }
-        backward = plan.shards.map { range in range.reduce(0) { $0 + blocks.backward[$1] } }
-        if blocks.firstForward != blocks.forward || blocks.firstBackward != blocks.backward {
-          firstForward = plan.shards.map { range in range.reduce(0) { $0 + blocks.firstForward[$1] } }
-          firstBackward = plan.shards.map { range in range.reduce(0) { $0 + blocks.firstBackward[$1] } }
+        let shape = try profile.shape(ProfileFile.key(plan.spec, batch: batch), file: file)
+        let blocks = try shape.blockSeconds(plan.spec.blockCount, file: file)
+        // A shard's task takes its blocks' times added up.
+        func perShard(_ seconds: [Double]) -> [Double] {
+          plan.shards.map { range in range.reduce(0) { $0 + seconds[$1] } }
         }
-        checkpointSeconds =
-          profile.shapes.first { $0.shape == ProfileFile.key(plan.spec, batch: batch) }?
-          .checkpointSeconds ?? 0
+        forward = perShard(blocks.forward)
+        backward = perShard(blocks.backward)
+        if blocks.firstForward != blocks.forward || blocks.firstBackward != blocks.backward {
+          firstForward = perShard(blocks.firstForward)
+          firstBackward = perShard(blocks.firstBackward)
+        }
+        checkpointSeconds = shape.checkpointSeconds ?? 0
       }
       var model = SimulatedModel(steps: member.train.steps, forwardSeconds: forward, backwardSeconds: backward)
       model.firstForwardSeconds = firstForward

@@ -48,16 +48,13 @@ public enum BlockProfile {
     let batchInput = inputBatch(spec, batch: batch, rng: &rng)
     var forward: [Double] = [], backward: [Double] = []
     for i in 0..<spec.blockCount {
-      let input: Tensor? =
-        i == 0 ? nil : try random(kernels, count: spec.outputBytesPerSample(i - 1) / 4 * batch, rng: &rng)
+      let input = try blockInput(spec, i, batch: batch, kernels: kernels, rng: &rng)
       var dOutput: Tensor? = nil
       var f = 0.0, b = 0.0
       let n = max(repetitions, 1)
       for r in 0..<n {
         MappedBuffers.shared.trim()
-        let block = try spec.makeBlock(i, memory: kernels.memory)
-        spec.initialize(block, seed: 1)
-        try optimizer?.allocateState(block.parameters, memory: kernels.memory)
+        let block = try newBlock(spec, i, kernels: kernels, optimizer: optimizer)
         let t = try run(
           block, input: input, batch: batchInput, dOutput: &dOutput, rng: &rng, step: r, kernels: kernels,
           optimizer: optimizer, release: true)
@@ -68,6 +65,22 @@ public enum BlockProfile {
       backward.append(b / Double(n))
     }
     return (forward, backward)
+  }
+
+  /// Block `i` of `spec` built on `kernels`' memory, initialised, with its optimizer state
+  /// allocated (not touched yet, as a job's model before its first step).
+  private static func newBlock(_ spec: ModelSpec, _ i: Int, kernels: Kernels, optimizer: Optimizer?) throws -> Block {
+    let block = try spec.makeBlock(i, memory: kernels.memory)
+    spec.initialize(block, seed: 1)
+    try optimizer?.allocateState(block.parameters, memory: kernels.memory)
+    return block
+  }
+
+  /// A random input for block `i` at `batch` rows (the batch itself feeds block 0: nil).
+  private static func blockInput(
+    _ spec: ModelSpec, _ i: Int, batch: Int, kernels: Kernels, rng: inout SplitMix64
+  ) throws -> Tensor? {
+    i == 0 ? nil : try random(kernels, count: spec.outputBytesPerSample(i - 1) / 4 * batch, rng: &rng)
   }
 
   /// Random tokens and targets (GPT) or features and classes (MLP) for one batch.
@@ -123,12 +136,7 @@ public enum BlockProfile {
     let batchInput = inputBatch(spec, batch: batch, rng: &rng)
     var seconds: [(forward: [Double], backward: [Double], total: [Double])] = []
     for i in 0..<spec.blockCount {
-      func make() throws -> Block {
-        let block = try spec.makeBlock(i, memory: kernels.memory)
-        spec.initialize(block, seed: 1)
-        try optimizer?.allocateState(block.parameters, memory: kernels.memory)
-        return block
-      }
+      func make() throws -> Block { try newBlock(spec, i, kernels: kernels, optimizer: optimizer) }
       // In a job a task finds its model's state out of the caches (the tasks before it were other
       // models'): with `releaseEachTime`, the repetitions take turns over enough copies of the
       // block that their state (values, gradients, optimizer state) passes `coldBytes`.
@@ -138,8 +146,7 @@ public enum BlockProfile {
         let wanted = min(maxCopies, max(1, coldBytes / max(bytes, 1) + 1))
         while copies.count < wanted { copies.append(try make()) }
       }
-      let input: Tensor? =
-        i == 0 ? nil : try random(kernels, count: spec.outputBytesPerSample(i - 1) / 4 * batch, rng: &rng)
+      let input = try blockInput(spec, i, batch: batch, kernels: kernels, rng: &rng)
       var times: (forward: [Double], backward: [Double], total: [Double]) = ([], [], [])
       var dOutput: Tensor? = nil
       // One warm-up run of each copy, then the timed repetitions in turn.

@@ -40,6 +40,23 @@ public struct ProfileFile: Sendable, Equatable {
       self.firstBackwardSeconds = firstBackwardSeconds
       self.checkpointSeconds = checkpointSeconds
     }
+
+    /// The forward and backward seconds of each of `blocks` blocks, and those of the first step
+    /// (the others where none are given); the error names `file` and what does not fit.
+    public func blockSeconds(_ blocks: Int, file: String) throws -> (
+      forward: [Double], backward: [Double], firstForward: [Double], firstBackward: [Double]
+    ) {
+      guard let f = forwardSeconds.blocks(blocks), let b = backwardSeconds.blocks(blocks),
+        let ff = firstForwardSeconds.map({ $0.blocks(blocks) }) ?? f,
+        let fb = firstBackwardSeconds.map({ $0.blocks(blocks) }) ?? b
+      else {
+        throw InputError(
+          file: file,
+          "shape \"\(shape)\" has \(blocks) blocks: forward_seconds and backward_seconds (and first_forward_seconds and first_backward_seconds, if given) need one number, or \(blocks)"
+        )
+      }
+      return (f, b, ff, fb)
+    }
   }
 
   /// Seconds per block: one for every block, or one each.
@@ -107,6 +124,9 @@ public struct ProfileFile: Sendable, Equatable {
     return try parse(data, file: path)
   }
 
+  /// A time a profile may hold: finite, in [0, 1e9) seconds.
+  private static func isSeconds(_ x: Double) -> Bool { x.isFinite && x >= 0 && x < 1e9 }
+
   /// Parses a profile's JSON; `file` names it in errors.
   public static func parse(_ data: Data, file: String) throws -> ProfileFile {
     guard data.count <= maxBytes else { throw InputError(file: file, "a profile file holds at most 64 MiB") }
@@ -151,12 +171,12 @@ public struct ProfileFile: Sendable, Equatable {
         guard !values.isEmpty, values.count <= maxBlocks else {
           throw InputError(file: file, "\(at): \(name) needs 1 to \(maxBlocks) numbers; found \(values.count)")
         }
-        if let bad = values.firstIndex(where: { !($0.isFinite && $0 >= 0 && $0 < 1e9) }) {
+        if let bad = values.firstIndex(where: { !isSeconds($0) }) {
           throw InputError(
             file: file, "\(at): \(name)[\(bad)] must be a number of seconds in [0, 1e9); found \(values[bad])")
         }
       }
-      if let c = s.checkpoint_seconds, !(c.isFinite && c >= 0 && c < 1e9) {
+      if let c = s.checkpoint_seconds, !isSeconds(c) {
         throw InputError(file: file, "\(at): checkpoint_seconds must be a number of seconds in [0, 1e9); found \(c)")
       }
       shapes.append(
@@ -170,27 +190,23 @@ public struct ProfileFile: Sendable, Equatable {
       threadsPerDevice: raw.threads_per_device, note: raw.note)
   }
 
+  /// The times of the shape `key`; the error names `file` and the shapes the profile has.
+  public func shape(_ key: String, file: String) throws -> Shape {
+    guard let s = shapes.first(where: { $0.shape == key }) else {
+      let known = shapes.prefix(8).map { "\"\($0.shape)\"" }.joined(separator: ", ")
+      throw InputError(
+        file: file, "no times for the shape \"\(key)\"; the profile has \(shapes.isEmpty ? "none" : known)")
+    }
+    return s
+  }
+
   /// The forward and backward seconds of each of `blocks` blocks of the shape `key`, and those of
   /// the first step (the others where the profile has none); the error names `file` and what is
   /// missing.
   public func blockSeconds(_ key: String, blocks: Int, file: String) throws -> (
     forward: [Double], backward: [Double], firstForward: [Double], firstBackward: [Double]
   ) {
-    guard let s = shapes.first(where: { $0.shape == key }) else {
-      let known = shapes.prefix(8).map { "\"\($0.shape)\"" }.joined(separator: ", ")
-      throw InputError(
-        file: file, "no times for the shape \"\(key)\"; the profile has \(shapes.isEmpty ? "none" : known)")
-    }
-    guard let f = s.forwardSeconds.blocks(blocks), let b = s.backwardSeconds.blocks(blocks),
-      let ff = s.firstForwardSeconds.map({ $0.blocks(blocks) }) ?? f,
-      let fb = s.firstBackwardSeconds.map({ $0.blocks(blocks) }) ?? b
-    else {
-      throw InputError(
-        file: file,
-        "shape \"\(key)\" has \(blocks) blocks: forward_seconds and backward_seconds (and first_forward_seconds and first_backward_seconds, if given) need one number, or \(blocks)"
-      )
-    }
-    return (f, b, ff, fb)
+    try shape(key, file: file).blockSeconds(blocks, file: file)
   }
 
   /// The file's JSON (what `--measure` writes).
