@@ -124,6 +124,34 @@ public enum Checkpoint {
     run.checkpointSeconds += Date().timeIntervalSince(started)
   }
 
+  /// Makes the files at the top of a model's checkpoint `folder` (what transformers loads) those of
+  /// `unit`, its newest complete checkpoint, where they are not already: a run killed between
+  /// renaming a unit into place and linking its files at the top left them at an older step (or
+  /// absent), and a resume that has nothing left to train would never link them. Returns the names
+  /// replaced. Only the process that owns the output folder calls it, before any step runs.
+  @discardableResult
+  public static func publishNewest(_ unit: String, in folder: String) throws -> [String] {
+    guard unit != folder else { return [] }  // the layout before units: the files are the checkpoint
+    var replaced: [String] = []
+    for file in [weightsFile, configFile] {
+      var top = stat(), inUnit = stat()
+      guard stat(unit + "/" + file, &inUnit) == 0 else { continue }
+      if stat(folder + "/" + file, &top) == 0 && top.st_dev == inUnit.st_dev && top.st_ino == inUnit.st_ino {
+        continue
+      }
+      // Where links are refused the top holds a copy: the same bytes count as linked.
+      if top.st_size == inUnit.st_size, let a = sha256(of: folder + "/" + file), let b = sha256(of: unit + "/" + file),
+        a == b
+      {
+        continue
+      }
+      try publish(unit + "/" + file, as: folder + "/" + file)
+      replaced.append(file)
+    }
+    if !replaced.isEmpty { syncFolder(folder) }
+    return replaced
+  }
+
   /// `path` replaced, atomically, by a hard link to `source` (a copy where links are refused).
   private static func publish(_ source: String, as path: String) throws {
     let temp = (path as NSString).deletingLastPathComponent + "/.tmp-link-\(getpid())"

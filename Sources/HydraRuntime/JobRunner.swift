@@ -118,17 +118,21 @@ public final class JobRunner {
     } catch {
       startError = error
     }
-    if let distributed {
-      // Every process planned the job (a bad data file on one node fails there only), and they
-      // all read the same one: only then is anything written. Otherwise all stop, with the
-      // failing processes' messages.
-      let bad = startError is InputError
-      let failures = try distributed.failures(startError.map { "\(bad ? 2 : 1) \($0)" })
+    /// Under a distributed backend, a point every process passes together: if any failed before it,
+    /// all stop, with the failing processes' messages.
+    func together(_ error: Error?) throws {
+      guard let distributed else { return }
+      let failures = try distributed.failures(error.map { "\($0 is InputError ? 2 : 1) \($0)" })
       if !failures.isEmpty {
         throw JobStopped(
           failures: failures.map { ($0.device, String($0.message.dropFirst(2))) },
           exitCode: failures.allSatisfy { $0.message.hasPrefix("2 ") } ? 2 : 1)
       }
+    }
+    if let distributed {
+      // Every process planned the job (a bad data file on one node fails there only), and they
+      // all read the same one: only then is anything written.
+      try together(startError)
       // The job as read and the shards it was cut into: every process must train the same.
       // The plugins loaded too: same paths (in the job file), same sizes and bytes (the libraries).
       let planned =
@@ -185,7 +189,27 @@ public final class JobRunner {
           }
         }, devices: devices.count, byShard: cluster.placement == .byShard)
     }
-    let runs = try buildRuns(plans, store: store, backend: backend) { m, s in homes == nil || homes![m][s] == local }
+    var runs: [ModelRun] = []
+    do {
+      runs = try buildRuns(plans, store: store, backend: backend, tidy: folder != nil) { m, s in
+        homes == nil || homes![m][s] == local
+      }
+    } catch {
+      // The others must not wait for this process at the next point they pass together.
+      try together(error)
+      throw error
+    }
+    if let distributed {
+      // Every process has read the checkpoints before any trains: rank 0 writes new ones (and
+      // lets old ones go) from its first step on. And every process resumed each model at the
+      // same step: a node that sees another output folder (not shared) would train from elsewhere.
+      try together(nil)
+      guard try distributed.agree(on: stableHash(runs.map { "\($0.id) \($0.step)" }.joined(separator: "\n"))) else {
+        throw RuntimeError(
+          "the processes of this job resumed their models at different steps: every rank must see the same output folder \(config.job.output) (a file system shared by the nodes)"
+        )
+      }
+    }
     if resume, let folder {
       try folder.keepMetrics(upTo: Dictionary(uniqueKeysWithValues: runs.map { ($0.id, $0.step) }))
     }
@@ -668,9 +692,11 @@ public final class JobRunner {
 
   /// Builds and initialises every member. The state of shards for which `keep(model, shard)` is
   /// false is let go as soon as it is built (another process holds it), and no checkpoint is
-  /// loaded into it.
+  /// loaded into it. Only the process that owns the output folder (`tidy`) mends the checkpoint
+  /// folders (what an interrupted write left, the files at the top): under a distributed backend
+  /// the others may still be building while it has started training and writing checkpoints.
   func buildRuns(
-    _ plans: [Plan], store: HostStore, backend: Backend, keep: (Int, Int) -> Bool = { _, _ in true }
+    _ plans: [Plan], store: HostStore, backend: Backend, tidy: Bool, keep: (Int, Int) -> Bool = { _, _ in true }
   ) throws -> [ModelRun] {
     var runs: [ModelRun] = []
     for (i, plan) in plans.enumerated() {
@@ -686,12 +712,19 @@ public final class JobRunner {
         footprints: plan.shards.map { plan.request.footprint($0) },
         workingSets: plan.shards.map { plan.request.workingSet($0) }, keep: { keep(i, $0) })
       let folder = config.job.output + "/checkpoints/" + member.id
-      for name in Checkpoint.removeTemporaries(in: folder) {
-        log("\(member.id): removed \(folder)/\(name), left by an interrupted checkpoint")
+      if tidy {
+        for name in Checkpoint.removeTemporaries(in: folder) {
+          log("\(member.id): removed \(folder)/\(name), left by an interrupted checkpoint")
+        }
       }
       if resume, let unit = Checkpoint.newest(in: folder, warn: { [self] in log("warning: \(member.id): \($0)") }) {
         try Checkpoint.resume(run, from: unit)
         log("\(member.id): resumed at step \(run.step) from \(unit)")
+        if tidy {
+          for name in try Checkpoint.publishNewest(unit, in: folder) {
+            log("\(member.id): \(folder)/\(name) now links the newest checkpoint's (a run stopped before linking it)")
+          }
+        }
       } else if let initPath = member.model.initPath {
         try Checkpoint.load(into: run, from: initPath)
       }

@@ -33,7 +33,7 @@ final class LoopbackTests: XCTestCase {
   /// before the job starts.
   func runLoopback(
     ranks: Int, output: String, overrides: [String], pauseAt: Int? = nil, resume: Bool = false,
-    loopback: Loopback? = nil, job: String = LoopbackTests.sweep,
+    resumeRanks: Set<Int>? = nil, loopback: Loopback? = nil, job: String = LoopbackTests.sweep,
     registry: @escaping () throws -> PluginRegistry = { testRegistry() }, failures: ByRank<Error>? = nil,
     configure: @escaping (DistributedRuntime) -> Void = { _ in }
   ) throws -> (result: JobRunner.Result, summary: [String: Any]) {
@@ -54,7 +54,7 @@ final class LoopbackTests: XCTestCase {
           runner.backend = runtime
           runner.log = Self.debugging ? { print("rank \(rank): \($0)") } : { _ in }
           runner.pauseAt = pauseAt
-          runner.resume = resume
+          runner.resume = resume && resumeRanks?.contains(rank) != false
           let result = try runner.run()
           runtime.close()
           outcomes.set(rank, .success(result))
@@ -210,6 +210,30 @@ final class LoopbackTests: XCTestCase {
       ranks: 3, output: output, overrides: ["scheduler.name=\"random\""], resume: true)
     XCTAssertTrue(resumed.runs.allSatisfy { $0.status == .done && $0.step == 6 })
     try assertSameCheckpoints(reference, output, "paused on 2, resumed on 3", resumed: true)
+  }
+
+  /// A rank that takes up its models at other steps than rank 0 (here one left without --resume,
+  /// as a node that sees another output folder would be) stops the job on every rank before
+  /// anything trains, saying why; the checkpoints are as the paused run left them.
+  func testLoopbackRanksResumingAtDifferentStepsStopTheJob() throws {
+    let output = try temporaryFolder() + "/differing"
+    _ = try runLoopback(ranks: 2, output: output, overrides: [], pauseAt: 4)
+    let loop = Loopback(ranks: 2)
+    let failures = ByRank<Error>()
+    let job = Thread {
+      _ = try? self.runLoopback(
+        ranks: 2, output: output, overrides: [], resume: true, resumeRanks: [0], loopback: loop, failures: failures)
+    }
+    job.start()
+    XCTAssertTrue(loop.waitForAbort(seconds: 60), "the job did not end")
+    for rank in 0..<2 {
+      let said = "\(try XCTUnwrap(failures.get(rank), "rank \(rank) did not fail"))"
+      XCTAssertTrue(said.contains("resumed their models at different steps"), said)
+    }
+    for model in ["m000", "m001", "m002", "m003"] {
+      let units = try FileManager.default.contentsOfDirectory(atPath: output + "/checkpoints/" + model)
+      XCTAssertEqual(units.filter { $0.hasPrefix("step-") }.max(), "step-00000004", "\(model): \(units)")
+    }
   }
 
   /// Successive halving across ranks: the coordinator decides, the ranks holding a stopped or

@@ -213,6 +213,39 @@ final class ReliabilityTests: XCTestCase {
     try assertSameEnd(whole, parts, step: 8)
   }
 
+  /// Killed after a model's last checkpoint unit was renamed into place but before its files were
+  /// linked at the top of its folder (what transformers loads): there the top still held the step
+  /// before (seen once in CI under mpirun), and a resume with nothing left to train kept it. The
+  /// resume links the newest unit's files, whichever way the top was left.
+  func testAResumeLinksTheNewestCheckpointAtTheTopOfTheFolder() throws {
+    let root = try temporaryFolder()
+    let data = try textData(root)
+    let steps = 4
+    let jobFile = try job(root, data: data, steps: steps, extra: "checkpoint_every = 1")
+    XCTAssertEqual(try runTool(["run", jobFile]).status, 0)
+    let m0 = root + "/out/checkpoints/m000", m1 = root + "/out/checkpoints/m001"
+    let newest = String(format: "step-%08d", steps), before = String(format: "step-%08d", steps - 1)
+    func bytes(_ path: String) -> Data? { FileManager.default.contents(atPath: path) }
+    // As the kill left them: m000's weights at the top are the step before's, its config gone;
+    // m001's weights at the top are a copy (a file system that refuses links), not a link.
+    XCTAssertNotEqual(bytes("\(m0)/\(newest)/model.safetensors"), bytes("\(m0)/\(before)/model.safetensors"))
+    unlink(m0 + "/model.safetensors")
+    XCTAssertEqual(link("\(m0)/\(before)/model.safetensors", m0 + "/model.safetensors"), 0)
+    unlink(m0 + "/config.json")
+    let m1Weights = try XCTUnwrap(bytes(m1 + "/model.safetensors"))
+    unlink(m1 + "/model.safetensors")
+    try m1Weights.write(to: URL(fileURLWithPath: m1 + "/model.safetensors"))
+    let resumed = try runTool(["run", jobFile, "--resume"])
+    XCTAssertEqual(resumed.status, 0, resumed.err)
+    for name in ["model.safetensors", "config.json"] {
+      XCTAssertEqual(bytes("\(m0)/\(name)"), bytes("\(m0)/\(newest)/\(name)"), name)
+      XCTAssertTrue(resumed.out.contains("m000/\(name) now links the newest checkpoint's"), resumed.out)
+      XCTAssertEqual(bytes("\(m1)/\(name)"), bytes("\(m1)/\(newest)/\(name)"), name)
+    }
+    // The copy with the right bytes is left as it is.
+    XCTAssertFalse(resumed.out.contains("m001/model.safetensors now links"), resumed.out)
+  }
+
   /// A real full disk, where the machine lets a test mount a tmpfs (root with CAP_SYS_ADMIN): the
   /// output folder is a tmpfs with room for one checkpoint of each model and a half; the run fails
   /// with the reason, nothing half-written is left, and once the disk has grown `--resume` ends
