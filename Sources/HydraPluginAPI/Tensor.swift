@@ -90,12 +90,12 @@ public final class Tensor: @unchecked Sendable {
 
   /// Allocates a zero-filled tensor, charging `memory` (if given) for its bytes, where `memory`
   /// keeps them.
-  public init(shape: [Int], memory: DeviceMemory? = nil) throws {
+  public init(shape: [Int], memory: DeviceMemory? = nil, zeroed: Bool = true) throws {
     precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
     let count = shape.reduce(1, *)
     try memory?.reserve(max(count, 1) * MemoryLayout<Float>.stride)
     let buffers = memory?.buffers
-    self.storage = Tensor.allocate(count, zeroed: true, in: buffers)
+    self.storage = Tensor.allocate(count, zeroed: zeroed, in: buffers)
     self.shape = shape
     self.capacity = count
     self.memory = memory
@@ -105,7 +105,7 @@ public final class Tensor: @unchecked Sendable {
   /// A tensor holding `values` (copied to the device when `memory` is a device's).
   public convenience init(shape: [Int], values: [Float], memory: DeviceMemory? = nil) throws {
     precondition(shape.reduce(1, *) == values.count, "shape \(shape) does not hold \(values.count) values")
-    try self.init(shape: shape, memory: memory)
+    try self.init(shape: shape, memory: memory, zeroed: false)
     values.withUnsafeBytes { write(from: $0.baseAddress!) }
   }
 

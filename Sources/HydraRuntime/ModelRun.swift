@@ -609,7 +609,7 @@ public final class ModelRun {
   }
 
   private func copy(_ t: Tensor, kernels: Kernels) throws -> Tensor {
-    let c = try kernels.allocate(t.shape)
+    let c = try kernels.allocate(t.shape, zeroed: false)  // written whole below
     kernels.copy(t.data, c.data, count: t.count)
     return c
   }

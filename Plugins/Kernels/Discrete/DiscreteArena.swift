@@ -95,7 +95,9 @@ public final class DiscreteArena: DeviceBuffers, @unchecked Sendable {
     }
     lock.unlock()
     let p = base + offset
-    if zeroed { whileOpen { _ = memset(p, 0, size) } }
+    // Memory asked for without clearing holds NaNs (all bits set) here: a block or the runtime that
+    // reads such a buffer before writing it spoils the tests' bytes on this test device.
+    whileOpen { _ = memset(p, zeroed ? 0 : 0xFF, size) }
     return p
   }
 

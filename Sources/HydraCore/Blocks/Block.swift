@@ -105,7 +105,10 @@ struct Buffer {
       return t
     }
     tensor = nil  // release before charging the larger one
-    let t = try kernels.allocate(shape)
+    // Not cleared: a reused buffer holds the last batch's values too, so a block writes its
+    // buffers before it reads them. Clearing each task's fresh buffers was 5 % of the CPU time of
+    // 8 small GPTs on one device (a serial pass while the device's other threads wait).
+    let t = try kernels.allocate(shape, zeroed: false)
     tensor = t
     return t
   }
