@@ -45,6 +45,13 @@ public protocol Kernels: AnyObject {
   /// dbias(cols) += sum over rows of dy(rows, cols).
   func accumulateBiasGradient(
     _ dy: UnsafePointer<Float>, rows: Int, cols: Int, into dbias: UnsafeMutablePointer<Float>)
+  /// y(rows, cols) = bias(cols) broadcast over rows, plus x(rows, cols) where given (x + bias,
+  /// one rounding). The start of a product that adds into y (`gemm` with beta 1): the bias and a
+  /// residual go in with no pass over y of their own. A default composes it of `copy` or `fill`
+  /// and `addBias`, with the same bits.
+  func setBias(
+    _ y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, plus x: UnsafePointer<Float>?, rows: Int,
+    cols: Int)
 
   // MARK: Activations (elementwise over `count`)
 
@@ -154,8 +161,17 @@ public protocol Kernels: AnyObject {
 }
 
 extension Kernels {
-  /// A zero-filled tensor charged to this device.
-  public func allocate(_ shape: [Int]) throws -> Tensor {
-    try Tensor(shape: shape, memory: memory)
+  public func setBias(
+    _ y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, plus x: UnsafePointer<Float>?, rows: Int,
+    cols: Int
+  ) {
+    if let x { copy(x, y, count: rows * cols) } else { fill(y, value: 0, count: rows * cols) }
+    addBias(y, bias: bias, rows: rows, cols: cols)
+  }
+
+  /// A tensor charged to this device: zero-filled, or with `zeroed` false holding whatever its
+  /// bytes held before (for a buffer that is written whole before it is read: no pass of its own).
+  public func allocate(_ shape: [Int], zeroed: Bool = true) throws -> Tensor {
+    try Tensor(shape: shape, memory: memory, zeroed: zeroed)
   }
 }

@@ -32,6 +32,11 @@ struct Bench {
     Case(
       label: "gpt2-block L1 C768 H12 T256 B4",
       spec: .gpt(GPTShape(layers: 1, channels: 768, heads: 12, context: 256, vocab: 256)), batch: 4),
+    // The models of Scripts/bench-ranks (and bench-mpi's 8-model job): small products, where the
+    // threads of one device gain least.
+    Case(
+      label: "gpt-small L4 C128 H4 T64 B16",
+      spec: .gpt(GPTShape(layers: 4, channels: 128, heads: 4, context: 64, vocab: 256)), batch: 16),
     Case(
       label: "mlp  1024-2048-2048-10 B256", spec: .mlp(inputs: 1024, hidden: [2048, 2048], classes: 10), batch: 256),
   ]

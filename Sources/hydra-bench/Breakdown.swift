@@ -95,6 +95,12 @@ final class TimedKernels: Kernels {
   func addBias(_ y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, rows: Int, cols: Int) {
     time("bias") { inner.addBias(y, bias: bias, rows: rows, cols: cols) }
   }
+  func setBias(
+    _ y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, plus x: UnsafePointer<Float>?, rows: Int,
+    cols: Int
+  ) {
+    time("bias") { inner.setBias(y, bias: bias, plus: x, rows: rows, cols: cols) }
+  }
   func accumulateBiasGradient(_ dy: UnsafePointer<Float>, rows: Int, cols: Int, into dbias: UnsafeMutablePointer<Float>)
   {
     time("bias") { inner.accumulateBiasGradient(dy, rows: rows, cols: cols, into: dbias) }

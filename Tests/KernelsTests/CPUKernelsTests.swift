@@ -121,6 +121,19 @@ final class CPUKernelsTests: XCTestCase {
         ref.addBias(y2.p, bias: bias.c, rows: rows, cols: cols)
         assertBitwise(y1.array, y2.array, "addBias t\(threads) \(rows)x\(cols)")
 
+        // setBias: y = bias on every row, or x + bias; garbage in y beforehand must not show.
+        let x = Buf(rng.normal(rows * cols))
+        for plus in [nil, x.c] {
+          let s1 = Buf(rng.normal(rows * cols)), s2 = Buf(rng.normal(rows * cols))
+          cpu.setBias(s1.p, bias: bias.c, plus: plus, rows: rows, cols: cols)
+          ref.setBias(s2.p, bias: bias.c, plus: plus, rows: rows, cols: cols)
+          let label = "setBias\(plus == nil ? "" : " plus x") t\(threads) \(rows)x\(cols)"
+          assertBitwise(s1.array, s2.array, label)
+          // By hand, for one element.
+          let (r, c) = (rows - 1, cols / 2)
+          XCTAssertEqual(s1.array[r * cols + c], (plus == nil ? 0 : x.array[r * cols + c]) + bias.array[c], label)
+        }
+
         let dy = Buf(rng.normal(rows * cols))
         let d0 = rng.normal(cols)
         let d1 = Buf(d0), d2 = Buf(d0)

@@ -120,6 +120,31 @@ public final class CPUKernels: Kernels {
     }
   }
 
+  public func setBias(
+    _ y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, plus x: UnsafePointer<Float>?, rows: Int,
+    cols: Int
+  ) {
+    parallelFor(rows, grain: Swift.max(1, Self.elementGrain / Swift.max(cols, 1)), align: 1) { rr in
+      for r in rr {
+        let row = y + r * cols
+        if let x {
+          let xr = x + r * cols
+          var c = 0
+          while c + 16 <= cols {
+            store16(load16(xr + c) + load16(bias + c), row + c)
+            c += 16
+          }
+          while c < cols {
+            row[c] = xr[c] + bias[c]
+            c += 1
+          }
+        } else {
+          row.update(from: bias, count: cols)
+        }
+      }
+    }
+  }
+
   /// Column block widths of the column reductions: each column is summed over the rows in row
   /// order, in blocks of `rowBlock` rows whose partial sums are added to a running total (error
   /// grows like rowBlock + rows / rowBlock rather than rows).

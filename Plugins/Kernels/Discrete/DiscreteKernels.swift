@@ -49,6 +49,13 @@ public final class DiscreteKernels: Kernels {
     arena.whileOpen { cpu.addBias(y, bias: bias, rows: rows, cols: cols) }
   }
 
+  public func setBias(
+    _ y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, plus x: UnsafePointer<Float>?, rows: Int,
+    cols: Int
+  ) {
+    arena.whileOpen { cpu.setBias(y, bias: bias, plus: x, rows: rows, cols: cols) }
+  }
+
   public func accumulateBiasGradient(
     _ dy: UnsafePointer<Float>, rows: Int, cols: Int, into dbias: UnsafeMutablePointer<Float>
   ) {

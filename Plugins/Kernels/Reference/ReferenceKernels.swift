@@ -49,6 +49,13 @@ public final class ReferenceKernels: Kernels {
     for r in 0..<rows { for c in 0..<cols { y[r * cols + c] += bias[c] } }
   }
 
+  public func setBias(
+    _ y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, plus x: UnsafePointer<Float>?, rows: Int,
+    cols: Int
+  ) {
+    for r in 0..<rows { for c in 0..<cols { y[r * cols + c] = (x?[r * cols + c] ?? 0) + bias[c] } }
+  }
+
   public func accumulateBiasGradient(
     _ dy: UnsafePointer<Float>, rows: Int, cols: Int, into dbias: UnsafeMutablePointer<Float>
   ) {

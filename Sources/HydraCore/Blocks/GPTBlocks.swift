@@ -186,8 +186,8 @@ public final class TransformerBlock: Block {
     kernels.attentionForward(
       qkv: qkv.data, out: att.data, probs: probs.data, batch: B, seq: T, channels: C, heads: H)
     let x2 = try x2.get([B, T, C], kernels: kernels)
-    projDense.forward(x: att.data, rows: N, weight: projW, bias: projB, y: x2.data, kernels: kernels)
-    kernels.accumulate(x.data, into: x2.data, count: N * C)
+    projDense.forward(
+      x: att.data, rows: N, weight: projW, bias: projB, residual: x.data, y: x2.data, kernels: kernels)
     let ln2 = try ln2.get([B, T, C], kernels: kernels)
     let m2 = try ln2Mean.get([N], kernels: kernels), r2 = try ln2Rstd.get([N], kernels: kernels)
     kernels.layerNormForward(
@@ -200,8 +200,8 @@ public final class TransformerBlock: Block {
     let gelu = try workspace.get("wide0", [B, T, 4 * C], kernels: kernels)
     kernels.geluForward(fc.data, gelu.data, count: N * 4 * C)
     let y = try out.get([B, T, C], kernels: kernels)
-    fcProjDense.forward(x: gelu.data, rows: N, weight: fcProjW, bias: fcProjB, y: y.data, kernels: kernels)
-    kernels.accumulate(x2.data, into: y.data, count: N * C)
+    fcProjDense.forward(
+      x: gelu.data, rows: N, weight: fcProjW, bias: fcProjB, residual: x2.data, y: y.data, kernels: kernels)
     return y
   }
   public func backward(_ dOutput: Tensor?, kernels: Kernels) throws -> Tensor? {

@@ -7,15 +7,25 @@ struct Dense {
   let outputs: Int
   let weightIsOutByIn: Bool
 
+  /// y = x W + b, plus `residual` (rows, out) where given: y = (residual + b) + x W. The bias and the
+  /// residual are in y before the product adds into it (beta 1), so neither takes a pass over y of
+  /// its own, nor does a product's clearing of y.
   func forward(
-    x: UnsafePointer<Float>, rows: Int, weight: Parameter, bias: Parameter?, y: UnsafeMutablePointer<Float>,
-    kernels: Kernels
+    x: UnsafePointer<Float>, rows: Int, weight: Parameter, bias: Parameter?,
+    residual: UnsafePointer<Float>? = nil, y: UnsafeMutablePointer<Float>, kernels: Kernels
   ) {
+    var beta: Float = 1
+    if let bias {
+      kernels.setBias(y, bias: bias.value.data, plus: residual, rows: rows, cols: outputs)
+    } else if let residual {
+      kernels.copy(residual, y, count: rows * outputs)
+    } else {
+      beta = 0
+    }
     kernels.gemm(
       transA: false, transB: weightIsOutByIn, m: rows, n: outputs, k: inputs, alpha: 1,
       a: x, lda: inputs, b: weight.value.data, ldb: weightIsOutByIn ? inputs : outputs,
-      beta: 0, c: y, ldc: outputs)
-    if let bias { kernels.addBias(y, bias: bias.value.data, rows: rows, cols: outputs) }
+      beta: beta, c: y, ldc: outputs)
   }
 
   /// dW += x^T dy (in the stored layout), db += sum dy, and, if `dx` is given, dx = dy W^T.
