@@ -88,8 +88,8 @@ public final class Tensor: @unchecked Sendable {
     }
   }
 
-  /// Allocates a zero-filled tensor, charging `memory` (if given) for its bytes, where `memory`
-  /// keeps them.
+  /// Allocates a tensor, zero-filled unless `zeroed` is false (then its bytes hold whatever they
+  /// held before), charging `memory` (if given) for its bytes, where `memory` keeps them.
   public init(shape: [Int], memory: DeviceMemory? = nil, zeroed: Bool = true) throws {
     precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
     let count = shape.reduce(1, *)

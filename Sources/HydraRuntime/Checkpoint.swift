@@ -128,10 +128,14 @@ public enum Checkpoint {
   /// `unit`, its newest complete checkpoint, where they are not already: a run killed between
   /// renaming a unit into place and linking its files at the top left them at an older step (or
   /// absent), and a resume that has nothing left to train would never link them. Returns the names
-  /// replaced. Only the process that owns the output folder calls it, before any step runs.
+  /// replaced. Only the process that owns the output folder calls it, before any step runs, on a
+  /// unit `newest` found intact (its files match its manifest).
   @discardableResult
   public static func publishNewest(_ unit: String, in folder: String) throws -> [String] {
     guard unit != folder else { return [] }  // the layout before units: the files are the checkpoint
+    let manifest = FileManager.default.contents(atPath: unit + "/" + manifestFile).flatMap {
+      try? JSONDecoder().decode(Manifest.self, from: $0)
+    }
     var replaced: [String] = []
     for file in [weightsFile, configFile] {
       var top = stat(), inUnit = stat()
@@ -139,9 +143,10 @@ public enum Checkpoint {
       if stat(folder + "/" + file, &top) == 0 && top.st_dev == inUnit.st_dev && top.st_ino == inUnit.st_ino {
         continue
       }
-      // Where links are refused the top holds a copy: the same bytes count as linked.
-      if top.st_size == inUnit.st_size, let a = sha256(of: folder + "/" + file), let b = sha256(of: unit + "/" + file),
-        a == b
+      // Where links are refused the top holds a copy: the unit's bytes (by its manifest, so that
+      // the unit's file is not read again) count as linked.
+      if let expected = manifest?.files[file], Int(top.st_size) == expected.bytes,
+        let (_, digest) = sha256(of: folder + "/" + file), digest == expected.sha256
       {
         continue
       }

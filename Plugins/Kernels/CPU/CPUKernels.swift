@@ -101,22 +101,27 @@ public final class CPUKernels: Kernels {
 
   // MARK: Bias
 
+  /// out = a + b over one row of `count` floats, on the calling thread (out may alias a).
+  @inline(__always)
+  private static func addRow(
+    _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count: Int
+  ) {
+    var c = 0
+    while c + 16 <= count {
+      store16(load16(a + c) + load16(b + c), out + c)
+      c += 16
+    }
+    while c < count {
+      out[c] = a[c] + b[c]
+      c += 1
+    }
+  }
+
   public func addBias(
     _ y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, rows: Int, cols: Int
   ) {
     parallelFor(rows, grain: Swift.max(1, Self.elementGrain / Swift.max(cols, 1)), align: 1) { rr in
-      for r in rr {
-        let row = y + r * cols
-        var c = 0
-        while c + 16 <= cols {
-          store16(load16(row + c) + load16(bias + c), row + c)
-          c += 16
-        }
-        while c < cols {
-          row[c] += bias[c]
-          c += 1
-        }
-      }
+      for r in rr { Self.addRow(y + r * cols, bias, y + r * cols, count: cols) }
     }
   }
 
@@ -126,20 +131,10 @@ public final class CPUKernels: Kernels {
   ) {
     parallelFor(rows, grain: Swift.max(1, Self.elementGrain / Swift.max(cols, 1)), align: 1) { rr in
       for r in rr {
-        let row = y + r * cols
         if let x {
-          let xr = x + r * cols
-          var c = 0
-          while c + 16 <= cols {
-            store16(load16(xr + c) + load16(bias + c), row + c)
-            c += 16
-          }
-          while c < cols {
-            row[c] = xr[c] + bias[c]
-            c += 1
-          }
+          Self.addRow(x + r * cols, bias, y + r * cols, count: cols)
         } else {
-          row.update(from: bias, count: cols)
+          (y + r * cols).update(from: bias, count: cols)
         }
       }
     }
@@ -382,18 +377,7 @@ public final class CPUKernels: Kernels {
   ) {
     let C = channels
     parallelFor(batch * seq, grain: Swift.max(1, Self.elementGrain / Swift.max(C, 1)), align: 1) { rr in
-      for i in rr {
-        let te = wte + Int(tokens[i]) * C, pe = wpe + (i % seq) * C, o = out + i * C
-        var c = 0
-        while c + 16 <= C {
-          store16(load16(te + c) + load16(pe + c), o + c)
-          c += 16
-        }
-        while c < C {
-          o[c] = te[c] + pe[c]
-          c += 1
-        }
-      }
+      for i in rr { Self.addRow(wte + Int(tokens[i]) * C, wpe + (i % seq) * C, out + i * C, count: C) }
     }
   }
 
