@@ -18,11 +18,12 @@ final class CPUKernelsTests: XCTestCase {
 
   func testGemmAllTransposesAgainstReference() {
     var rng = TestRandom(1)
-    // The last three are cut into pieces (`CPUKernels.productSplit`): along rows (the last piece
-    // short), along columns, and along rows of a thin C.
+    // From (333, 77, 129) on, they are cut into pieces (`CPUKernels.productSplit`): along rows (the
+    // last piece short), along columns, along rows of a thin C; then along k alone (two pieces, 512
+    // and 488), and along k (seven pieces, the last 272) and columns (256 and 44) at once.
     let shapes = [
       (1, 1, 1), (7, 13, 31), (31, 7, 13), (64, 33, 129), (5, 17, 512), (13, 1, 7), (333, 77, 129), (45, 1000, 97),
-      (500, 17, 300),
+      (500, 17, 300), (33, 70, 1000), (150, 300, 2000),
     ]
     for threads in testThreads {
       let cpu = CPUKernels(threads: threads)

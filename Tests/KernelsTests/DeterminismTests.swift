@@ -29,6 +29,12 @@ final class DeterminismTests: XCTestCase {
         transA: true, transB: true, m: 96, n: 500, k: 100, alpha: 1, a: dy.c, lda: 96, b: x.c, ldb: 100, beta: 0,
         c: c2.p, ldc: 500)
       results.append(("gemm along columns", c2.array))
+      // A weight gradient's shape: cut along k (5 pieces, partial products added in order).
+      let c3 = Buf(rng.normal(96 * 120))
+      k.gemm(
+        transA: true, transB: false, m: 96, n: 120, k: 1300, alpha: 1, a: dy.c, lda: 96, b: x.c, ldb: 120, beta: 1,
+        c: c3.p, ldc: 120)
+      results.append(("gemm along k", c3.array))
       let cb = Buf(rng.normal(2 * 64 * 64))
       k.gemmBatched(
         transA: true, transB: false, m: 64, n: 64, k: 64, alpha: 1, a: a.c, lda: 64, strideA: 4096,

@@ -28,7 +28,10 @@ final class ProductScalingTests: XCTestCase {
       "set HYDRA_PRODUCT_SCALING=1 (and build with -c release) to measure the products' thread scaling")
     var ratios: [Double] = []
     var rng = TestRandom(7)
-    let (B, T, C) = (8, 128, 384)
+    // HYDRA_PRODUCT_SCALING_SHAPE="B,T,C" measures another layer (default 8,128,384).
+    let shape = (ProcessInfo.processInfo.environment["HYDRA_PRODUCT_SCALING_SHAPE"] ?? "8,128,384")
+      .split(separator: ",").compactMap { Int($0) }
+    let (B, T, C) = shape.count == 3 ? (shape[0], shape[1], shape[2]) : (8, 128, 384)
     let R = B * T
     let big = Buf(rng.normal(R * 4 * C)), big2 = Buf(rng.normal(R * 4 * C)), out = Buf(count: R * 4 * C)
     // (name, transA, transB, m, n, k)
@@ -64,8 +67,9 @@ final class ProductScalingTests: XCTestCase {
       print(
         String(
           format:
-            "%@ m%5d n%5d k%5d pieces %2d x %4d %@ | 1t ours %.1f blas %.1f (%.2f) | 2t ours %.1f blas %.1f (%.2f) | ours x%.2f blas x%.2f",
-          name, m, n, kk, split.count, split.size, split.alongRows ? "rows" : "cols", f / o1 / 1e9, f / b1 / 1e9,
+            "%@ m%5d n%5d k%5d pieces %2d x %4d %@ x %d of k | 1t ours %.1f blas %.1f (%.2f) | 2t ours %.1f blas %.1f (%.2f) | ours x%.2f blas x%.2f",
+          name, m, n, kk, split.count, split.size, split.alongRows ? "rows" : "cols", split.kCount, f / o1 / 1e9,
+          f / b1 / 1e9,
           b1 / o1, f / o2 / 1e9, f / b2 / 1e9, b2 / o2, o1 / o2, b1 / b2))
     }
     print(String(format: "median, 2 threads, ours / OpenBLAS's own: %.2f", ratios.sorted()[ratios.count / 2]))

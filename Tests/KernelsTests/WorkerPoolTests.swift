@@ -86,11 +86,31 @@ final class ProductSplitTests: XCTestCase {
     typealias S = CPUKernels.ProductSplit
     // Small: one piece.
     XCTAssertEqual(CPUKernels.productSplit(m: 64, n: 64, k: 64), S(alongRows: true, size: 64, count: 1))
-    // A GPT layer at 1024 rows: the qkv product in 5 pieces of 256 columns, the MLP's second in 4
-    // pieces of 256 rows.
+    // A GPT layer at 1024 rows: the qkv product in 5 pieces of 256 columns; the MLP's second, whose
+    // k = 1536 is the longest, in 4 pieces of 256 rows, each in 2 pieces of k (C has 393216 floats:
+    // room in 2^19 of scratch for one partial product only).
     XCTAssertEqual(CPUKernels.productSplit(m: 1024, n: 1152, k: 384), S(alongRows: false, size: 256, count: 5))
-    XCTAssertEqual(CPUKernels.productSplit(m: 1024, n: 384, k: 1536), S(alongRows: true, size: 256, count: 4))
+    XCTAssertEqual(
+      CPUKernels.productSplit(m: 1024, n: 384, k: 1536), S(alongRows: true, size: 256, count: 4, kSize: 768, kCount: 2))
     // Many rows: at most 64 pieces.
     XCTAssertEqual(CPUKernels.productSplit(m: 32768, n: 768, k: 768), S(alongRows: true, size: 512, count: 64))
+    // Weight gradients (k = the batch's rows, the longest): cut along k into pieces of 256 or more,
+    // then C into the pieces still short of 16. d_model 128 at 1024 rows: C is one piece of 128
+    // rows, k four of 256.
+    XCTAssertEqual(
+      CPUKernels.productSplit(m: 128, n: 128, k: 1024), S(alongRows: true, size: 128, count: 1, kSize: 256, kCount: 4))
+    // d_model 384: k in 4 (3 partial products of 147456 floats fit in 2^19), C's 384 rows in
+    // 256 + 128 (16 / 4 = 4 wanted, but no piece under 256).
+    XCTAssertEqual(
+      CPUKernels.productSplit(m: 384, n: 384, k: 1024), S(alongRows: true, size: 256, count: 2, kSize: 256, kCount: 4))
+    // The qkv gradient of d_model 384: n = 1152 is longer than k = 1024, so C alone is cut.
+    XCTAssertEqual(CPUKernels.productSplit(m: 384, n: 1152, k: 1024), S(alongRows: false, size: 256, count: 5))
+    // GPT-2 small at 4096 rows: C of 768 x 768 leaves no room for a partial product, so C alone is
+    // cut, as for 768 x 3072.
+    XCTAssertEqual(CPUKernels.productSplit(m: 768, n: 768, k: 4096), S(alongRows: true, size: 256, count: 3))
+    XCTAssertEqual(CPUKernels.productSplit(m: 768, n: 3072, k: 4096), S(alongRows: false, size: 256, count: 12))
+    // Batched products keep k whole.
+    XCTAssertEqual(
+      CPUKernels.productSplit(m: 128, n: 128, k: 1024, alongK: false), S(alongRows: true, size: 128, count: 1))
   }
 }

@@ -13,13 +13,14 @@ import HydraPluginAPI
 /// rules of the sizes alone; every output element is computed by one piece, the same way whichever
 /// thread runs it; reductions (`sumOfSquares`, the cross-entropy loss) use a fixed chunking and add
 /// the chunks in order; column reductions (bias, LayerNorm and embedding gradients) sum each column
-/// over its rows in order. Products are cut into pieces of C (`productSplit`) and attention into
-/// (row block, batch, head) tasks, each piece one *single-threaded* OpenBLAS call: OpenBLAS's own
+/// over its rows in order. Products are cut into pieces of C (`productSplit`; a weight gradient's
+/// also along k, its partial products added in order) and attention into (row block, batch, head)
+/// tasks, each piece one *single-threaded* OpenBLAS call: OpenBLAS's own
 /// pool is set to one thread for the whole process, so it never competes with this one. The bits
 /// of a product then depend only on the shapes and OpenBLAS's kernel set (`blasCoreName`).
 ///
-/// No heap allocation per call (scratch for reductions is a small stack buffer; the pool borrows
-/// each call's closure).
+/// No heap allocation per call (scratch for reductions is a small stack buffer; products cut along k
+/// keep one scratch buffer per instance, allocated once; the pool borrows each call's closure).
 ///
 /// An instance may be used by several threads at once (devices sharing it): a call that finds the
 /// pool busy runs on its caller's thread alone, with the same results. Each instance owns its pool;
@@ -29,18 +30,31 @@ public final class CPUKernels: Kernels {
   public let threads: Int
   public let memory: DeviceMemory
   let pool: WorkerPool
+  /// Scratch of the products cut along k (`withProductScratch`), guarded by `scratchLock`: at most
+  /// `kScratchLimit` floats, allocated at the first such product and kept.
+  var scratch: UnsafeMutablePointer<Float>?
+  var scratchCapacity = 0
+  /// The scratch's first `scratchZeroed` floats are zero (every product leaves them so).
+  var scratchZeroed = 0
+  let scratchLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
   public init(threads: Int = 1, memory: DeviceMemory = DeviceMemory()) {
     precondition(threads >= 1, "threads must be at least 1")
     self.threads = threads
     self.memory = memory
     pool = WorkerPool(threads: threads)
+    pthread_mutex_init(scratchLock, nil)
     // Every product is cut into single-threaded calls on this pool; OpenBLAS threads of its own
     // would only compete with it for the cores.
     openblas_set_num_threads(1)
   }
 
-  deinit { pool.shutdown() }
+  deinit {
+    pool.shutdown()
+    scratch?.deallocate()
+    pthread_mutex_destroy(scratchLock)
+    scratchLock.deallocate()
+  }
 
   /// The OpenBLAS kernel set chosen for this CPU at load time (`OPENBLAS_CORETYPE` overrides it).
   /// On CPUs newer than the OpenBLAS release it can fall back to a slow generic one ("Prescott"):
@@ -103,7 +117,7 @@ public final class CPUKernels: Kernels {
 
   /// out = a + b over one row of `count` floats, on the calling thread (out may alias a).
   @inline(__always)
-  private static func addRow(
+  static func addRow(
     _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count: Int
   ) {
     var c = 0
