@@ -35,17 +35,19 @@ public enum CPUMath {
     // Round x/ln2 to the nearest integer with the 1.5 * 2^23 trick (valid for |x/ln2| < 2^22); the
     // integer then sits in the low mantissa bits of `t`.
     let magic: Float = 12_582_912
-    let t = xc * 1.442_695_04 + magic
+    // Multiply-adds are fused (`addingProduct`: one rounding, one instruction where the target has
+    // FMA); Swift never fuses `a * b + c` by itself.
+    let t = V(repeating: magic).addingProduct(xc, 1.442_695_04)
     let kf = t - magic
-    var r = xc - kf * 0.693_359_375
-    r = r - kf * -2.121_944_4e-4
+    var r = xc.addingProduct(kf, -0.693_359_375)
+    r = r.addingProduct(kf, 2.121_944_4e-4)
     var p = V(repeating: 1.987_569_15e-4)
-    p = p * r + 1.398_199_950_7e-3
-    p = p * r + 8.333_451_907_3e-3
-    p = p * r + 4.166_579_589_4e-2
-    p = p * r + 1.666_666_545_9e-1
-    p = p * r + 5.000_000_120_1e-1
-    p = p * (r * r) + r + 1
+    p = V(repeating: 1.398_199_950_7e-3).addingProduct(p, r)
+    p = V(repeating: 8.333_451_907_3e-3).addingProduct(p, r)
+    p = V(repeating: 4.166_579_589_4e-2).addingProduct(p, r)
+    p = V(repeating: 1.666_666_545_9e-1).addingProduct(p, r)
+    p = V(repeating: 5.000_000_120_1e-1).addingProduct(p, r)
+    p = r.addingProduct(p, r * r) + 1
     // k in [-150, 128]: with `split`, two halves, each a normal power of two.
     let k = unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000
     if !split {
@@ -85,7 +87,7 @@ public enum CPUMath {
   /// cancellation for negative x. The exponent is clamped to [-87, 80] so that e stays finite.
   @inline(__always)
   public static func gelu(_ x: V) -> V {
-    let u = geluScale * (x + geluCubic * (x * x * x))
+    let u = geluScale * x.addingProduct(x * x * x, geluCubic)
     let s = 1 / (1 + geluExp(-2 * u))
     return x * s
   }
@@ -95,11 +97,11 @@ public enum CPUMath {
   @inline(__always)
   public static func geluGrad(_ x: V) -> V {
     let x2 = x * x
-    let u = geluScale * (x + geluCubic * (x2 * x))
-    let du = geluScale * (1 + (3 * geluCubic) * x2)
+    let u = geluScale * x.addingProduct(x2 * x, geluCubic)
+    let du = geluScale * V(repeating: 1).addingProduct(x2, 3 * geluCubic)
     let e = geluExp(-2 * u)
     let s = 1 / (1 + e)
-    return s * (1 + 2 * x * du * (e * s))
+    return s.addingProduct(s, 2 * x * du * (e * s))
   }
 }
 
