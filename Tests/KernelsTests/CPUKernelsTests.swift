@@ -1,3 +1,4 @@
+import CBLAS
 import HydraCore
 import HydraKernelsCPU
 import HydraKernelsReference
@@ -59,6 +60,34 @@ final class CPUKernelsTests: XCTestCase {
               }
               assertClose(got, want, tol: 1e-5 * Float(max(k, 8)).squareRoot(), what)
             }
+          }
+        }
+      }
+    }
+  }
+
+  /// Beta 0 is run as zeros and beta 1 (no `sgemm_beta` pass): the bits must be those of OpenBLAS's
+  /// own beta-0 call, over NaN, with the padding between rows left alone. Shapes of one piece each
+  /// (an attention head's product, a small layer's), every transpose.
+  func testGemmWithBetaZeroHasTheBitsOfOpenBLASsOwnCall() {
+    var rng = TestRandom(5)
+    let cpu = CPUKernels(threads: 2)
+    for (m, n, k) in [(64, 64, 32), (64, 32, 64), (200, 100, 50)] {
+      for transA in [false, true] {
+        for transB in [false, true] {
+          for ldc in [n, n + 3] {
+            let lda = transA ? m : k, ldb = transB ? k : n
+            let a = Buf(rng.normal((transA ? k : m) * lda)), b = Buf(rng.normal((transB ? n : k) * ldb))
+            let ours = Buf([Float](repeating: .nan, count: m * ldc))
+            let theirs = Buf([Float](repeating: .nan, count: m * ldc))
+            cpu.gemm(
+              transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.75, a: a.c, lda: lda, b: b.c, ldb: ldb,
+              beta: 0, c: ours.p, ldc: ldc)
+            cblas_sgemm(
+              CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m),
+              Int32(n), Int32(k), 0.75, a.c, Int32(lda), b.c, Int32(ldb), 0, theirs.p, Int32(ldc))
+            // Padding (NaN in both) compares equal by bits too.
+            assertBitwise(ours.array, theirs.array, "gemm beta 0 \(m)x\(n)x\(k) tA \(transA) tB \(transB) ldc \(ldc)")
           }
         }
       }
