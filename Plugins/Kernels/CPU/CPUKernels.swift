@@ -34,8 +34,6 @@ public final class CPUKernels: Kernels {
   /// `kScratchLimit` floats, allocated at the first such product and kept.
   var scratch: UnsafeMutablePointer<Float>?
   var scratchCapacity = 0
-  /// The scratch's first `scratchZeroed` floats are zero (every product leaves them so).
-  var scratchZeroed = 0
   let scratchLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
   public init(threads: Int = 1, memory: DeviceMemory = DeviceMemory()) {

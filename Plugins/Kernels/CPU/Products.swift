@@ -39,7 +39,7 @@ extension CPUKernels {
   /// The partial products of the pieces of k after the first go to scratch of at most this many
   /// floats (2 MiB, about what stays in a core's caches): fewer pieces of k for a larger C, and none
   /// for C of 2^19 floats or more. Each piece of k costs 4 passes over its part of the scratch (the
-  /// product's read and write, the sum's read, zeroing), 1 per 64 multiply-adds at 256 wide: cheap
+  /// product's zeroing, read and write, the sum's read), 1 per 64 multiply-adds at 256 wide: cheap
   /// in cache; from memory it made a d_model 768 layer's step 5-7 % slower on one thread.
   static let kScratchLimit = 1 << 19
 
@@ -95,14 +95,6 @@ extension CPUKernels {
     _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
   ) {
     if m == 0 || n == 0 { return }
-    if k == 0 {
-      // C = beta C (OpenBLAS would reject a leading dimension of 0 for the empty operand).
-      for i in 0..<m {
-        let row = c + i * ldc
-        if beta == 0 { row.update(repeating: 0, count: n) } else { for j in 0..<n { row[j] *= beta } }
-      }
-      return
-    }
     var beta = beta
     if beta == 0 {
       // OpenBLAS clears C for beta 0 in a pass of its own (`sgemm_beta`), slower than a memset
@@ -114,6 +106,11 @@ extension CPUKernels {
         for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) }
       }
       beta = 1
+    }
+    if k == 0 {
+      // C = beta C (OpenBLAS would reject a leading dimension of 0 for the empty operand).
+      if beta != 1 { for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } } }
+      return
     }
     cblas_sgemm(
       CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
@@ -153,8 +150,8 @@ extension CPUKernels {
       return
     }
     // Along k too: the first piece of k goes into C (with beta), each other one into its own
-    // m x n of scratch; then C adds the scratch in order of k, and the scratch is zeroed again.
-    // Every element of C is the same sum of the same OpenBLAS calls at any number of threads.
+    // m x n of scratch (beta 0); then C adds the scratch in order of k. Every element of C is the
+    // same sum of the same OpenBLAS calls at any number of threads.
     let cells = m * n
     withProductScratch(floats: (split.kCount - 1) * cells) { scratch in
       pool.run(tasks: split.kCount * split.count) { t in
@@ -167,31 +164,24 @@ extension CPUKernels {
         if p == 0 {
           sgemmPiece(i, of: split, transA, transB, m, n, kk, alpha, ap, lda, bp, ldb, beta, c, ldc)
         } else {
-          // Beta 1 onto zeros: the bits of beta 0, without OpenBLAS's own clearing pass.
-          sgemmPiece(i, of: split, transA, transB, m, n, kk, alpha, ap, lda, bp, ldb, 1, scratch + (p - 1) * cells, n)
+          sgemmPiece(i, of: split, transA, transB, m, n, kk, alpha, ap, lda, bp, ldb, 0, scratch + (p - 1) * cells, n)
         }
       }
       let partials = split.kCount - 1
       parallelFor(m, grain: Swift.max(1, Self.elementGrain / Swift.max(n * partials, 1)), align: 1) { rows in
         for r in rows {
-          for p in 0..<partials {
-            let partial = scratch + p * cells + r * n
-            Self.addRow(c + r * ldc, partial, c + r * ldc, count: n)
-            // Zero again while in cache, for the next product.
-            partial.update(repeating: 0, count: n)
-          }
+          for p in 0..<partials { Self.addRow(c + r * ldc, scratch + p * cells + r * n, c + r * ldc, count: n) }
         }
       }
     }
   }
 
-  /// Runs `body` with `floats` floats of zeros, which it must leave zero: the instance's own
-  /// scratch (kept and grown, so that a training step allocates nothing), or, when another caller
-  /// holds it, memory of this call's.
+  /// Runs `body` with `floats` floats of scratch (contents undefined): the instance's own (kept and
+  /// grown, so that a training step allocates nothing), or, when another caller holds it, memory of
+  /// this call's.
   func withProductScratch(floats: Int, _ body: (UnsafeMutablePointer<Float>) -> Void) {
     guard pthread_mutex_trylock(scratchLock) == 0 else {
       let own = UnsafeMutablePointer<Float>.allocate(capacity: floats)
-      own.initialize(repeating: 0, count: floats)
       defer { own.deallocate() }
       return body(own)
     }
@@ -200,11 +190,6 @@ extension CPUKernels {
       scratch?.deallocate()
       scratch = UnsafeMutablePointer<Float>.allocate(capacity: floats)
       scratchCapacity = floats
-      scratchZeroed = 0
-    }
-    if scratchZeroed < floats {
-      (scratch! + scratchZeroed).initialize(repeating: 0, count: floats - scratchZeroed)
-      scratchZeroed = floats
     }
     body(scratch!)
   }
