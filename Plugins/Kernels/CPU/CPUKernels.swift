@@ -157,115 +157,126 @@ public final class CPUKernels: Kernels {
   /// grows like rowBlock + rows / rowBlock rather than rows).
   static let rowBlock = 32
 
-  /// For each column c: out[c] += sum over rows r of f(r, c), with f given 16 columns at a time.
-  /// Split over threads by columns, so the result does not depend on `threads`.
+  /// For each column c: out[c] += sum over rows r of term(r, c), 16 columns at a time.
+  /// Split over threads by columns, so the result does not depend on `threads`. Each piece runs
+  /// `columnSumsRange`, compiled once per `Term` (see `map`).
   @inline(__always)
-  private func columnSums(
-    rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>,
-    _ f: (_ r: Int, _ c: Int) -> V16, _ fScalar: (_ r: Int, _ c: Int) -> Float
-  ) {
+  private func columnSums<Term: ColumnTerm>(rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>, _ term: Term) {
     let grain = Swift.max(16, Self.elementGrain / Swift.max(rows, 1))
-    parallelFor(cols, grain: grain, align: 16) { cr in
-      var c = cr.lowerBound
-      while c + 16 <= cr.upperBound {
-        var total = V16()
-        var r = 0
-        while r < rows {
-          let end = Swift.min(rows, r + Self.rowBlock)
-          var acc = V16()
-          while r < end {
-            acc += f(r, c)
-            r += 1
-          }
-          total += acc
+    parallelFor(cols, grain: grain, align: 16) { cr in Self.columnSumsRange(term, rows: rows, out, cr) }
+  }
+
+  @inline(never)
+  static func columnSumsRange<Term: ColumnTerm>(
+    _ term: Term, rows: Int, _ out: UnsafeMutablePointer<Float>, _ cr: Range<Int>
+  ) {
+    var c = cr.lowerBound
+    while c + 16 <= cr.upperBound {
+      var total = V16()
+      var r = 0
+      while r < rows {
+        let end = Swift.min(rows, r + Self.rowBlock)
+        var acc = V16()
+        while r < end {
+          acc += term.lanes(r, c)
+          r += 1
         }
-        store16(load16(out + c) + total, out + c)
-        c += 16
+        total += acc
       }
-      while c < cr.upperBound {
-        var total: Float = 0
-        var r = 0
-        while r < rows {
-          let end = Swift.min(rows, r + Self.rowBlock)
-          var acc: Float = 0
-          while r < end {
-            acc += fScalar(r, c)
-            r += 1
-          }
-          total += acc
+      store16(load16(out + c) + total, out + c)
+      c += 16
+    }
+    while c < cr.upperBound {
+      var total: Float = 0
+      var r = 0
+      while r < rows {
+        let end = Swift.min(rows, r + Self.rowBlock)
+        var acc: Float = 0
+        while r < end {
+          acc += term.scalar(r, c)
+          r += 1
         }
-        out[c] += total
-        c += 1
+        total += acc
       }
+      out[c] += total
+      c += 1
     }
   }
 
   public func accumulateBiasGradient(
     _ dy: UnsafePointer<Float>, rows: Int, cols: Int, into dbias: UnsafeMutablePointer<Float>
   ) {
-    columnSums(
-      rows: rows, cols: cols, into: dbias, { r, c in load16(dy + r * cols + c) },
-      { r, c in dy[r * cols + c] })
+    columnSums(rows: rows, cols: cols, into: dbias, RowMajor(p: dy, cols: cols))
   }
 
   // MARK: Activations
 
+  /// y = f(x) over 0..<count, on the pool. Each piece runs `mapRange`, one compiled copy per `F`
+  /// whichever the thread count: inlined into the one-thread path instead, the same loop ran at half
+  /// the speed (registers spilled in the larger function).
   @inline(__always)
-  private func map(
-    _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int,
-    _ f: (V16) -> V16
-  ) {
-    parallelFor(count, grain: Self.elementGrain) { range in
-      var i = range.lowerBound
-      let end = range.upperBound
-      while i + 16 <= end {
-        store16(f(load16(x + i)), y + i)
-        i += 16
-      }
-      if i < end { storePartial(f(loadPartial(x + i, end - i, fill: 0)), y + i, end - i) }
-    }
+  private func map<F: LaneMap>(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, _ f: F) {
+    parallelFor(count, grain: Self.elementGrain) { range in Self.mapRange(f, x, y, range) }
   }
 
-  @inline(__always)
-  private func map2(
-    _ x: UnsafePointer<Float>, _ z: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-    count: Int, _ f: (V16, V16) -> V16
+  @inline(never)
+  static func mapRange<F: LaneMap>(
+    _ f: F, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ range: Range<Int>
   ) {
-    parallelFor(count, grain: Self.elementGrain) { range in
-      var i = range.lowerBound
-      let end = range.upperBound
-      while i + 16 <= end {
-        store16(f(load16(x + i), load16(z + i)), y + i)
-        i += 16
-      }
-      if i < end {
-        let n = end - i
-        storePartial(f(loadPartial(x + i, n, fill: 0), loadPartial(z + i, n, fill: 0)), y + i, n)
-      }
+    var i = range.lowerBound
+    let end = range.upperBound
+    while i + 16 <= end {
+      store16(f(load16(x + i)), y + i)
+      i += 16
+    }
+    if i < end { storePartial(f(loadPartial(x + i, end - i, fill: 0)), y + i, end - i) }
+  }
+
+  /// y = f(x, z) over 0..<count, on the pool (as `map`).
+  @inline(__always)
+  private func map2<F: LaneMap2>(
+    _ x: UnsafePointer<Float>, _ z: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, _ f: F
+  ) {
+    parallelFor(count, grain: Self.elementGrain) { range in Self.map2Range(f, x, z, y, range) }
+  }
+
+  @inline(never)
+  static func map2Range<F: LaneMap2>(
+    _ f: F, _ x: UnsafePointer<Float>, _ z: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+    _ range: Range<Int>
+  ) {
+    var i = range.lowerBound
+    let end = range.upperBound
+    while i + 16 <= end {
+      store16(f(load16(x + i), load16(z + i)), y + i)
+      i += 16
+    }
+    if i < end {
+      let n = end - i
+      storePartial(f(loadPartial(x + i, n, fill: 0), loadPartial(z + i, n, fill: 0)), y + i, n)
     }
   }
 
   public func geluForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
-    map(x, y, count: count) { CPUMath.gelu($0) }
+    map(x, y, count: count, Gelu())
   }
 
   public func geluBackward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
     count: Int
   ) {
-    map2(x, dy, dx, count: count) { x, dy in CPUMath.geluGrad(x) * dy }
+    map2(x, dy, dx, count: count, GeluGradient())
   }
 
   public func reluForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
-    // `!(x > 0)` rather than `x <= 0`: NaN maps to 0, as in `x > 0 ? x : 0`.
-    map(x, y, count: count) { x in x.replacing(with: 0, where: .!(x .> 0)) }
+    map(x, y, count: count, Relu())
   }
 
   public func reluBackward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
     count: Int
   ) {
-    map2(x, dy, dx, count: count) { x, dy in dy.replacing(with: 0, where: .!(x .> 0)) }
+    map2(x, dy, dx, count: count, ReluGradient())
   }
 
   // MARK: LayerNorm
@@ -373,12 +384,8 @@ public final class CPUKernels: Kernels {
     }
     // dgamma += sum_r dy xhat, dbeta += sum_r dy (columns split over threads).
     columnSums(
-      rows: rows, cols: cols, into: dgamma,
-      { r, c in load16(dy + r * cols + c) * ((load16(x + r * cols + c) - mean[r]) * rstd[r]) },
-      { r, c in dy[r * cols + c] * ((x[r * cols + c] - mean[r]) * rstd[r]) })
-    columnSums(
-      rows: rows, cols: cols, into: dbeta, { r, c in load16(dy + r * cols + c) },
-      { r, c in dy[r * cols + c] })
+      rows: rows, cols: cols, into: dgamma, NormalizedTimesGradient(dy: dy, x: x, mean: mean, rstd: rstd, cols: cols))
+    columnSums(rows: rows, cols: cols, into: dbeta, RowMajor(p: dy, cols: cols))
   }
 
   // MARK: Embeddings
@@ -526,11 +533,11 @@ public final class CPUKernels: Kernels {
     _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
     count: Int
   ) {
-    map2(a, b, out, count: count) { $0 + $1 }
+    map2(a, b, out, count: count, Sum())
   }
 
   public func accumulate(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
-    map2(x, UnsafePointer(y), y, count: count) { $0 + $1 }
+    map2(x, UnsafePointer(y), y, count: count, Sum())
   }
 
   public func copy(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
@@ -546,7 +553,7 @@ public final class CPUKernels: Kernels {
   }
 
   public func scale(_ x: UnsafeMutablePointer<Float>, by factor: Float, count: Int) {
-    map(UnsafePointer(x), x, count: count) { $0 * factor }
+    map(UnsafePointer(x), x, count: count, Scale(factor: factor))
   }
 
   public func sumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double {
@@ -641,5 +648,77 @@ public final class CPUKernels: Kernels {
         i += 1
       }
     }
+  }
+}
+
+// MARK: - Lane functions
+//
+// The elementwise loops take their function as a generic value, not a closure: a closure called
+// from inside a pool task stays an indirect call per 16 lanes (its SIMD16 arguments passed through
+// memory), which made GELU's forward pass as slow on 2 threads as on 1. A generic parameter is
+// specialised, and the function inlined into the loop, on every path.
+
+/// y = f(x), 16 lanes at a time.
+protocol LaneMap {
+  func callAsFunction(_ x: V16) -> V16
+}
+
+/// y = f(x, z), 16 lanes at a time.
+protocol LaneMap2 {
+  func callAsFunction(_ x: V16, _ z: V16) -> V16
+}
+
+/// The term of row r at column c of a column sum: 16 columns from c, or column c alone.
+protocol ColumnTerm {
+  func lanes(_ r: Int, _ c: Int) -> V16
+  func scalar(_ r: Int, _ c: Int) -> Float
+}
+
+struct Gelu: LaneMap {
+  @inline(__always) func callAsFunction(_ x: V16) -> V16 { CPUMath.gelu(x) }
+}
+
+struct GeluGradient: LaneMap2 {
+  @inline(__always) func callAsFunction(_ x: V16, _ dy: V16) -> V16 { CPUMath.geluGrad(x) * dy }
+}
+
+/// `!(x > 0)` rather than `x <= 0`: NaN maps to 0, as in `x > 0 ? x : 0`.
+struct Relu: LaneMap {
+  @inline(__always) func callAsFunction(_ x: V16) -> V16 { x.replacing(with: 0, where: .!(x .> 0)) }
+}
+
+struct ReluGradient: LaneMap2 {
+  @inline(__always) func callAsFunction(_ x: V16, _ dy: V16) -> V16 { dy.replacing(with: 0, where: .!(x .> 0)) }
+}
+
+struct Sum: LaneMap2 {
+  @inline(__always) func callAsFunction(_ a: V16, _ b: V16) -> V16 { a + b }
+}
+
+struct Scale: LaneMap {
+  let factor: Float
+  @inline(__always) func callAsFunction(_ x: V16) -> V16 { x * factor }
+}
+
+/// p[r][c] of a row-major matrix with `cols` columns.
+struct RowMajor: ColumnTerm {
+  let p: UnsafePointer<Float>
+  let cols: Int
+  @inline(__always) func lanes(_ r: Int, _ c: Int) -> V16 { load16(p + r * cols + c) }
+  @inline(__always) func scalar(_ r: Int, _ c: Int) -> Float { p[r * cols + c] }
+}
+
+/// LayerNorm's dgamma term: dy times the normalised input, (x - mean[r]) rstd[r].
+struct NormalizedTimesGradient: ColumnTerm {
+  let dy: UnsafePointer<Float>
+  let x: UnsafePointer<Float>
+  let mean: UnsafePointer<Float>
+  let rstd: UnsafePointer<Float>
+  let cols: Int
+  @inline(__always) func lanes(_ r: Int, _ c: Int) -> V16 {
+    load16(dy + r * cols + c) * ((load16(x + r * cols + c) - mean[r]) * rstd[r])
+  }
+  @inline(__always) func scalar(_ r: Int, _ c: Int) -> Float {
+    dy[r * cols + c] * ((x[r * cols + c] - mean[r]) * rstd[r])
   }
 }
