@@ -25,6 +25,33 @@ final class WorkerPoolTests: XCTestCase {
     }
   }
 
+  /// Calls of alternating task counts, back to back: a worker that read the task counter at the end
+  /// of one call must never take a task once the next call has begun (a stale take used to pass the
+  /// bounds check against the next call's larger count, run a task of that call outside its count,
+  /// and let `run` return before its tasks were done: a rare crash of the 8-model job).
+  func testNoTaskOfTheNextCallIsTakenLate() {
+    let calls = Int(ProcessInfo.processInfo.environment["HYDRA_POOL_STRESS_CALLS"] ?? "") ?? 200_000
+    for threads in [2, 3] {
+      let pool = WorkerPool(threads: threads)
+      defer { pool.shutdown() }
+      let counts = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: 64)
+      for i in 0..<64 { (counts + i).initialize(to: Atomic(0)) }
+      defer {
+        counts.deinitialize(count: 64)
+        counts.deallocate()
+      }
+      var wrong = 0
+      for call in 0..<calls {
+        let tasks = call % 2 == 0 ? 2 : 64
+        pool.run(tasks: tasks) { i in counts[i].add(1, ordering: .relaxed) }
+        // Every task of this call ran once, and had finished when `run` returned.
+        for i in 0..<tasks where counts[i].exchange(0, ordering: .relaxed) != 1 { wrong += 1 }
+        if wrong > 0 { break }
+      }
+      XCTAssertEqual(wrong, 0, "threads \(threads): a task ran twice, or was not done when run returned")
+    }
+  }
+
   func testTasksRunOnSeveralThreads() {
     let pool = WorkerPool(threads: 2)
     defer { pool.shutdown() }

@@ -36,8 +36,10 @@ final class WorkerPool: @unchecked Sendable {
   private let busy = Atomic<Bool>(false)
   private let stopping = Atomic<Bool>(false)
 
+  /// Tasks of the current call: stored (releasing) after `nextTask` is closed, so that a worker that
+  /// reads it (acquiring) can no longer take a task of an earlier call (see `work`).
+  private let taskCount = Atomic<Int>(0)
   // Written by the caller before it publishes a generation, read by that generation's workers.
-  private var taskCount = 0
   private var body: ((Int) -> Void)?
 
   private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -87,17 +89,24 @@ final class WorkerPool: @unchecked Sendable {
   func run(tasks: Int, _ body: (Int) -> Void) {
     if tasks <= 0 { return }
     let participants = Swift.min(threads, tasks)
-    if participants <= 1
+    if participants <= 1 || tasks >= Self.closed
       || !busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
     {
       for i in 0..<tasks { body(i) }
       return
     }
     withoutActuallyEscaping(body) { body in
+      // Close the last call's counter before anything of this call is written: a worker still in
+      // that call may have read its counter at the end (every task taken) and be about to compare
+      // it with `taskCount`. Without this it could find this call's larger count there, take the
+      // last call's counter one further (still unchanged) and run a task of this call outside its
+      // count, which also let `run` return before every task was done.
+      let last = state.load(ordering: .relaxed) >> 16
+      nextTask.store(last << 32 | Self.closed, ordering: .sequentiallyConsistent)
       self.body = body
-      taskCount = tasks
+      taskCount.store(tasks, ordering: .releasing)
       // Generations wrap at 2^30 so that (generation << 32) never overflows.
-      let generation = ((state.load(ordering: .relaxed) >> 16) + 1) & (1 << 30 - 1)
+      let generation = (last + 1) & (1 << 30 - 1)
       finished.store(0, ordering: .relaxed)
       nextTask.store(generation << 32, ordering: .relaxed)
       state.store(generation << 16 | participants, ordering: .sequentiallyConsistent)
@@ -118,14 +127,17 @@ final class WorkerPool: @unchecked Sendable {
     busy.store(false, ordering: .releasing)
   }
 
+  /// The task index of a closed counter: above every task count (`run` takes fewer than 2^32 - 1).
+  static let closed = 0xFFFF_FFFF
+
   /// Takes tasks of call `generation` until none is left (or that call is over).
   private func work(generation: Int) {
     while true {
       var taken = nextTask.load(ordering: .acquiring)
       while true {
-        // Another call, or none left: `taskCount` is read only while the call is still current
-        // (the exchange below fails otherwise).
-        if taken >> 32 != generation || taken & 0xFFFF_FFFF >= taskCount { return }
+        // Another call, or none left. `taskCount` may already be the next call's; but that call
+        // closed this counter before storing it, so the exchange below then fails.
+        if taken >> 32 != generation || taken & 0xFFFF_FFFF >= taskCount.load(ordering: .acquiring) { return }
         let (exchanged, original) = nextTask.compareExchange(
           expected: taken, desired: taken + 1, ordering: .acquiringAndReleasing)
         if exchanged { break }
