@@ -61,6 +61,13 @@ public protocol Kernels: AnyObject {
   func geluBackward(
     _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
     count: Int)
+  /// y = GELU(x) and dx = dy * GELU'(x) in one pass, for a backward that needs GELU's output again
+  /// (the next product's weight gradient) as well as its gradient: one evaluation of the exponential
+  /// per element instead of two. `dx` may be `dy` (the gradient in place); `y` aliases neither. A
+  /// default composes it of `geluForward` and `geluBackward`, with their bits.
+  func geluForwardBackward(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+    dx: UnsafeMutablePointer<Float>, count: Int)
   /// y = max(x, 0).
   func reluForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int)
   /// dx = x > 0 ? dy : 0.
@@ -161,6 +168,14 @@ public protocol Kernels: AnyObject {
 }
 
 extension Kernels {
+  public func geluForwardBackward(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+    dx: UnsafeMutablePointer<Float>, count: Int
+  ) {
+    geluForward(x, y, count: count)
+    geluBackward(x, dy, dx, count: count)
+  }
+
   public func setBias(
     _ y: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, plus x: UnsafePointer<Float>?, rows: Int,
     cols: Int

@@ -113,6 +113,12 @@ final class TimedKernels: Kernels {
   ) {
     time("activation") { inner.geluBackward(x, dy, dx, count: count) }
   }
+  func geluForwardBackward(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+    dx: UnsafeMutablePointer<Float>, count: Int
+  ) {
+    time("activation") { inner.geluForwardBackward(x, dy, y: y, dx: dx, count: count) }
+  }
   func reluForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
     time("activation") { inner.reluForward(x, y, count: count) }
   }

@@ -222,6 +222,38 @@ final class CPUKernelsTests: XCTestCase {
     XCTAssertTrue(dx.array.allSatisfy { $0.isFinite } && y.array.allSatisfy { $0.isFinite })
   }
 
+  /// The one-pass GELU of the backward: GELU and its gradient against `reference`, the very bits of
+  /// `cpu`'s two separate kernels, with the gradient in place over dy as the GPT block runs it, and
+  /// the protocol's default (two kernels) on `reference` with its own bits.
+  func testGeluForwardBackwardInOnePass() {
+    var rng = TestRandom(41)
+    for threads in testThreads {
+      let cpu = CPUKernels(threads: threads)
+      for count in [1, 15, 17, 1000, 100_003] {
+        let x = Buf(activationInputs(&rng, count: count))
+        let dy = Buf(rng.normal(count))
+        // The same gradient in place: dx is dy's buffer.
+        let y = Buf(count: count, value: .nan), dxInPlace = Buf(dy.array)
+        cpu.geluForwardBackward(x.c, dxInPlace.c, y: y.p, dx: dxInPlace.p, count: count)
+        let ySeparate = Buf(count: count, value: .nan), dxSeparate = Buf(count: count, value: .nan)
+        cpu.geluForward(x.c, ySeparate.p, count: count)
+        cpu.geluBackward(x.c, dy.c, dxSeparate.p, count: count)
+        XCTAssertEqual(y.array.map(\.bitPattern), ySeparate.array.map(\.bitPattern), "gelu t\(threads) n\(count)")
+        XCTAssertEqual(
+          dxInPlace.array.map(\.bitPattern), dxSeparate.array.map(\.bitPattern), "gelu grad t\(threads) n\(count)")
+        let yRef = Buf(count: count), dxRef = Buf(count: count, value: .nan)
+        ref.geluForwardBackward(x.c, dy.c, y: yRef.p, dx: dxRef.p, count: count)
+        assertClose(y.array, yRef.array, tol: 1e-6, "gelu vs reference t\(threads) n\(count)")
+        assertClose(dxInPlace.array, dxRef.array, tol: 2e-6, "gelu grad vs reference t\(threads) n\(count)")
+        let yRef2 = Buf(count: count), dxRef2 = Buf(count: count)
+        ref.geluForward(x.c, yRef2.p, count: count)
+        ref.geluBackward(x.c, dy.c, dxRef2.p, count: count)
+        XCTAssertEqual(yRef.array.map(\.bitPattern), yRef2.array.map(\.bitPattern))
+        XCTAssertEqual(dxRef.array.map(\.bitPattern), dxRef2.array.map(\.bitPattern))
+      }
+    }
+  }
+
   func testReluForwardBackward() {
     var rng = TestRandom(5)
     for threads in testThreads {

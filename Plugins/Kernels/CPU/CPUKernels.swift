@@ -268,6 +268,37 @@ public final class CPUKernels: Kernels {
     map2(x, dy, dx, count: count, GeluGradient())
   }
 
+  public func geluForwardBackward(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+    dx: UnsafeMutablePointer<Float>, count: Int
+  ) {
+    parallelFor(count, grain: Self.elementGrain) { range in Self.geluForwardBackwardRange(x, dy, y, dx, range) }
+  }
+
+  /// `CPUMath.geluAndGrad` over one range: the bits of `geluForward` and `geluBackward`.
+  @inline(never)
+  static func geluForwardBackwardRange(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+    _ dx: UnsafeMutablePointer<Float>, _ range: Range<Int>
+  ) {
+    var i = range.lowerBound
+    let end = range.upperBound
+    while i + 16 <= end {
+      let (g, d) = CPUMath.geluAndGrad(load16(x + i))
+      let gy = load16(dy + i)
+      store16(g, y + i)
+      store16(d * gy, dx + i)
+      i += 16
+    }
+    if i < end {
+      let n = end - i
+      let (g, d) = CPUMath.geluAndGrad(loadPartial(x + i, n, fill: 0))
+      let gy = loadPartial(dy + i, n, fill: 0)
+      storePartial(g, y + i, n)
+      storePartial(d * gy, dx + i, n)
+    }
+  }
+
   public func reluForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
     map(x, y, count: count, Relu())
   }

@@ -103,6 +103,17 @@ public enum CPUMath {
     let s = 1 / (1 + e)
     return s.addingProduct(s, 2 * x * du * (e * s))
   }
+
+  /// (gelu(x), geluGrad(x)) from one exponential, with the bits of each.
+  @inline(__always)
+  public static func geluAndGrad(_ x: V) -> (V, V) {
+    let x2 = x * x
+    let u = geluScale * x.addingProduct(x2 * x, geluCubic)
+    let du = geluScale * V(repeating: 1).addingProduct(x2, 3 * geluCubic)
+    let e = geluExp(-2 * u)
+    let s = 1 / (1 + e)
+    return (x * s, s.addingProduct(s, 2 * x * du * (e * s)))
+  }
 }
 
 // MARK: - Loads and stores

@@ -72,6 +72,13 @@ public final class DiscreteKernels: Kernels {
     arena.whileOpen { cpu.geluBackward(x, dy, dx, count: count) }
   }
 
+  public func geluForwardBackward(
+    _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+    dx: UnsafeMutablePointer<Float>, count: Int
+  ) {
+    arena.whileOpen { cpu.geluForwardBackward(x, dy, y: y, dx: dx, count: count) }
+  }
+
   public func reluForward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
     arena.whileOpen { cpu.reluForward(x, y, count: count) }
   }

@@ -212,15 +212,16 @@ public final class TransformerBlock: Block {
     else { preconditionFailure("\(name): backward before forward") }
     let T = shape.context, C = shape.channels, H = shape.heads
     let N = rows, B = N / T
-    // MLP: y = x2 + c_proj(gelu(c_fc(ln_2(x2)))). GELU's output again, into wide0, for c_proj's
-    // weight gradient; then wide0 takes dFc once c_proj's backward is done with it.
-    let gelu = try workspace.get("wide0", [B, T, 4 * C], kernels: kernels)
-    kernels.geluForward(fc.data, gelu.data, count: N * 4 * C)
+    // MLP: y = x2 + c_proj(gelu(c_fc(ln_2(x2)))). c_proj's input gradient first (it needs no GELU
+    // output); then one pass makes GELU's output again, into wide0, for c_proj's weight gradient,
+    // and turns dGelu into dFc in place in wide1.
     let dGelu = try workspace.get("wide1", [B, T, 4 * C], kernels: kernels)
-    fcProjDense.backward(
-      x: gelu.data, dy: dy.data, rows: N, weight: fcProjW, bias: fcProjB, dx: dGelu.data, kernels: kernels)
-    let dFc = gelu
-    kernels.geluBackward(fc.data, dGelu.data, dFc.data, count: N * 4 * C)
+    fcProjDense.inputGradient(dy: dy.data, rows: N, weight: fcProjW, dx: dGelu.data, kernels: kernels)
+    let gelu = try workspace.get("wide0", [B, T, 4 * C], kernels: kernels)
+    kernels.geluForwardBackward(fc.data, dGelu.data, y: gelu.data, dx: dGelu.data, count: N * 4 * C)
+    fcProjDense.parameterGradients(
+      x: gelu.data, dy: dy.data, rows: N, weight: fcProjW, bias: fcProjB, kernels: kernels)
+    let dFc = dGelu
     let dLn2 = try workspace.get("narrow", [B, T, C], kernels: kernels)
     fcDense.backward(x: ln2.data, dy: dFc.data, rows: N, weight: fcW, bias: fcB, dx: dLn2.data, kernels: kernels)
     let dX2 = try workspace.get("residual", [B, T, C], kernels: kernels)

@@ -33,6 +33,15 @@ struct Dense {
     x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, weight: Parameter, bias: Parameter?,
     dx: UnsafeMutablePointer<Float>?, kernels: Kernels
   ) {
+    parameterGradients(x: x, dy: dy, rows: rows, weight: weight, bias: bias, kernels: kernels)
+    if let dx { inputGradient(dy: dy, rows: rows, weight: weight, dx: dx, kernels: kernels) }
+  }
+
+  /// dW += x^T dy (in the stored layout), db += sum dy: the half of `backward` that needs x.
+  func parameterGradients(
+    x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows: Int, weight: Parameter, bias: Parameter?,
+    kernels: Kernels
+  ) {
     if weightIsOutByIn {
       // dW(out, in) += dy^T x
       kernels.gemm(
@@ -45,12 +54,16 @@ struct Dense {
         a: x, lda: inputs, b: dy, ldb: outputs, beta: 1, c: weight.grad.data, ldc: outputs)
     }
     if let bias { kernels.accumulateBiasGradient(dy, rows: rows, cols: outputs, into: bias.grad.data) }
-    if let dx {
-      kernels.gemm(
-        transA: false, transB: !weightIsOutByIn, m: rows, n: inputs, k: outputs, alpha: 1,
-        a: dy, lda: outputs, b: weight.value.data, ldb: weightIsOutByIn ? inputs : outputs,
-        beta: 0, c: dx, ldc: inputs)
-    }
+  }
+
+  /// dx = dy W^T: the half of `backward` that does not need x.
+  func inputGradient(
+    dy: UnsafePointer<Float>, rows: Int, weight: Parameter, dx: UnsafeMutablePointer<Float>, kernels: Kernels
+  ) {
+    kernels.gemm(
+      transA: false, transB: !weightIsOutByIn, m: rows, n: inputs, k: outputs, alpha: 1,
+      a: dy, lda: outputs, b: weight.value.data, ldb: weightIsOutByIn ? inputs : outputs,
+      beta: 0, c: dx, ldc: inputs)
   }
 
   var flopsPerRow: Int { 2 * inputs * outputs }
