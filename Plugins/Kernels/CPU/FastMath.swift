@@ -95,16 +95,10 @@ public enum CPUMath {
   /// GELU'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u' = s + 2 x s (1 - s) u' with s = 1/(1+e),
   /// e = e^(-2u), and 1 - s = e s (no cancellation).
   @inline(__always)
-  public static func geluGrad(_ x: V) -> V {
-    let x2 = x * x
-    let u = geluScale * x.addingProduct(x2 * x, geluCubic)
-    let du = geluScale * V(repeating: 1).addingProduct(x2, 3 * geluCubic)
-    let e = geluExp(-2 * u)
-    let s = 1 / (1 + e)
-    return s.addingProduct(s, 2 * x * du * (e * s))
-  }
+  public static func geluGrad(_ x: V) -> V { geluAndGrad(x).1 }
 
-  /// (gelu(x), geluGrad(x)) from one exponential, with the bits of each.
+  /// (gelu(x), geluGrad(x)) from one exponential; u and s as `gelu` computes them, so the first is
+  /// `gelu`'s bits.
   @inline(__always)
   public static func geluAndGrad(_ x: V) -> (V, V) {
     let x2 = x * x
