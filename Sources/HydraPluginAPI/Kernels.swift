@@ -6,7 +6,7 @@
 /// - Outputs are overwritten (`=`) unless the method says it accumulates (`+=`). Parameter gradients
 ///   always accumulate, so that a block's contributions and a tied weight's two gradients add up.
 /// - Results must be deterministic: the same inputs and `threads` give the same bits, every call.
-///   The exactness invariant (DESIGN.md) rests on this.
+///   The exactness invariant (docs/architecture.md) rests on this.
 /// - No method allocates per call; callers pass every scratch buffer.
 /// - Every Float pointer is in this device's memory: `Tensor.data` of a tensor charged to `memory`
 ///   (or to another memory keeping its bytes in the same place). Where the plugin has memory of its

@@ -57,7 +57,7 @@ final class Fixture {
     schedulers: ["lrtf", "fifo", "round-robin", "random", "model-parallel", "sequential"],
     selections: ["none", "sha", "asha", "median"])
 
-  /// DESIGN.md's reference example, verbatim.
+  /// The reference example of the job file's contract (every table and key), verbatim.
   static let reference = """
     [job]
     name = "fortunes-lr"           # required
