@@ -24,7 +24,23 @@ struct Bench {
     let batch: Int
   }
 
-  static let cases = [
+  /// The cases run: every default one, or those whose label starts with one of the
+  /// comma-separated prefixes in `HYDRA_BENCH_CASES` (`gpt2-small` is run only when named: one
+  /// step of it takes seconds).
+  static var cases: [Case] {
+    guard let names = ProcessInfo.processInfo.environment["HYDRA_BENCH_CASES"], !names.isEmpty else {
+      return defaultCases
+    }
+    let prefixes = names.split(separator: ",").map(String.init)
+    return (defaultCases + [gpt2Small]).filter { c in prefixes.contains { c.label.hasPrefix($0) } }
+  }
+
+  /// A GPT-2-small-shaped model (124M parameters) at the batch and context of Examples/gpt2-sweep.
+  static let gpt2Small = Case(
+    label: "gpt2-small L12 C768 H12 T256 B2",
+    spec: .gpt(GPTShape(layers: 12, channels: 768, heads: 12, context: 256, vocab: 50257)), batch: 2)
+
+  static let defaultCases = [
     Case(
       label: "gpt  L6 C384 H6 T128 B8",
       spec: .gpt(GPTShape(layers: 6, channels: 384, heads: 6, context: 128, vocab: 256)), batch: 8),
