@@ -347,7 +347,7 @@ public final class HostStore: @unchecked Sendable {
     let file = state.residency == .disk && !resident ? try spillFile(state, writable: toState) : nil
     var offset = 0, fileOffset = 0
     for (t, value) in zip(state.persistent, state.isValue) {
-      defer { fileOffset += t.byteCount }
+      defer { fileOffset += SpillFile.slot(t.byteCount) }
       if valuesOnly && !value { continue }
       if let file {
         try file.transfer(buffer + offset, t.byteCount, at: fileOffset, reading: !toState)
@@ -357,6 +357,53 @@ public final class HostStore: @unchecked Sendable {
         t.read(into: buffer + offset)
       }
       offset += t.byteCount
+    }
+  }
+
+  /// Calls `body` with each of `state`'s parameters and optimizer state in turn (the order of
+  /// `read`), as host values, where the store keeps them, without moving the state: RAM in place,
+  /// a spill file through one buffer of the largest tensor. For a checkpoint written off the
+  /// device threads, while the model is held from running: the state is pinned meanwhile (no
+  /// other shard's promotion or spill moves it), and the store's lock is not held during `body`,
+  /// so the devices go on promoting and spilling other shards. A state on a device (a prefetch
+  /// of the model's next step may have brought it back since `demote`) comes off it first: a
+  /// device's memory is its kernels' to reach; while pinned, no prefetch moves it again.
+  public func readInPlace(_ state: ShardState, _ body: (UnsafeBufferPointer<Float>) throws -> Void) throws {
+    lock.lock()
+    if case .device = state.residency {
+      do {
+        try bringToHost(state, pinned: [])
+      } catch {
+        lock.unlock()
+        throw error
+      }
+    }
+    if state.residency == .elsewhere {
+      lock.unlock()
+      throw RuntimeError("the state of \(state.model) shard \(state.shard) is held by another process, not this one")
+    }
+    precondition(!state.inUse, "\(state.model) shard \(state.shard) read in place while in use")
+    state.inUse = true
+    let onDisk = state.residency == .disk
+    lock.unlock()
+    defer {
+      lock.lock()
+      state.inUse = false
+      lock.unlock()
+    }
+    guard onDisk else {
+      for t in state.persistent { try t.withHostBuffer { try body($0) } }
+      return
+    }
+    let file = try spillFile(state, writable: false)
+    let largest = state.persistent.map(\.count).max() ?? 0
+    let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(largest, 1))
+    defer { buffer.deallocate() }
+    var offset = 0
+    for t in state.persistent {
+      try file.transfer(UnsafeMutableRawPointer(buffer.baseAddress!), t.byteCount, at: offset, reading: true)
+      try body(UnsafeBufferPointer(rebasing: buffer[0..<t.count]))
+      offset += SpillFile.slot(t.byteCount)
     }
   }
 
@@ -389,7 +436,9 @@ public final class HostStore: @unchecked Sendable {
   private func bringToHost(_ state: ShardState, pinned: [ShardState]) throws {
     if state.residency == .host || state.residency == .elsewhere { return }
     while memory.budget - memory.used < state.bytes {
-      let candidates = states.filter { s in s.residency == .host && s !== state && !pinned.contains { $0 === s } }
+      let candidates = states.filter { s in
+        s.residency == .host && s !== state && !s.inUse && !pinned.contains { $0 === s }
+      }
       guard let victim = candidates.min(by: { $0.lastUse < $1.lastUse }) else { break }
       try evict(victim)
     }
@@ -429,14 +478,17 @@ public final class HostStore: @unchecked Sendable {
       }
     }
     let file = try spillFile(state, writable: true, create: true)
-    var offset = 0
+    // Each tensor at an aligned offset of the file (`SpillFile.slot`), so that its pages move by
+    // direct I/O; the counts are of the tensors' own bytes.
+    var offset = 0, bytes = 0
     for t in state.persistent {
       try t.evict(to: file, offset: offset)
-      offset += t.byteCount
+      offset += SpillFile.slot(t.byteCount)
+      bytes += t.byteCount
     }
     for t in state.transient { try t.evict(to: nil, offset: 0) }
-    bytesWritten += offset
-    if state.shard < 0 { transitBytesWritten += offset }
+    bytesWritten += bytes
+    if state.shard < 0 { transitBytesWritten += bytes }
     state.uncharged = false
     setResidency(state, .disk)
   }
@@ -448,12 +500,13 @@ public final class HostStore: @unchecked Sendable {
 
   private func restore(_ state: ShardState, into target: DeviceMemory?) throws {
     let file = try spillFile(state, writable: false)
-    var offset = 0
+    var offset = 0, bytes = 0
     for t in state.persistent {
       try t.restore(from: file, offset: offset, memory: target)
-      offset += t.byteCount
+      offset += SpillFile.slot(t.byteCount)
+      bytes += t.byteCount
     }
     for t in state.transient { try t.restore(from: nil, offset: 0, memory: target) }
-    bytesRead += offset
+    bytesRead += bytes
   }
 }

@@ -82,10 +82,9 @@ public enum ModelSpec: Sendable, Equatable {
   public func initialize(_ block: Block, seed: UInt64) {
     for p in block.parameters where p.replicaOf == nil {
       let rng = SplitMix64(seed: derivedSeed(seed, stableHash(p.name)))
-      // Drawn in host memory, then written to the tensor wherever it is (through its device's
-      // plugin when a block is built on a device).
-      var drawn = [Float](repeating: 0, count: p.count)
-      drawn.withUnsafeMutableBufferPointer { values in
+      // Drawn in host memory: in place when the tensor is in host RAM, else into a copy written
+      // to the tensor through its device's plugin (a block built on a device).
+      func fill(_ values: UnsafeMutableBufferPointer<Float>) {
         switch self {
         case .gpt(let s):
           let name = p.name
@@ -103,7 +102,13 @@ public enum ModelSpec: Sendable, Equatable {
           ModelSpec.draw(values, from: rng, drawsPerValue: 1) { Float(($0.nextUnit() * 2 - 1) * bound) }
         }
       }
-      drawn.withUnsafeBytes { p.value.write(from: $0.baseAddress!) }
+      if p.value.deviceBuffers == nil {
+        fill(p.value.buffer)
+      } else {
+        var drawn = [Float](repeating: 0, count: p.count)
+        drawn.withUnsafeMutableBufferPointer { fill($0) }
+        drawn.withUnsafeBytes { p.value.write(from: $0.baseAddress!) }
+      }
     }
   }
 

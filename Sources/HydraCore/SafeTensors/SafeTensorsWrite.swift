@@ -74,7 +74,8 @@ extension SafeTensorsFile {
 /// fsyncs and closes; a writer dropped before `finish` removes its file.
 public final class SafeTensorsWriter {
   public let path: String
-  private var fd: Int32
+  /// Written past the page cache where the file system allows (`DirectFile`).
+  private var file: DirectFile?
   private let counts: [Int]
   private var next = 0
   private let observe: (UnsafeRawBufferPointer) -> Void
@@ -99,18 +100,14 @@ public final class SafeTensorsWriter {
     self.path = path
     self.counts = counts
     self.observe = observe
-    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw WriteError(file: path, "cannot create: \(String(cString: strerror(errno)))") }
+    file = try DirectFile(path: path)
     var length = UInt64(header.count).littleEndian
     try withUnsafeBytes(of: &length) { try put($0) }
     try header.withUnsafeBytes { try put($0) }
   }
 
   deinit {
-    if fd >= 0 {
-      close(fd)
-      unlink(path)
-    }
+    if file != nil { unlink(path) }
   }
 
   /// The next tensor's values (as many as its shape holds).
@@ -133,16 +130,14 @@ public final class SafeTensorsWriter {
     guard next == counts.count else {
       throw WriteError(file: path, "only \(next) of \(counts.count) tensors were written")
     }
-    guard fsync(fd) == 0 else { throw WriteError(file: path, "fsync failed: \(String(cString: strerror(errno)))") }
-    let result = close(fd)
-    fd = -1
-    guard result == 0 else { throw WriteError(file: path, "close failed: \(String(cString: strerror(errno)))") }
+    guard let file else { throw WriteError(file: path, "finished twice") }
+    try file.finish()
+    self.file = nil
   }
 
   private func put(_ buf: UnsafeRawBufferPointer) throws {
-    if let error = writeAll(fd, buf) {
-      throw WriteError(file: path, "write failed: \(String(cString: strerror(error)))")
-    }
+    guard let file else { throw WriteError(file: path, "written after it was finished") }
+    try file.put(buf)
     observe(buf)
   }
 }
