@@ -33,8 +33,13 @@ public enum Checkpoint {
   /// replaced by links to the new unit's, and all but the newest `keep` units are removed.
   ///
   /// Shards are written one at a time as they come off the host store: nothing holds the whole
-  /// model in memory.
-  public static func write(_ run: ModelRun, to folder: String, device: Int = 0, keep: Int = 2) throws {
+  /// model in memory. With `inPlace`, the state is read where the host store keeps it, moving
+  /// nothing and touching no device (`ModelRun.readStateInPlace`: the model's state must be off
+  /// the devices and the model held from running): how a checkpoint is written off the device
+  /// threads. Otherwise each shard is promoted onto `device` in turn and read through its kernels.
+  public static func write(
+    _ run: ModelRun, to folder: String, device: Int = 0, keep: Int = 2, inPlace: Bool = false
+  ) throws {
     let started = Date()
     try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
     let unit = folder + "/" + unitName(run.step)
@@ -67,15 +72,27 @@ public enum Checkpoint {
       }
       // A full disk in the middle of a checkpoint, for the tests: HYDRA_FAULT_CHECKPOINT=<model>:<step>.
       let fault = ProcessInfo.processInfo.environment["HYDRA_FAULT_CHECKPOINT"] == "\(run.id):\(run.step)"
-      try run.withEveryShard(on: device) { s in
+      func injectFault(_ s: Int) throws {
         if fault && s == run.shards.count / 2 {
           throw RuntimeError(
             "cannot write \(temp)/\(weightsFile): No space left on device (injected by HYDRA_FAULT_CHECKPOINT)")
         }
-        for p in run.parameters(ofShard: s) where p.replicaOf == nil {
-          // Off the device through its plugin (for `cpu`, the bytes in place).
-          try p.value.withHostBuffer { try weights.append($0) }
-          for t in p.state { try t.withHostBuffer { try states.append($0) } }
+      }
+      if inPlace {
+        for s in run.shards.indices {
+          try injectFault(s)
+          try run.readStateInPlace(ofShard: s) { _, part, values in
+            if part == 0 { try weights.append(values) } else { try states.append(values) }
+          }
+        }
+      } else {
+        try run.withEveryShard(on: device) { s in
+          try injectFault(s)
+          for p in run.parameters(ofShard: s) where p.replicaOf == nil {
+            // Off the device through its plugin (for `cpu`, the bytes in place).
+            try p.value.withHostBuffer { try weights.append($0) }
+            for t in p.state { try t.withHostBuffer { try states.append($0) } }
+          }
         }
       }
       try weights.finish()

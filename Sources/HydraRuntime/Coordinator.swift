@@ -37,8 +37,15 @@ public final class Coordinator: @unchecked Sendable {
   public let devices: [Device]
   public let scheduler: Scheduler
   /// Called on the device's thread after each completed step (evaluation, checkpoints, progress),
-  /// and once when a model diverges; the device stays busy meanwhile.
-  public var afterStep: (ModelRun, Device) throws -> Void = { _, _ in }
+  /// and once when a model diverges; the device stays busy meanwhile. What it returns is the
+  /// step's work that needs no device (a checkpoint's file I/O): it runs on the device's writer
+  /// thread, off the device, which goes on with other models' tasks; the model stays busy (no
+  /// task of it is ready) until that work is done. Under a distributed backend it runs at once.
+  public var afterStep: (ModelRun, Device) throws -> StepWork? = { _, _ in nil }
+  public typealias StepWork = () throws -> Void
+  /// One serial queue per device for the step work its steps leave (`afterStep`'s result): at
+  /// most one such write per device at a time, beside the device's tasks.
+  private let writers: [DispatchQueue]
 
   private let condition = NSCondition()
   private var _trace: [TraceEvent] = []
@@ -124,6 +131,7 @@ public final class Coordinator: @unchecked Sendable {
     distributed = backend as? DistributedBackend
     stateBytes = distributed == nil ? [] : runs.map { run in run.shards.indices.map { run.stateBytes(of: $0) } }
     precondition(!devices.isEmpty)
+    writers = devices.indices.map { DispatchQueue(label: "hydra.device-\($0).writer") }
     self.runs = runs
     self.devices = devices
     self.scheduler = scheduler
@@ -456,12 +464,12 @@ public final class Coordinator: @unchecked Sendable {
         // this process waits for it off the backend's thread; the model stays busy until then.
         if run.status.isDiverged || !(run.evaluationDue || run.checkpointDue) {
           var error: Error?
-          do { try afterStep(run, devices[a.device]) } catch let e { error = e }
+          do { try afterStep(run, devices[a.device])?() } catch let e { error = e }
           return release(a, run: run, error: error)
         }
         DispatchQueue.global().async { [self] in
           var error: Error?
-          do { try afterStep(run, devices[a.device]) } catch let e { error = e }
+          do { try afterStep(run, devices[a.device])?() } catch let e { error = e }
           release(a, run: run, error: error)
         }
       }
@@ -474,6 +482,7 @@ public final class Coordinator: @unchecked Sendable {
       condition.lock()
       let failed = failure != nil
       condition.unlock()
+      var offDevice: StepWork?
       do {
         // After a failure, a task chained behind the failed one must not run.
         if failed { throw CancellationError() }
@@ -481,13 +490,22 @@ public final class Coordinator: @unchecked Sendable {
         let completed = try run.run(a.task, kernels: device.kernels, device: device.index)
         let end = elapsed()
         if taskDone(a, run: run, completed: completed, seconds: end - start, start: start, end: end) {
-          try afterStep(run, device)
+          offDevice = try afterStep(run, device)
         }
       } catch let e {
         error = e
       }
       taskEnded(on: a.device)
-      release(a, run: run, error: error)
+      guard let offDevice, error == nil else { return release(a, run: run, error: error) }
+      if distributed != nil {
+        do { try offDevice() } catch let e { error = e }
+        return release(a, run: run, error: error)
+      }
+      writers[a.device].async { [self] in
+        var error: Error?
+        do { try offDevice() } catch let e { error = e }
+        release(a, run: run, error: error)
+      }
     }
   }
 
@@ -654,11 +672,23 @@ public final class Coordinator: @unchecked Sendable {
   /// (or the device's last box's end, if later) to `end` (default: now).
   public func recordStepWork(_ name: String, of run: ModelRun, on device: Device, start: Double, end: Double? = nil) {
     condition.lock()
+    defer { condition.unlock() }
     let start = max(start, lastEnd[device.index])
     let end = max(end ?? elapsed(), start)
     lastEnd[device.index] = end
     _trace.append(
       TraceEvent(device: device.index, model: run.id, name: name, step: run.step, start: start, end: end))
-    condition.unlock()
+  }
+
+  /// A box on the trace for step work that ran on `device`'s writer thread, off the device (a
+  /// checkpoint's I/O, `afterStep`'s result), from `start` to now: on the writer's own lane,
+  /// numbered after the devices (`devices.count + device`), as it overlaps the device's tasks.
+  public func recordOffDeviceWork(_ name: String, of run: ModelRun, on device: Device, start: Double) {
+    condition.lock()
+    defer { condition.unlock() }
+    _trace.append(
+      TraceEvent(
+        device: devices.count + device.index, model: run.id, name: name, step: run.step, start: start,
+        end: max(elapsed(), start)))
   }
 }

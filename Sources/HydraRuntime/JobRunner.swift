@@ -246,9 +246,10 @@ public final class JobRunner {
       let homes = distributed.homes(of: run.index)
       for s in homes.indices where homes[s] != local { run.releaseState(of: s) }
     }
-    func writeCheckpoint(_ run: ModelRun, device: Int) throws {
+    func writeCheckpoint(_ run: ModelRun, device: Int, inPlace: Bool = false) throws {
       try Checkpoint.write(
-        run, to: output.checkpointFolder(run.id), device: device, keep: config.members[run.index].train.keepCheckpoints)
+        run, to: output.checkpointFolder(run.id), device: device, keep: config.members[run.index].train.keepCheckpoints,
+        inPlace: inPlace)
     }
     /// The step just ended at a rung, or the model ended: the selection policy hears of it and its
     /// decisions are carried out.
@@ -307,6 +308,23 @@ public final class JobRunner {
         }
         try recordRows()
         try select(run, e)
+      } else if distributed == nil && checkpoint {
+        // The checkpoint is file I/O: written off the device, on its writer thread, while the
+        // device goes on with other models' tasks. The model's state leaves the device first
+        // (for `cpu` an accounting move), so that the writer reads it where the host store
+        // keeps it and no device's memory is held for it; the model runs no task until then.
+        if evaluate {
+          e = try run.evaluate(kernels: device.kernels, device: device.index)
+          coordinator.recordEvaluation(of: run, on: device, start: now)
+        }
+        try recordRows()
+        try run.demoteState()
+        return { [e] in
+          let start = coordinator.elapsed()
+          try writeCheckpoint(run, device: device.index, inPlace: true)
+          coordinator.recordOffDeviceWork("checkpoint", of: run, on: device, start: start)
+          try select(run, e)
+        }
       } else {
         try gathered(run, optimizerState: checkpoint, gather: evaluate || checkpoint) {
           if evaluate {
@@ -324,6 +342,7 @@ public final class JobRunner {
         }
         try select(run, e)
       }
+      return nil
     }
     let view = live ? LiveView(coordinator: coordinator) : nil
     view?.start()

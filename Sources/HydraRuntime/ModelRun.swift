@@ -722,6 +722,33 @@ public final class ModelRun {
   /// With `heldHere`, the shards another process holds (`mpi`) are left out (loading a checkpoint:
   /// each process loads what it holds); without, they are an error (writing a checkpoint needs them
   /// gathered first).
+  /// Each parameter of `shard` that is not a replica, with its value (`part` 0) and then its
+  /// optimizer state (`part` 1, 2, ...) as host values, read where the host store keeps them,
+  /// moving nothing (`HostStore.readInPlace`): a checkpoint written off the device threads while
+  /// the model is held from running. The shard's state must be off the devices (`demoteState`).
+  public func readStateInPlace(
+    ofShard s: Int, _ body: (_ parameter: Parameter, _ part: Int, UnsafeBufferPointer<Float>) throws -> Void
+  ) throws {
+    let parameters = self.parameters(ofShard: s)
+    guard let store else {
+      for p in parameters where p.replicaOf == nil {
+        for (i, t) in ([p.value] + p.state).enumerated() { try t.withHostBuffer { try body(p, i, $0) } }
+      }
+      return
+    }
+    // The state's tensors are each parameter's value and then its optimizer state, in order.
+    var parameter = 0, part = 0
+    try store.readInPlace(shardStates[s]) { values in
+      while part > parameters[parameter].state.count {
+        parameter += 1
+        part = 0
+      }
+      let p = parameters[parameter]
+      if p.replicaOf == nil { try body(p, part, values) }
+      part += 1
+    }
+  }
+
   public func withEveryShard(on device: Int, heldHere: Bool = false, _ body: (Int) throws -> Void) throws {
     for s in 0..<shards.count {
       if heldHere && residency(of: s) == .elsewhere { continue }

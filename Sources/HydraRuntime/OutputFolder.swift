@@ -133,15 +133,18 @@ public final class OutputFolder {
   public static func traceJSON(_ events: [TraceEvent], devices: Int) -> String {
     var out = "{\"displayTimeUnit\":\"ms\",\"traceEvents\":["
     out.reserveCapacity(120 * (events.count + devices) + 64)
-    for d in 0..<devices {
+    // Lanes past the devices' are their writer threads' (`Coordinator.recordOffDeviceWork`).
+    let lanes = max(devices, (events.map(\.device).max() ?? -1) + 1)
+    for d in 0..<lanes {
+      let name = d < devices ? "device \(d)" : "device \(devices > 0 ? d % devices : d) writer"
       out +=
-        "\(d == 0 ? "" : ",")\n{\"args\":{\"name\":\"device \(d)\"},\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":0,\"tid\":\(d)}"
+        "\(d == 0 ? "" : ",")\n{\"args\":{\"name\":\"\(name)\"},\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":0,\"tid\":\(d)}"
     }
     for (i, e) in events.enumerated() {
       // Whole microseconds; the duration from the rounded ends, so that boxes that touch still touch.
       let ts = microseconds(e.start), dur = microseconds(e.end) - ts
       let model = jsonString(e.model), task = jsonString(e.name)
-      out += "\(i + devices == 0 ? "" : ",")\n{\"args\":{\"model\":\(model),\"step\":\(e.step),\"task\":\(task)},"
+      out += "\(i + lanes == 0 ? "" : ",")\n{\"args\":{\"model\":\(model),\"step\":\(e.step),\"task\":\(task)},"
       out +=
         "\"cat\":\"\(e.name == "eval" || e.name == "checkpoint" ? e.name : "shard")\",\"dur\":\(dur),\"name\":\(jsonString(e.model + " " + e.name)),"
       out += "\"ph\":\"X\",\"pid\":0,\"tid\":\(e.device),\"ts\":\(ts)}"
