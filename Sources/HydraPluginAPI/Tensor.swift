@@ -389,9 +389,9 @@ public final class SpillFile: @unchecked Sendable {
   public static let alignment = 4096
   /// Linux's O_DIRECT, which Swift's Glibc module leaves out.
   #if arch(arm64) || arch(arm)
-    public static let oDirect: Int32 = 0o200000
+    static let oDirect: Int32 = 0o200000
   #else
-    public static let oDirect: Int32 = 0o40000
+    static let oDirect: Int32 = 0o40000
   #endif
 
   /// The bytes a tensor of `bytes` takes in a spill file: each starts on an aligned offset, so
@@ -412,6 +412,17 @@ public final class SpillFile: @unchecked Sendable {
   deinit {
     close(descriptor)
     if direct >= 0 { close(direct) }
+  }
+
+  /// Cuts the file to `length` bytes (a direct write moves whole slots, so the last one may
+  /// reach past the bytes meant) and makes it durable.
+  public func finish(length: Int) throws {
+    guard ftruncate(descriptor, off_t(length)) == 0 else {
+      throw TensorIOError(message: "\(path): cannot set the length: \(String(cString: strerror(errno)))")
+    }
+    guard fsync(descriptor) == 0 else {
+      throw TensorIOError(message: "\(path): fsync failed: \(String(cString: strerror(errno)))")
+    }
   }
 
   /// Reads (`reading`) or writes `count` bytes at `base` from or to `offset` of the file, whole.

@@ -34,9 +34,9 @@ public enum Checkpoint {
   ///
   /// Shards are written one at a time as they come off the host store: nothing holds the whole
   /// model in memory. With `inPlace`, the state is read where the host store keeps it, moving
-  /// nothing and touching no device (`ModelRun.readStateInPlace`: the model's state must be off
-  /// the devices and the model held from running): how a checkpoint is written off the device
-  /// threads. Otherwise each shard is promoted onto `device` in turn and read through its kernels.
+  /// nothing but what is still on a device, and touching no device's kernels
+  /// (`ModelRun.readStateInPlace`; the model must be held from running): how a checkpoint is
+  /// written off the device threads. Otherwise each shard is promoted onto `device` in turn and read through its kernels.
   public static func write(
     _ run: ModelRun, to folder: String, device: Int = 0, keep: Int = 2, inPlace: Bool = false
   ) throws {

@@ -396,13 +396,14 @@ public final class HostStore: @unchecked Sendable {
       return
     }
     let file = try spillFile(state, writable: false)
-    let largest = state.persistent.map(\.count).max() ?? 0
-    let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(largest, 1))
+    // One buffer of the largest tensor's slot, aligned: each tensor comes back past the page cache.
+    let room = SpillFile.slot(max(state.persistent.map(\.byteCount).max() ?? 0, 1))
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: room, alignment: SpillFile.alignment)
     defer { buffer.deallocate() }
     var offset = 0
     for t in state.persistent {
-      try file.transfer(UnsafeMutableRawPointer(buffer.baseAddress!), t.byteCount, at: offset, reading: true)
-      try body(UnsafeBufferPointer(rebasing: buffer[0..<t.count]))
+      try file.transfer(buffer, t.byteCount, at: offset, reading: true, room: room)
+      try body(UnsafeBufferPointer(start: buffer.assumingMemoryBound(to: Float.self), count: t.count))
       offset += SpillFile.slot(t.byteCount)
     }
   }

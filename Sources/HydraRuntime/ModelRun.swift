@@ -718,14 +718,11 @@ public final class ModelRun {
     return try store!.hold([t], model: id, label: label)
   }
 
-  /// Every shard's state in turn on `device` (for writing a checkpoint), in block order.
-  /// With `heldHere`, the shards another process holds (`mpi`) are left out (loading a checkpoint:
-  /// each process loads what it holds); without, they are an error (writing a checkpoint needs them
-  /// gathered first).
   /// Each parameter of `shard` that is not a replica, with its value (`part` 0) and then its
   /// optimizer state (`part` 1, 2, ...) as host values, read where the host store keeps them,
   /// moving nothing (`HostStore.readInPlace`): a checkpoint written off the device threads while
-  /// the model is held from running. The shard's state must be off the devices (`demoteState`).
+  /// the model is held from running. A state still on a device comes off it first (demote the
+  /// model's state on its device's thread to free the device's room at once: `demoteState`).
   public func readStateInPlace(
     ofShard s: Int, _ body: (_ parameter: Parameter, _ part: Int, UnsafeBufferPointer<Float>) throws -> Void
   ) throws {
@@ -749,6 +746,10 @@ public final class ModelRun {
     }
   }
 
+  /// Every shard's state in turn on `device` (for writing a checkpoint), in block order.
+  /// With `heldHere`, the shards another process holds (`mpi`) are left out (loading a checkpoint:
+  /// each process loads what it holds); without, they are an error (writing a checkpoint needs them
+  /// gathered first).
   public func withEveryShard(on device: Int, heldHere: Bool = false, _ body: (Int) throws -> Void) throws {
     for s in 0..<shards.count {
       if heldHere && residency(of: s) == .elsewhere { continue }
