@@ -37,6 +37,8 @@ public struct JobConfig: Sendable, Equatable {
   public var explicitModels: [[Override]]
   /// The expanded job: sweep members, then `[[models]]` members.
   public var members: [ModelMember]
+  /// The most models a job may have (README, "Limits"): counted before any is expanded.
+  public static let maxMembers = 10_000
 
   public static func == (a: JobConfig, b: JobConfig) -> Bool {
     a.job == b.job && a.cluster == b.cluster && a.data == b.data && a.model == b.model && a.train == b.train
@@ -83,6 +85,31 @@ public struct JobConfig: Sendable, Equatable {
     let sweep = try doc.sweepAxes(jobDir: dir)
     let entries = try doc.modelEntries(jobDir: dir)
 
+    // The member count first, with checked arithmetic: a few lines of [sweep] can describe more
+    // models than any machine holds, and expanding them would run away before any other check.
+    var count = entries.count
+    var overflow = false
+    if !sweep.isEmpty {
+      var product = 1
+      for axis in sweep {
+        let (p, o) = product.multipliedReportingOverflow(by: axis.axis.values.count)
+        product = p
+        overflow = overflow || o
+      }
+      let (c, o) = product.addingReportingOverflow(entries.count)
+      count = c
+      overflow = overflow || o
+    }
+    if overflow || count > JobConfig.maxMembers {
+      let sizes = sweep.map { "\($0.axis.values.count)" }.joined(separator: " x ")
+      let what = overflow ? "more than \(Int.max)" : "\(count)"
+      throw ConfigError(
+        file: file, line: sweep.compactMap(\.line).first ?? entries.first?.lines.compactMap { $0 }.first,
+        message:
+          "the job has \(what) models ([sweep] \(sizes.isEmpty ? "none" : sizes) plus \(entries.count) [[models]] entries): a job may have at most \(JobConfig.maxMembers); sample fewer points or split the sweep into several jobs"
+      )
+    }
+
     // Each member: the base sections with its overrides put in, decoded and validated again.
     var specs: [(overrides: [Override], lines: [Int?], origin: String)] = []
     if !sweep.isEmpty {
@@ -106,6 +133,8 @@ public struct JobConfig: Sendable, Equatable {
     if specs.isEmpty { specs.append(([], [], "")) }
 
     var members: [ModelMember] = []
+    // Each member's settings to its id: duplicates found in one pass, not by comparing all pairs.
+    var seen: [MemberSettings: String] = [:]
     for (index, spec) in specs.enumerated() {
       let id = memberID(index)
       var m = modelSection, t = trainSection
@@ -118,11 +147,12 @@ public struct JobConfig: Sendable, Equatable {
         id: id, overrides: spec.overrides, seed: memberSeed(jobSeed: job.seed, index: index),
         model: spec.overrides.isEmpty ? model : try decodeModel(m, jobDir: dir),
         train: spec.overrides.isEmpty ? train : try decodeTrain(t))
-      if let same = members.first(where: { $0.model == member.model && $0.train == member.train }) {
+      if let same = seen[MemberSettings(model: member.model, train: member.train)] {
         throw ConfigError(
           file: file, line: spec.lines.compactMap { $0 }.first,
-          message: "duplicate model: \(same.id) and \(id) have the same model and train settings")
+          message: "duplicate model: \(same) and \(id) have the same model and train settings")
       }
+      seen[MemberSettings(model: member.model, train: member.train)] = id
       members.append(member)
     }
     if selection.name != "none" {
@@ -165,4 +195,10 @@ public struct JobConfig: Sendable, Equatable {
 func memberID(_ index: Int) -> String {
   let n = String(index)
   return "m" + String(repeating: "0", count: max(0, 3 - n.count)) + n
+}
+
+/// What makes two members the same model: the duplicate check's key.
+private struct MemberSettings: Hashable {
+  var model: ModelSection
+  var train: TrainSection
 }

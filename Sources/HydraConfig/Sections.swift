@@ -66,7 +66,7 @@ public struct DataSection: Sendable, Equatable {
 }
 
 /// `[model]`: the architecture, shared by every member unless a sweep or `[[models]]` overrides it.
-public struct ModelSection: Sendable, Equatable {
+public struct ModelSection: Sendable, Hashable {
   /// `"gpt"` or `"mlp"`. Required.
   public var kind: ModelKind
   // gpt
@@ -96,7 +96,7 @@ public struct ModelSection: Sendable, Equatable {
 }
 
 /// `[train]`: the optimisation, shared by every member unless a sweep or `[[models]]` overrides it.
-public struct TrainSection: Sendable, Equatable {
+public struct TrainSection: Sendable, Hashable {
   public var steps: Int  // required, >= 1
   public var batchSize: Int  // batch_size, default 16, >= 1
   public var optimizer: OptimizerName  // "adamw" (default) | "sgd"

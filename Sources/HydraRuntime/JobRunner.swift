@@ -533,6 +533,35 @@ public final class JobRunner {
     }
   }
 
+  /// Every member's state (weights, gradients' optimizer moments) exists from the start, in the
+  /// host store's RAM and past it on disk: a job whose states cannot fit both together is refused
+  /// before anything is allocated, naming the sizes (sums saturate: a sweep may be astronomical).
+  private func checkStateFits(_ specs: [ModelSpec]) throws {
+    var total = 0
+    for (spec, member) in zip(specs, config.members) {
+      let copies = member.train.optimizer == .sgd ? 1 : 2
+      for b in 0..<spec.blockCount {
+        total = saturatingSum(total, spec.blockCosts(b).stateBytes(stateCopies: copies))
+      }
+    }
+    let where_ = config.cluster.spillFolder ?? config.job.output
+    var probe = where_
+    while !FileManager.default.fileExists(atPath: probe), probe != "/", !probe.isEmpty {
+      probe = (probe as NSString).deletingLastPathComponent
+    }
+    var fs = statvfs()
+    let disk = statvfs(probe, &fs) == 0 ? Int(clamping: UInt64(fs.f_bavail).multipliedReportingOverflow(by: UInt64(fs.f_frsize)).partialValue) : Int.max
+    // Under a distributed backend every process has a host store (and maybe a disk) of its own.
+    let processes = config.cluster.backend == "shm" ? 1 : max(config.cluster.devices, MachineMemory.localProcesses, 1)
+    let room = saturatingSum(hostBudget, disk).multipliedReportingOverflow(by: processes)
+    let capacity = room.overflow ? Int.max : room.partialValue
+    guard total <= capacity else {
+      throw InputError(
+        file: config.file, line: nil,
+        "the \(config.members.count) models' states need \(total == Int.max ? "more than \(Int.max) bytes" : formatBytes(total)), more than the host store and disk can hold together (\(formatBytes(capacity)): host_memory \(formatBytes(hostBudget)) plus \(formatBytes(disk)) free at \(probe)\(processes > 1 ? ", times \(processes) processes" : "")); train fewer or smaller models per job")
+    }
+  }
+
   /// Everything about every member that can be decided without allocating: architecture, data,
   /// shards, activation policy. Bad input of any kind is found here, before the output folder exists.
   public func plan() throws -> [Plan] {
@@ -557,6 +586,7 @@ public final class JobRunner {
       ? try registry.makeKernels(
         cluster.kernels, threads: cluster.threadsPerDevice, memory: DeviceMemory(label: "profile"))
       : nil
+    try checkStateFits(specs.map(\.spec))
     // Between its tasks a model keeps its boundary tensors, tied weights in transit and (unless
     // recomputed) every block's activations in the host store, beside every shard's state. "auto"
     // keeps activations when all of that, for every model at once, fits the store's RAM: otherwise

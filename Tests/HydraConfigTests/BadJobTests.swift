@@ -179,6 +179,30 @@ final class BadJobTests: XCTestCase {
       ["duplicate model: m000 and m001"])
   }
 
+  func testASweepTooLargeIsRefusedBeforeItIsExpanded() throws {
+    let f = try Fixture()
+    // 40^12 (about 1.7e19) overflows Int: counted with checked arithmetic, refused at once.
+    let values = "[" + (1...40).map { "\($0)" }.joined(separator: ", ") + "]"
+    let keys = ["train.steps", "train.batch_size", "train.eval_batches", "train.keep_checkpoints",
+                "train.eval_every", "train.checkpoint_every", "train.warmup_steps", "model.layers",
+                "model.context", "model.heads", "model.vocab", "model.d_model"]
+    let sweep = keys.map { "\"\($0)\" = \(values)" }.joined(separator: "\n")
+    let start = Date()
+    f.assertFails(M.minimal(appending: "[sweep]\n\(sweep)\n"), line: 14, ["more than \(Int.max) models", "at most 10000"])
+    // 101 x 100 = 10,100 by hand, and 1 [[models]] entry: over the limit by 101.
+    let a = "[" + (1...101).map { "\(Double($0) * 1e-4)" }.joined(separator: ", ") + "]"
+    let b = "[" + (1...100).map { "\(Double($0) * 1e-3)" }.joined(separator: ", ") + "]"
+    f.assertFails(
+      M.minimal(appending: "[sweep]\n\"train.lr\" = \(a)\n\"train.weight_decay\" = \(b)\n[[models]]\n\"train.lr\" = 0.5\n"),
+      line: 14, ["the job has 10101 models ([sweep] 101 x 100 plus 1 [[models]] entries)"])
+    XCTAssertLessThan(Date().timeIntervalSince(start), 5, "the counts must be refused before the members are built")
+    // 100 x 100 = 10,000 is at the limit: every member is built, and the duplicate check is one pass.
+    let c = "[" + (1...100).map { "\(Double($0) * 1e-4)" }.joined(separator: ", ") + "]"
+    let config = try f.load(M.minimal(appending: "[sweep]\n\"train.lr\" = \(c)\n\"train.weight_decay\" = \(b)\n"))
+    XCTAssertEqual(config.members.count, 10_000)
+    XCTAssertEqual(config.members.last?.id, "m9999")
+  }
+
   func testModelsEntryValuesAreValidated() throws {
     let f = try Fixture()
     f.assertFails(

@@ -48,6 +48,32 @@ final class PlanTests: XCTestCase {
       """)
   }
 
+  /// A sweep whose states no machine holds is refused by `plan`, before anything exists on disk.
+  /// By hand: a block of width d = 8192 has 12 d^2 + 13 d = 805,412,864 parameters, 64 of them
+  /// 51,546,423,296; embeddings 256 d + 8 d = 2,162,688; weights, gradients and two AdamW moments at
+  /// 4 bytes: 16 x 51,548,585,984 = 824,777,375,744 bytes a model; 2 batch sizes x 1,000 rates =
+  /// 2,000 models: 1,649,554,751,488,000 bytes = 1500.3 TiB.
+  func testStatesBeyondRAMAndDiskAreRefusedBeforeAnythingIsAllocated() throws {
+    let dir = try temporaryFolder()
+    let path = try job(dir)
+    let lrs = "[" + (1...1000).map { "\(Double($0) * 1e-6)" }.joined(separator: ", ") + "]"
+    let config = try JobConfig.load(
+      path: path, known: Builtins.known(try Builtins.registry()),
+      overrides: ["model.layers=64", "model.d_model=8192", "model.heads=64", "cluster.host_memory=\"1GiB\"", "sweep.train.lr=\(lrs)"])
+    let runner = JobRunner(config: config, registry: try Builtins.registry())
+    runner.log = { _ in }
+    let start = Date()
+    XCTAssertThrowsError(try runner.run()) { error in
+      let text = "\(error)"
+      XCTAssert(error is InputError, text)
+      XCTAssert(text.contains("the 2000 models' states need 1500.3 TiB"), text)
+      XCTAssert(text.contains("host_memory 1.0 GiB plus"), text)
+      XCTAssert(text.contains(path), text)
+    }
+    XCTAssertLessThan(Date().timeIntervalSince(start), 10)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out"), "nothing may be written for a refused job")
+  }
+
   let shape4 = "gpt layers=1 d_model=16 heads=2 context=8 vocab=256 batch=4"
   let shape8 = "gpt layers=1 d_model=16 heads=2 context=8 vocab=256 batch=8"
 
