@@ -358,8 +358,11 @@ func reportingErrors(_ body: () throws -> Void) throws {
   }
 }
 
-/// SIGTERM and SIGINT while a job runs: the first asks the runner to stop with checkpoints, the
-/// second ends the process at once (exit 128 + the signal).
+/// SIGTERM and SIGINT while a job runs: the first asks the runner to stop with checkpoints. A second
+/// SIGINT (Ctrl-C again) ends the process at once (exit 130). A second SIGTERM changes nothing: under
+/// Slurm every task gets SIGTERM from its step daemon and again from srun, which forwards what it gets,
+/// within a millisecond of each other; quitting on the second one lost every checkpoint at a time
+/// limit. A launcher that wants the process gone sends SIGKILL after its own wait (Slurm's KillWait).
 final class StopSignals: @unchecked Sendable {
   private var sources: [DispatchSourceSignal] = []
   private let lock = NSLock()
@@ -378,13 +381,16 @@ final class StopSignals: @unchecked Sendable {
         let first = _received == nil
         if first { _received = sig }
         lock.unlock()
-        if !first { _exit(128 + sig) }
+        if !first {
+          if sig == SIGINT { _exit(128 + sig) }
+          return
+        }
         if sig == SIGTERM && died() { return }
         guard let runner else { return }
         let name = sig == SIGTERM ? "SIGTERM" : "SIGINT"
         FileHandle.standardError.write(
           Data(
-            "hydra-mpi: \(name): stopping; every model ends or drops its current step and is checkpointed (again to quit at once)\n"
+            "hydra-mpi: \(name): stopping; every model ends or drops its current step and is checkpointed\(sig == SIGINT ? " (Ctrl-C again to quit at once)" : "")\n"
               .utf8))
         runner.requestStop()
       }
