@@ -129,6 +129,12 @@ public enum Checkpoint {
       syncFolder(folder)
     } catch {
       try? FileManager.default.removeItem(atPath: temp)
+      let text = "\(error)"
+      if text.contains(String(cString: strerror(ENOSPC))) || text.contains(String(cString: strerror(EDQUOT))) {
+        // What to do, not only what failed: the half-written unit is gone, the earlier ones are whole.
+        throw RuntimeError(
+          "\(text)\nthe disk holding \(folder) is full: \(run.id)'s checkpoint at step \(run.step) was not written (its earlier checkpoints are whole); free space there and continue with --resume")
+      }
       throw error
     }
     for file in [weightsFile, configFile] { try publish(unit + "/" + file, as: folder + "/" + file) }

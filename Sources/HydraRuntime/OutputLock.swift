@@ -41,16 +41,61 @@ public final class OutputLock {
     if resume && !results.isEmpty { try checkSameJob(config, folder: folder, data: try dataFingerprint(config)) }
   }
 
+  /// Creates `folder` and its parents, or says in the user's terms why its path cannot be used
+  /// (exit 2): a part of it that is a file, a read-only file system, no permission, a full disk.
+  static func makeFolder(_ folder: String, config: JobConfig) throws {
+    var isFolder: ObjCBool = false
+    // The deepest part of the path that exists must be a folder.
+    var probe = folder
+    while !probe.isEmpty, probe != "/" {
+      if FileManager.default.fileExists(atPath: probe, isDirectory: &isFolder) {
+        if !isFolder.boolValue {
+          throw InputError(
+            file: config.file,
+            "the output folder \(folder) cannot be made: \(probe) is a file, not a folder; set another [job] output (--set job.output=\"...\")"
+          )
+        }
+        break
+      }
+      probe = (probe as NSString).deletingLastPathComponent
+    }
+    // Each missing part made with mkdir(2), so that the reason is its errno, not Foundation's text.
+    var missing: [String] = []
+    var part = folder
+    while !part.isEmpty, part != "/", !FileManager.default.fileExists(atPath: part) {
+      missing.append(part)
+      part = (part as NSString).deletingLastPathComponent
+    }
+    for part in missing.reversed() where mkdir(part, 0o755) != 0 && errno != EEXIST {
+      throw InputError(file: config.file, unusable(folder, errno: errno))
+    }
+  }
+
+  /// Why `folder` cannot hold a run's output, from the errno of the call that failed there.
+  static func unusable(_ folder: String, errno code: Int32) -> String {
+    let why: String
+    switch code {
+    case EROFS: why = "it is on a read-only file system"
+    case EACCES, EPERM: why = "this user may not write there (permission denied)"
+    case ENOSPC, EDQUOT: why = "the disk (or this user's quota) is full"
+    case ENOTDIR, EEXIST: why = "a part of its path is a file, not a folder"
+    default: why = String(cString: strerror(code))
+    }
+    return "the output folder \(folder) cannot be used: \(why); set another [job] output (--set job.output=\"...\")"
+  }
+
   /// Takes the lock of `folder` (created if need be): its host and pid go into `.hydra-lock`. A lock
   /// left by a dead process of this host is broken, with a line to `log`. Throws `InputError`
   /// (exit 2) when another run took it first.
   public init(folder: String, config: JobConfig, log: (String) -> Void) throws {
     path = folder + "/" + Self.lockFile
-    let fm = FileManager.default
-    try fm.createDirectory(atPath: folder, withIntermediateDirectories: true)
+    try Self.makeFolder(folder, config: config)
     let me = "\(ProcessInfo.processInfo.hostName) \(getpid())\n"
     for attempt in 0..<2 {
       let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+      if fd < 0 && errno != EEXIST {
+        throw InputError(file: config.file, Self.unusable(folder, errno: errno))
+      }
       if fd >= 0 {
         _ = me.withCString { write(fd, $0, strlen($0)) }
         close(fd)
@@ -68,7 +113,7 @@ public final class OutputLock {
         "the output folder \(folder) is in use by another run (host \(host), pid \(pid)); wait for it to end, or set another [job] output"
       )
     }
-    if !fm.fileExists(atPath: folder + "/" + Self.dataFile) {
+    if !FileManager.default.fileExists(atPath: folder + "/" + Self.dataFile) {
       do {
         try writeAtomically(try Self.dataFingerprint(config), to: folder + "/" + Self.dataFile)
       } catch {

@@ -14,7 +14,10 @@ final class PlanTests: XCTestCase {
 
   /// Two models of 3 blocks (1-layer GPT: embedding, block, head), cut [0, 1) [1, 3), 2 steps each,
   /// batch 4 and 8 (two shapes).
-  func job(_ dir: String) throws -> String {
+  func job(_ dir: String) throws -> String { try Self.job(dir) }
+
+  /// The planned job of these tests (two small GPTs), written into `dir`; other tests use it too.
+  static func job(_ dir: String) throws -> String {
     let data = dir + "/text.txt"
     try String(repeating: "a profile is seconds per block. ", count: 40).write(
       toFile: data, atomically: true, encoding: .utf8)

@@ -70,7 +70,7 @@ final class DirectFile {
     do {
       try file.transfer(buffer, filled, at: written, reading: false, room: DirectFile.chunk)
     } catch let e as TensorIOError {
-      throw WriteError(file: path, e.message)
+      throw WriteError(file: path, unprefixed(e.message))
     }
     written += filled
     filled = 0
@@ -83,8 +83,13 @@ final class DirectFile {
     do {
       try file.finish(length: length)
     } catch let e as TensorIOError {
-      throw WriteError(file: path, e.message)
+      throw WriteError(file: path, unprefixed(e.message))
     }
     self.file = nil  // closes it
+  }
+
+  /// The transfer's message names the file itself; the error names it once.
+  private func unprefixed(_ message: String) -> String {
+    message.hasPrefix(path + ": ") ? String(message.dropFirst(path.count + 2)) : message
   }
 }
