@@ -533,19 +533,18 @@ public final class JobRunner {
     }
   }
 
+  /// One member's state in bytes: every block's weights, gradients and optimizer moments (saturating).
+  private static func stateBytes(_ spec: ModelSpec, _ member: ModelMember) -> Int {
+    let copies = member.train.optimizer == .sgd ? 1 : 2
+    return (0..<spec.blockCount).reduce(0) { saturatingSum($0, spec.blockCosts($1).stateBytes(stateCopies: copies)) }
+  }
+
   /// Every member's state (weights, gradients' optimizer moments) exists from the start, in the
   /// host store's RAM and past it on disk: a job whose states cannot fit both together is refused
   /// before anything is allocated, naming the sizes (sums saturate: a sweep may be astronomical).
   private func checkStateFits(_ specs: [ModelSpec]) throws {
-    var total = 0
-    for (spec, member) in zip(specs, config.members) {
-      let copies = member.train.optimizer == .sgd ? 1 : 2
-      for b in 0..<spec.blockCount {
-        total = saturatingSum(total, spec.blockCosts(b).stateBytes(stateCopies: copies))
-      }
-    }
-    let where_ = config.cluster.spillFolder ?? config.job.output
-    var probe = where_
+    let total = zip(specs, config.members).map(Self.stateBytes).reduce(0, saturatingSum)
+    var probe = config.cluster.spillFolder ?? config.job.output
     while !FileManager.default.fileExists(atPath: probe), probe != "/", !probe.isEmpty {
       probe = (probe as NSString).deletingLastPathComponent
     }
@@ -599,11 +598,7 @@ public final class JobRunner {
       var total = 0
       for (spec, member) in zip(specs.map(\.spec), config.members) {
         let held = spec.bytesHeldBetweenTasks(batch: member.train.batchSize)
-        let copies = member.train.optimizer == .sgd ? 1 : 2
-        let state = (0..<spec.blockCount).reduce(0) {
-          saturatingSum($0, spec.blockCosts($1).stateBytes(stateCopies: copies))
-        }
-        total = [held.boundaries, held.kept, state].reduce(total, saturatingSum)
+        total = [held.boundaries, held.kept, Self.stateBytes(spec, member)].reduce(total, saturatingSum)
       }
       checkpointing = total > hostBudget
     }

@@ -44,28 +44,21 @@ public final class OutputLock {
   /// Creates `folder` and its parents, or says in the user's terms why its path cannot be used
   /// (exit 2): a part of it that is a file, a read-only file system, no permission, a full disk.
   static func makeFolder(_ folder: String, config: JobConfig) throws {
-    var isFolder: ObjCBool = false
-    // The deepest part of the path that exists must be a folder.
-    var probe = folder
-    while !probe.isEmpty, probe != "/" {
-      if FileManager.default.fileExists(atPath: probe, isDirectory: &isFolder) {
-        if !isFolder.boolValue {
-          throw InputError(
-            file: config.file,
-            "the output folder \(folder) cannot be made: \(probe) is a file, not a folder; set another [job] output (--set job.output=\"...\")"
-          )
-        }
-        break
-      }
-      probe = (probe as NSString).deletingLastPathComponent
-    }
-    // Each missing part made with mkdir(2), so that the reason is its errno, not Foundation's text.
+    // The parts of the path that do not exist yet; the deepest one that does must be a folder.
     var missing: [String] = []
     var part = folder
-    while !part.isEmpty, part != "/", !FileManager.default.fileExists(atPath: part) {
+    var isFolder: ObjCBool = false
+    while !part.isEmpty, part != "/", !FileManager.default.fileExists(atPath: part, isDirectory: &isFolder) {
       missing.append(part)
       part = (part as NSString).deletingLastPathComponent
     }
+    if !part.isEmpty, part != "/", !isFolder.boolValue {
+      throw InputError(
+        file: config.file,
+        "the output folder \(folder) cannot be made: \(part) is a file, not a folder; set another [job] output (--set job.output=\"...\")"
+      )
+    }
+    // Each missing part made with mkdir(2), so that the reason is its errno, not Foundation's text.
     for part in missing.reversed() where mkdir(part, 0o755) != 0 && errno != EEXIST {
       throw InputError(file: config.file, unusable(folder, errno: errno))
     }
