@@ -41,6 +41,10 @@ public final class JobRunner {
     self.registry = registry
   }
 
+  /// When this runner was made: the start of `summary.json`'s `phases` (start-up, training, end).
+  private let created = DispatchTime.now()
+  private func sinceCreated() -> Double { Double(DispatchTime.now().uptimeNanoseconds - created.uptimeNanoseconds) / 1e9 }
+
   /// The per-model results, in member order.
   public struct Result {
     public var makespan: Double
@@ -92,6 +96,10 @@ public final class JobRunner {
     var madeScheduler: Scheduler?
     var selection: SelectionDriver?
     var startError: Error?
+    // Wall seconds since the runner was made: planning (the data read), building the models (their
+    // weights drawn or read), the whole start-up, training (the coordinator's run, final
+    // checkpoints included) and the end (the output folder's files), for summary.json.
+    var phases: [String: Double] = [:]
     do {
       if distributed != nil && backend.deviceCount > 1,
         case .int(let n)? = config.partitioner.options["profile_steps"], n > 0
@@ -104,6 +112,7 @@ public final class JobRunner {
         )
       }
       plans = try plan()
+      phases["plan_seconds"] = sinceCreated()
       madeScheduler = try makeScheduler()
       selection = try makeSelection()
       if (distributed?.localDevice ?? 0) == 0 {
@@ -190,10 +199,12 @@ public final class JobRunner {
         }, devices: devices.count, byShard: cluster.placement == .byShard)
     }
     var runs: [ModelRun] = []
+    let buildStart = sinceCreated()
     do {
       runs = try buildRuns(plans, store: store, backend: backend, tidy: folder != nil) { m, s in
         homes == nil || homes![m][s] == local
       }
+      phases["build_seconds"] = sinceCreated() - buildStart
     } catch {
       // The others must not wait for this process at the next point they pass together.
       try together(error)
@@ -352,8 +363,11 @@ public final class JobRunner {
     stopLock.unlock()
     if stopNow { coordinator.requestStop() }
     let makespan: Double
+    let trainStart = sinceCreated()
+    phases["start_seconds"] = trainStart
     do {
       makespan = try coordinator.run()
+      phases["train_seconds"] = sinceCreated() - trainStart
       view?.stop()
     } catch {
       view?.stop()
@@ -446,6 +460,8 @@ public final class JobRunner {
       decisions["bytes_sent"] = distributed.bytesSent + reports.reduce(0) { $0 + $1.bytesSent }
       decisions["tensors_left_over"] = distributed.leftOver + reports.reduce(0) { $0 + $1.leftOver }
     }
+    phases["end_seconds"] = sinceCreated() - trainStart - (phases["train_seconds"] ?? 0)
+    decisions["phases"] = phases
     try output.writeSummary(
       job: config.job.name, makespan: makespan, models: runs.map { summary($0, selection: selection) },
       memory: memory, coordinator: decisions, selection: selection.map { selectionSummary($0, runs: runs) })
