@@ -48,7 +48,8 @@ let package = Package(
 
     // The vocabulary every plugin speaks, and nothing else: tensors and device memory, the kernels,
     // partitioner, scheduler, backend and transport protocols and the values they exchange.
-    .target(name: "HydraPluginAPI", swiftSettings: settings),
+    // Haswell code too: its normal draws (every model's initial weights) vectorise.
+    .target(name: "HydraPluginAPI", swiftSettings: kernelSettings),
     // The maths of one shard.
     .target(name: "HydraCore", dependencies: ["HydraPluginAPI", "CZlib"], swiftSettings: settings),
     // Built-in kernels plugins.

@@ -94,12 +94,14 @@ public enum ModelSpec: Sendable, Equatable {
             for i in values.indices { values[i] = 0 }
           } else {
             let std = name.hasSuffix("c_proj.weight") ? 0.02 / (2 * Double(s.layers)).squareRoot() : 0.02
-            ModelSpec.draw(values, from: rng, drawsPerValue: 2) { Float($0.nextNormal() * std) }
+            ModelSpec.draw(values, from: rng, drawsPerValue: 2) { $0.fillNormals($1, scale: std) }
           }
         case .mlp:
           let fanIn = block.parameters[0].shape[1]
           let bound = 1 / Double(fanIn).squareRoot()
-          ModelSpec.draw(values, from: rng, drawsPerValue: 1) { Float(($0.nextUnit() * 2 - 1) * bound) }
+          ModelSpec.draw(values, from: rng, drawsPerValue: 1) { r, piece in
+            for i in piece.indices { piece[i] = Float((r.nextUnit() * 2 - 1) * bound) }
+          }
         }
       }
       if p.value.deviceBuffers == nil {
@@ -115,20 +117,21 @@ public enum ModelSpec: Sendable, Equatable {
   /// Values drawn per piece of `draw` (a piece is worth a thread above this).
   static let drawPiece = 1 << 16
 
-  /// `values[i] = value(&generator)` for i in order from `rng`, each value taking `drawsPerValue`
-  /// calls of `next()`: in pieces on every core when there are several pieces.
+  /// `values` drawn in order from `rng`, each value taking `drawsPerValue` calls of `next()`:
+  /// `fill(&generator, piece)` draws a piece's values in order, from the generator advanced past
+  /// the pieces before it; in pieces on every core when there are several.
   static func draw(
     _ values: UnsafeMutableBufferPointer<Float>, from rng: SplitMix64, drawsPerValue: UInt64,
-    _ value: (inout SplitMix64) -> Float
+    _ fill: (inout SplitMix64, UnsafeMutableBufferPointer<Float>) -> Void
   ) {
     let pieces = (values.count + drawPiece - 1) / drawPiece
-    func fill(_ piece: Int) {
+    func fillPiece(_ piece: Int) {
       let lo = piece * drawPiece, hi = Swift.min(values.count, lo + drawPiece)
       var r = rng.advanced(by: UInt64(lo) &* drawsPerValue)
-      for i in lo..<hi { values[i] = value(&r) }
+      fill(&r, UnsafeMutableBufferPointer(rebasing: values[lo..<hi]))
     }
-    if pieces == 1 { return fill(0) }
-    DispatchQueue.concurrentPerform(iterations: pieces) { fill($0) }
+    if pieces == 1 { return fillPiece(0) }
+    DispatchQueue.concurrentPerform(iterations: pieces) { fillPiece($0) }
   }
 }
 
