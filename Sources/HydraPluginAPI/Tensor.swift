@@ -346,8 +346,64 @@ public final class MappedBuffers: @unchecked Sendable {
     // fault each, and a first read maps the shared zero page, so the write after it (AdamW's
     // moments) faults again and flushes the other cores' TLBs. Measured on a GPT-2-small sweep: a
     // model's first step took 3x a later one, and 24 s of device time went to faults.
-    _ = madvise(p, size, MappedBuffers.populateWrite)
+    // Inside `deferringPopulation` on this thread, the pages are faulted in later, on every core.
+    lock.lock()
+    if deferred[pthread_self()] != nil {
+      deferred[pthread_self()]!.append((p, size))
+      lock.unlock()
+    } else {
+      lock.unlock()
+      _ = madvise(p, size, MappedBuffers.populateWrite)
+    }
     return p
+  }
+
+  /// The buffers mapped by each thread inside `deferringPopulation`, to be faulted in.
+  private var deferred: [pthread_t: [(UnsafeMutableRawPointer, Int)]] = [:]
+
+  /// Runs `body` (which makes tensors on this thread), then faults in the pages of every buffer it
+  /// mapped afresh, in pieces on every core at once. A model's state is gigabytes of fresh pages
+  /// (the kernel zeroes each on its first touch: on a GPT-2-small sweep 38 % of the start-up's
+  /// CPU); faulted in by the thread that maps them, one core does it all while the others wait, and
+  /// faulting in while another thread maps (which takes the address space's lock to write) stalls
+  /// both. Several threads may each run one at once (ranks as threads); not reentrant.
+  public func deferringPopulation<T>(_ body: () throws -> T) rethrows -> T {
+    lock.lock()
+    precondition(deferred[pthread_self()] == nil, "deferringPopulation is not reentrant")
+    deferred[pthread_self()] = []
+    lock.unlock()
+    let result: T
+    do {
+      result = try body()
+    } catch {
+      populateDeferred()
+      throw error
+    }
+    populateDeferred()
+    return result
+  }
+
+  /// Bytes faulted in by one piece of work of `deferringPopulation`.
+  static let populatePiece = 4 << 20
+
+  private func populateDeferred() {
+    lock.lock()
+    let ranges = deferred.removeValue(forKey: pthread_self()) ?? []
+    lock.unlock()
+    var pieces: [(UnsafeMutableRawPointer, Int)] = []
+    for (p, size) in ranges {
+      var offset = 0
+      while offset < size {
+        let n = min(MappedBuffers.populatePiece, size - offset)
+        pieces.append((p + offset, n))
+        offset += n
+      }
+    }
+    pieces.withUnsafeBufferPointer { all in
+      DispatchQueue.concurrentPerform(iterations: all.count) { i in
+        _ = madvise(all[i].0, all[i].1, MappedBuffers.populateWrite)
+      }
+    }
   }
 
   /// Takes back a buffer `take(bytes, ...)` handed out: kept for the next tensor of its size.

@@ -178,10 +178,16 @@ public final class ModelRun {
       // Each parameter's initial values come from its own seed (the model's and its name), so a
       // shard held elsewhere need not be drawn here: its values arrive with it if it ever comes.
       let held = store == nil || keep(s)
-      for i in range {
-        let block = try spec.makeBlock(i, memory: nil)
+      // The shard's tensors mapped first, their pages faulted in on every core after, then drawn.
+      let made = try MappedBuffers.shared.deferringPopulation {
+        try range.map { i in
+          let block = try spec.makeBlock(i, memory: nil)
+          try settings.optimizer.allocateState(block.parameters, memory: nil)
+          return block
+        }
+      }
+      for block in made {
         if held { spec.initialize(block, seed: seed) }
-        try settings.optimizer.allocateState(block.parameters, memory: nil)
         blocks.append(block)
         params += block.parameters
       }

@@ -30,6 +30,51 @@ final class MappedBuffersTests: XCTestCase {
     XCTAssertEqual(cache.statistics.keptBytes, 0)
   }
 
+  /// Pages of `bytes` at `p` that are resident (mincore), counted.
+  private func residentPages(_ p: UnsafeMutableRawPointer, _ bytes: Int) -> Int {
+    let pages = (bytes + page - 1) / page
+    var vec = [UInt8](repeating: 0, count: pages)
+    XCTAssertEqual(mincore(p, bytes, &vec), 0)
+    return vec.filter { $0 & 1 == 1 }.count
+  }
+
+  func testBuffersMappedInADeferringBlockAreFaultedInWhenItEnds() throws {
+    // Two threads at once (ranks as threads build models together), 3 buffers each, one of them
+    // large enough to be cut into pieces.
+    let cache = MappedBuffers()
+    let sizes = [1 << 20, 9 << 20, (256 << 10) + 3]
+    // One slot per thread, written by that thread only.
+    let before = UnsafeMutableBufferPointer<[Int]>.allocate(capacity: 2)
+    let buffers = UnsafeMutableBufferPointer<[UnsafeMutableRawPointer]>.allocate(capacity: 2)
+    _ = before.initialize(from: [[], []])
+    _ = buffers.initialize(from: [[], []])
+    defer {
+      before.deallocate()
+      buffers.deallocate()
+    }
+    DispatchQueue.concurrentPerform(iterations: 2) { t in
+      buffers[t] = cache.deferringPopulation {
+        let made = sizes.map { cache.take($0, zeroed: true) }
+        before[t] = zip(made, sizes).map { residentPages($0, $1) }
+        return made
+      }
+    }
+    for t in 0..<2 {
+      // Inside the block nothing was faulted in; after it every page is, and reads zero.
+      XCTAssertEqual(before[t], [0, 0, 0], "thread \(t)")
+      for (p, bytes) in zip(buffers[t], sizes) {
+        XCTAssertEqual(residentPages(p, bytes), (bytes + page - 1) / page)
+        XCTAssertTrue(UnsafeRawBufferPointer(start: p, count: bytes).allSatisfy { $0 == 0 })
+        cache.give(p, bytes)
+      }
+    }
+    // Outside a block a buffer is faulted in at once.
+    let q = cache.take(1 << 20, zeroed: true)
+    XCTAssertEqual(residentPages(q, 1 << 20), (1 << 20) / page)
+    cache.give(q, 1 << 20)
+    cache.trim()
+  }
+
   func testKeptAndLiveBytesStayWithinThePeakOfLiveBytes() {
     let cache = MappedBuffers()
     var rng = SplitMix64(seed: 11)
