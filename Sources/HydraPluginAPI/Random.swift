@@ -24,17 +24,27 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
   /// Standard normal (Box-Muller in Double, one value per call for simplicity of state): two
   /// calls of `next()` each.
   public mutating func nextNormal() -> Double {
+    let (u1, u2) = nextBoxMullerUniforms()
+    return SplitMix64.boxMuller(u1, u2)
+  }
+
+  /// The two uniforms of one Box-Muller normal, the first kept off 0 (whose log is infinite).
+  @inline(__always) mutating func nextBoxMullerUniforms() -> (Double, Double) {
     let u1 = max(nextUnit(), 0x1.0p-60)
-    let u2 = nextUnit()
-    return (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
+    return (u1, nextUnit())
+  }
+
+  /// Box-Muller through libm's `log` and `cos`: the values `nextNormal` and `fillNormals` give.
+  @inline(__always) static func boxMuller(_ u1: Double, _ u2: Double) -> Double {
+    (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
   }
 
   /// `out[i] = Float(nextNormal() * scale)` for every i in order, bit for bit, and about 2.5 times
-  /// faster (NormalSeriesTests' opt-in timing): the logarithm and cosine come from short series, in vectorised loops (relative
-  /// error below 2^-46, where libm's are within an ulp of 2^-53), and wherever the faster value
-  /// could round to another `Float` than libm's (its bits below a `Float`'s lie within 2^14 ulps
-  /// of a rounding midpoint, about 1 value in 30,000), or the cosine is near a zero (its argument
-  /// within 2^-20 of one), the value is computed again the way `nextNormal` does.
+  /// faster (NormalSeriesTests' opt-in timing): the logarithm and cosine come from short series
+  /// in vectorised loops (relative error below 2^-46, where libm's are within an ulp of 2^-53),
+  /// and wherever the faster value could round to another `Float` than libm's (its bits below a
+  /// `Float`'s lie within 2^14 ulps of a rounding midpoint, about 1 value in 30,000), or the
+  /// cosine is near a zero (its argument within 2^-20 of one), it is computed by `boxMuller`.
   public mutating func fillNormals(_ out: UnsafeMutableBufferPointer<Float>, scale: Double) {
     let block = 256
     withUnsafeTemporaryAllocation(of: Double.self, capacity: 3 * block) { scratch in
@@ -42,13 +52,11 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
       var start = 0
       while start < out.count {
         let n = Swift.min(block, out.count - start)
-        for i in 0..<n {
-          u1[i] = max(nextUnit(), 0x1.0p-60)
-          u2[i] = nextUnit()
-        }
+        for i in 0..<n { (u1[i], u2[i]) = nextBoxMullerUniforms() }
         NormalSeries.values(u1: u1, u2: u2, scale: scale, into: y, count: n)
         for i in 0..<n {
-          out[start + i] = NormalSeries.surelyRounds(y[i]) ? Float(y[i]) : NormalSeries.libm(u1[i], u2[i], scale)
+          out[start + i] =
+            NormalSeries.surelyRounds(y[i]) ? Float(y[i]) : Float(SplitMix64.boxMuller(u1[i], u2[i]) * scale)
         }
         start += n
       }
@@ -89,11 +97,6 @@ public func derivedSeed(_ base: UInt64, _ parts: UInt64...) -> UInt64 {
 /// `nextNormal`, by loops of plain arithmetic that the compiler vectorises, and whether each one's
 /// `Float` is surely the one libm's `log` and `cos` give.
 enum NormalSeries {
-  /// `nextNormal`'s expression, times `scale`, as a Float.
-  static func libm(_ u1: Double, _ u2: Double, _ scale: Double) -> Float {
-    Float(((-2 * Foundation.log(u1)).squareRoot() * Foundation.cos(2 * Double.pi * u2)) * scale)
-  }
-
   /// log(x) for a normal double 0 < x < 1: x = 2^e m with m in [sqrt(1/2), sqrt(2)), and
   /// log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.172, by its series to s^19 (the next term
   /// is below 2^-54 of the sum). m - 1 is exact, so the result keeps its relative accuracy near 1.

@@ -364,15 +364,14 @@ public final class JobRunner {
     if stopNow { coordinator.requestStop() }
     let makespan: Double
     let trainStart = sinceCreated()
-    phases["start_seconds"] = trainStart
     do {
       makespan = try coordinator.run()
-      phases["train_seconds"] = sinceCreated() - trainStart
       view?.stop()
     } catch {
       view?.stop()
       throw error
     }
+    let trainEnd = sinceCreated()
     stopLock.lock()
     activeCoordinator = nil
     stopLock.unlock()
@@ -460,11 +459,12 @@ public final class JobRunner {
       decisions["bytes_sent"] = distributed.bytesSent + reports.reduce(0) { $0 + $1.bytesSent }
       decisions["tensors_left_over"] = distributed.leftOver + reports.reduce(0) { $0 + $1.leftOver }
     }
-    phases["end_seconds"] = sinceCreated() - trainStart - (phases["train_seconds"] ?? 0)
-    decisions["phases"] = phases
+    phases["start_seconds"] = trainStart
+    phases["train_seconds"] = trainEnd - trainStart
+    phases["end_seconds"] = sinceCreated() - trainEnd
     try output.writeSummary(
-      job: config.job.name, makespan: makespan, models: runs.map { summary($0, selection: selection) },
-      memory: memory, coordinator: decisions, selection: selection.map { selectionSummary($0, runs: runs) })
+      job: config.job.name, makespan: makespan, phases: phases,
+      models: runs.map { summary($0, selection: selection) }, memory: memory, coordinator: decisions, selection: selection.map { selectionSummary($0, runs: runs) })
     var result = Result(
       makespan: makespan, runs: runs, output: output.path, devices: devices, store: store, backend: backend)
     result.stopped = coordinator.stopping

@@ -101,16 +101,18 @@ public final class OutputFolder {
     for file in files { try file.finish() }
   }
 
-  /// `summary.json`: the job, its makespan (training time without start-up and data loading) and
-  /// per model its id, overrides, status, steps, last train loss, last validation loss and
-  /// accuracy, seconds and shards.
+  /// `summary.json`: the job, its makespan (training time without start-up and data loading), the
+  /// wall seconds of the run's phases (`JobRunner.run`: plan, build, start, train, end) and per
+  /// model its id, overrides, status, steps, last train loss, last validation loss and accuracy,
+  /// seconds and shards.
   public func writeSummary(
-    job: String, makespan: Double, models: [[String: Any]], memory: [String: Any] = [:],
-    coordinator: [String: Any] = [:], selection: [String: Any]? = nil
+    job: String, makespan: Double, phases: [String: Double] = [:], models: [[String: Any]],
+    memory: [String: Any] = [:], coordinator: [String: Any] = [:], selection: [String: Any]? = nil
   ) throws {
     var summary: [String: Any] = [
       "job": job, "makespan_seconds": makespan, "models": models, "memory": memory, "coordinator": coordinator,
     ]
+    if !phases.isEmpty { summary["phases"] = phases }
     if let selection { summary["selection"] = selection }
     let data = try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
     try writeAtomically(String(decoding: data, as: UTF8.self) + "\n", to: path + "/summary.json")
