@@ -2,8 +2,12 @@
 /// tasks of distinct models (ties go to the lower model index), so a scheduler that walks it gets
 /// exactly what sorting the whole list with `precedes` would give.
 public enum ReadyOrder: Hashable, Sendable {
-  /// Longest `remainingSeconds` first (Sharded-LRTF). With `residentFirst`, tasks whose shard state
-  /// is not on disk go before those whose state is.
+  /// Longest `remainingSeconds` first (Sharded-LRTF). With `residentFirst`, a task whose shard state
+  /// is on disk counts its `restoreSeconds` against its remaining time: a resident task goes first
+  /// unless the one on disk has more than that much more left (with an unknown restore cost,
+  /// every resident task goes first). Reading a state back is worth it for the model that is
+  /// furthest from its end; never reading one starves a model whose state went to disk first
+  /// until the others finish, and its whole chain is then the makespan's tail.
   case longestRemaining(residentFirst: Bool)
   /// As `longestRemaining`, by `secondsToNextRung` (`remainingSeconds` where no rung is ahead).
   case longestToNextRung(residentFirst: Bool)
@@ -18,10 +22,6 @@ public enum ReadyOrder: Hashable, Sendable {
   public func precedes(_ a: ReadyTask, _ b: ReadyTask) -> Bool {
     switch self {
     case .longestRemaining(let resident), .longestToNextRung(let resident), .weightedRemaining(let resident, _):
-      if resident {
-        let x = a.state == .disk ? 1 : 0, y = b.state == .disk ? 1 : 0
-        if x != y { return x < y }
-      }
       let x: Double, y: Double
       switch self {
       case .longestToNextRung:
@@ -30,6 +30,12 @@ public enum ReadyOrder: Hashable, Sendable {
         (x, y) = (a.remainingSeconds * w[a.task.model], b.remainingSeconds * w[b.task.model])
       default:
         (x, y) = (a.remainingSeconds, b.remainingSeconds)
+      }
+      if resident {
+        // The time left less what the disk costs: a key of the task alone, so the order is a
+        // strict weak one (an infinite cost puts every task on disk after every resident one).
+        let p = a.state == .disk ? x - a.restoreSeconds : x, q = b.state == .disk ? y - b.restoreSeconds : y
+        if p != q { return p > q }
       }
       return x != y ? x > y : a.task.model < b.task.model
     case .earliestReady:

@@ -30,6 +30,11 @@ public struct ReadyTask: Sendable, Equatable {
   /// optimizer state) and the seconds they take at the bandwidth measured between devices.
   public var moveBytes: Int = 0
   public var moveSeconds: Double = 0
+  /// Where `state` is `.disk`: the seconds reading the shard's state back would take (its bytes at
+  /// the host store's read rate). An order that puts resident tasks first lets a task on disk go
+  /// ahead of a resident one only when its model has more than this much more work left. Infinity
+  /// (the default, where the runtime does not know): every resident task goes first.
+  public var restoreSeconds: Double = .infinity
 
   public init(
     task: ShardTask, estimatedSeconds: Double, remainingSeconds: Double, state: Residency = .host,

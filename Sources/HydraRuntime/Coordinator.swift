@@ -129,7 +129,7 @@ public final class Coordinator: @unchecked Sendable {
     precondition(backend.deviceCount == devices.count)
     self.backend = backend
     distributed = backend as? DistributedBackend
-    stateBytes = distributed == nil ? [] : runs.map { run in run.shards.indices.map { run.stateBytes(of: $0) } }
+    stateBytes = runs.map { run in run.shards.indices.map { run.stateBytes(of: $0) } }
     precondition(!devices.isEmpty)
     writers = devices.indices.map { DispatchQueue(label: "hydra.device-\($0).writer") }
     self.runs = runs
@@ -285,6 +285,7 @@ public final class Coordinator: @unchecked Sendable {
       for (id, shard) in store.takeMoves() where distributed == nil {
         guard let m = modelIndex[id], var t = readyIndex[model: m], t.task.shard == shard else { continue }
         t.state = runs[m].residency(of: shard)
+        t.restoreSeconds = restoreSeconds(m, shard, t.state)
         indexInsert(t)
       }
     }
@@ -343,6 +344,13 @@ public final class Coordinator: @unchecked Sendable {
     dirtyModels.append(m)
   }
 
+  /// Under the lock: the seconds reading `shard` of model `m` back from disk would take, at its host
+  /// store's read rate (for a state on disk; infinity elsewhere, where it is not used).
+  private func restoreSeconds(_ m: Int, _ shard: Int, _ state: Residency) -> Double {
+    guard state == .disk, let store = runs[m].hostStore else { return .infinity }
+    return Double(stateBytes[m][shard]) / store.diskReadRate
+  }
+
   /// Under the lock: what the scheduler sees of model `m`'s next task, `task`, the model at rest.
   private func readyTask(_ m: Int, _ task: ShardTask, ahead: Bool) -> ReadyTask {
     let run = runs[m]
@@ -351,6 +359,7 @@ public final class Coordinator: @unchecked Sendable {
       task: task, estimatedSeconds: estimate, remainingSeconds: remaining, state: run.residency(of: task.shard),
       lastDevice: lastDevice[m], readySince: readySince[m], shardCount: run.shards.count)
     r.secondsToNextRung = toNextRung(task)
+    r.restoreSeconds = restoreSeconds(m, task.shard, r.state)
     if let distributed {
       let home = distributed.homes(of: m)[task.shard]
       r.home = home

@@ -14,7 +14,8 @@ public final class ShardState {
   /// For each of `persistent`: a parameter's value (else optimizer state).
   let isValue: [Bool]
   /// Gradients: zeroed at the start of every backward and used up within it, so never written to
-  /// disk nor copied between a device and the host (they arrive zero).
+  /// disk nor copied between a device and the host: they exist only on a device (and arrive
+  /// zero there), never in the store's RAM, which holds a quarter more of AdamW's states that way.
   let transient: [Tensor]
   public fileprivate(set) var residency: Residency = .host
   fileprivate var lastUse = 0
@@ -44,8 +45,10 @@ public final class ShardState {
     transient = []
   }
 
-  /// Bytes this shard's state takes wherever it is resident.
+  /// Bytes this shard's state takes on a device (parameters, optimizer state, gradients).
   public var bytes: Int { (persistent + transient).reduce(0) { $0 + $1.capacity * 4 } }
+  /// Bytes it takes in the store's RAM: no gradients.
+  public var hostBytes: Int { persistent.reduce(0) { $0 + $1.capacity * 4 } }
   /// Bytes of the parameters and optimizer state (what moves between processes, or to disk).
   public var persistentBytes: Int { persistent.reduce(0) { $0 + $1.byteCount } }
   /// Bytes of the parameters' values alone.
@@ -69,6 +72,16 @@ public final class HostStore: @unchecked Sendable {
   private var deviceMemories: [Int: DeviceMemory] = [:]
   public private(set) var bytesWritten = 0
   public private(set) var bytesRead = 0
+  /// Seconds spent reading `bytesRead` back.
+  private var readSeconds = 0.0
+  /// Bytes a second the store reads shard state back from disk at: measured once it has read
+  /// 64 MiB, before that 500 MB/s (a SATA SSD's rate, about what this project's machines give
+  /// with direct I/O).
+  public var diskReadRate: Double {
+    lock.lock()
+    defer { lock.unlock() }
+    return bytesRead >= 64 << 20 && readSeconds > 0 ? Double(bytesRead) / readSeconds : 500e6
+  }
   /// Of `bytesWritten`, the bytes of tensors in transit between a model's tasks (not shard state).
   public private(set) var transitBytesWritten = 0
   /// The most RAM the store itself held at once.
@@ -149,9 +162,13 @@ public final class HostStore: @unchecked Sendable {
       throw DeviceMemoryError(label: device.label, requested: state.bytes, used: device.used, budget: device.budget)
     }
     switch state.residency {
-    case .device, .host:
+    case .device:
       for t in state.persistent { try t.move(to: device) }
       for t in state.transient { try t.move(to: device, keepingValues: false) }
+    case .host:
+      for t in state.persistent { try t.move(to: device) }
+      // The store's RAM holds no gradients: they are made again, zero.
+      for t in state.transient { try t.restore(from: nil, offset: 0, memory: device) }
     case .disk:
       try restore(state, into: device)
     case .elsewhere:
@@ -436,28 +453,29 @@ public final class HostStore: @unchecked Sendable {
   /// room; writes `state` itself to disk when it cannot fit at all.
   private func bringToHost(_ state: ShardState, pinned: [ShardState]) throws {
     if state.residency == .host || state.residency == .elsewhere { return }
-    while memory.budget - memory.used < state.bytes {
+    while memory.budget - memory.used < state.hostBytes {
       let candidates = states.filter { s in
         s.residency == .host && s !== state && !s.inUse && !pinned.contains { $0 === s }
       }
       guard let victim = candidates.min(by: { $0.lastUse < $1.lastUse }) else { break }
       try evict(victim)
     }
-    if memory.budget - memory.used < state.bytes {
+    if memory.budget - memory.used < state.hostBytes {
       if state.residency != .disk || state.uncharged { try evict(state) }
       return
     }
     switch state.residency {
     case .disk:
       if state.uncharged {
-        for t in state.persistent + state.transient { try t.move(to: memory) }
+        for t in state.persistent { try t.move(to: memory) }
+        for t in state.transient { try t.evict(to: nil, offset: 0) }
         state.uncharged = false
       } else {
-        try restore(state, into: memory)
+        try restore(state, into: memory, gradients: false)
       }
     case .device:
       for t in state.persistent { try t.move(to: memory) }
-      for t in state.transient { try t.move(to: memory, keepingValues: false) }
+      for t in state.transient { try t.evict(to: nil, offset: 0) }
     case .host: break
     case .elsewhere: return  // nothing here to bring
     }
@@ -499,7 +517,10 @@ public final class HostStore: @unchecked Sendable {
     try SpillFile(path: path(state), writable: writable, create: create)
   }
 
-  private func restore(_ state: ShardState, into target: DeviceMemory?) throws {
+  /// Reads `state` back from its spill file into `target`; with `gradients`, its gradients are
+  /// made again (zero) there too (for a device; the store's RAM holds none).
+  private func restore(_ state: ShardState, into target: DeviceMemory?, gradients: Bool = true) throws {
+    let started = DispatchTime.now().uptimeNanoseconds
     let file = try spillFile(state, writable: false)
     var offset = 0, bytes = 0
     for t in state.persistent {
@@ -507,7 +528,8 @@ public final class HostStore: @unchecked Sendable {
       offset += SpillFile.slot(t.byteCount)
       bytes += t.byteCount
     }
-    for t in state.transient { try t.restore(from: nil, offset: 0, memory: target) }
     bytesRead += bytes
+    readSeconds += Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+    if gradients { for t in state.transient { try t.restore(from: nil, offset: 0, memory: target) } }
   }
 }

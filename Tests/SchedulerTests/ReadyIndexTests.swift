@@ -41,10 +41,14 @@ private final class ReferenceLRTF: Scheduler {
   let resident: Bool, rung: Bool
   init(resident: Bool = true, rung: Bool = false) { (self.resident, self.rung) = (resident, rung) }
   func schedule(_ view: SchedulerView) -> [Assignment] {
-    func tier(_ t: ReadyTask) -> Int { resident && t.state == .disk ? 1 : 0 }
     func left(_ t: ReadyTask) -> Double { rung ? t.secondsToNextRung ?? t.remainingSeconds : t.remainingSeconds }
+    // With resident first: tasks on disk of unknown cost after all others, by time left; the rest
+    // by time left less the cost of reading back those on disk.
+    func tier(_ t: ReadyTask) -> Int { resident && t.state == .disk && t.restoreSeconds == .infinity ? 1 : 0 }
+    func key(_ t: ReadyTask) -> Double { resident && t.state == .disk && tier(t) == 0 ? left(t) - t.restoreSeconds : left(t) }
     let order = view.ready.sorted {
       if tier($0) != tier($1) { return tier($0) < tier($1) }
+      if key($0) != key($1) { return key($0) > key($1) }
       return left($0) != left($1) ? left($0) > left($1) : $0.task.model < $1.task.model
     }
     return referenceAssign(order, view.freeDevices)
@@ -208,6 +212,8 @@ final class ReadyIndexTests: XCTestCase {
       estimatedSeconds: 1 + pick(3), remainingSeconds: pick(6), state: states[rng.nextInt(below: 3)],
       lastDevice: rng.nextInt(below: 2) == 0 ? nil : rng.nextInt(below: devices), readySince: pick(4), shardCount: k)
     if rng.nextInt(below: 2) == 0 { t.secondsToNextRung = pick(6) }
+    // A known cost of reading a state on disk back on half of them (any task may carry one).
+    if rng.nextInt(below: 2) == 0 { t.restoreSeconds = pick(4) }
     if homed || (bound && rng.nextInt(below: 3) == 0) {
       let home = rng.nextInt(below: devices)
       t.home = home

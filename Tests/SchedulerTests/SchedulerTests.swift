@@ -43,6 +43,36 @@ final class SchedulerTests: XCTestCase {
     XCTAssertEqual(LRTFScheduler().schedule(busy), [Assignment(task: fwd(0), device: 2)])
   }
 
+  /// A state on disk: behind resident tasks whose models have about as much left (reading it back
+  /// would cost more than the difference), ahead of them once its model has more left than the
+  /// read costs; with no known cost (infinity), behind every resident task, as before.
+  func testLRTFReadsAStateBackForTheModelFurthestFromItsEnd() {
+    func disk(_ m: Int, remaining: Double, restore: Double) -> ReadyTask {
+      var t = ready(m, remaining: remaining, state: .disk)
+      t.restoreSeconds = restore
+      return t
+    }
+    func pick(_ tasks: [ReadyTask], devices: [Int] = [0]) -> [Int] {
+      let view = SchedulerView(now: 0, ready: tasks, freeDevices: devices, deviceCount: 2, modelCount: 4)
+      return LRTFScheduler().schedule(view).map(\.task.model)
+    }
+    // 30 s left on disk with a 1.2 s read, against 29.5 s resident: the resident one.
+    XCTAssertEqual(pick([ready(0, remaining: 29.5), disk(1, remaining: 30, restore: 1.2)]), [0])
+    // Against 28.7 s resident (more than 1.2 s less): the one on disk.
+    XCTAssertEqual(pick([ready(0, remaining: 28.7), disk(1, remaining: 30, restore: 1.2)]), [1])
+    // Two devices: both, the disk one first.
+    XCTAssertEqual(pick([ready(0, remaining: 28.7), disk(1, remaining: 30, restore: 1.2)], devices: [0, 1]), [1, 0])
+    // Unknown cost: the resident one, however much more the disk one has left.
+    XCTAssertEqual(pick([ready(0, remaining: 1), ready(2, remaining: 30, state: .disk)]), [0])
+    // Two on disk: the longer left less its read, 30 - 5 < 27 - 1.
+    XCTAssertEqual(pick([disk(1, remaining: 30, restore: 5), disk(2, remaining: 27, restore: 1)]), [2])
+    // Without prefer_resident the disk costs nothing.
+    let view = SchedulerView(
+      now: 0, ready: [ready(0, remaining: 29.5), disk(1, remaining: 30, restore: 1.2)], freeDevices: [0],
+      deviceCount: 1, modelCount: 2)
+    XCTAssertEqual(LRTFScheduler(preferResident: false).schedule(view).map(\.task.model), [1])
+  }
+
   func testFIFOOrder() {
     let view = SchedulerView(
       now: 5, ready: [ready(0, remaining: 9, since: 3), ready(2, since: 1), ready(1, since: 1)],
