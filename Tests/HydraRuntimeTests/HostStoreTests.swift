@@ -38,6 +38,41 @@ final class HostStoreTests: XCTestCase {
     return t
   }
 
+  /// The store's RAM holds parameters and optimizer moments, never gradients: they are made (zero)
+  /// when a shard reaches a device and freed when it leaves, while the values survive the trip.
+  func testGradientsLiveOnDevicesOnlyAndArriveZero() throws {
+    let dir = try temporaryFolder()
+    let (run, store) = try makeRun(hostBudget: .max, folder: dir + "/spill")
+    // Counted from the parameters themselves: value and AdamW's two moments, 4 bytes a number.
+    var expected = 0
+    for s in run.shards.indices {
+      for p in run.parameters(ofShard: s) {
+        expected += (p.value.capacity + p.state.reduce(0) { $0 + $1.capacity }) * 4
+        XCTAssertFalse(p.grad.isResident, "shard \(s): a gradient in the store's RAM")
+      }
+    }
+    XCTAssertEqual(store.memory.used, expected)
+    let before = try bytes(run, 1)
+    try run.promote(1, to: 0)
+    let gradients = run.parameters(ofShard: 1).map(\.grad)
+    let gradientBytes = gradients.reduce(0) { $0 + $1.capacity * 4 }
+    XCTAssertGreaterThan(gradientBytes, 0)
+    XCTAssertEqual(store.residentOn(device: 0), run.shardStates[1].bytes)
+    for g in gradients {
+      XCTAssertTrue(g.isResident)
+      XCTAssertTrue(UnsafeBufferPointer(start: g.data, count: g.count).allSatisfy { $0 == 0 })
+      g.data.update(repeating: 3, count: g.count)  // a backward's leftovers
+    }
+    try run.demoteState()
+    XCTAssertEqual(store.memory.used, expected, "the gradients came into the store")
+    XCTAssertTrue(gradients.allSatisfy { !$0.isResident })
+    try run.promote(1, to: 0)
+    for g in gradients {
+      XCTAssertTrue(UnsafeBufferPointer(start: g.data, count: g.count).allSatisfy { $0 == 0 }, "a gradient came back not zero")
+    }
+    XCTAssertEqual(try bytes(run, 1), before)
+  }
+
   /// A shard whose task runs (between `beginTask` and `endTask`) stays where it is: a prefetch for
   /// another device (queued before the scheduler chose this one) and a promotion that needs room
   /// on its device leave it alone. On a device with memory of its own, moving it would free the
