@@ -81,6 +81,12 @@ public final class JobRunner {
     config.cluster.hostMemory ?? MachineMemory.share(fraction: 2, parts: 1)
   }
 
+  /// Processes with a host store (and devices, maybe a disk) of their own: one under `shm`, every
+  /// rank under a distributed backend.
+  private var storeProcesses: Int {
+    config.cluster.backend == "shm" ? 1 : max(config.cluster.devices, MachineMemory.localProcesses, 1)
+  }
+
   /// Devices in one process: `devices` under `shm`, one per rank otherwise (and the ranks on one
   /// machine share it, when the launcher says how many there are).
   private var devicesPerProcess: Int {
@@ -549,9 +555,9 @@ public final class JobRunner {
     }
   }
 
-  /// One member's state in bytes: every block's weights, gradients and optimizer moments (saturating).
   /// Bytes of a member's state: weights, gradients and optimizer moments; without `gradients`,
   /// what the host store holds of it (a replica's gradient and its own moments are not kept).
+  /// Saturating.
   private static func stateBytes(_ spec: ModelSpec, _ member: ModelMember, gradients: Bool = true) -> Int {
     let copies = member.train.optimizer == .sgd ? 1 : 2
     return (0..<spec.blockCount).reduce(0) {
@@ -572,8 +578,7 @@ public final class JobRunner {
     }
     var fs = statvfs()
     let disk = statvfs(probe, &fs) == 0 ? Int(clamping: UInt64(fs.f_bavail).multipliedReportingOverflow(by: UInt64(fs.f_frsize)).partialValue) : Int.max
-    // Under a distributed backend every process has a host store (and maybe a disk) of its own.
-    let processes = config.cluster.backend == "shm" ? 1 : max(config.cluster.devices, MachineMemory.localProcesses, 1)
+    let processes = storeProcesses
     let room = saturatingSum(hostBudget, disk).multipliedReportingOverflow(by: processes)
     let capacity = room.overflow ? Int.max : room.partialValue
     guard total <= capacity else {
@@ -669,7 +674,8 @@ public final class JobRunner {
   /// devices only). Where all of that, for every model at once, fits the store's RAM, every model
   /// keeps its activations. Otherwise the models, in job order, keep theirs while what must be
   /// held still fits the store's RAM plus what the devices can hold of it (each device's budget
-  /// less its largest shard footprint); the rest recompute. Kept activations past that would go
+  /// less the largest shard footprint, and with double buffering the next shard's working set);
+  /// the rest recompute. Kept activations past that would go
   /// to disk and back every step, which on the machines measured costs more than computing them
   /// again (the GPT-2-small sweep of Examples/gpt2-sweep at 6 steps, makespans: 104 s with every
   /// model recomputing, 104.8 s with none, 101.6 s with two keeping and 2.5 GB more to disk, 93.4 s
@@ -687,8 +693,7 @@ public final class JobRunner {
       return try members.indices.map { try makePlan($0, false) }
     }
     var plans = try members.indices.map { try makePlan($0, true) }
-    // Under a distributed backend every process has a store and devices of its own.
-    let processes = config.cluster.backend == "shm" ? 1 : max(config.cluster.devices, MachineMemory.localProcesses, 1)
+    let processes = storeProcesses
     // A device holds the running shard (its state and working set), with double buffering room
     // for the next one's footprint (its state, prefetched, is among what must be held; its
     // working set is not), and in what is left more states resting between their tasks, each
