@@ -182,6 +182,9 @@ public final class JobRunner {
     if distributed != nil && local != 0 { log = { _ in } }  // a process that only runs tasks: no log
     let outputLock = local == 0 ? try OutputLock(folder: config.job.output, config: config, log: log) : nil
     defer { outputLock?.release() }
+    // Every process, from here to its end: a next run waits for all of them, not only for rank 0.
+    let presence = try OutputLock.Presence(folder: config.job.output, config: config)
+    defer { presence.release() }
     let folder =
       local == 0 ? try OutputFolder(path: config.job.output, resolvedJob: config.resolvedTOML(), append: resume) : nil
     // The folder is this job's now (locked): a failure that ends it is recorded there.
@@ -833,7 +836,10 @@ public final class JobRunner {
           log("\(member.id): removed \(folder)/\(name), left by an interrupted checkpoint")
         }
       }
-      if resume, let unit = Checkpoint.newest(in: folder, warn: { [self] in log("warning: \(member.id): \($0)") }) {
+      if resume,
+        let unit = try Checkpoint.newest(
+          in: folder, model: (member.id, member.seed), warn: { [self] in log("warning: \(member.id): \($0)") })
+      {
         try Checkpoint.resume(run, from: unit)
         log("\(member.id): resumed at step \(run.step) from \(unit)")
         if tidy {

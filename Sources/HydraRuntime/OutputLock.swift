@@ -31,6 +31,12 @@ public final class OutputLock {
         "the output folder \(folder) is in use by another run (host \(host), pid \(pid)); wait for it to end, or set another [job] output"
       )
     }
+    if earlierProcessAlive(folder) {
+      throw InputError(
+        file: config.file,
+        "the output folder \(folder) is in use by a process of an earlier run that is still alive (a rank of a stopped or killed job on its way out: `fuser \(folder)/\(ranksFile)` names it); wait for it to end, or set another [job] output"
+      )
+    }
     let results = ["summary.json", "metrics.csv", "checkpoints"].filter { fm.fileExists(atPath: folder + "/" + $0) }
     if !results.isEmpty && !resume {
       throw InputError(
@@ -39,6 +45,57 @@ public final class OutputLock {
       )
     }
     if resume && !results.isEmpty { try checkSameJob(config, folder: folder, data: try dataFingerprint(config)) }
+  }
+
+  /// Every process of a run (every rank under `mpi`) holds a shared flock(2) on `<output>/.hydra-ranks`
+  /// from before it writes anything into the folder until it ends; the kernel lets it go when the
+  /// process dies, however it dies. `.hydra-lock` names one process (rank 0's); this names them all,
+  /// so that a rank left running by a killed mpirun, still writing a checkpoint unit or a spill
+  /// file, keeps the next run out of the folder.
+  public static let ranksFile = ".hydra-ranks"
+
+  /// Whether a live process (of an earlier run: this run's processes take theirs later) holds
+  /// `folder`'s ranks lock, after waiting up to `patience` seconds for it to end. False where the
+  /// file does not exist or the file system has no flock (nothing can be told there).
+  static func earlierProcessAlive(_ folder: String, patience: Double = 5) -> Bool {
+    let fd = open(folder + "/" + ranksFile, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    let end = Date().addingTimeInterval(patience)
+    while true {
+      if flock(fd, LOCK_EX | LOCK_NB) == 0 {
+        _ = flock(fd, LOCK_UN)
+        return false
+      }
+      guard errno == EWOULDBLOCK || errno == EINTR else { return false }
+      if Date() >= end { return true }
+      usleep(50_000)
+    }
+  }
+
+  /// This process's share of `folder`'s ranks lock (see `ranksFile`), held until `release` or the
+  /// process's end. Taken by every process after they all passed `check`.
+  public final class Presence {
+    private var fd: Int32 = -1
+
+    public init(folder: String, config: JobConfig) throws {
+      try OutputLock.makeFolder(folder, config: config)
+      let path = folder + "/" + OutputLock.ranksFile
+      fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+      guard fd >= 0 else { throw InputError(file: config.file, OutputLock.unusable(folder, errno: errno)) }
+      // Exclusive only for an instant, by a run starting into the folder: wait it out.
+      for _ in 0..<200 {
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 || (errno != EWOULDBLOCK && errno != EINTR) { return }
+        usleep(50_000)
+      }
+    }
+
+    deinit { release() }
+
+    public func release() {
+      if fd >= 0 { close(fd) }
+      fd = -1
+    }
   }
 
   /// Creates `folder` and its parents, or says in the user's terms why its path cannot be used
