@@ -112,7 +112,8 @@ public enum Checkpoint {
       let json = try JSONSerialization.data(withJSONObject: state, options: [.sortedKeys])
       files[trainerStateFile] = try writeDurably(
         String(decoding: json, as: UTF8.self) + "\n", to: temp + "/" + trainerStateFile)
-      let manifest = Manifest(step: run.step, files: files)
+      // Whose checkpoint this is: a resume takes a unit only for the model (and member seed) that wrote it.
+      let manifest = Manifest(step: run.step, files: files, model: run.id, seed: "\(run.seed)")
       let encoder = JSONEncoder()
       encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
       _ = try writeDurably(
@@ -213,20 +214,59 @@ public enum Checkpoint {
   }
 
   /// The newest complete, intact checkpoint in a model's checkpoint folder: a unit whose every file
-  /// matches its manifest. A unit that does not is skipped, with `warn` naming the file and what is
-  /// wrong. A folder in the layout before units (its files at the top) counts as one checkpoint
-  /// without a manifest. Nil when there is none.
-  public static func newest(in folder: String, warn: (String) -> Void) -> String? {
+  /// matches its manifest, whose manifest's step is its folder's, and, given `model`, written for
+  /// that model (its id and seed). A unit that is not is skipped, with `warn` naming the file and
+  /// what is wrong. A folder in the layout before units (its files at the top) counts as one
+  /// checkpoint without a manifest. Nil when there is none; throws `InputError` when every unit
+  /// there that is whole belongs to another model (a folder copied or moved by hand): training on
+  /// from scratch would hide it.
+  public static func newest(
+    in folder: String, model: (id: String, seed: UInt64)? = nil, warn: (String) -> Void
+  ) throws -> String? {
     let found = units(in: folder)
+    var foreign: String?
     for name in found {
       let unit = folder + "/" + name
       if let problem = verify(unit) {
         warn("\(problem); using an earlier checkpoint")
         continue
       }
+      if let (problem, another) = identityProblem(unit, step: Int(name.dropFirst(5)), model: model) {
+        warn("\(problem); using an earlier checkpoint")
+        if another { foreign = foreign ?? problem }
+        continue
+      }
       return unit
     }
+    if let foreign {
+      throw InputError(
+        file: folder,
+        "no checkpoint here can be resumed: \(foreign); move the folder away or set another [job] output")
+    }
     if found.isEmpty && FileManager.default.fileExists(atPath: folder + "/" + trainerStateFile) { return folder }
+    return nil
+  }
+
+  /// What in a whole unit's manifest says it is not `model`'s checkpoint of `step` (its folder's),
+  /// and whether it names another model (`another`); nil when nothing does. Units written before
+  /// the model was recorded are checked for the step only.
+  static func identityProblem(
+    _ unit: String, step: Int?, model: (id: String, seed: UInt64)?
+  ) -> (problem: String, another: Bool)? {
+    let path = unit + "/" + manifestFile
+    guard let data = FileManager.default.contents(atPath: path),
+      let manifest = try? JSONDecoder().decode(Manifest.self, from: data)
+    else { return ("\(path): missing or unreadable", false) }
+    if let step, manifest.step != step {
+      return ("\(path): step \(manifest.step) in the folder of step \(step)", false)
+    }
+    guard let model else { return nil }
+    if let id = manifest.model, id != model.id {
+      return ("\(path): a checkpoint of model \(id), not of \(model.id)", true)
+    }
+    if let seed = manifest.seed, seed != "\(model.seed)" {
+      return ("\(path): a checkpoint of \(model.id) with seed \(seed), not this job's \(model.seed) (another job's?)", true)
+    }
     return nil
   }
 
@@ -302,6 +342,9 @@ public enum Checkpoint {
   struct Manifest: Codable {
     var step: Int
     var files: [String: ManifestFile]
+    /// The model (its id in the job) and its seed; absent in units written before they were recorded.
+    var model: String?
+    var seed: String?
   }
   struct ManifestFile: Codable {
     var bytes: Int
@@ -310,7 +353,7 @@ public enum Checkpoint {
 
   /// Whether `folder` (a model's checkpoint folder) holds a checkpoint to resume from.
   public static func canResume(from folder: String) -> Bool {
-    newest(in: folder, warn: { _ in }) != nil
+    ((try? newest(in: folder, warn: { _ in })) ?? nil) != nil
   }
 
   /// Puts a model back where its checkpoint in `folder` left it: weights, optimizer state, step
@@ -324,6 +367,10 @@ public enum Checkpoint {
       state.step >= 0, state.step <= run.settings.steps
     else { throw InputError(file: statePath, "not a trainer state this run can resume from") }
     let step = state.step
+    let unitName = (folder as NSString).lastPathComponent
+    if unitName.hasPrefix("step-"), let unitStep = Int(unitName.dropFirst(5)), unitStep != step {
+      throw InputError(file: statePath, "says step \(step), but it is in the checkpoint of step \(unitStep)")
+    }
     let weights = try SafeTensorsFile(path: folder + "/" + weightsFile)
     let optimizer = try SafeTensorsFile(path: folder + "/" + optimizerFile)
     for (file, st) in [(weightsFile, weights), (optimizerFile, optimizer)] where st.metadata["hydra_step"] != "\(step)"
