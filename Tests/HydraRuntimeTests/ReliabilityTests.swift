@@ -343,6 +343,93 @@ final class ReliabilityTests: XCTestCase {
     first.waitUntilExit()
   }
 
+  /// A process of an earlier run left alive (a rank of a killed mpirun still writing a checkpoint
+  /// unit or a spill file) keeps the next run out of the folder, even when the process that held
+  /// `.hydra-lock` is gone: the next run waits a few seconds, then refuses with exit 2, changing
+  /// nothing there; once that process has ended, the resume goes on.
+  func testAProcessLeftFromAKilledRunKeepsTheNextRunOut() throws {
+    let root = try temporaryFolder()
+    let data = try textData(root)
+    let jobFile = try job(root, data: data, steps: 3, extra: "checkpoint_every = 1")
+    XCTAssertEqual(try runTool(["run", jobFile]).status, 0)
+    let before = try folderBytes(root + "/out")
+    // The earlier run's last process: this test's own share of the folder's ranks lock, as a rank
+    // of that run holds it (another open file description, so it counts against the next run).
+    let fd = open(root + "/out/.hydra-ranks", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+    XCTAssertGreaterThanOrEqual(fd, 0)
+    XCTAssertEqual(flock(fd, LOCK_SH), 0)
+    let started = Date()
+    let refused = try runTool(["run", jobFile, "--resume", "--set", "train.steps=5"])
+    XCTAssertEqual(refused.status, 2, refused.err)
+    XCTAssertTrue(refused.err.contains("is in use by a process of an earlier run that is still alive"), refused.err)
+    XCTAssertTrue(refused.err.contains(root + "/out"), refused.err)
+    XCTAssertGreaterThan(Date().timeIntervalSince(started), 4, "it waits for the process first")
+    XCTAssertEqual(try folderBytes(root + "/out"), before, "a refused run changes nothing in the folder")
+    close(fd)
+    let resumed = try runTool(["run", jobFile, "--resume", "--set", "train.steps=5"])
+    XCTAssertEqual(resumed.status, 0, resumed.err)
+    XCTAssertTrue(resumed.out.contains("m000: resumed at step 3"), resumed.out)
+  }
+
+  /// Every file under `folder` (but the lock files) and its bytes.
+  func folderBytes(_ folder: String) throws -> [String: Data] {
+    var out: [String: Data] = [:]
+    let walker = FileManager.default.enumerator(atPath: folder)!
+    while let name = walker.nextObject() as? String {
+      var isFolder: ObjCBool = false
+      let path = folder + "/" + name
+      guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), !isFolder.boolValue,
+        !name.hasSuffix(".hydra-ranks")
+      else { continue }
+      out[name] = try Data(contentsOf: URL(fileURLWithPath: path))
+    }
+    return out
+  }
+
+  /// A resume takes only a checkpoint the model itself wrote: a unit of another model put into its
+  /// folder (by hand, or by anything that mixed folders up) is skipped for the previous whole unit,
+  /// with a warning naming it, and the end is the uninterrupted run's bytes; when every unit there
+  /// is another model's, the run stops with exit 2 naming the folder instead of starting over.
+  func testAResumeNeverTakesAnotherModelsCheckpoint() throws {
+    let root = try temporaryFolder()
+    let data = try textData(root)
+    let whole = root + "/whole"
+    try FileManager.default.createDirectory(atPath: whole, withIntermediateDirectories: true)
+    XCTAssertEqual(try runTool(["run", try job(whole, data: data, steps: 8)]).status, 0)
+    let parts = root + "/parts"
+    try FileManager.default.createDirectory(atPath: parts, withIntermediateDirectories: true)
+    let jobFile = try job(parts, data: data, steps: 8, extra: "checkpoint_every = 1")
+    let first = try runTool(["run", jobFile, "--pause-at", "4"])
+    XCTAssertEqual(first.status, 0, first.err)
+    let mine = parts + "/out/checkpoints/m000", theirs = parts + "/out/checkpoints/m001"
+    let fm = FileManager.default
+    // m001's newest unit, whole and intact, in m000's folder in place of m000's own.
+    try fm.removeItem(atPath: mine + "/step-00000004")
+    try fm.copyItem(atPath: theirs + "/step-00000004", toPath: mine + "/step-00000004")
+    let resumed = try runTool(["run", jobFile, "--resume"])
+    XCTAssertEqual(resumed.status, 0, resumed.err)
+    let said = resumed.out + resumed.err
+    XCTAssertTrue(
+      said.contains("warning: m000: \(mine)/step-00000004/manifest.json: a checkpoint of model m001, not of m000"), said)
+    XCTAssertTrue(said.contains("m000: resumed at step 3"), said)
+    XCTAssertTrue(said.contains("m001: resumed at step 4"), said)
+    try assertSameEnd(whole, parts, step: 8)
+
+    // Every unit another model's: no resume from scratch, exit 2 naming the folder.
+    let other = root + "/other"
+    try fm.createDirectory(atPath: other, withIntermediateDirectories: true)
+    let otherJob = try job(other, data: data, steps: 8, extra: "checkpoint_every = 1")
+    XCTAssertEqual(try runTool(["run", otherJob, "--pause-at", "2"]).status, 0)
+    let folder = other + "/out/checkpoints/m000"
+    try fm.removeItem(atPath: folder)
+    try fm.copyItem(atPath: other + "/out/checkpoints/m001", toPath: folder)
+    let before = try folderBytes(other + "/out/checkpoints")
+    let refused = try runTool(["run", otherJob, "--resume"])
+    XCTAssertEqual(refused.status, 2, refused.err)
+    XCTAssertTrue(refused.err.contains(folder) && refused.err.contains("no checkpoint here can be resumed"), refused.err)
+    XCTAssertEqual(try folderBytes(other + "/out/checkpoints"), before, "nothing there was changed")
+  }
+
   /// `--resume` continues only the job that made the results: a change to what the models compute
   /// is refused with the keys that changed; scheduling, devices and more steps are not.
   func testResumeRefusesAJobThatTrainsDifferentModels() throws {
