@@ -31,7 +31,11 @@ public enum BLASCore {
     let args = CommandLine.arguments
     var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
     argv.append(nil)
-    execv("/proc/self/exe", &argv)
+    // The binary's own path, not /proc/self/exe: exec'd through that link the process is named
+    // "exe", and whatever finds ranks by name (pgrep, Scripts/test-mpi, a cluster's tools) misses it.
+    var path = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &path, path.count - 1)
+    execv(n > 0 ? String(cString: path) : "/proc/self/exe", &argv)
     // Only reached if exec failed: carry on with the generic kernels.
     unsetenv("OPENBLAS_CORETYPE")
   }
