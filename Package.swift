@@ -43,13 +43,15 @@ let package = Package(
       name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
       providers: [.apt(["libopenblas-dev"])]),
     .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+    // libc's variadic calls, wrapped (a header alone: no library).
+    .systemLibrary(name: "CSysCalls", path: "Sources/CSysCalls"),
     .systemLibrary(
       name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
 
     // The vocabulary every plugin speaks, and nothing else: tensors and device memory, the kernels,
     // partitioner, scheduler, backend and transport protocols and the values they exchange.
     // Haswell code too: its normal draws (every model's initial weights) vectorise.
-    .target(name: "HydraPluginAPI", swiftSettings: kernelSettings),
+    .target(name: "HydraPluginAPI", dependencies: ["CSysCalls"], swiftSettings: kernelSettings),
     // The maths of one shard.
     .target(name: "HydraCore", dependencies: ["HydraPluginAPI", "CZlib"], swiftSettings: settings),
     // Built-in kernels plugins.

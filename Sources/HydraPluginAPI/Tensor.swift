@@ -1,3 +1,4 @@
+import CSysCalls
 import Foundation
 
 /// A contiguous, row-major, 64-byte aligned Float32 buffer with an explicit shape, charged to one
@@ -26,11 +27,15 @@ public final class Tensor: @unchecked Sendable {
   /// RAM, or in the device memory of `deviceBuffers`, where only that plugin's kernels may
   /// dereference it (the runtime hands it to them; it reads values through `read(into:)`).
   public var data: UnsafeMutablePointer<Float> {
-    guard let storage else { preconditionFailure("tensor \(shape) used while evicted to disk") }
+    guard let storage else {
+      preconditionFailure("tensor \(shape) used while \(isParked ? "parked (no bytes until unpark)" : "evicted to disk")")
+    }
     return storage
   }
 
   public var isResident: Bool { storage != nil }
+  /// Parked (`park`): the bytes were given back while the charge to `memory` stays.
+  public private(set) var isParked = false
   private var allocatedBytes: Int { max(capacity, 1) * MemoryLayout<Float>.stride }
 
   /// Buffers this large are mapped from the kernel (`MappedBuffers`), never taken from malloc: a
@@ -109,6 +114,19 @@ public final class Tensor: @unchecked Sendable {
     self.deviceBuffers = buffers
   }
 
+  /// A parked tensor (`park`): charged to `memory` now, its bytes made (zero) by `unpark`.
+  public init(parkedShape shape: [Int], memory: DeviceMemory? = nil) throws {
+    precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+    let count = shape.reduce(1, *)
+    try memory?.reserve(max(count, 1) * MemoryLayout<Float>.stride)
+    self.storage = nil
+    self.shape = shape
+    self.capacity = count
+    self.memory = memory
+    self.deviceBuffers = memory?.buffers
+    self.isParked = true
+  }
+
   /// A tensor holding `values` (copied to the device when `memory` is a device's).
   public convenience init(shape: [Int], values: [Float], memory: DeviceMemory? = nil) throws {
     precondition(shape.reduce(1, *) == values.count, "shape \(shape) does not hold \(values.count) values")
@@ -120,7 +138,41 @@ public final class Tensor: @unchecked Sendable {
     if let storage {
       memory?.release(allocatedBytes)
       Tensor.deallocate(storage, count: capacity, in: deviceBuffers)
+    } else if isParked {
+      memory?.release(allocatedBytes)
     }
+  }
+
+  /// Gives the bytes back (to the process's kept pages, or the device plugin) while the charge to
+  /// `memory` stays, until `unpark`. For a gradient, whose values live only inside a backward: it
+  /// holds no RAM between two backwards, and the next backward on the device (of any model whose
+  /// shard has tensors of the same sizes) reuses the same pages. Memory the kernel hands a process
+  /// for the first time is zeroed on its first touch, which on the virtual machines measured costs
+  /// 0.4-0.6 GB/s a core: a model's first step used to pay it for every gradient of the model.
+  public func park() {
+    guard let storage else { return }
+    Tensor.deallocate(storage, count: capacity, in: deviceBuffers)
+    self.storage = nil
+    isParked = true
+  }
+
+  /// Bytes again for a parked tensor, zero-filled, under the charge `park` kept (no charge, so this
+  /// cannot fail for want of room). Nothing for a tensor that is not parked.
+  public func unpark() {
+    guard isParked else { return }
+    storage = Tensor.allocate(capacity, zeroed: true, in: deviceBuffers)
+    isParked = false
+  }
+
+  /// An evicted tensor charged to `newMemory` again, parked: its bytes come, zero, with `unpark`.
+  /// A resident or parked one moves its charge there (`move(to:)`). Throws, changing nothing,
+  /// when `newMemory` has no room.
+  public func restoreParked(memory newMemory: DeviceMemory?) throws {
+    guard storage == nil, !isParked else { return try move(to: newMemory, keepingValues: false) }
+    try newMemory?.reserve(allocatedBytes)
+    memory = newMemory
+    deviceBuffers = newMemory?.buffers
+    isParked = true
   }
 
   /// Moves the charge for this tensor's bytes to `other`; when `other` keeps its bytes elsewhere
@@ -130,6 +182,14 @@ public final class Tensor: @unchecked Sendable {
   /// bytes stay where they are. Throws, changing nothing, when `other` has no room.
   public func move(to other: DeviceMemory?, keepingValues: Bool = true) throws {
     guard other !== memory else { return }
+    if isParked {
+      // No bytes to move: the charge alone, and where the bytes will be made.
+      try other?.reserve(allocatedBytes)
+      memory?.release(allocatedBytes)
+      memory = other
+      if let other { deviceBuffers = other.buffers }
+      return
+    }
     guard let storage, let other, other.buffers !== deviceBuffers else {
       if isResident {
         try other?.reserve(allocatedBytes)
@@ -153,6 +213,16 @@ public final class Tensor: @unchecked Sendable {
   /// frees them; with no file (a gradient, say, whose contents need not survive, or a state another
   /// process holds) just frees them.
   public func evict(to file: SpillFile?, offset: Int) throws {
+    if isParked {
+      // A parked tensor's values are zero: a file gets zeros, made for the purpose.
+      guard file != nil else {
+        isParked = false
+        deviceBuffers = nil
+        memory?.release(allocatedBytes)
+        return
+      }
+      unpark()
+    }
     guard let storage else { return }
     if let file {
       if deviceBuffers == nil {
@@ -174,6 +244,17 @@ public final class Tensor: @unchecked Sendable {
   /// Allocates the bytes again, charged to `memory` and where it keeps them, and reads them back
   /// from `file` at `offset` (through a host buffer for a device); with no file they come back zero.
   public func restore(from file: SpillFile?, offset: Int, memory newMemory: DeviceMemory?) throws {
+    if isParked {
+      guard file != nil else {
+        try move(to: newMemory)
+        return unpark()
+      }
+      // Read over whole below: as if evicted.
+      isParked = false
+      memory?.release(allocatedBytes)
+      memory = nil
+      deviceBuffers = nil
+    }
     guard storage == nil else { return try move(to: newMemory) }
     try newMemory?.reserve(allocatedBytes)
     let target = newMemory?.buffers
@@ -296,6 +377,8 @@ public final class MappedBuffers: @unchecked Sendable {
   private let lock = NSLock()
   private var kept: [Int: [UnsafeMutableRawPointer]] = [:]
   private var stats = Statistics()
+  /// mremap's MREMAP_MAYMOVE.
+  static let mayMove: Int32 = 1
   /// MADV_POPULATE_WRITE, which Glibc's headers of some systems do not name.
   static let populateWrite: Int32 = 23
   private static let page = max(Int(sysconf(Int32(_SC_PAGESIZE))), 4096)
@@ -324,6 +407,32 @@ public final class MappedBuffers: @unchecked Sendable {
       if zeroed { memset(p, 0, bytes) }
       return p
     }
+    // No buffer of this size kept: the head of the smallest larger one, whose tail stays kept as a
+    // buffer of its own (any page range of an anonymous mapping can be unmapped alone). Kept pages
+    // were faulted in already; a buffer mapped afresh instead costs a fault per page again, and on
+    // the virtual machines measured the first touch of memory is slow (0.4-0.6 GB/s a core): on a
+    // GPT-2-small sweep a third of the bytes mapped were sizes that no kept buffer matched.
+    if let larger = kept.keys.filter({ $0 > size }).min() {
+      let p = kept[larger]!.removeLast()
+      if kept[larger]!.isEmpty { kept[larger] = nil }
+      kept[larger - size, default: []].append(p + size)
+      stats.keptBytes -= size
+      stats.liveBytes += size
+      stats.reused += 1
+      lock.unlock()
+      if zeroed { memset(p, 0, bytes) }
+      return p
+    }
+    // Only smaller ones: the largest grows in place or moves (mremap carries its pages), and
+    // only the rest is new.
+    var grown: (UnsafeMutableRawPointer, Int)?
+    if let smaller = kept.keys.max() {
+      let p = kept[smaller]!.removeLast()
+      if kept[smaller]!.isEmpty { kept[smaller] = nil }
+      stats.keptBytes -= smaller
+      grown = (p, smaller)
+    }
+    let carried = grown?.1 ?? 0
     // Room under the bound, from the largest kept buffers first.
     while stats.liveBytes + stats.keptBytes + size > stats.peakLiveBytes, let largest = kept.keys.max() {
       let p = kept[largest]!.removeLast()
@@ -334,12 +443,27 @@ public final class MappedBuffers: @unchecked Sendable {
     stats.liveBytes += size
     stats.peakLiveBytes = max(stats.peakLiveBytes, stats.liveBytes)
     stats.mapped += 1
-    stats.mappedBytes += size
+    stats.mappedBytes += size - carried
+    if carried > 0 { stats.reused += 1 }
     lock.unlock()
     for (p, n) in unmap { munmap(p, n) }
-    // Fresh pages are zero already.
-    guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
-      fatalError("out of memory: cannot map \(size) bytes for a tensor (\(String(cString: strerror(errno))))")
+    var p: UnsafeMutableRawPointer
+    if let (old, oldSize) = grown, let moved = hydra_mremap(old, oldSize, size, MappedBuffers.mayMove), moved != MAP_FAILED {
+      p = moved
+      if zeroed { memset(p, 0, oldSize) }  // the rest is new, zero already
+    } else {
+      if let (old, oldSize) = grown { munmap(old, oldSize) }
+      // Fresh pages are zero already.
+      guard let fresh = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), fresh != MAP_FAILED
+      else {
+        fatalError("out of memory: cannot map \(size) bytes for a tensor (\(String(cString: strerror(errno))))")
+      }
+      p = fresh
+      if carried > 0 {
+        lock.lock()
+        stats.mappedBytes += carried
+        lock.unlock()
+      }
     }
     // Fault every page in now, in one call (MADV_POPULATE_WRITE, Linux 5.14; older kernels refuse
     // it and the pages fault in on first touch as before). Page by page, a first write costs a

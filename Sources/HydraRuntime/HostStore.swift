@@ -167,8 +167,8 @@ public final class HostStore: @unchecked Sendable {
       for t in state.transient { try t.move(to: device, keepingValues: false) }
     case .host:
       for t in state.persistent { try t.move(to: device) }
-      // The store's RAM holds no gradients: they are made again, zero.
-      for t in state.transient { try t.restore(from: nil, offset: 0, memory: device) }
+      // The store's RAM holds no gradients: charged again, parked (a backward makes them, zero).
+      for t in state.transient { try t.restoreParked(memory: device) }
     case .disk:
       try restore(state, into: device)
     case .elsewhere:
@@ -320,7 +320,8 @@ public final class HostStore: @unchecked Sendable {
     defer { lock.unlock() }
     if state.residency == .elsewhere {
       // Fresh bytes, charged nowhere yet; then into the store like a newly built shard.
-      for t in state.persistent + state.transient { try t.restore(from: nil, offset: 0, memory: nil) }
+      for t in state.persistent { try t.restore(from: nil, offset: 0, memory: nil) }
+      for t in state.transient { try t.restoreParked(memory: nil) }
       try copy(state, UnsafeMutableRawPointer(mutating: buffer), toState: true, valuesOnly: valuesOnly, resident: true)
       return try takeIn(state)
     }
@@ -530,6 +531,6 @@ public final class HostStore: @unchecked Sendable {
     }
     bytesRead += bytes
     readSeconds += Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
-    if gradients { for t in state.transient { try t.restore(from: nil, offset: 0, memory: target) } }
+    if gradients { for t in state.transient { try t.restoreParked(memory: target) } }
   }
 }

@@ -179,9 +179,11 @@ public final class ModelRun {
       // shard held elsewhere need not be drawn here: its values arrive with it if it ever comes.
       let held = store == nil || keep(s)
       // The shard's tensors mapped first, their pages faulted in on every core after, then drawn.
+      // Gradients parked: each backward makes its shard's and gives them back after, so a model
+      // holds no gradient pages between its backwards (`Tensor.park`).
       let made = try MappedBuffers.shared.deferringPopulation {
         try range.map { i in
-          let block = try spec.makeBlock(i, memory: nil)
+          let block = try Parameter.withParkedGradients { try spec.makeBlock(i, memory: nil) }
           try settings.optimizer.allocateState(block.parameters, memory: nil)
           return block
         }
@@ -231,6 +233,10 @@ public final class ModelRun {
   public func parameters(ofShard s: Int) -> [Parameter] {
     shards[s].flatMap { blocks[$0].parameters }
   }
+
+  /// Keeps each backward's gradients after it (to be read), instead of parking them (`Tensor.park`):
+  /// for tests and tools that look at them.
+  public var keepsGradients = false
 
   /// Train no further than this step in this run (a checkpoint is written there); nil: all steps.
   public var pauseAt: Int?
@@ -520,7 +526,10 @@ public final class ModelRun {
       }
       return advance(past: task)
     case .backward:
-      for p in parameters(ofShard: s) { kernels.fill(p.grad.data, value: 0, count: p.count) }
+      // The shard's gradients, zero: pages given back by the last backward on this device.
+      for p in parameters(ofShard: s) {
+        if p.grad.isParked { p.grad.unpark() } else { kernels.fill(p.grad.data, value: 0, count: p.count) }
+      }
       if let entry = kept.removeValue(forKey: s) { try store!.take(entry, into: memory) }
       if policy.checkpointing && s < k - 1 {
         // Recompute what the forward released.
@@ -551,6 +560,8 @@ public final class ModelRun {
       if s < k - 1 { discard(key(.gradient, s, step)) }
       if s > 0 { discard(key(.activation, s - 1, step)) }
       if releasing(kernels) { release(shard: s) }
+      // Used up: their pages go to the next backward on this device, of this model or another.
+      if !keepsGradients { for p in parameters(ofShard: s) { p.grad.park() } }
       return advance(past: task)
     }
   }

@@ -58,16 +58,22 @@ final class HostStoreTests: XCTestCase {
     let gradientBytes = gradients.reduce(0) { $0 + $1.capacity * 4 }
     XCTAssertGreaterThan(gradientBytes, 0)
     XCTAssertEqual(store.residentOn(device: 0), run.shardStates[1].bytes)
+    // Charged to the device, parked: a backward makes them (as ModelRun's does).
     for g in gradients {
-      XCTAssertTrue(g.isResident)
+      XCTAssertTrue(g.isParked)
+      XCTAssertFalse(g.isResident)
+      g.unpark()
       XCTAssertTrue(UnsafeBufferPointer(start: g.data, count: g.count).allSatisfy { $0 == 0 })
       g.data.update(repeating: 3, count: g.count)  // a backward's leftovers
     }
+    XCTAssertEqual(store.residentOn(device: 0), run.shardStates[1].bytes, "unparking charges nothing more")
     try run.demoteState()
     XCTAssertEqual(store.memory.used, expected, "the gradients came into the store")
-    XCTAssertTrue(gradients.allSatisfy { !$0.isResident })
+    XCTAssertTrue(gradients.allSatisfy { !$0.isResident && !$0.isParked })
     try run.promote(1, to: 0)
     for g in gradients {
+      // The pages the leftovers were in are kept for reuse: unparked, they must read zero again.
+      g.unpark()
       XCTAssertTrue(UnsafeBufferPointer(start: g.data, count: g.count).allSatisfy { $0 == 0 }, "a gradient came back not zero")
     }
     XCTAssertEqual(try bytes(run, 1), before)

@@ -112,6 +112,38 @@ final class MappedBuffersTests: XCTestCase {
     cache.trim()
   }
 
+  /// A size no kept buffer has takes the head of a larger kept one (the tail stays kept), or
+  /// carries the pages of the largest smaller one (mremap) and maps only the rest: no page that
+  /// was faulted in is given up for a fresh one while it can serve.
+  func testASizeNoKeptBufferHasReusesTheKeptPagesOfAnother() {
+    let cache = MappedBuffers()
+    let mib = 1 << 20
+    let big = cache.take(4 * mib, zeroed: false)
+    big.initializeMemory(as: UInt8.self, repeating: 7, count: 4 * mib)
+    cache.give(big, 4 * mib)
+    // The head of the 4 MiB buffer, zeroed as asked; its last 3 MiB stay kept.
+    let head = cache.take(mib, zeroed: true)
+    XCTAssertEqual(head, big)
+    XCTAssertTrue(UnsafeRawBufferPointer(start: head, count: mib).allSatisfy { $0 == 0 })
+    var s = cache.statistics
+    XCTAssertEqual([s.mapped, s.reused, s.mappedBytes, s.liveBytes, s.keptBytes], [1, 1, 4 * mib, mib, 3 * mib])
+    cache.give(head, mib)
+    // 8 MiB: the 3 MiB tail grows (its bytes carried: not zeroed, they still read 7), the 1 MiB
+    // head is unmapped to stay under the bound, and 5 MiB are mapped afresh.
+    let grown = cache.take(8 * mib, zeroed: false)
+    let bytes = UnsafeRawBufferPointer(start: grown, count: 8 * mib)
+    XCTAssertTrue(bytes[0..<(3 * mib)].allSatisfy { $0 == 7 }, "the kept pages were carried")
+    XCTAssertTrue(bytes[(3 * mib)...].allSatisfy { $0 == 0 }, "the new pages are zero")
+    s = cache.statistics
+    XCTAssertEqual([s.mapped, s.reused, s.mappedBytes, s.liveBytes, s.keptBytes], [2, 2, 9 * mib, 8 * mib, 0])
+    cache.give(grown, 8 * mib)
+    // Asked zeroed, a grown buffer is zero through the carried part too.
+    let again = cache.take(8 * mib, zeroed: true)
+    XCTAssertTrue(UnsafeRawBufferPointer(start: again, count: 8 * mib).allSatisfy { $0 == 0 })
+    cache.give(again, 8 * mib)
+    cache.trim()
+  }
+
   /// Through `Tensor`: a large tensor allocated where a freed one was reads zero.
   func testATensorReusingPagesStartsAtZero() throws {
     let count = 1 << 18  // 1 MiB
@@ -123,5 +155,47 @@ final class MappedBuffersTests: XCTestCase {
     let u = try Tensor(shape: [count])
     XCTAssertGreaterThan(MappedBuffers.shared.statistics.reused, before)
     XCTAssertTrue(u.buffer.allSatisfy { $0 == 0 })
+  }
+}
+
+/// A parked tensor (a gradient between two backwards) holds no bytes but keeps its charge, so that
+/// a device's accounting never changes under a task; the charge moves with it and goes with it.
+final class TensorParkingTests: XCTestCase {
+  func testAParkedTensorKeepsItsChargeAndComesBackZero() throws {
+    let device = DeviceMemory(budget: 16 << 20, label: "device")
+    let other = DeviceMemory(budget: 16 << 20, label: "other")
+    let count = 1 << 18  // 1 MiB: kept pages
+    let t = try Tensor(shape: [count], memory: device)
+    t.data.update(repeating: 5, count: count)
+    t.park()
+    XCTAssertTrue(t.isParked)
+    XCTAssertFalse(t.isResident)
+    XCTAssertEqual(device.used, count * 4, "the charge stays")
+    t.unpark()
+    XCTAssertTrue(t.buffer.allSatisfy { $0 == 0 }, "unparked, it is zero")
+    XCTAssertEqual(device.used, count * 4)
+    t.park()
+    try t.move(to: other)
+    XCTAssertEqual([device.used, other.used], [0, count * 4], "a move takes the charge along")
+    XCTAssertTrue(t.isParked)
+    try t.evict(to: nil, offset: 0)
+    XCTAssertEqual(other.used, 0, "evicted, it is charged nowhere")
+    XCTAssertFalse(t.isParked)
+    try t.restoreParked(memory: device)
+    XCTAssertEqual(device.used, count * 4)
+    XCTAssertTrue(t.isParked)
+    // Parked from the start, and dropped while parked: the charge goes with it.
+    do {
+      let u = try Tensor(parkedShape: [count], memory: other)
+      XCTAssertEqual(other.used, count * 4)
+      XCTAssertTrue(u.isParked)
+    }
+    XCTAssertEqual(other.used, 0)
+    // No room: a parked restore throws and charges nothing.
+    let small = DeviceMemory(budget: 1024, label: "small")
+    try t.evict(to: nil, offset: 0)
+    XCTAssertThrowsError(try t.restoreParked(memory: small))
+    XCTAssertEqual(small.used, 0)
+    XCTAssertFalse(t.isParked)
   }
 }

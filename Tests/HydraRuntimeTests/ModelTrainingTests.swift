@@ -87,6 +87,7 @@ final class ModelTrainingTests: XCTestCase {
     let run = try makeRun(
       .gpt(small), data: data, shards: shards([2, 2]), steps: 1,
       optimizer: Optimizer(kind: .sgd, lr: 1, momentum: 0, totalSteps: 1))
+    run.keepsGradients = true  // read below
     let before = run.ownedParameters.first { $0.name == "wte.weight" }!.value.array
     try train(run, kernels: kernels)
     let wte = run.ownedParameters.first { $0.name == "wte.weight" }!

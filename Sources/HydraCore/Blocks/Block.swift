@@ -1,3 +1,5 @@
+import Foundation
+
 /// A named tensor a block trains, with its gradient and its optimizer state: the three move together
 /// when a shard moves.
 public final class Parameter {
@@ -18,14 +20,42 @@ public final class Parameter {
   public init(name: String, shape: [Int], memory: DeviceMemory?, decays: Bool, replicaOf: String? = nil) throws {
     self.name = name
     self.value = try Tensor(shape: shape, memory: memory)
-    self.grad = try Tensor(shape: shape, memory: memory)
+    self.grad =
+      Parameter.parkingGradients
+      ? try Tensor(parkedShape: shape, memory: memory) : try Tensor(shape: shape, memory: memory)
     self.decays = decays
     self.replicaOf = replicaOf
   }
 
   public var shape: [Int] { value.shape }
   public var count: Int { value.count }
+
+  /// Runs `body`, in which parameters made on this thread get a parked gradient (`Tensor.park`):
+  /// charged, with no bytes until a backward unparks it. For the runtime's models, whose shards
+  /// unpark their gradients for a backward and park them after it.
+  public static func withParkedGradients<T>(_ body: () throws -> T) rethrows -> T {
+    let thread = pthread_self()
+    parkingLock.lock()
+    parkingThreads.insert(thread)
+    parkingLock.unlock()
+    defer {
+      parkingLock.lock()
+      parkingThreads.remove(thread)
+      parkingLock.unlock()
+    }
+    return try body()
+  }
+
+  private static var parkingGradients: Bool {
+    let thread = pthread_self()
+    parkingLock.lock()
+    defer { parkingLock.unlock() }
+    return parkingThreads.contains(thread)
+  }
 }
+
+private let parkingLock = NSLock()
+nonisolated(unsafe) private var parkingThreads: Set<pthread_t> = []
 
 /// The input of a block's forward: the previous block's output, or (for the first block) nothing
 /// but the batch itself.
