@@ -25,6 +25,19 @@ public enum Checkpoint {
   /// The folder of the checkpoint of `step` inside a model's checkpoint folder.
   public static func unitName(_ step: Int) -> String { "step-" + String(format: "%08d", step) }
 
+  /// The step of a unit folder's name (`step-00000012`: 12), or nil for any other name.
+  static func unitStep(_ name: String) -> Int? {
+    guard name.hasPrefix("step-"), let step = Int(name.dropFirst(5)), step >= 0 else { return nil }
+    return step
+  }
+
+  /// A unit's manifest, decoded; nil when it is missing or unreadable.
+  static func manifest(in unit: String) -> Manifest? {
+    FileManager.default.contents(atPath: unit + "/" + manifestFile).flatMap {
+      try? JSONDecoder().decode(Manifest.self, from: $0)
+    }
+  }
+
   /// Writes the checkpoint of `run`'s current step into `folder` (the model's checkpoint folder,
   /// created if needed) as one unit: every file goes into a temporary folder beside it, each is
   /// fsynced and its SHA-256 recorded in `manifest.json`, and the folder is renamed to
@@ -157,9 +170,7 @@ public enum Checkpoint {
   @discardableResult
   public static func publishNewest(_ unit: String, in folder: String) throws -> [String] {
     guard unit != folder else { return [] }  // the layout before units: the files are the checkpoint
-    let manifest = FileManager.default.contents(atPath: unit + "/" + manifestFile).flatMap {
-      try? JSONDecoder().decode(Manifest.self, from: $0)
-    }
+    let manifest = Checkpoint.manifest(in: unit)
     var replaced: [String] = []
     for file in [weightsFile, configFile] {
       var top = stat(), inUnit = stat()
@@ -197,10 +208,7 @@ public enum Checkpoint {
   /// The unit folders in a model's checkpoint folder, newest first.
   static func units(in folder: String) -> [String] {
     let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
-    return names.compactMap { name -> (Int, String)? in
-      guard name.hasPrefix("step-"), let step = Int(name.dropFirst(5)), step >= 0 else { return nil }
-      return (step, name)
-    }.sorted { $0.0 > $1.0 }.map(\.1)
+    return names.compactMap { name -> (Int, String)? in unitStep(name).map { ($0, name) } }.sorted { $0.0 > $1.0 }.map(\.1)
   }
 
   /// Removes what an interrupted write left in a model's checkpoint folder (temporary folders and
@@ -227,11 +235,16 @@ public enum Checkpoint {
     var foreign: String?
     for name in found {
       let unit = folder + "/" + name
-      if let problem = verify(unit) {
+      // Decoded once, for both checks.
+      guard let manifest = Checkpoint.manifest(in: unit) else {
+        warn("\(unit)/\(manifestFile): missing or unreadable; using an earlier checkpoint")
+        continue
+      }
+      if let problem = verify(unit, manifest) {
         warn("\(problem); using an earlier checkpoint")
         continue
       }
-      if let (problem, another) = identityProblem(unit, step: Int(name.dropFirst(5)), model: model) {
+      if let (problem, another) = identityProblem(unit, manifest, step: unitStep(name), model: model) {
         warn("\(problem); using an earlier checkpoint")
         if another { foreign = foreign ?? problem }
         continue
@@ -251,12 +264,9 @@ public enum Checkpoint {
   /// and whether it names another model (`another`); nil when nothing does. Units written before
   /// the model was recorded are checked for the step only.
   static func identityProblem(
-    _ unit: String, step: Int?, model: (id: String, seed: UInt64)?
+    _ unit: String, _ manifest: Manifest, step: Int?, model: (id: String, seed: UInt64)?
   ) -> (problem: String, another: Bool)? {
     let path = unit + "/" + manifestFile
-    guard let data = FileManager.default.contents(atPath: path),
-      let manifest = try? JSONDecoder().decode(Manifest.self, from: data)
-    else { return ("\(path): missing or unreadable", false) }
     if let step, manifest.step != step {
       return ("\(path): step \(manifest.step) in the folder of step \(step)", false)
     }
@@ -272,10 +282,13 @@ public enum Checkpoint {
 
   /// What is wrong with a checkpoint unit (naming the file), or nil when every file is whole.
   public static func verify(_ unit: String) -> String? {
+    guard let manifest = Checkpoint.manifest(in: unit) else { return "\(unit)/\(manifestFile): missing or unreadable" }
+    return verify(unit, manifest)
+  }
+
+  /// What is wrong with a unit's files against its (decoded) manifest, or nil.
+  static func verify(_ unit: String, _ manifest: Manifest) -> String? {
     let manifestPath = unit + "/" + manifestFile
-    guard let data = FileManager.default.contents(atPath: manifestPath),
-      let manifest = try? JSONDecoder().decode(Manifest.self, from: data)
-    else { return "\(manifestPath): missing or unreadable" }
     for name in [weightsFile, optimizerFile, configFile, trainerStateFile] {
       guard let expected = manifest.files[name] else { return "\(manifestPath): does not list \(name)" }
       let path = unit + "/" + name
@@ -367,8 +380,7 @@ public enum Checkpoint {
       state.step >= 0, state.step <= run.settings.steps
     else { throw InputError(file: statePath, "not a trainer state this run can resume from") }
     let step = state.step
-    let unitName = (folder as NSString).lastPathComponent
-    if unitName.hasPrefix("step-"), let unitStep = Int(unitName.dropFirst(5)), unitStep != step {
+    if let unitStep = unitStep((folder as NSString).lastPathComponent), unitStep != step {
       throw InputError(file: statePath, "says step \(step), but it is in the checkpoint of step \(unitStep)")
     }
     let weights = try SafeTensorsFile(path: folder + "/" + weightsFile)
