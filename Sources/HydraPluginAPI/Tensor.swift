@@ -393,29 +393,31 @@ public final class MappedBuffers: @unchecked Sendable {
 
   static func rounded(_ bytes: Int) -> Int { (bytes + page - 1) / page * page }
 
+  /// Under the lock: a kept buffer of `size` bytes out of `kept` (still counted in `keptBytes`).
+  private func popKept(_ size: Int) -> UnsafeMutableRawPointer? {
+    guard let p = kept[size]?.popLast() else { return nil }
+    if kept[size]!.isEmpty { kept[size] = nil }
+    return p
+  }
+
   /// `bytes` of host RAM, page aligned; zero-filled when `zeroed`.
   func take(_ bytes: Int, zeroed: Bool) -> UnsafeMutableRawPointer {
     let size = MappedBuffers.rounded(bytes)
     var unmap: [(UnsafeMutableRawPointer, Int)] = []
     lock.lock()
-    if let p = kept[size]?.popLast() {
-      if kept[size]!.isEmpty { kept[size] = nil }
-      stats.keptBytes -= size
-      stats.liveBytes += size
-      stats.reused += 1
-      lock.unlock()
-      if zeroed { memset(p, 0, bytes) }
-      return p
-    }
-    // No buffer of this size kept: the head of the smallest larger one, whose tail stays kept as a
-    // buffer of its own (any page range of an anonymous mapping can be unmapped alone). Kept pages
-    // were faulted in already; a buffer mapped afresh instead costs a fault per page again, and on
-    // the virtual machines measured the first touch of memory is slow (0.4-0.6 GB/s a core): on a
-    // GPT-2-small sweep a third of the bytes mapped were sizes that no kept buffer matched.
-    if let larger = kept.keys.filter({ $0 > size }).min() {
-      let p = kept[larger]!.removeLast()
-      if kept[larger]!.isEmpty { kept[larger] = nil }
+    // A kept buffer of this size; else the head of the smallest larger one, whose tail stays kept
+    // as a buffer of its own (any page range of an anonymous mapping can be unmapped alone). Kept
+    // pages were faulted in already; a buffer mapped afresh instead costs a fault per page again,
+    // and on the virtual machines measured the first touch of memory is slow (0.4-0.6 GB/s a
+    // core): on a GPT-2-small sweep a third of the bytes mapped were sizes that no kept buffer
+    // matched.
+    var reused = popKept(size)
+    if reused == nil, let larger = kept.keys.filter({ $0 > size }).min() {
+      let p = popKept(larger)!
       kept[larger - size, default: []].append(p + size)
+      reused = p
+    }
+    if let p = reused {
       stats.keptBytes -= size
       stats.liveBytes += size
       stats.reused += 1
@@ -427,18 +429,14 @@ public final class MappedBuffers: @unchecked Sendable {
     // only the rest is new.
     var grown: (UnsafeMutableRawPointer, Int)?
     if let smaller = kept.keys.max() {
-      let p = kept[smaller]!.removeLast()
-      if kept[smaller]!.isEmpty { kept[smaller] = nil }
       stats.keptBytes -= smaller
-      grown = (p, smaller)
+      grown = (popKept(smaller)!, smaller)
     }
     let carried = grown?.1 ?? 0
     // Room under the bound, from the largest kept buffers first.
     while stats.liveBytes + stats.keptBytes + size > stats.peakLiveBytes, let largest = kept.keys.max() {
-      let p = kept[largest]!.removeLast()
-      if kept[largest]!.isEmpty { kept[largest] = nil }
       stats.keptBytes -= largest
-      unmap.append((p, largest))
+      unmap.append((popKept(largest)!, largest))
     }
     stats.liveBytes += size
     stats.peakLiveBytes = max(stats.peakLiveBytes, stats.liveBytes)
